@@ -1,0 +1,48 @@
+"""``fmnist``: one console script, one subcommand per stage.
+
+Each subcommand is the ``main(argv, prog)`` of the module that does the work,
+imported only when chosen, so ``fmnist classify`` never pays for importing
+training code and ``fmnist --help`` answers at once.
+
+Usage: ``fmnist {train,images,serve,classify,batch,demo} --help``
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand → (module whose main(argv, prog) runs it, one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("pipeline.exporter", "train, evaluate, bless and push a versioned SavedModel"),
+    "images": ("pipeline.images", "write Fashion-MNIST images as PNG files, one folder per class"),
+    "serve": ("serving.server", "serve models over TF Serving's gRPC API (embedded, or the real binary)"),
+    "classify": ("serving.classify", "classify image files through a running server"),
+    "batch": ("batch.job", "classify folders of images in bulk with Apache Beam"),
+    "demo": ("fmnist.demo", "train → push → serve → batch on sample images, end to end"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    return "usage: fmnist <command> [options]\n\ncommands:\n" + "\n".join(lines) + (
+        "\n\nRun 'fmnist <command> --help' for a command's options."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"fmnist: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return module.main(rest, prog=f"fmnist {command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""The TFX-shaped exporter: ExampleGen → Trainer → Evaluator → Pusher.
+
+Each stage is one module with a ``run(...)`` that depends only on its
+arguments; :mod:`pipeline.exporter` chains them behind ``fmnist train``.
+"""

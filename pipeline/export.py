@@ -1,0 +1,175 @@
+"""The serving graph: both signatures around a trained Keras model, and warmup records.
+
+All preprocessing (decoding, grey conversion, alpha, resize, scaling) is in the
+graph, so clients of TF Serving or of the embedded server send raw pixels or
+raw file bytes and never normalise. The decoder refuses an image whose header
+claims more than ``max_pixels`` before it allocates anything: a 100k x 100k PNG
+of a few hundred bytes is an INVALID_ARGUMENT, not an out-of-memory kill.
+
+Usage: ``write_saved_model(model, "/tmp/export/1"); write_warmup(dir, images)``
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from fmnist import names
+from pipeline.model import preprocess
+
+DEFAULT_MAX_PIXELS = 4096 * 4096
+_SIZE = (names.IMAGE_SIZE, names.IMAGE_SIZE)
+_GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R 601-2 luma, as PIL's "L" mode
+
+
+def _bytes_at(data: tf.Tensor, start: int, count: int) -> tf.Tensor:
+    """Bytes [start, start+count) of a scalar string as int64, zeros past its end."""
+    padded = tf.strings.join([data, tf.constant(b"\0" * 32)])
+    raw = tf.io.decode_raw(tf.strings.substr(padded, start, count), tf.uint8)
+    return tf.cast(raw, tf.int64)
+
+
+def _big_endian(b: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_sum(b * tf.bitwise.left_shift(tf.constant(1, tf.int64), 8 * tf.range(tf.size(b) - 1, -1, -1, tf.int64)))
+
+
+def _little_endian(b: tf.Tensor) -> tf.Tensor:
+    return _big_endian(tf.reverse(b, [0]))
+
+
+def header_pixels(data: tf.Tensor) -> tf.Tensor:
+    """Pixel count an encoded image claims in its header (0 when the format is not known).
+
+    Reads only the header, so it is safe on hostile input; decode_image would
+    allocate the full frame first.
+    """
+    magic = tf.strings.substr(tf.strings.join([data, tf.constant(b"\0" * 8)]), 0, 4)
+
+    def png():  # IHDR: width, height as big-endian uint32 at offsets 16 and 20
+        return _big_endian(_bytes_at(data, 16, 4)) * _big_endian(_bytes_at(data, 20, 4))
+
+    def gif():  # logical screen: little-endian uint16 at 6 and 8
+        return _little_endian(_bytes_at(data, 6, 2)) * _little_endian(_bytes_at(data, 8, 2))
+
+    def bmp():  # BITMAPINFOHEADER: little-endian int32 at 18 and 22; height may be negative
+        def signed(v):
+            return tf.where(v >= 2**31, 2**32 - v, v)
+
+        return signed(_little_endian(_bytes_at(data, 18, 4))) * signed(_little_endian(_bytes_at(data, 22, 4)))
+
+    def jpeg():
+        return tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64))
+
+    return tf.case(
+        [
+            (tf.equal(magic, b"\x89PNG"), png),
+            (tf.equal(tf.strings.substr(magic, 0, 3), b"GIF"), gif),
+            (tf.equal(tf.strings.substr(magic, 0, 2), b"BM"), bmp),
+            (tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8"), jpeg),
+        ],
+        default=lambda: tf.constant(0, tf.int64),
+    )
+
+
+def decode_image(data: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
+    """One encoded image (any size, grey/RGB/RGBA) → float32 [28, 28] of 0-255 intensities.
+
+    Transparent pixels become background (black), matching Fashion-MNIST's
+    light-item-on-dark convention.
+    """
+    pixels = header_pixels(data)
+    check = tf.debugging.assert_less_equal(
+        pixels,
+        tf.constant(max_pixels, tf.int64),
+        message=f"image too large: its header claims more than {max_pixels} pixels",
+    )
+    with tf.control_dependencies([check]):
+        image = tf.io.decode_image(data, channels=0, expand_animations=False, dtype=tf.uint8)
+    image = tf.cast(image, tf.float32)
+    channels = tf.shape(image)[-1]
+    has_alpha = tf.equal(channels % 2, 0)  # grey+alpha (2) or RGBA (4)
+    alpha = tf.cond(has_alpha, lambda: image[..., -1:] / 255.0, lambda: tf.ones_like(image[..., :1]))
+    colour = tf.cond(has_alpha, lambda: image[..., :-1], lambda: image)
+    weights = tf.cond(
+        tf.equal(tf.shape(colour)[-1], 3),
+        lambda: tf.constant(_GREY_WEIGHTS),
+        lambda: tf.constant([1.0]),
+    )
+    grey = tf.reduce_sum(colour * weights, axis=-1, keepdims=True) * alpha
+    same_size = tf.reduce_all(tf.equal(tf.shape(grey)[:2], _SIZE))
+    grey = tf.cond(
+        same_size,
+        lambda: grey,
+        lambda: tf.image.resize(grey, _SIZE, method="bilinear", antialias=True),
+    )
+    return tf.clip_by_value(tf.reshape(grey, _SIZE), 0.0, 255.0)
+
+
+def _outputs(logits: tf.Tensor) -> dict[str, tf.Tensor]:
+    class_ids = tf.argmax(logits, axis=-1, output_type=tf.int64)
+    return {
+        names.OUTPUT_PROBABILITIES: tf.nn.softmax(logits),
+        names.OUTPUT_CLASS_IDS: class_ids,
+        names.OUTPUT_CLASS_NAMES: tf.gather(tf.constant(names.CLASS_NAMES), class_ids),
+    }
+
+
+def write_saved_model(model: keras.Model, path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Export ``model`` (raw pixels → logits) as a TF2 SavedModel with both signatures."""
+
+    def serving_default(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return _outputs(model(preprocess(images), training=False))
+
+    def predict_images(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = tf.map_fn(
+            lambda b: decode_image(b, max_pixels),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec(_SIZE, tf.float32),
+        )
+        return serving_default(images)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        names.SERVING_DEFAULT,
+        serving_default,
+        input_signature=[tf.TensorSpec((None,) + _SIZE, tf.float32, name=names.INPUT_IMAGES)],
+    )
+    archive.add_endpoint(
+        names.PREDICT_IMAGES,
+        predict_images,
+        input_signature=[tf.TensorSpec((None,), tf.string, name=names.INPUT_IMAGE_BYTES)],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def warmup_requests(model_name: str, images: np.ndarray, encoded: list[bytes]) -> list[predict_pb2.PredictRequest]:
+    """A few real requests per signature, batch sizes 1 and len(images), as TF Serving replays at load."""
+    requests = []
+    for count in sorted({1, len(images)}):
+        for signature, key, value in (
+            (names.SERVING_DEFAULT, names.INPUT_IMAGES, images[:count].astype(np.float32)),
+            (names.PREDICT_IMAGES, names.INPUT_IMAGE_BYTES, np.array(encoded[:count], dtype=object)),
+        ):
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
+            )
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            requests.append(request)
+    return requests
+
+
+def write_warmup(saved_model_dir: str | os.PathLike, requests: list[predict_pb2.PredictRequest]) -> Path:
+    """Write ``assets.extra/tf_serving_warmup_requests`` (a TFRecord of PredictionLog)."""
+    path = Path(saved_model_dir) / names.ASSETS_EXTRA / names.WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for request in requests:
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path

@@ -1,0 +1,58 @@
+"""Shared fixtures: the real dataset and a real, briefly trained, pushed SavedModel.
+
+Training once per session keeps the suite fast; every test that writes gets
+its own copy under its own ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fmnist import names
+
+
+def encode_png(pixels: np.ndarray, mode: str = "L") -> bytes:
+    """PNG bytes of a uint8 image, converted to ``mode`` (L, RGB, RGBA, LA)."""
+    image = Image.fromarray(np.asarray(pixels, np.uint8))
+    if mode != "L":
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def dataset():
+    from pipeline import data
+
+    return data.load()  # $FASHION_MNIST_DIR in CI; a missing dataset fails loudly, never skips
+
+
+@pytest.fixture(scope="session")
+def _pushed_once(tmp_path_factory, dataset) -> Path:
+    """models/<name>/<version> with an MLP trained for one epoch on 3,000 images."""
+    from pipeline import export, pusher, trainer
+
+    result = trainer.run(trainer.TrainConfig(epochs=1, limit=3000, verbose=0), dataset.train)
+    images = dataset.test.images[:4]
+    warmup = export.warmup_requests(names.MODEL_NAME, images, [encode_png(i) for i in images])
+    models_dir = tmp_path_factory.mktemp("models")
+    pusher.push(result.model, models_dir / names.MODEL_NAME, warmup=warmup, clock=lambda: 1)
+    return models_dir
+
+
+@pytest.fixture
+def models_dir(_pushed_once, tmp_path) -> Path:
+    """A private copy of a models directory holding ``fashion_mnist/1``."""
+    target = tmp_path / "models"
+    shutil.copytree(_pushed_once, target)
+    return target
