@@ -10,6 +10,7 @@ Usage: ``fmnist {train,images,serve,classify,batch,demo} --help``
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # subcommand → (module whose main(argv, prog) runs it, one-line summary)
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"fmnist: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    # TensorFlow's C++ start-up chatter (CPU features, missing CUDA) buries the output users need.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     module = importlib.import_module(COMMANDS[command][0])
     return module.main(rest, prog=f"fmnist {command}")
 

@@ -5,6 +5,7 @@ Usage: ``result = run(TrainConfig(profile="mlp", epochs=1, limit=2000), dataset.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import keras
@@ -23,7 +24,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     limit: int | None = None  # train on the first N images only, for quick runs
     seed: int = 42
-    verbose: int | str = "auto"  # Keras fit() verbosity: progress bars on a terminal
+    verbose: int | None = None  # Keras fit() verbosity; None: bars on a terminal, a line per epoch otherwise
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,6 @@ def run(config: TrainConfig, train: Split) -> TrainResult:
         epochs=config.epochs,
         batch_size=config.batch_size,
         validation_split=config.validation_split,
-        verbose=config.verbose,
+        verbose=(1 if sys.stdout.isatty() else 2) if config.verbose is None else config.verbose,
     )
     return TrainResult(model=model, history={k: [float(v) for v in vs] for k, vs in history.history.items()})

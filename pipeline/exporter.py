@@ -1,0 +1,183 @@
+"""``fmnist train``: ExampleGen → Trainer → Evaluator → Pusher, TFX-style.
+
+Writes the run's figures and JSON into a run directory and, when the model is
+blessed, pushes it as ``<models-dir>/<model-name>/<version>/`` with the
+resolved config, metrics, figures and warmup records inside ``assets.extra/``,
+so a served version explains itself.
+
+Usage: ``fmnist train --profile mlp --epochs 10 --models-dir models``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fmnist import names
+from fmnist.report import save_confusion_matrix
+from pipeline import data, evaluator, export, plots, pusher, trainer
+from pipeline.model import PROFILES
+
+PLOTS = ("samples.png", "training_curves.png", "confusion_matrix.png", "model.png")
+_WARMUP_IMAGES = 8
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    data_dir: str | None = None
+    models_dir: str = "models"
+    model_name: str = names.MODEL_NAME
+    run_dir: str = "runs/latest"
+    max_image_pixels: int = export.DEFAULT_MAX_PIXELS
+    train: trainer.TrainConfig = field(default_factory=trainer.TrainConfig)
+    eval: evaluator.EvalConfig = field(default_factory=evaluator.EvalConfig)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    evaluation: evaluator.Evaluation
+    run_dir: Path
+    version_dir: Path | None  # None when nothing was pushed
+
+
+def _encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _stage(step: int, text: str) -> None:
+    print(f"[{step}/4] {text}", flush=True)
+
+
+def run(config: ExporterConfig, *, load_data: Callable[..., data.Dataset] = data.load,
+        clock: Callable[[], float] = time.time) -> ExportResult:
+    started = clock()
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    _stage(1, "ExampleGen: reading Fashion-MNIST")
+    dataset = load_data(config.data_dir)
+    print(f"      {dataset.source}: {len(dataset.train)} train, {len(dataset.test)} held-out images")
+    plots.sample_grid(dataset.train.images, dataset.train.labels, run_dir / "samples.png")
+
+    _stage(2, f"Trainer: profile {config.train.profile}, {config.train.epochs} epochs")
+    trained = trainer.run(config.train, dataset.train)
+    plots.training_curves(trained.history, run_dir / "training_curves.png")
+    plots.model_diagram(trained.model, run_dir / "model.png")
+
+    _stage(3, "Evaluator: held-out metrics and blessing")
+    model_base = Path(config.models_dir) / config.model_name
+    baseline = pusher.latest_metrics(model_base)
+    evaluation = evaluator.run(trained.model, dataset.test, config.eval, baseline)
+    save_confusion_matrix(evaluation.metrics["confusion_matrix"], run_dir / "confusion_matrix.png",
+                          title=f"{config.train.profile}: held-out accuracy {evaluation.metrics['accuracy']:.4f}")
+    pushed = evaluation.blessed or config.eval.force
+    metrics = {
+        **evaluation.metrics,
+        "blessing": {"blessed": evaluation.blessed, "reason": evaluation.reason,
+                     "forced": pushed and not evaluation.blessed,
+                     "baseline_version": baseline[0] if baseline else None},
+        "history": trained.history,
+        "data_source": dataset.source,
+        "train_seconds": round(clock() - started, 1),
+    }
+    config_json = json.dumps(dataclasses.asdict(config), indent=2)
+    metrics_json = json.dumps(metrics, indent=2)
+    (run_dir / names.CONFIG_FILE).write_text(config_json)
+    (run_dir / names.METRICS_FILE).write_text(metrics_json)
+    print(f"      accuracy {evaluation.metrics['accuracy']:.4f}; "
+          f"{'blessed' if evaluation.blessed else 'NOT blessed'}: {evaluation.reason}")
+    if not pushed:
+        return ExportResult(evaluation=evaluation, run_dir=run_dir, version_dir=None)
+    if not evaluation.blessed:
+        print("      --force: pushing a model that was not blessed")
+
+    _stage(4, f"Pusher: exporting to {model_base}")
+    warm = dataset.test.images[:_WARMUP_IMAGES]
+    extras = {names.CONFIG_FILE: config_json, names.METRICS_FILE: metrics_json}
+    extras.update({p: run_dir / p for p in PLOTS if (run_dir / p).is_file()})
+    version_dir = pusher.push(
+        trained.model,
+        model_base,
+        warmup=export.warmup_requests(config.model_name, warm, [_encode_png(i) for i in warm]),
+        extras=extras,
+        max_pixels=config.max_image_pixels,
+        clock=clock,
+    )
+    print(f"      pushed version {version_dir.name} → {version_dir}")
+    return ExportResult(evaluation=evaluation, run_dir=run_dir, version_dir=version_dir)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    t, e, d = trainer.TrainConfig(), evaluator.EvalConfig(), ExporterConfig()
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train a Fashion-MNIST classifier, evaluate it on the held-out split, bless it "
+        "against a threshold and the latest pushed version, and push it as a versioned SavedModel.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data-dir", help=f"directory of the four IDX files (else ${names.ENV_DATA_DIR}, "
+                        "the Keras cache, then a download)")
+    parser.add_argument("--models-dir", default=d.models_dir, help="versions go to MODELS_DIR/MODEL_NAME/VERSION")
+    parser.add_argument("--model-name", default=d.model_name)
+    parser.add_argument("--run-dir", default=d.run_dir, help="where plots, config.json and metrics.json go")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=t.profile)
+    parser.add_argument("--epochs", type=int, default=t.epochs)
+    parser.add_argument("--batch-size", type=int, default=t.batch_size)
+    parser.add_argument("--validation-split", type=float, default=t.validation_split)
+    parser.add_argument("--learning-rate", type=float, default=t.learning_rate)
+    parser.add_argument("--limit", type=int, help="train on the first N training images only (quick runs)")
+    parser.add_argument("--seed", type=int, default=t.seed)
+    parser.add_argument("--min-accuracy", type=float, default=e.min_accuracy)
+    parser.add_argument("--max-regression", type=float, default=e.max_regression)
+    parser.add_argument("--force", action="store_true", help="push even if the model is not blessed")
+    parser.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels,
+                        help="the exported graph refuses images whose header claims more pixels")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ExporterConfig:
+    return ExporterConfig(
+        data_dir=args.data_dir,
+        models_dir=args.models_dir,
+        model_name=args.model_name,
+        run_dir=args.run_dir,
+        max_image_pixels=args.max_image_pixels,
+        train=trainer.TrainConfig(profile=args.profile, epochs=args.epochs, batch_size=args.batch_size,
+                                  validation_split=args.validation_split, learning_rate=args.learning_rate,
+                                  limit=args.limit, seed=args.seed),
+        eval=evaluator.EvalConfig(min_accuracy=args.min_accuracy, max_regression=args.max_regression,
+                                  force=args.force),
+    )
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # it logs every asset it writes
+    try:
+        result = run(config_from_args(args))
+    except data.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if result.version_dir is None:
+        print(f"error: not pushed: {result.evaluation.reason} (use --force to push anyway)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Trainer → Evaluator → Pusher on real data, small: signatures, blessing, atomic push."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import encode_png
+from fmnist import names
+from pipeline import evaluator, exporter, pusher, trainer
+
+
+def _config(tmp_path: Path, **eval_kwargs) -> exporter.ExporterConfig:
+    return exporter.ExporterConfig(
+        models_dir=str(tmp_path / "models"),
+        run_dir=str(tmp_path / "run"),
+        train=trainer.TrainConfig(epochs=1, limit=3000, verbose=0),
+        eval=evaluator.EvalConfig(**{"min_accuracy": 0.5, **eval_kwargs}),
+    )
+
+
+def _cached(dataset):
+    return lambda data_dir=None: dataset
+
+
+def test_push_writes_a_self_explaining_version(tmp_path, dataset):
+    result = exporter.run(_config(tmp_path), load_data=_cached(dataset), clock=lambda: 1_700_000_000)
+    assert result.version_dir == tmp_path / "models" / names.MODEL_NAME / "1700000000"
+    extra = result.version_dir / names.ASSETS_EXTRA
+    for name in (names.WARMUP_FILE, names.CONFIG_FILE, names.METRICS_FILE, *exporter.PLOTS):
+        assert (extra / name).is_file(), name
+    metrics = json.loads((extra / names.METRICS_FILE).read_text())
+    assert 0.5 < metrics["accuracy"] <= 1 and metrics["blessing"]["blessed"]
+    assert len(metrics["confusion_matrix"]) == names.NUM_CLASSES
+    assert sum(map(sum, metrics["confusion_matrix"])) == len(dataset.test)
+    assert set(metrics["per_class"]) == set(names.CLASS_NAMES)
+    assert json.loads((extra / names.CONFIG_FILE).read_text())["train"]["limit"] == 3000
+    assert not [p for p in result.version_dir.parent.iterdir() if not p.name.isdigit()], "staging left behind"
+
+
+def test_signatures_agree_on_raw_and_encoded_images(models_dir, dataset):
+    loaded = tf.saved_model.load(str(models_dir / names.MODEL_NAME / "1"))
+    images = dataset.test.images[:64]
+    raw = loaded.signatures[names.SERVING_DEFAULT](**{names.INPUT_IMAGES: tf.constant(images, tf.float32)})
+    for mode in ("L", "RGB", "RGBA"):
+        encoded = loaded.signatures[names.PREDICT_IMAGES](
+            **{names.INPUT_IMAGE_BYTES: tf.constant([encode_png(i, mode) for i in images])}
+        )
+        np.testing.assert_allclose(raw[names.OUTPUT_PROBABILITIES], encoded[names.OUTPUT_PROBABILITIES], atol=1e-4)
+        np.testing.assert_array_equal(raw[names.OUTPUT_CLASS_IDS], encoded[names.OUTPUT_CLASS_IDS])
+    probabilities = raw[names.OUTPUT_PROBABILITIES].numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(raw[names.OUTPUT_CLASS_IDS], probabilities.argmax(axis=1))
+    accuracy = (raw[names.OUTPUT_CLASS_IDS].numpy() == dataset.test.labels[:64]).mean()
+    assert accuracy > 0.6
+
+
+def test_encoded_path_resizes_and_refuses_bombs(models_dir, dataset):
+    import struct
+    import zlib
+
+    from PIL import Image
+    import io
+
+    loaded = tf.saved_model.load(str(models_dir / names.MODEL_NAME / "1"))
+    predict = loaded.signatures[names.PREDICT_IMAGES]
+    image = dataset.test.images[0]
+    big = io.BytesIO()
+    Image.fromarray(np.kron(image, np.ones((4, 4), np.uint8))).save(big, "JPEG", quality=95)
+    small = predict(**{names.INPUT_IMAGE_BYTES: tf.constant([encode_png(image)])})
+    large = predict(**{names.INPUT_IMAGE_BYTES: tf.constant([big.getvalue()])})
+    assert small[names.OUTPUT_CLASS_IDS].numpy()[0] == large[names.OUTPUT_CLASS_IDS].numpy()[0]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):
+        predict(**{names.INPUT_IMAGE_BYTES: tf.constant([bomb])})
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        predict(**{names.INPUT_IMAGE_BYTES: tf.constant([b"not an image"])})
+
+
+def test_saved_model_cli_lists_both_signatures(models_dir):
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    shown = subprocess.run([str(cli), "show", "--dir", str(models_dir / names.MODEL_NAME / "1"), "--all"],
+                           capture_output=True, text=True, check=True).stdout
+    for text in (f"signature_def['{names.SERVING_DEFAULT}']", f"signature_def['{names.PREDICT_IMAGES}']",
+                 f"inputs['{names.INPUT_IMAGES}']", f"inputs['{names.INPUT_IMAGE_BYTES}']",
+                 f"outputs['{names.OUTPUT_PROBABILITIES}']", f"outputs['{names.OUTPUT_CLASS_IDS}']",
+                 f"outputs['{names.OUTPUT_CLASS_NAMES}']", "shape: (-1, 28, 28)", "dtype: DT_STRING",
+                 "dtype: DT_INT64"):
+        assert text in shown, text
+
+
+def test_gate_refuses_below_threshold_and_pushes_nothing(tmp_path, dataset, capsys):
+    result = exporter.run(_config(tmp_path, min_accuracy=0.999), load_data=_cached(dataset))
+    assert result.version_dir is None and not result.evaluation.blessed
+    assert "below --min-accuracy" in result.evaluation.reason
+    assert pusher.versions(tmp_path / "models" / names.MODEL_NAME) == []
+    # The run's record still says why.
+    assert json.loads((tmp_path / "run" / names.METRICS_FILE).read_text())["blessing"]["blessed"] is False
+
+
+def test_gate_refuses_a_regression_and_force_overrides(tmp_path, dataset):
+    first = exporter.run(_config(tmp_path), load_data=_cached(dataset), clock=lambda: 100)
+    metrics_file = first.version_dir / names.ASSETS_EXTRA / names.METRICS_FILE
+    metrics = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps({**metrics, "accuracy": 0.999}))  # pretend the served one was excellent
+
+    second = exporter.run(_config(tmp_path), load_data=_cached(dataset), clock=lambda: 100)
+    assert second.version_dir is None and "regresses from version 100" in second.evaluation.reason
+
+    forced = exporter.run(_config(tmp_path, force=True), load_data=_cached(dataset), clock=lambda: 100)
+    assert forced.version_dir.name == "101"  # the clock repeats: the version is bumped past the existing one
+    assert json.loads((forced.version_dir / names.ASSETS_EXTRA / names.METRICS_FILE).read_text())["blessing"]["forced"]
+
+
+def test_bless_rules():
+    config = evaluator.EvalConfig(min_accuracy=0.85, max_regression=0.01)
+    assert evaluator.bless(0.88, config, None)[0]
+    assert evaluator.bless(0.875, config, (7, {"accuracy": 0.88}))[0]
+    assert not evaluator.bless(0.86, config, (7, {"accuracy": 0.88}))[0]
+    assert not evaluator.bless(0.84, config, None)[0]
+
+
+def test_failed_push_leaves_no_version_directory(tmp_path, dataset):
+    model = trainer.run(trainer.TrainConfig(epochs=1, limit=500, verbose=0), dataset.train).model
+    base = tmp_path / "models" / names.MODEL_NAME
+    with pytest.raises(FileNotFoundError):
+        pusher.push(model, base, extras={"missing.png": tmp_path / "does-not-exist.png"})
+    assert list(base.iterdir()) == []
+
+
+def test_cli_exits_non_zero_with_one_line_error_on_bad_data(tmp_path, capsys):
+    code = exporter.main(["--data-dir", str(tmp_path / "nowhere"), "--models-dir", str(tmp_path / "m"),
+                          "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and "Traceback" not in err
