@@ -1,0 +1,225 @@
+"""``fmnist classify``: classify image files through a running TF Serving (or embedded) server.
+
+The files' bytes go to the ``predict_images`` signature as they are, so the
+server decodes, greys and resizes them exactly as the exported graph says.
+One unreadable or undecodable file does not cost the others their answers:
+they are printed, the bad ones are reported on stderr, and the exit status is 1.
+
+Usage: ``fmnist classify shoe.png bag.jpg --server localhost:8500 --top-k 3 [--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from types import ModuleType
+from typing import TYPE_CHECKING, TextIO
+
+from fmnist import names
+
+if TYPE_CHECKING:
+    from serving.client import Prediction, PredictionClient, ServingError
+
+# A bad file fails its whole batch with one of these; resending singly finds it.
+_PER_IMAGE_CODES = ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED")
+
+
+def _top_k(value: str) -> int:
+    k = int(value)
+    if not 1 <= k <= names.NUM_CLASSES:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {names.NUM_CLASSES}")
+    return k
+
+
+def _batch_size(value: str) -> int:
+    size = int(value)
+    if size < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return size
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return number
+
+
+def _parser(prog: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Classify image files (PNG/JPEG/GIF/BMP, any size) through a running model server. "
+        "Prints each file's class, confidence and the model version that answered.",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMG", help="image files to classify")
+    parser.add_argument(
+        "--server", default=f"localhost:{names.GRPC_PORT}", help="gRPC host:port (default: %(default)s)"
+    )
+    parser.add_argument("--model-name", default=names.MODEL_NAME, help="served model name (default: %(default)s)")
+    version = parser.add_mutually_exclusive_group()
+    version.add_argument("--model-version", type=int, help="ask for this version (default: the server's choice)")
+    version.add_argument("--version-label", help="ask for the version with this label, e.g. stable")
+    parser.add_argument("--top-k", type=_top_k, default=1, help="print the k likeliest classes per file (default: 1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per file, one per line")
+    parser.add_argument("--timeout", type=_positive, default=10.0, help="seconds per request (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_batch_size, default=64, help="files per request (default: %(default)s)")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
+    parser.add_argument("--root-cert", metavar="PEM", help="TLS with this CA certificate instead of the system's")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = _parser(prog).parse_args(argv)
+    prog = prog or "classify"
+    try:
+        root_cert = None if args.root_cert is None else _read(args.root_cert)
+    except OSError as error:
+        print(f"{prog}: cannot read --root-cert {args.root_cert}: {error.strerror or error}", file=sys.stderr)
+        return 1
+
+    client_lib = _import_client()  # after parsing, so --help answers at once
+    client = client_lib.PredictionClient(
+        args.server, model_name=args.model_name, timeout=args.timeout, tls=args.tls, root_certificates=root_cert
+    )
+    try:
+        failures = _run(client, args, prog)
+    except client_lib.ServingError as error:
+        print(f"{prog}: {_describe(error)}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 1 if failures else 0
+
+
+def _run(client: PredictionClient, args: argparse.Namespace, prog: str) -> int:
+    """Print each good file's answer as it arrives and each bad file on stderr; return how many were bad."""
+    from serving.client import ServingError
+
+    failures = 0
+    for batch in _batches(args.images, args.batch_size):
+        readable = []
+        for path in batch:
+            try:
+                readable.append((path, _read(path)))
+            except OSError as error:
+                failures += 1
+                print(f"{prog}: cannot read {path}: {error.strerror or error}", file=sys.stderr)
+        for path, outcome in _classify(client, readable, args):
+            if isinstance(outcome, ServingError):
+                failures += 1
+                reason = f"{outcome.code.name}: {outcome.details}"
+                print(f"{prog}: {path}: rejected by the server: {reason}", file=sys.stderr)
+            else:
+                _print(path, outcome, args.top_k, args.json, sys.stdout)
+    return failures
+
+
+def _import_client() -> ModuleType:
+    """Import :mod:`serving.client` with file descriptor 2 pointed at /dev/null.
+
+    The serving protos import TensorFlow, whose C++ runtime logs an INFO
+    banner at import that TF_CPP_MIN_LOG_LEVEL no longer silences; a CLI's
+    stderr is for its own one-line errors. An ImportError still surfaces.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import serving.client
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return serving.client
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def _batches(paths: Sequence[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(paths)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _classify(
+    client: PredictionClient, files: list[tuple[str, bytes]], args: argparse.Namespace
+) -> Iterator[tuple[str, Prediction | ServingError]]:
+    """Each file with its one-row Prediction, or with the per-image error that rejected it.
+
+    Sends the batch once; only if the server rejects the batch for its content
+    does it resend the files one at a time to tell the good from the bad.
+    Errors about the server itself (unreachable, unknown model) propagate.
+    """
+    from serving.client import ServingError
+
+    if not files:
+        return
+    kwargs = dict(version=args.model_version, version_label=args.version_label, timeout=args.timeout)
+    try:
+        prediction = client.predict_encoded([data for _, data in files], **kwargs)
+    except ServingError as error:
+        if error.code.name not in _PER_IMAGE_CODES:
+            raise
+    else:
+        for row, (path, _) in enumerate(files):
+            yield path, _row(prediction, row)
+        return
+    for path, data in files:
+        try:
+            yield path, client.predict_encoded([data], **kwargs)
+        except ServingError as error:
+            if error.code.name not in _PER_IMAGE_CODES:
+                raise
+            yield path, error
+
+
+def _row(prediction: Prediction, row: int) -> Prediction:
+    rows = slice(row, row + 1)
+    return dataclasses.replace(
+        prediction,
+        probabilities=prediction.probabilities[rows],
+        class_ids=prediction.class_ids[rows],
+        class_names=prediction.class_names[rows],
+    )
+
+
+def _print(path: str, prediction: Prediction, k: int, as_json: bool, out: TextIO) -> None:
+    ranked = prediction.top_k(k)[0]
+    class_name = prediction.class_names[0]  # the server's answer; top_k agrees but for exact ties
+    confidence = float(prediction.probabilities[0, prediction.class_ids[0]])
+    if as_json:
+        record = {
+            "path": path,
+            "class_id": int(prediction.class_ids[0]),
+            "class_name": class_name,
+            "confidence": confidence,
+            "model_name": prediction.model_name,
+            "version": prediction.version,
+            "top_k": [{"class_name": name, "probability": p} for name, p in ranked],
+        }
+        print(json.dumps(record), file=out, flush=True)
+        return
+    model = f"{prediction.model_name} v{prediction.version}"
+    if k == 1:
+        print(f"{path}: {class_name} {confidence:.1%} ({model})", file=out, flush=True)
+        return
+    lines = [f"{path}: ({model})"] + [f"  {rank}. {name} {p:.1%}" for rank, (name, p) in enumerate(ranked, 1)]
+    print("\n".join(lines), file=out, flush=True)
+
+
+def _describe(error: ServingError) -> str:
+    if error.code.name == "UNAVAILABLE":
+        return f"cannot reach the server at {error.target}: {error.details}"
+    return str(error)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

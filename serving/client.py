@@ -1,0 +1,330 @@
+"""A small client for TF Serving's gRPC API, as served by ``fmnist serve`` or ``tensorflow_model_server``.
+
+It speaks only the public ``tensorflow-serving-api`` protos, so it works the
+same against the embedded server and the real binary. Requests are built from
+numpy directly (``tensor_content`` bytes, ``string_val``) rather than through
+``tf.make_tensor_proto``, because the batch job builds one per batch in a hot
+loop. Only UNAVAILABLE is retried by default: the server is down, restarting
+or shedding load, and every call here is idempotent, so trying again is safe
+and may help; any other failure would only repeat, so it is reported at once,
+as a :class:`ServingError` naming the server and the gRPC code.
+
+Usage::
+
+    with PredictionClient("localhost:8500") as client:
+        prediction = client.predict_encoded([open("shoe.png", "rb").read()])
+        print(prediction.class_names[0], prediction.top_k(3)[0], prediction.version)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import grpc
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from fmnist import names
+
+_LITTLE_FLOAT32 = np.dtype("<f4")
+_AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+_MAX_POLL_INTERVAL = 1.0  # seconds between GetModelStatus polls, at most
+
+
+class ServingError(Exception):
+    """An RPC that failed for good (after any retries), with the server it went to.
+
+    ``code`` is a ``grpc.StatusCode``; callers branch on it (INVALID_ARGUMENT
+    means "this input", UNAVAILABLE means "this server") without parsing text.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str, target: str):
+        self.code = code
+        self.details = details
+        self.target = target
+        super().__init__(f"{target}: {code.name}: {details}")
+
+
+@dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous, so identity
+class Prediction:
+    """One response's rows, decoded; row ``i`` is input ``i`` of the request."""
+
+    probabilities: np.ndarray  # float32 [n, NUM_CLASSES]
+    class_ids: np.ndarray  # int64 [n]
+    class_names: list[str]  # [n]
+    model_name: str
+    version: int  # the version that answered, which may differ between calls while versions roll
+
+    def __len__(self) -> int:
+        return len(self.class_ids)
+
+    def top_k(self, k: int) -> list[list[tuple[str, float]]]:
+        """Per row, the ``k`` likeliest (class name, probability), best first; ties keep label order."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
+        return [[(names.CLASS_NAMES[i], float(row[i])) for i in idx] for row, idx in zip(self.probabilities, order)]
+
+
+class PredictionClient:
+    """Calls to one model on one server, over one channel, with deadlines and retries.
+
+    ``timeout`` is the deadline of each attempt; a call makes at most
+    ``1 + retries`` attempts, sleeping ``backoff * 2**i`` seconds before retry
+    ``i + 1`` and only when the failure's code is in ``retry_codes``. The
+    channel and ``sleep`` are injectable so tests and the batch job can share
+    a channel or skip real waiting.
+    """
+
+    def __init__(
+        self,
+        target: str = f"localhost:{names.GRPC_PORT}",
+        *,
+        model_name: str = names.MODEL_NAME,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.1,
+        retry_codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE}),
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        max_message_bytes: int = 64 << 20,
+        channel: grpc.Channel | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.target = target
+        self.model_name = model_name
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.retry_codes = frozenset(retry_codes)
+        self._sleep = sleep
+        self._owns_channel = channel is None
+        if channel is None:
+            channel = _open_channel(target, tls, root_certificates, max_message_bytes)
+        self._channel = channel
+        self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def predict(
+        self,
+        images: np.ndarray,
+        *,
+        version: int | None = None,
+        version_label: str | None = None,
+        timeout: float | None = None,
+    ) -> Prediction:
+        """Classify raw images, float-convertible [n, 28, 28] of 0-255 intensities (``serving_default``)."""
+        pixels = np.ascontiguousarray(images, dtype=_LITTLE_FLOAT32)
+        request = self._predict_request(names.SERVING_DEFAULT, version, version_label)
+        request.inputs[names.INPUT_IMAGES].CopyFrom(_float_tensor(pixels))
+        return self._predict(request, timeout)
+
+    def predict_encoded(
+        self,
+        encoded: Sequence[bytes],
+        *,
+        version: int | None = None,
+        version_label: str | None = None,
+        timeout: float | None = None,
+    ) -> Prediction:
+        """Classify encoded image files (PNG/JPEG/GIF/BMP bytes) via ``predict_images``; the server decodes them."""
+        request = self._predict_request(names.PREDICT_IMAGES, version, version_label)
+        request.inputs[names.INPUT_IMAGE_BYTES].CopyFrom(_string_tensor(encoded))
+        return self._predict(request, timeout)
+
+    def predict_files(
+        self, paths: Iterable[str | os.PathLike], *, batch_size: int = 64, **kwargs
+    ) -> Iterator[Prediction]:
+        """One :class:`Prediction` per ``batch_size`` files, in order; files are read lazily, a batch at a time.
+
+        ``kwargs`` go to :meth:`predict_encoded`. An unreadable file raises its
+        ``OSError``; a file the server cannot decode fails its whole batch with
+        INVALID_ARGUMENT, so callers that must isolate bad files resend singly.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        iterator = iter(paths)
+        while batch := list(islice(iterator, batch_size)):
+            yield self.predict_encoded([Path(p).read_bytes() for p in batch], **kwargs)
+
+    def metadata(
+        self, *, version: int | None = None, timeout: float | None = None
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """The model's signature_def metadata, exactly as the server returns it."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=self._model_spec(None, version, None), metadata_field=["signature_def"]
+        )
+        return self._call(self._predictions.GetModelMetadata, request, timeout)
+
+    def status(
+        self, *, version: int | None = None, timeout: float | None = None
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        """The state of every version the server knows (or of ``version`` alone)."""
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._model_spec(None, version, None))
+        return self._call(self._models.GetModelStatus, request, timeout)
+
+    def wait_until_available(self, timeout: float = 30.0) -> int:
+        """Block until some version is AVAILABLE and return the newest such; raise ServingError after ``timeout`` s.
+
+        A server still starting answers UNAVAILABLE, and one still loading its
+        first version answers NOT_FOUND; both mean "poll again". Any other
+        code means waiting cannot help, so it is raised at once.
+        """
+        deadline = time.monotonic() + timeout
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._model_spec(None, None, None))
+        interval = self.backoff
+        last = "no version AVAILABLE yet"
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                response = self._models.GetModelStatus(request, timeout=max(min(self.timeout, remaining), 0.001))
+            except grpc.RpcError as error:
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
+                    raise self._error(error) from None
+                last = f"{error.code().name}: {_one_line(error.details())}"
+            else:
+                available = [s.version for s in response.model_version_status if s.state == _AVAILABLE]
+                if available:
+                    return max(available)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServingError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"model {self.model_name!r} not AVAILABLE after {timeout:g}s (last: {last})",
+                    self.target,
+                )
+            self._sleep(min(interval, remaining))
+            interval = min(interval * 2, _MAX_POLL_INTERVAL)
+
+    def close(self) -> None:
+        """Close the channel if this client opened it; a channel passed in belongs to its creator."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> PredictionClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _model_spec(self, signature: str | None, version: int | None, version_label: str | None) -> model_pb2.ModelSpec:
+        if version is not None and version_label is not None:
+            raise ValueError("give a version or a version_label, not both")
+        spec = model_pb2.ModelSpec(name=self.model_name, signature_name=signature or "")
+        if version is not None:
+            spec.version.value = version
+        elif version_label is not None:
+            spec.version_label = version_label
+        return spec
+
+    def _predict_request(
+        self, signature: str, version: int | None, version_label: str | None
+    ) -> predict_pb2.PredictRequest:
+        return predict_pb2.PredictRequest(model_spec=self._model_spec(signature, version, version_label))
+
+    def _predict(self, request: predict_pb2.PredictRequest, timeout: float | None) -> Prediction:
+        response = self._call(self._predictions.Predict, request, timeout)
+        try:
+            if missing := [alias for alias in names.OUTPUTS if alias not in response.outputs]:
+                raise ValueError(f"no output {', '.join(missing)}")
+            probabilities = _to_ndarray(response.outputs[names.OUTPUT_PROBABILITIES], np.float32)
+            class_ids = _to_ndarray(response.outputs[names.OUTPUT_CLASS_IDS], np.int64)
+            class_names = [s.decode() for s in response.outputs[names.OUTPUT_CLASS_NAMES].string_val]
+            if not len(probabilities) == len(class_ids) == len(class_names):
+                rows = (len(probabilities), len(class_ids), len(class_names))
+                raise ValueError(f"outputs disagree on the number of rows: {rows}")
+        except ValueError as error:
+            raise ServingError(grpc.StatusCode.INTERNAL, f"malformed PredictResponse: {error}", self.target) from None
+        return Prediction(
+            probabilities=probabilities,
+            class_ids=class_ids,
+            class_names=class_names,
+            model_name=response.model_spec.name or self.model_name,
+            version=response.model_spec.version.value,
+        )
+
+    def _call(self, method, request, timeout: float | None):
+        """``method(request)`` with a deadline, retrying codes in ``retry_codes`` with exponential backoff."""
+        deadline = self.timeout if timeout is None else timeout
+        attempt = 0
+        while True:
+            try:
+                return method(request, timeout=deadline)
+            except grpc.RpcError as error:
+                if error.code() not in self.retry_codes or attempt >= self.retries:
+                    raise self._error(error) from None
+            self._sleep(self.backoff * 2**attempt)
+            attempt += 1
+
+    def _error(self, error: grpc.RpcError) -> ServingError:
+        return ServingError(error.code(), _one_line(error.details()), self.target)
+
+
+def _open_channel(target: str, tls: bool, root_certificates: bytes | None, max_message_bytes: int) -> grpc.Channel:
+    options = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+    if tls or root_certificates is not None:
+        return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options)
+    return grpc.insecure_channel(target, options)
+
+
+def _shape(shape: tuple[int, ...]) -> tensor_shape_pb2.TensorShapeProto:
+    return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape])
+
+
+def _float_tensor(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """``array`` must be little-endian float32: ``tensor_content`` is the raw bytes in that order."""
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT, tensor_shape=_shape(array.shape), tensor_content=array.tobytes()
+    )
+
+
+def _string_tensor(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
+    return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=_shape((len(values),)), string_val=values)
+
+
+_VALUE_FIELDS = {np.dtype(np.float32): "float_val", np.dtype(np.int64): "int64_val"}
+_DTYPES = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.int64): types_pb2.DT_INT64}
+
+
+def _to_ndarray(tensor: tensor_pb2.TensorProto, dtype: type) -> np.ndarray:
+    """Decode a numeric TensorProto written either way a server may write it.
+
+    TF Serving fills the repeated ``*_val`` field (AsProtoField) while
+    ``tf.make_tensor_proto`` fills ``tensor_content``; a ``*_val`` shorter than
+    the shape repeats its last value, as the TensorProto spec says.
+    """
+    dtype = np.dtype(dtype)
+    if tensor.dtype != _DTYPES[dtype]:
+        expected, got = types_pb2.DataType.Name(_DTYPES[dtype]), types_pb2.DataType.Name(tensor.dtype)
+        raise ValueError(f"expected {expected}, got {got}")
+    shape = tuple(d.size for d in tensor.tensor_shape.dim)
+    size = int(np.prod(shape, dtype=np.int64))
+    if tensor.tensor_content:
+        return np.frombuffer(tensor.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    values = np.asarray(getattr(tensor, _VALUE_FIELDS[dtype]), dtype=dtype)
+    if 0 < len(values) < size:
+        values = np.concatenate([values, np.full(size - len(values), values[-1], dtype)])
+    return values.reshape(shape)
+
+
+def _one_line(text: str | None) -> str:
+    """Server messages (TF op errors especially) span lines; logs and CLIs want one."""
+    return " ".join((text or "").split())

@@ -1,0 +1,370 @@
+"""Model manager: which versions exist, which are loaded, and which one answers a request.
+
+Follows TF Serving's ServerCore with the file-system source and the
+availability-preserving policy: only numeric sub-directories of a model's
+``base_path`` are versions; the version policy (latest N, all, specific)
+picks the aspired ones; a new version is loaded and its warmup records are
+replayed before it takes traffic; an old version is unloaded only once an
+aspired one is available (or nothing is aspired any more), so a version that
+fails to load leaves the serving one in place, with the error in its status.
+
+Usage::
+
+    manager = ModelManager()
+    manager.reload(single_model_config("fashion_mnist", "/models/fashion_mnist"))  # blocks while loading
+    manager.start_polling(1.0)
+    version = manager.resolve(request.model_spec)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import grpc
+import tensorflow as tf
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.apis import get_model_status_pb2, model_pb2, prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import predict
+from serving.predict import ServingError
+
+log = logging.getLogger(__name__)
+
+State = get_model_status_pb2.ModelVersionStatus.State
+SAVED_MODEL_FILE = "saved_model.pb"
+SERVE_TAG = "serve"
+WARMUP_PATH = ("assets.extra", "tf_serving_warmup_requests")  # where TF Serving looks
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """One loaded, servable version. ``handle`` keeps the SavedModel (and its variables) alive."""
+
+    name: str
+    version: int
+    path: str
+    signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]  # every one, as GetModelMetadata returns
+    signatures: Mapping[str, predict.Signature]  # the callable ones
+    handle: object = None
+
+
+Loader = Callable[[str, int, str], LoadedVersion]
+
+
+def read_signature_defs(path: str | os.PathLike) -> dict[str, meta_graph_pb2.SignatureDef]:
+    """The SignatureDefs of the ``serve`` meta graph, straight from saved_model.pb."""
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((Path(path) / SAVED_MODEL_FILE).read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        if SERVE_TAG in meta_graph.meta_info_def.tags:
+            return dict(meta_graph.signature_def)
+    raise ValueError(f"SavedModel at {path} has no meta graph tagged '{SERVE_TAG}'")
+
+
+def load_saved_model(name: str, version: int, path: str) -> LoadedVersion:
+    """The real loader: tf.saved_model.load, keeping each signature's concrete function."""
+    signature_defs = read_signature_defs(path)
+    handle = tf.saved_model.load(path, tags=[SERVE_TAG])
+    signatures = {
+        key: predict.Signature(key, signature_defs[key], function)
+        for key, function in handle.signatures.items()
+        if key in signature_defs
+    }
+    return LoadedVersion(name, version, path, signature_defs, signatures, handle)
+
+
+def replay_warmup(version: LoadedVersion, limits: predict.Limits) -> int:
+    """Run the version's warmup records, as TF Serving does before a version takes traffic.
+
+    Any failing record fails the load. Returns the number of requests replayed.
+    """
+    path = Path(version.path, *WARMUP_PATH)
+    if not path.is_file():
+        return 0
+    count = 0
+    for record in tf.data.TFRecordDataset(str(path)):
+        count += 1
+        if count > MAX_WARMUP_RECORDS:
+            raise ValueError(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
+        log_entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        if log_entry.WhichOneof("log_type") != "predict_log":
+            raise ValueError(f"Unsupported log_type for warmup: {log_entry.WhichOneof('log_type')}")
+        request = log_entry.predict_log.request
+        signature = predict.find_signature(version.signatures, request.model_spec.signature_name)
+        inputs, _ = predict.prepare(signature, request, limits)
+        signature.run(inputs)
+    return count
+
+
+def list_versions(base_path: str) -> list[int]:
+    """Numeric sub-directories of ``base_path``; anything else (staging dirs, files) is ignored."""
+    try:
+        entries = os.scandir(base_path)
+    except OSError:
+        return []
+    with entries:
+        return sorted(int(e.name) for e in entries if e.name.isdigit() and e.is_dir())
+
+
+def aspired_versions(config: model_server_config_pb2.ModelConfig, present: list[int]) -> set[int]:
+    """The versions the model's version policy wants loaded, of those on disk."""
+    policy = config.model_version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return set(present)
+    if choice == "specific":
+        return set(present) & set(policy.specific.versions)
+    count = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions > 0 else 1
+    return set(present[-count:])
+
+
+def single_model_config(name: str, base_path: str) -> model_server_config_pb2.ModelServerConfig:
+    """The config ``--model_name``/``--model_base_path`` stand for."""
+    config = model_server_config_pb2.ModelServerConfig()
+    entry = config.model_config_list.config.add()
+    entry.name, entry.base_path, entry.model_platform = name, base_path, "tensorflow"
+    return config
+
+
+def read_config_file(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
+    """Parse a text-format ModelServerConfig file (``--model_config_file``); ValueError if bad."""
+    try:
+        return text_format.Parse(Path(path).read_text(), model_server_config_pb2.ModelServerConfig())
+    except (OSError, text_format.ParseError) as error:
+        raise ValueError(f"cannot read model config file {path}: {error}") from None
+
+
+def validate_config(config: model_server_config_pb2.ModelServerConfig) -> None:
+    """ServerCore's checks, as INVALID_ARGUMENT ServingErrors."""
+    if config.WhichOneof("config") != "model_config_list":
+        raise predict.invalid(
+            "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+            "Only ModelConfigList is currently supported"
+        )
+    seen: set[str] = set()
+    for entry in config.model_config_list.config:
+        if not entry.name:
+            raise predict.invalid("Model config entry without a name")
+        if entry.name in seen:
+            raise predict.invalid(f"Illegal to list model {entry.name} multiple times in config list")
+        seen.add(entry.name)
+        if not entry.base_path:
+            raise predict.invalid(f"Model {entry.name} has no base_path")
+        if entry.model_platform not in ("", "tensorflow"):
+            raise predict.invalid(f"Model {entry.name} has unsupported model_platform '{entry.model_platform}'")
+
+
+def _load_error_code(error: Exception) -> grpc.StatusCode:
+    """The status code a failed load reports, as close to TF Serving's as the exception tells."""
+    if isinstance(error, ServingError):
+        return error.code
+    if isinstance(error, tf.errors.OpError):
+        return predict.status_code(error.error_code)
+    if isinstance(error, DecodeError):
+        return grpc.StatusCode.DATA_LOSS
+    if isinstance(error, FileNotFoundError):
+        return grpc.StatusCode.NOT_FOUND
+    return grpc.StatusCode.UNKNOWN
+
+
+@dataclass
+class VersionStatus:
+    """What GetModelStatus reports for one version."""
+
+    state: int
+    error_code: grpc.StatusCode = grpc.StatusCode.OK
+    error_message: str = ""
+
+
+@dataclass
+class _Model:
+    config: model_server_config_pb2.ModelConfig
+    # Replaced, never mutated, so request threads read them without a lock.
+    loaded: Mapping[int, LoadedVersion] = field(default_factory=dict)
+    labels: Mapping[str, int] = field(default_factory=dict)
+    statuses: dict[int, VersionStatus] = field(default_factory=dict)
+    failed: set[int] = field(default_factory=set)  # not retried while their directory stays
+    empty: bool = False  # no version directories at the last scan
+
+
+class ModelManager:
+    """Owns every configured model's versions; thread-safe; loads in the caller's or the poll thread."""
+
+    def __init__(
+        self,
+        *,
+        loader: Loader = load_saved_model,
+        warmup: Callable[[LoadedVersion, predict.Limits], int] = replay_warmup,
+        limits: predict.Limits = predict.Limits(),
+        on_change: Callable[[str, list[int]], None] = lambda name, versions: None,
+    ):
+        self._loader = loader
+        self._warmup = warmup
+        self._limits = limits
+        self._on_change = on_change
+        self._models: Mapping[str, _Model] = {}
+        self._sync_lock = threading.Lock()  # one reload/poll at a time
+        self._status_lock = threading.Lock()  # statuses, read by GetModelStatus
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    # -- configuration and polling -------------------------------------------------
+
+    def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Switch to ``config``: add/remove models, load their versions, then apply labels.
+
+        Blocks until every model's aspired versions were tried, as
+        ServerCore::ReloadConfig waits for them. Raises ServingError.
+        """
+        validate_config(config)
+        with self._sync_lock:
+            entries = {entry.name: entry for entry in config.model_config_list.config}
+            models = {name: self._models.get(name) or _Model(entry) for name, entry in entries.items()}
+            for name, model in models.items():
+                model.config = entries[name]
+            removed = [m for name, m in self._models.items() if name not in models]
+            self._models = models
+            for model in removed:
+                self._unload(model, list(model.loaded))
+                self._on_change(model.config.name, [])
+            for model in models.values():
+                self._sync(model)
+            for model in models.values():
+                self._apply_labels(model)
+
+    def start_polling(self, wait_seconds: float) -> None:
+        """Re-scan every base path every ``wait_seconds`` (≤ 0: never, as TF Serving's one-shot)."""
+        if wait_seconds <= 0 or self._poller is not None:
+            return
+        self._poller = threading.Thread(target=self._poll, args=(wait_seconds,), name="model-poller", daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        """Stop polling and unload everything (states go to END)."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
+        with self._sync_lock:
+            for model in self._models.values():
+                self._unload(model, list(model.loaded))
+
+    def poll_once(self) -> None:
+        """One scan of every model's base path (what the poll thread does each period)."""
+        with self._sync_lock:
+            for model in self._models.values():
+                self._sync(model)
+
+    def _poll(self, wait_seconds: float) -> None:
+        while not self._stop.wait(wait_seconds):
+            try:
+                self.poll_once()
+            except Exception:  # a poll must never kill the poller
+                log.exception("model poll failed")
+
+    def _set_status(self, model: _Model, version: int, status: VersionStatus) -> None:
+        with self._status_lock:
+            model.statuses[version] = status
+
+    def _sync(self, model: _Model) -> None:
+        name = model.config.name
+        present = list_versions(model.config.base_path)
+        if not present and not model.empty:  # once per empty spell, not every poll
+            log.warning("No versions of servable %s found under base path %s", name, model.config.base_path)
+        model.empty = not present
+        model.failed &= set(present)
+        aspired = aspired_versions(model.config, present)
+        changed = False
+        for version in sorted(aspired - set(model.loaded) - model.failed, reverse=True):
+            changed |= self._load(model, version)
+        stale = [v for v in model.loaded if v not in aspired]
+        if stale and (not aspired or aspired & set(model.loaded)):
+            self._unload(model, stale)
+            changed = True
+        if changed:
+            self._on_change(name, sorted(model.loaded))
+
+    def _load(self, model: _Model, version: int) -> bool:
+        name, path = model.config.name, os.path.join(model.config.base_path, str(version))
+        self._set_status(model, version, VersionStatus(State.LOADING))
+        log.info("Loading servable: {name: %s version: %d} from %s", name, version, path)
+        try:
+            loaded = self._loader(name, version, path)
+            replayed = self._warmup(loaded, self._limits)
+        except Exception as error:
+            code = _load_error_code(error)
+            message = f"Failed to load servable {name} version {version} from {path}: {error}"
+            log.error("%s", message)
+            model.failed.add(version)
+            self._set_status(model, version, VersionStatus(State.END, code, message))
+            return False
+        model.loaded = {**model.loaded, version: loaded}
+        self._set_status(model, version, VersionStatus(State.AVAILABLE))
+        log.info("Successfully loaded servable {name: %s version: %d} (%d warmup requests)", name, version, replayed)
+        return True
+
+    def _unload(self, model: _Model, versions: list[int]) -> None:
+        for version in versions:
+            self._set_status(model, version, VersionStatus(State.UNLOADING))
+        model.loaded = {v: lv for v, lv in model.loaded.items() if v not in versions}
+        for version in versions:
+            self._set_status(model, version, VersionStatus(State.END))
+            log.info("Unloaded servable {name: %s version: %d}", model.config.name, version)
+
+    def _apply_labels(self, model: _Model) -> None:
+        labels = dict(model.config.version_labels)
+        for label, version in labels.items():
+            if version not in model.loaded:
+                raise ServingError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"Request to assign label to version {version} of model {model.config.name}, "
+                    "which is not currently available for inference",
+                )
+        model.labels = labels
+
+    # -- lookups used by the services ----------------------------------------------
+
+    def resolve(self, spec: model_pb2.ModelSpec) -> LoadedVersion:
+        """The loaded version a ModelSpec names: explicit version, label, or the latest."""
+        model = self._models.get(spec.name)
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version_label":
+            version = self.label_version(spec.name, spec.version_label)
+            request = f"Specific({spec.name}, {version})"
+        elif choice == "version":
+            version = spec.version.value
+            request = f"Specific({spec.name}, {version})"
+        else:
+            version = max(model.loaded) if model is not None and model.loaded else None
+            request = f"Latest({spec.name})"
+        loaded = model.loaded.get(version) if model is not None and version is not None else None
+        if loaded is None:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
+        return loaded
+
+    def statuses(self, name: str, version: int | None = None) -> list[tuple[int, VersionStatus]]:
+        """(version, status) newest first, as GetModelStatus lists them; NOT_FOUND as TF Serving."""
+        model = self._models.get(name)
+        with self._status_lock:
+            statuses = dict(model.statuses) if model is not None else {}
+        if version is not None:
+            if version not in statuses:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
+            return [(version, statuses[version])]
+        if not statuses:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+        return sorted(statuses.items(), reverse=True)
+
+    def label_version(self, name: str, label: str) -> int:
+        model = self._models.get(name)
+        if model is None or label not in model.labels:
+            raise predict.invalid(f"Unrecognized servable version label: {label}")
+        return model.labels[label]

@@ -1,0 +1,299 @@
+"""TF Serving's REST API (and Prometheus metrics) over the same handlers as the gRPC API.
+
+Endpoints, as TF Serving names and shapes them::
+
+    GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            → model status
+    GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   → signature defs
+    POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    → {"instances"|"inputs": ...}
+    POST /v1/models/<name>[/versions/<v>|/labels/<l>]:classify   → {"examples": [...], "context"?: {...}}
+    GET  /monitoring/prometheus/metrics                          → Prometheus text
+
+Binary strings travel as ``{"b64": "..."}``, in requests and (for outputs
+whose alias ends in ``_bytes`` or that are not UTF-8) in responses.
+
+Usage: ``rest = RestServer(core, "127.0.0.1", 8501, MonitoringConfig()); rest.start(); ...; rest.stop()``
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow.core.example import example_pb2
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2
+
+from serving import metrics, predict
+from serving.predict import ServingError
+
+log = logging.getLogger(__name__)
+
+_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<action>/metadata|:predict|:classify|:regress)?$"
+)
+
+# Google's canonical gRPC → HTTP mapping, which TF Serving's REST API uses.
+_HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
+    grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.BAD_REQUEST,
+    grpc.StatusCode.OUT_OF_RANGE: HTTPStatus.BAD_REQUEST,
+    grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
+    grpc.StatusCode.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.TOO_MANY_REQUESTS,
+    grpc.StatusCode.UNIMPLEMENTED: HTTPStatus.NOT_IMPLEMENTED,
+    grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+}
+
+
+def _model_spec(match: re.Match) -> model_pb2.ModelSpec:
+    spec = model_pb2.ModelSpec(name=match["name"])
+    if match["version"]:
+        spec.version.value = int(match["version"])
+    elif match["label"]:
+        spec.version_label = match["label"]
+    return spec
+
+
+def _unb64(value: Any) -> Any:
+    """Replace every {"b64": "..."} in a JSON value by its bytes."""
+    if isinstance(value, dict):
+        if set(value) == {"b64"}:
+            try:
+                return base64.b64decode(value["b64"], validate=True)
+            except (ValueError, TypeError):
+                raise predict.invalid("Unable to base64 decode") from None
+        return {key: _unb64(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unb64(item) for item in value]
+    return value
+
+
+def _array(alias: str, value: Any, dtype: int | None) -> np.ndarray:
+    """The array for one input; ``dtype`` None (an alias the signature lacks) is inferred."""
+    try:
+        if dtype is None:
+            return np.array(value)
+        if dtype == types_pb2.DT_STRING:
+            encode = np.vectorize(lambda v: v if isinstance(v, bytes) else str(v).encode(), otypes=[object])
+            return encode(np.array(value, dtype=object))
+        return np.array(value, dtype=tf.dtypes.as_dtype(dtype).as_numpy_dtype)
+    except (ValueError, TypeError) as error:
+        kind = types_pb2.DataType.Name(dtype) if dtype is not None else "tensor"
+        raise predict.invalid(f"input '{alias}' is not a well-formed {kind} value: {error}") from None
+
+
+def _columns(body: dict, inputs: dict) -> tuple[dict[str, Any], bool]:
+    """(alias → value, row format?) from a predict body's "instances" or "inputs"."""
+    if ("instances" in body) == ("inputs" in body):
+        raise predict.invalid(
+            "Missing 'inputs' or 'instances' key"
+            if "instances" not in body
+            else "Not formatted correctly expecting only one of 'inputs' or 'instances' keys exist"
+        )
+    if "inputs" in body:
+        value = _unb64(body["inputs"])
+        return (value if isinstance(value, dict) else {next(iter(inputs)): value}), False
+    instances = _unb64(body["instances"])
+    if not isinstance(instances, list):
+        raise predict.invalid("'instances' must be a JSON array")
+    if instances and all(isinstance(row, dict) for row in instances):
+        keys = set(instances[0])
+        if any(set(row) != keys for row in instances):
+            raise predict.invalid("The instances do not all have the same named inputs")
+        return {key: [row[key] for row in instances] for key in keys}, True
+    if len(inputs) != 1:
+        raise predict.invalid("instances without names need a signature with exactly one input")
+    return {next(iter(inputs)): instances}, True
+
+
+def _example(value: Any) -> example_pb2.Example:
+    """A JSON object of feature name → value or list (numbers, strings, b64 bytes) as a tf.Example."""
+    if not isinstance(value, dict):
+        raise predict.invalid("an example must be a JSON object of features")
+    example = example_pb2.Example()
+    for name, feature_value in value.items():
+        values = feature_value if isinstance(feature_value, list) else [feature_value]
+        feature = example.features.feature[name]
+        if all(isinstance(v, (bytes, str)) for v in values):
+            feature.bytes_list.value.extend(v if isinstance(v, bytes) else v.encode() for v in values)
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            feature.int64_list.value.extend(values)
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            feature.float_list.value.extend(values)
+        else:
+            raise predict.invalid(f"feature '{name}' must hold numbers or strings, not a mix")
+    return example
+
+
+def _json_value(alias: str, array: np.ndarray) -> Any:
+    if array.dtype != object:
+        return array.tolist()
+
+    def text(value: bytes) -> Any:
+        if not alias.endswith("_bytes"):
+            try:
+                return value.decode()
+            except UnicodeDecodeError:
+                pass
+        return {"b64": base64.b64encode(value).decode()}
+
+    return np.vectorize(text, otypes=[object])(array).tolist() if array.ndim else text(array.item())
+
+
+class RestServer:
+    """A threaded HTTP server bound at construction (so a busy port fails start())."""
+
+    def __init__(self, core, host: str, port: int, monitoring: metrics.MonitoringConfig, max_body_bytes: int = 64 << 20):
+        self.core = core
+        self.monitoring = monitoring
+        self.max_body_bytes = max_body_bytes
+        handler = type("Handler", (_Handler,), {"rest": self})
+        self._http = ThreadingHTTPServer((host, port), handler)
+        self._http.daemon_threads = True
+        self.port = self._http.server_address[1]
+        self._thread = threading.Thread(target=self._http.serve_forever, name="rest", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._http.shutdown()
+        self._http.server_close()
+
+    # -- endpoints -------------------------------------------------------------------
+
+    def status(self, spec: model_pb2.ModelSpec) -> dict:
+        response = self.core.status(get_model_status_pb2.GetModelStatusRequest(model_spec=spec))
+        return json_format.MessageToDict(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+    def metadata(self, spec: model_pb2.ModelSpec) -> dict:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
+        response = self.core.metadata(request)
+        signature_defs = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_defs)
+        return {
+            "model_spec": json_format.MessageToDict(
+                response.model_spec, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            ),
+            "metadata": {"signature_def": json_format.MessageToDict(signature_defs, preserving_proto_field_name=True)},
+        }
+
+    def predict(self, spec: model_pb2.ModelSpec, body: Any) -> dict:
+        if not isinstance(body, dict):
+            raise predict.invalid("JSON Value: request body must be a JSON object")
+        signature_name = body.get("signature_name", "")
+        if not isinstance(signature_name, str):
+            raise predict.invalid("'signature_name' must be a string value.")
+        spec.signature_name = signature_name
+        version = self.core.manager.resolve(spec)
+        inputs = predict.find_signature(version.signatures, signature_name).definition.inputs
+        columns, rows = _columns(body, inputs)
+        request = predict_pb2.PredictRequest(model_spec=spec)
+        for alias, value in columns.items():
+            dtype = inputs[alias].dtype if alias in inputs else None
+            request.inputs[alias].CopyFrom(tf.make_tensor_proto(_array(alias, value, dtype)))
+        response = self.core.predict(request, None)
+        outputs = {alias: _json_value(alias, tf.make_ndarray(t)) for alias, t in sorted(response.outputs.items())}
+        if not rows:
+            return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
+        if len(outputs) == 1:
+            return {"predictions": next(iter(outputs.values()))}
+        count = len(next(iter(outputs.values())))
+        return {"predictions": [{alias: value[i] for alias, value in outputs.items()} for i in range(count)]}
+
+
+    def classify(self, spec: model_pb2.ModelSpec, body: Any) -> dict:
+        body = _unb64(body)
+        if not isinstance(body, dict) or not isinstance(body.get("examples"), list):
+            raise predict.invalid("'examples' must be a JSON array of examples")
+        spec.signature_name = body.get("signature_name", "")
+        request = classification_pb2.ClassificationRequest(model_spec=spec)
+        examples = [_example(item) for item in body["examples"]]
+        if "context" in body:
+            request.input.example_list_with_context.context.CopyFrom(_example(body["context"]))
+            request.input.example_list_with_context.examples.extend(examples)
+        else:
+            request.input.example_list.examples.extend(examples)
+        result = self.core.classify(request, None).result
+        return {"result": [[[c.label, c.score] for c in row.classes] for row in result.classifications]}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    rest: RestServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args) -> None:  # http.server prints to stderr otherwise
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _send(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _json(self, status: int, value: Any) -> None:
+        self._send(status, json.dumps(value, indent=1).encode())
+
+    def _answer(self, method: str) -> None:
+        path = self.path.split("?", 1)[0]
+        started, model, code = time.perf_counter(), "", grpc.StatusCode.OK
+        try:
+            if method == "GET" and self.rest.monitoring.enabled and path == self.rest.monitoring.path:
+                self._send(HTTPStatus.OK, self.rest.core.metrics.exposition(), "text/plain; version=0.0.4")
+                return
+            match = _PATH.match(path)
+            if match is None:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} {path}")
+            spec, action = _model_spec(match), match["action"]
+            model = spec.name
+            if method == "GET" and action is None:
+                self._json(HTTPStatus.OK, self.rest.status(spec))
+            elif method == "GET" and action == "/metadata":
+                self._json(HTTPStatus.OK, self.rest.metadata(spec))
+            elif method == "POST" and action == ":predict":
+                self._json(HTTPStatus.OK, self.rest.predict(spec, self._body()))
+            elif method == "POST" and action == ":classify":
+                self._json(HTTPStatus.OK, self.rest.classify(spec, self._body()))
+            elif method == "POST" and action == ":regress":
+                raise ServingError(grpc.StatusCode.UNIMPLEMENTED, "regress is not supported by this server")
+            else:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} {path}")
+        except ServingError as error:
+            code = error.code
+            self._json(_HTTP_STATUS.get(error.code, HTTPStatus.INTERNAL_SERVER_ERROR), {"error": error.message})
+        except Exception as error:  # a request never takes the server down
+            code = grpc.StatusCode.INTERNAL
+            log.exception("REST %s %s failed", method, path)
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(error).__name__}: {error}"})
+        if model:
+            self.rest.core.metrics.observe_request(model, f"REST {method}", code.name, time.perf_counter() - started)
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > self.rest.max_body_bytes:
+            self.close_connection = True
+            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"Request body of {length} bytes exceeds the limit of {self.rest.max_body_bytes}")
+        try:
+            return json.loads(self.rfile.read(length) or b"null")
+        except ValueError as error:
+            raise predict.invalid(f"JSON Parse error: {error}") from None
+
+    def do_GET(self) -> None:
+        self._answer("GET")
+
+    def do_POST(self) -> None:
+        self._answer("POST")
