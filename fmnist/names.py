@@ -14,11 +14,13 @@ MODEL_NAME = "fashion_mnist"
 # Signature keys of every exported SavedModel.
 SERVING_DEFAULT = "serving_default"  # raw pixels in, the key TF Serving defaults to
 PREDICT_IMAGES = "predict_images"  # encoded image bytes in, decoded inside the graph
-SIGNATURES = (SERVING_DEFAULT, PREDICT_IMAGES)
+CLASSIFY = "classify"  # tf.Example in, for PredictionService.Classify
+SIGNATURES = (SERVING_DEFAULT, PREDICT_IMAGES, CLASSIFY)
 
 # Input aliases.
 INPUT_IMAGES = "images"  # float32 [batch, 28, 28], raw 0-255 intensities
 INPUT_IMAGE_BYTES = "image_bytes"  # string [batch], PNG/JPEG/GIF/BMP bytes
+FEATURE_IMAGE = "image"  # the tf.Example bytes feature CLASSIFY reads: one encoded image
 
 # Output aliases, the same for every signature.
 OUTPUT_PROBABILITIES = "probabilities"  # float32 [batch, 10]

@@ -1,4 +1,4 @@
-"""The serving graph: both signatures around a trained Keras model, and warmup records.
+"""The serving graph: the signatures around a trained Keras model, and warmup records.
 
 All preprocessing (decoding, grey conversion, alpha, resize, scaling) is in the
 graph, so clients of TF Serving or of the embedded server send raw pixels or
@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from fmnist import names
@@ -120,7 +121,12 @@ def _outputs(logits: tf.Tensor) -> dict[str, tf.Tensor]:
 
 
 def write_saved_model(model: keras.Model, path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Export ``model`` (raw pixels → logits) as a TF2 SavedModel with both signatures."""
+    """Export ``model`` (raw pixels → logits) as a TF2 SavedModel with the three signatures.
+
+    ``serving_default`` takes raw pixels, ``predict_images`` encoded files, and
+    ``classify`` serialized tf.Examples holding an encoded image under
+    ``names.FEATURE_IMAGE`` (for PredictionService.Classify).
+    """
 
     def serving_default(images: tf.Tensor) -> dict[str, tf.Tensor]:
         return _outputs(model(preprocess(images), training=False))
@@ -145,7 +151,31 @@ def write_saved_model(model: keras.Model, path: str | os.PathLike, *, max_pixels
         predict_images,
         input_signature=[tf.TensorSpec((None,), tf.string, name=names.INPUT_IMAGE_BYTES)],
     )
+    def classify(inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        features = tf.io.parse_example(inputs, {names.FEATURE_IMAGE: tf.io.FixedLenFeature([], tf.string)})
+        probabilities = predict_images(features[names.FEATURE_IMAGE])[names.OUTPUT_PROBABILITIES]
+        classes = tf.tile(tf.constant([names.CLASS_NAMES]), [tf.shape(probabilities)[0], 1])
+        return {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: classes, tf.saved_model.CLASSIFY_OUTPUT_SCORES: probabilities}
+
+    archive.add_endpoint(
+        names.CLASSIFY,
+        classify,
+        input_signature=[tf.TensorSpec((None,), tf.string, name=tf.saved_model.CLASSIFY_INPUTS)],
+    )
     archive.write_out(str(path), verbose=False)
+    _mark_as_classification(Path(path) / "saved_model.pb", names.CLASSIFY)
+
+
+def _mark_as_classification(saved_model_pb: Path, signature: str) -> None:
+    """Give ``signature`` the classify method name, which TF Serving's Classify API requires.
+
+    TF2 saving marks every signature as a predict one and offers no way to say
+    otherwise, so the MetaGraphDef is edited after the fact.
+    """
+    saved = saved_model_pb2.SavedModel.FromString(saved_model_pb.read_bytes())
+    for meta_graph in saved.meta_graphs:
+        meta_graph.signature_def[signature].method_name = tf.saved_model.CLASSIFY_METHOD_NAME
+    saved_model_pb.write_bytes(saved.SerializeToString())
 
 
 def warmup_requests(model_name: str, images: np.ndarray, encoded: list[bytes]) -> list[predict_pb2.PredictRequest]:

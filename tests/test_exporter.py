@@ -88,7 +88,7 @@ def test_encoded_path_resizes_and_refuses_bombs(models_dir, dataset):
         predict(**{names.INPUT_IMAGE_BYTES: tf.constant([b"not an image"])})
 
 
-def test_saved_model_cli_lists_both_signatures(models_dir):
+def test_saved_model_cli_lists_the_signatures(models_dir):
     cli = Path(sys.executable).with_name("saved_model_cli")
     shown = subprocess.run([str(cli), "show", "--dir", str(models_dir / names.MODEL_NAME / "1"), "--all"],
                            capture_output=True, text=True, check=True).stdout
@@ -96,7 +96,8 @@ def test_saved_model_cli_lists_both_signatures(models_dir):
                  f"inputs['{names.INPUT_IMAGES}']", f"inputs['{names.INPUT_IMAGE_BYTES}']",
                  f"outputs['{names.OUTPUT_PROBABILITIES}']", f"outputs['{names.OUTPUT_CLASS_IDS}']",
                  f"outputs['{names.OUTPUT_CLASS_NAMES}']", "shape: (-1, 28, 28)", "dtype: DT_STRING",
-                 "dtype: DT_INT64"):
+                 "dtype: DT_INT64", f"signature_def['{names.CLASSIFY}']",
+                 f"Method name is: {tf.saved_model.CLASSIFY_METHOD_NAME}"):
         assert text in shown, text
 
 

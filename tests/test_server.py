@@ -349,6 +349,24 @@ def test_classify_with_tf_examples(tmp_path, shared):
     assert error.details() == "Expected classification signature method_name to be tensorflow/serving/classify. Was: tensorflow/serving/predict"
 
 
+
+def test_classify_on_the_exported_model_reads_encoded_images_from_examples(shared, images):
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = names.MODEL_NAME
+    request.model_spec.signature_name = names.CLASSIFY
+    for image in images[:4]:
+        request.input.example_list.examples.add().features.feature[names.FEATURE_IMAGE].bytes_list.value.append(
+            encode_png(image)
+        )
+    response = shared.predictions.Classify(request, timeout=TIMEOUT)
+    assert response.model_spec.signature_name == names.CLASSIFY
+    predicted = shared.predict(request_for(images[:4]))
+    expected = np.array(predicted.outputs[names.OUTPUT_PROBABILITIES].float_val).reshape(4, names.NUM_CLASSES)
+    for row, classification in enumerate(response.result.classifications):
+        assert [c.label for c in classification.classes] == list(names.CLASS_NAMES)
+        np.testing.assert_allclose([c.score for c in classification.classes], expected[row], atol=1e-5)
+
+
 # -- versions on disk ------------------------------------------------------------------
 
 
