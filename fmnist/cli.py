@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from types import ModuleType
 
 # subcommand → (module whose main(argv, prog) runs it, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -41,10 +42,28 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"fmnist: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    # TensorFlow's C++ start-up chatter (CPU features, missing CUDA) buries the output users need.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    module = importlib.import_module(COMMANDS[command][0])
+    module = _quiet_import(COMMANDS[command][0])
     return module.main(rest, prog=f"fmnist {command}")
+
+
+def _quiet_import(name: str) -> ModuleType:
+    """Import a command's module with file descriptor 2 pointed at /dev/null.
+
+    Importing TensorFlow makes its C++ runtime log a banner (CPU features,
+    missing CUDA) that TF_CPP_MIN_LOG_LEVEL no longer silences; a command's
+    stderr is for its own errors. An ImportError still surfaces, after the
+    descriptor is restored.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            return importlib.import_module(name)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from itertools import islice
-from types import ModuleType
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from fmnist import names
-
-if TYPE_CHECKING:
-    from serving.client import Prediction, PredictionClient, ServingError
+from serving.client import Prediction, PredictionClient, ServingError
 
 # A bad file fails its whole batch with one of these; resending singly finds it.
 _PER_IMAGE_CODES = ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED")
@@ -82,13 +78,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"{prog}: cannot read --root-cert {args.root_cert}: {error.strerror or error}", file=sys.stderr)
         return 1
 
-    client_lib = _import_client()  # after parsing, so --help answers at once
-    client = client_lib.PredictionClient(
+    client = PredictionClient(
         args.server, model_name=args.model_name, timeout=args.timeout, tls=args.tls, root_certificates=root_cert
     )
     try:
         failures = _run(client, args, prog)
-    except client_lib.ServingError as error:
+    except ServingError as error:
         print(f"{prog}: {_describe(error)}", file=sys.stderr)
         return 1
     finally:
@@ -98,8 +93,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 def _run(client: PredictionClient, args: argparse.Namespace, prog: str) -> int:
     """Print each good file's answer as it arrives and each bad file on stderr; return how many were bad."""
-    from serving.client import ServingError
-
     failures = 0
     for batch in _batches(args.images, args.batch_size):
         readable = []
@@ -117,25 +110,6 @@ def _run(client: PredictionClient, args: argparse.Namespace, prog: str) -> int:
             else:
                 _print(path, outcome, args.top_k, args.json, sys.stdout)
     return failures
-
-
-def _import_client() -> ModuleType:
-    """Import :mod:`serving.client` with file descriptor 2 pointed at /dev/null.
-
-    The serving protos import TensorFlow, whose C++ runtime logs an INFO
-    banner at import that TF_CPP_MIN_LOG_LEVEL no longer silences; a CLI's
-    stderr is for its own one-line errors. An ImportError still surfaces.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import serving.client
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-    return serving.client
 
 
 def _read(path: str) -> bytes:
@@ -158,8 +132,6 @@ def _classify(
     does it resend the files one at a time to tell the good from the bad.
     Errors about the server itself (unreachable, unknown model) propagate.
     """
-    from serving.client import ServingError
-
     if not files:
         return
     kwargs = dict(version=args.model_version, version_label=args.version_label, timeout=args.timeout)
