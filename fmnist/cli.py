@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 def _quiet_import(name: str) -> ModuleType:
     """Import a command's module with file descriptor 2 pointed at /dev/null.
 
-    Importing TensorFlow makes its C++ runtime log a banner (CPU features,
-    missing CUDA) that TF_CPP_MIN_LOG_LEVEL no longer silences; a command's
+    Importing TensorFlow and its first device query make its C++ runtime log a
+    banner (CPU features, missing CUDA) that TF_CPP_MIN_LOG_LEVEL no longer silences; a command's
     stderr is for its own errors. An ImportError still surfaces, after the
     descriptor is restored.
     """
@@ -60,7 +60,10 @@ def _quiet_import(name: str) -> ModuleType:
     try:
         with open(os.devnull, "wb") as devnull:
             os.dup2(devnull.fileno(), 2)
-            return importlib.import_module(name)
+            module = importlib.import_module(name)
+            if "tensorflow" in sys.modules:  # its first device query logs a CUDA error on CPU-only hosts
+                sys.modules["tensorflow"].config.list_physical_devices()
+            return module
     finally:
         os.dup2(saved, 2)
         os.close(saved)

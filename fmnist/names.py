@@ -44,6 +44,11 @@ CLASS_NAMES = (
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SIZE = 28  # images are IMAGE_SIZE x IMAGE_SIZE, one channel
 
+# Limits on one encoded image, shared by the exported graph, the server and the batch job, so
+# a file the batch job lets through is one the server and the model accept.
+MAX_IMAGE_PIXELS = 4096 * 4096  # as its header claims; checked before anything is decoded
+MAX_IMAGE_BYTES = 16 * 1024 * 1024
+
 # Files written beside every pushed version, inside the SavedModel directory.
 ASSETS_EXTRA = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"  # the name TF Serving looks for

@@ -3,12 +3,12 @@
 Both report on (true label, predicted label) pairs the same way, so the
 numbers in ``metrics.json`` and in a batch job's summary are comparable.
 
-Usage: ``m = classification_metrics(labels, preds); save_confusion_matrix(m["confusion_matrix"], "cm.png")``
+Usage: ``m = classification_metrics(labels, preds); png = confusion_matrix_png(m["confusion_matrix"])``
 """
 
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
 
@@ -40,8 +40,11 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict:
     }
 
 
-def save_confusion_matrix(matrix, path: str | os.PathLike, title: str = "Confusion matrix") -> None:
-    """Counts with row-normalised shading, so rare and common classes read alike."""
+def confusion_matrix_png(matrix, title: str = "Confusion matrix", ylabel: str = "true") -> bytes:
+    """Counts with row-normalised shading, so rare and common classes read alike; PNG bytes.
+
+    Bytes rather than a path, so the batch job can write it through any Beam file system.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +58,7 @@ def save_confusion_matrix(matrix, path: str | os.PathLike, title: str = "Confusi
     ax.set_xticks(ticks, names.CLASS_NAMES, rotation=45, ha="right")
     ax.set_yticks(ticks, names.CLASS_NAMES)
     ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     for i in ticks:
         for j in ticks:
@@ -63,5 +66,7 @@ def save_confusion_matrix(matrix, path: str | os.PathLike, title: str = "Confusi
                 ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if shares[i, j] > 0.5 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
+    return buffer.getvalue()

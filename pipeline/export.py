@@ -23,7 +23,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from fmnist import names
 from pipeline.model import preprocess
 
-DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_MAX_PIXELS = names.MAX_IMAGE_PIXELS
 _SIZE = (names.IMAGE_SIZE, names.IMAGE_SIZE)
 _GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R 601-2 luma, as PIL's "L" mode
 

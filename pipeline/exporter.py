@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from fmnist import names
-from fmnist.report import save_confusion_matrix
+from fmnist.report import confusion_matrix_png
 from pipeline import data, evaluator, export, plots, pusher, trainer
 from pipeline.model import PROFILES
 
@@ -83,8 +83,9 @@ def run(config: ExporterConfig, *, load_data: Callable[..., data.Dataset] = data
     model_base = Path(config.models_dir) / config.model_name
     baseline = pusher.latest_metrics(model_base)
     evaluation = evaluator.run(trained.model, dataset.test, config.eval, baseline)
-    save_confusion_matrix(evaluation.metrics["confusion_matrix"], run_dir / "confusion_matrix.png",
-                          title=f"{config.train.profile}: held-out accuracy {evaluation.metrics['accuracy']:.4f}")
+    (run_dir / "confusion_matrix.png").write_bytes(confusion_matrix_png(
+        evaluation.metrics["confusion_matrix"],
+        title=f"{config.train.profile}: held-out accuracy {evaluation.metrics['accuracy']:.4f}"))
     pushed = evaluation.blessed or config.eval.force
     metrics = {
         **evaluation.metrics,

@@ -30,9 +30,11 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import predict_pb2
 
+from fmnist import names
+
 DEFAULT_SIGNATURE = "serving_default"  # tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
-DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
-DEFAULT_MAX_IMAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = names.MAX_IMAGE_PIXELS
+DEFAULT_MAX_IMAGE_BYTES = names.MAX_IMAGE_BYTES
 DEFAULT_MAX_TENSOR_BYTES = 256 * 1024 * 1024
 
 

@@ -1,0 +1,9 @@
+"""``fmnist batch``: classify folders of image files in bulk with Apache Beam.
+
+The job (:mod:`batch.job`) reads files with Beam's file IO (:mod:`batch.io`),
+classifies them in batches through the served model or in-process with
+``RunInference`` (:mod:`batch.inference`), and writes sharded records, an
+``errors`` output and a summary (:mod:`batch.summary`).
+
+Usage: ``fmnist batch --input images/ --output out/ --server localhost:8500``
+"""

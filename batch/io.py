@@ -1,0 +1,191 @@
+"""The batch job's file side: which files an ``--input`` names, reading them, writing records.
+
+Reading checks each file locally before anything is sent: its size, and the
+image header PIL parses without decoding pixels, so empty files, non-images,
+unsupported formats and decompression bombs become error records here rather
+than failed requests. Everything goes through Beam's ``FileSystems``, so
+``gs://``, ``s3://`` and the others work wherever their Beam extra is installed.
+
+Usage::
+
+    patterns = [input_pattern(spec) for spec in ["images/", "more/*.png"]]
+    read = metadata | beam.ParDo(ReadImages(limits)).with_outputs(FAILED, main="images")
+    records | Write(output_dir, "predictions", "jsonl", PREDICTION_SCHEMA)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes, FileMetadata
+from apache_beam.io.filesystems import FileSystems
+from PIL import Image as PILImage
+
+from batch.outcomes import Classified, Failed, Image, Reason
+from fmnist import names
+
+FAILED = "failed"  # tag of the error outcomes of ReadImages
+FORMATS = ("jsonl", "csv", "parquet")
+SUCCESS = "_SUCCESS"
+# What the graph's decoder handles (tf.io.decode_image); MPO is how PIL names multi-picture JPEGs.
+_DECODABLE = frozenset({"PNG", "JPEG", "MPO", "GIF", "BMP"})
+_WILDCARD = re.compile(r"[*?\[]")
+
+_TOP_K = pa.struct([("class_id", pa.int64()), ("class_name", pa.string()), ("probability", pa.float64())])
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("class_id", pa.int64()),
+        ("class_name", pa.string()),
+        ("confidence", pa.float64()),
+        ("top_k", pa.list_(_TOP_K)),
+        ("model_name", pa.string()),
+        ("model_version", pa.int64()),
+    ]
+)
+ERROR_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+
+
+def input_pattern(spec: str) -> str:
+    """The Beam file pattern for one ``--input``: globs as given, folders recursively.
+
+    A plain path is a folder when the local file system says so, or when no
+    file has exactly that name (object stores have no folders, only prefixes).
+    """
+    if _WILDCARD.search(spec):
+        return spec
+    if not os.path.isdir(spec) and any(m.path == spec for m in FileSystems.match([spec])[0].metadata_list):
+        return spec
+    return FileSystems.join(spec.rstrip("/"), "**")
+
+
+def label_of(path: str) -> int | None:
+    """The class id the file's parent folder is named after (``names.folder_name``), if any."""
+    parent = FileSystems.split(FileSystems.split(path)[0])[1]
+    return names.class_id_from_folder(parent)
+
+
+def check_header(data: bytes, max_pixels: int) -> tuple[str, str] | None:
+    """(reason, detail) when ``data`` is no image the model can take; None when it may be sent.
+
+    Only the header is parsed, so a hostile file costs nothing; a file whose
+    header is fine but whose body is broken is left for the model to reject.
+    """
+    if not data:
+        return Reason.EMPTY, "0 bytes"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data)) as image:
+                kind, (width, height) = image.format, image.size
+    except PILImage.DecompressionBombError as error:
+        return Reason.TOO_LARGE, str(error)
+    except PILImage.UnidentifiedImageError:
+        return Reason.NOT_AN_IMAGE, f"no image header PIL recognises; starts {data[:8]!r}"
+    except Exception as error:  # PIL raises many types on hostile headers; all mean "not an image"
+        return Reason.NOT_AN_IMAGE, f"{type(error).__name__}: {error}"
+    if kind not in _DECODABLE:
+        return Reason.UNSUPPORTED_FORMAT, f"{kind} (supported: PNG, JPEG, GIF, BMP)"
+    if width * height > max_pixels:
+        return Reason.TOO_LARGE, f"{width}x{height} pixels, more than {max_pixels}"
+    return None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a file may be and still be sent; beyond these it is a ``too_large`` error."""
+
+    max_file_bytes: int = names.MAX_IMAGE_BYTES
+    max_pixels: int = names.MAX_IMAGE_PIXELS
+
+
+class ReadImages(beam.DoFn):
+    """FileMetadata → :class:`Image`, or a :class:`Failed` on the ``FAILED`` output."""
+
+    def __init__(self, limits: Limits):
+        self._limits = limits
+
+    def process(self, metadata: FileMetadata) -> Iterator[Image | beam.pvalue.TaggedOutput]:
+        path = metadata.path
+        try:
+            # UNCOMPRESSED: Beam would otherwise gunzip a "x.gz" behind our back.
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
+                data = file.read(self._limits.max_file_bytes + 1)  # never more than one byte past the limit
+        except OSError as error:
+            yield beam.pvalue.TaggedOutput(FAILED, Failed(path, Reason.UNREADABLE, f"{type(error).__name__}: {error}"))
+            return
+        if len(data) > self._limits.max_file_bytes:
+            problem = Reason.TOO_LARGE, f"more than {self._limits.max_file_bytes} bytes"
+        else:
+            problem = check_header(data, self._limits.max_pixels)
+        if problem:
+            yield beam.pvalue.TaggedOutput(FAILED, Failed(path, *problem))
+        else:
+            yield Image(path, data, label_of(path))
+
+
+def prediction_record(outcome: Classified, top_k: int) -> dict:
+    """One output row (:data:`PREDICTION_SCHEMA`)."""
+    class_id = outcome.class_id
+    return {
+        "path": outcome.path,
+        "class_id": class_id,
+        "class_name": names.CLASS_NAMES[class_id],
+        "confidence": outcome.probabilities[class_id],
+        "top_k": [
+            {"class_id": i, "class_name": names.CLASS_NAMES[i], "probability": p} for i, p in outcome.top_k(top_k)
+        ],
+        "model_name": outcome.model_name,
+        "model_version": outcome.model_version,
+    }
+
+
+def error_record(outcome: Failed) -> dict:
+    """One ``errors`` row (:data:`ERROR_SCHEMA`)."""
+    return {"path": outcome.path, "reason": outcome.reason, "detail": outcome.detail}
+
+
+def _csv_line(record: dict, columns: list[str]) -> str:
+    """One CSV row; nested values (top_k) are JSON in their cell."""
+    buffer = io.StringIO()
+    cells = [v if isinstance(v, (str, int, float)) else json.dumps(v) for v in (record[c] for c in columns)]
+    csv.writer(buffer, lineterminator="").writerow(cells)
+    return buffer.getvalue()
+
+
+class Write(beam.PTransform):
+    """Dict records → sharded ``<output>/<name>-SSSSS-of-NNNNN.<format>`` files."""
+
+    def __init__(self, output: str, name: str, file_format: str, schema: pa.Schema):
+        super().__init__()
+        self._prefix = FileSystems.join(output, name)
+        self._format = file_format
+        self._schema = schema
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        suffix = "." + self._format
+        if self._format == "parquet":
+            return records | beam.io.WriteToParquet(self._prefix, self._schema, file_name_suffix=suffix)
+        if self._format == "csv":
+            columns = self._schema.names
+            return (
+                records
+                | beam.Map(_csv_line, columns)
+                | beam.io.WriteToText(self._prefix, file_name_suffix=suffix, header=",".join(columns))
+            )
+        return records | beam.Map(json.dumps) | beam.io.WriteToText(self._prefix, file_name_suffix=suffix)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole file through Beam's FileSystems (local or remote)."""
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
+        file.write(data)

@@ -1,0 +1,72 @@
+"""What flows through the batch job: an image read from a file, and its outcome.
+
+Every matched file ends as exactly one :class:`Classified` or one
+:class:`Failed`; that is how the job guarantees outputs + errors = inputs.
+The types are plain frozen dataclasses of str/bytes/int/float so any runner
+can pickle them between workers.
+
+Usage: ``Failed(path, Reason.EMPTY, "0 bytes")``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fmnist import names
+
+
+class Reason:
+    """Why a file has no classification; the keys of "errors by reason" in the summary and metrics."""
+
+    UNREADABLE = "unreadable"  # the file system refused to open or read it
+    EMPTY = "empty"  # zero bytes
+    NOT_AN_IMAGE = "not_an_image"  # no image header that PIL recognises
+    UNSUPPORTED_FORMAT = "unsupported_format"  # an image, but not PNG/JPEG/GIF/BMP
+    TOO_LARGE = "too_large"  # too many bytes to send, or a header claiming too many pixels
+    REJECTED = "rejected_by_model"  # the model could not decode it (INVALID_ARGUMENT)
+
+
+@dataclass(frozen=True)
+class Image:
+    """One file's encoded bytes; ``label`` is the class its parent folder names, if any."""
+
+    path: str
+    data: bytes
+    label: int | None
+
+
+@dataclass(frozen=True)
+class Classified:
+    """One file's class probabilities and the model version that produced them."""
+
+    path: str
+    label: int | None
+    probabilities: tuple[float, ...]
+    model_name: str
+    model_version: int
+
+    @property
+    def class_id(self) -> int:
+        """The likeliest class; ties go to the lower id, as the graph's argmax does."""
+        return self.top_k(1)[0][0]
+
+    def top_k(self, k: int) -> list[tuple[int, float]]:
+        """The ``k`` likeliest (class id, probability), best first; ties keep label order."""
+        order = sorted(range(len(self.probabilities)), key=lambda i: (-self.probabilities[i], i))
+        return [(i, self.probabilities[i]) for i in order[:k]]
+
+    @property
+    def class_name(self) -> str:
+        return names.CLASS_NAMES[self.class_id]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """One file that could not be classified: ``reason`` is a :class:`Reason`, ``detail`` says more."""
+
+    path: str
+    reason: str
+    detail: str
+
+
+Outcome = Classified | Failed

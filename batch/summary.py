@@ -1,0 +1,127 @@
+"""The batch job's summary: counts, errors by reason, throughput, and accuracy when folders are labelled.
+
+The pipeline reduces its outcomes to a handful of ``(key..., count)`` tallies
+(:func:`tally`) — a few hundred numbers whatever the input size — and the
+launcher, which alone knows the elapsed time, turns them into a
+:class:`Summary`, ``summary.json`` and, for labelled inputs, a confusion-matrix
+PNG. Tallies travel in the data, not in Beam metrics, because not every runner
+reports metrics exactly.
+
+Usage: ``summary = summarize(counts, elapsed, source); write(summary, out); print(render(summary))``
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+
+from batch.outcomes import Classified, Outcome
+from fmnist import names
+from fmnist.report import confusion_matrix_png
+
+SUMMARY_FILE = "summary.json"
+CONFUSION_FILE = "confusion_matrix.png"
+INPUT = ("input",)  # the tally of every matched file
+
+
+def tally(outcome: Outcome) -> Iterator[tuple]:
+    """The keys one outcome adds 1 to."""
+    if isinstance(outcome, Classified):
+        yield ("class", outcome.class_id)
+        yield ("model", outcome.model_name, outcome.model_version)
+        if outcome.label is not None:
+            yield ("pair", outcome.label, outcome.class_id)
+    else:
+        yield ("error", outcome.reason)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy over the classified files whose folder names their class (errors excluded)."""
+
+    files: int
+    accuracy: float
+    per_class_recall: dict[str, float | None]  # None: no file of that class
+    confusion_matrix: list[list[int]]  # [true label][predicted class]
+
+
+@dataclass(frozen=True)
+class Summary:
+    inputs: int
+    classified: int
+    errors: int
+    counts_per_class: dict[str, int]
+    errors_by_reason: dict[str, int]
+    models: list[dict]  # {"model_name", "model_version", "files"}: which versions answered
+    source: str  # "server HOST:PORT" or "in-process PATH"
+    elapsed_seconds: float
+    files_per_second: float
+    evaluation: Evaluation | None  # None unless some input folder is labelled
+
+
+def summarize(counts: Mapping[tuple, int], elapsed: float, source: str) -> Summary:
+    """A :class:`Summary` from the pipeline's tallies; raises if outputs + errors ≠ inputs."""
+    by_kind: dict[str, dict[tuple, int]] = {}
+    for key, count in counts.items():
+        by_kind.setdefault(key[0], {})[key[1:]] = count
+    inputs = counts.get(INPUT, 0)
+    per_class = {names.CLASS_NAMES[i]: by_kind.get("class", {}).get((i,), 0) for i in range(names.NUM_CLASSES)}
+    errors = dict(sorted((reason, n) for (reason,), n in by_kind.get("error", {}).items()))
+    classified, failed = sum(per_class.values()), sum(errors.values())
+    if classified + failed != inputs:
+        raise RuntimeError(f"lost files: {inputs} inputs but {classified} classified + {failed} errors")
+    models = [
+        {"model_name": name, "model_version": version, "files": n}
+        for (name, version), n in sorted(by_kind.get("model", {}).items())
+    ]
+    return Summary(
+        inputs=inputs,
+        classified=classified,
+        errors=failed,
+        counts_per_class=per_class,
+        errors_by_reason=errors,
+        models=models,
+        source=source,
+        elapsed_seconds=round(elapsed, 3),
+        files_per_second=round(inputs / elapsed, 1) if elapsed > 0 else 0.0,
+        evaluation=_evaluate(by_kind.get("pair", {})),
+    )
+
+
+def _evaluate(pairs: Mapping[tuple, int]) -> Evaluation | None:
+    if not pairs:
+        return None
+    matrix = [[pairs.get((true, predicted), 0) for predicted in range(names.NUM_CLASSES)] for true in range(names.NUM_CLASSES)]
+    files = sum(map(sum, matrix))
+    correct = sum(matrix[i][i] for i in range(names.NUM_CLASSES))
+    recall = {
+        names.CLASS_NAMES[i]: (round(matrix[i][i] / sum(row), 4) if sum(row) else None) for i, row in enumerate(matrix)
+    }
+    return Evaluation(files=files, accuracy=round(correct / files, 4), per_class_recall=recall, confusion_matrix=matrix)
+
+
+def to_json(summary: Summary) -> str:
+    return json.dumps(asdict(summary), indent=2)
+
+
+def confusion_png(evaluation: Evaluation) -> bytes:
+    """The confusion matrix as a PNG (rows: the folder's class, columns: predicted)."""
+    return confusion_matrix_png(evaluation.confusion_matrix, ylabel="true (folder)",
+                                title=f"accuracy {evaluation.accuracy:.2%} on {evaluation.files} files")
+
+
+def render(summary: Summary) -> str:
+    """The summary as a few lines for a terminal."""
+    lines = [
+        f"{summary.inputs} files: {summary.classified} classified, {summary.errors} errors "
+        f"in {summary.elapsed_seconds:.1f}s ({summary.files_per_second:.1f} files/s) via {summary.source}",
+        "per class: " + ", ".join(f"{name} {n}" for name, n in summary.counts_per_class.items()),
+    ]
+    if summary.errors_by_reason:
+        lines.append("errors: " + ", ".join(f"{reason} {n}" for reason, n in summary.errors_by_reason.items()))
+    if summary.evaluation:
+        e = summary.evaluation
+        recall = ", ".join(f"{name} {r:.2f}" for name, r in e.per_class_recall.items() if r is not None)
+        lines.append(f"accuracy {e.accuracy:.2%} on {e.files} labelled files; recall: {recall}")
+    return "\n".join(lines)
