@@ -7,6 +7,11 @@ picks the aspired ones; a new version is loaded and its warmup records are
 replayed before it takes traffic; an old version is unloaded only once an
 aspired one is available (or nothing is aspired any more), so a version that
 fails to load leaves the serving one in place, with the error in its status.
+A failed load is retried ``max_num_load_retries`` times,
+``load_retry_interval_micros`` apart (LoaderHarness::Load), so a version
+directory that appeared before its files were complete still loads; a base
+path that cannot be listed changes nothing (FileSystemStoragePathSource emits
+no aspired versions for it), while a listable, empty one unloads everything.
 
 Usage::
 
@@ -106,12 +111,12 @@ def replay_warmup(version: LoadedVersion, limits: predict.Limits) -> int:
 
 
 def list_versions(base_path: str) -> list[int]:
-    """Numeric sub-directories of ``base_path``; anything else (staging dirs, files) is ignored."""
-    try:
-        entries = os.scandir(base_path)
-    except OSError:
-        return []
-    with entries:
+    """Numeric sub-directories of ``base_path``; anything else (staging dirs, files) is ignored.
+
+    Raises OSError when ``base_path`` itself cannot be listed: a missing base
+    path is not an empty one, and must not unload what is serving.
+    """
+    with os.scandir(base_path) as entries:
         return sorted(int(e.name) for e in entries if e.name.isdigit() and e.is_dir())
 
 
@@ -192,8 +197,8 @@ class _Model:
     loaded: Mapping[int, LoadedVersion] = field(default_factory=dict)
     labels: Mapping[str, int] = field(default_factory=dict)
     statuses: dict[int, VersionStatus] = field(default_factory=dict)
-    failed: set[int] = field(default_factory=set)  # not retried while their directory stays
-    empty: bool = False  # no version directories at the last scan
+    failed: set[int] = field(default_factory=set)  # retries used up: not loaded again while their directory stays
+    scan_problem: str | None = None  # what the last scan of base_path found wrong, logged once per spell
 
 
 class ModelManager:
@@ -206,8 +211,14 @@ class ModelManager:
         warmup: Callable[[LoadedVersion, predict.Limits], int] = replay_warmup,
         limits: predict.Limits = predict.Limits(),
         on_change: Callable[[str, list[int]], None] = lambda name, versions: None,
+        max_num_load_retries: int = 5,
+        load_retry_interval_micros: int = 60_000_000,
     ):
+        """``max_num_load_retries`` and ``load_retry_interval_micros`` mean what TF Serving's flags
+        of those names mean, with the same defaults (5 retries, one minute apart; negative: no wait)."""
         self._loader = loader
+        self._max_num_load_retries = max(max_num_load_retries, 0)
+        self._load_retry_interval = max(load_retry_interval_micros, 0) / 1e6
         self._warmup = warmup
         self._limits = limits
         self._on_change = on_change
@@ -275,11 +286,17 @@ class ModelManager:
             model.statuses[version] = status
 
     def _sync(self, model: _Model) -> None:
-        name = model.config.name
-        present = list_versions(model.config.base_path)
-        if not present and not model.empty:  # once per empty spell, not every poll
-            log.warning("No versions of servable %s found under base path %s", name, model.config.base_path)
-        model.empty = not present
+        name, base_path = model.config.name, model.config.base_path
+        try:
+            present = list_versions(base_path)
+            problem = None if present else f"No versions of servable {name} found under base path {base_path}"
+        except OSError as error:
+            present, problem = None, f"Could not find base path {base_path} for servable {name} with error {error}"
+        if problem is not None and problem != model.scan_problem:  # once per spell, not every poll
+            log.warning("%s", problem)
+        model.scan_problem = problem
+        if present is None:
+            return
         model.failed &= set(present)
         aspired = aspired_versions(model.config, present)
         changed = False
@@ -296,20 +313,40 @@ class ModelManager:
         name, path = model.config.name, os.path.join(model.config.base_path, str(version))
         self._set_status(model, version, VersionStatus(State.LOADING))
         log.info("Loading servable: {name: %s version: %d} from %s", name, version, path)
-        try:
-            loaded = self._loader(name, version, path)
-            replayed = self._warmup(loaded, self._limits)
-        except Exception as error:
-            code = _load_error_code(error)
-            message = f"Failed to load servable {name} version {version} from {path}: {error}"
-            log.error("%s", message)
+        loaded: LoadedVersion | None = None
+        failure: Exception | None = None
+        for attempt in range(self._max_num_load_retries + 1):
+            if attempt:
+                if self._stop.wait(self._load_retry_interval) or not self._still_aspired(model, version):
+                    log.info("Load cancelled for servable: {name: %s version: %d}", name, version)
+                    break
+                log.info("Retrying load on servable version: {name: %s version: %d} retry: %d", name, version, attempt)
+            try:
+                candidate = self._loader(name, version, path)
+                replayed = self._warmup(candidate, self._limits)
+            except Exception as error:
+                failure = error
+                log.error("Servable {name: %s version: %d} load failure: %s", name, version, error)
+                continue
+            loaded = candidate
+            break
+        if loaded is None:
+            message = f"Failed to load servable {name} version {version} from {path}: {failure}"
             model.failed.add(version)
-            self._set_status(model, version, VersionStatus(State.END, code, message))
+            self._set_status(model, version, VersionStatus(State.END, _load_error_code(failure), message))
             return False
         model.loaded = {**model.loaded, version: loaded}
         self._set_status(model, version, VersionStatus(State.AVAILABLE))
         log.info("Successfully loaded servable {name: %s version: %d} (%d warmup requests)", name, version, replayed)
         return True
+
+    def _still_aspired(self, model: _Model, version: int) -> bool:
+        """Whether a failing version is still worth retrying: TF Serving cancels the retries of a
+        version its source no longer aspires (its directory went, or a newer one displaced it)."""
+        try:
+            return version in aspired_versions(model.config, list_versions(model.config.base_path))
+        except OSError:  # an unlistable base path aspires nothing new, and withdraws nothing either
+            return True
 
     def _unload(self, model: _Model, versions: list[int]) -> None:
         for version in versions:

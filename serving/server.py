@@ -71,6 +71,8 @@ class ServerConfig:
     model_config_file: str | None = None  # text-format ModelServerConfig
     model_config_file_poll_wait_seconds: float = 0.0  # 0 = read once
     file_system_poll_wait_seconds: float = 1.0  # <= 0: scan once
+    max_num_load_retries: int = 5  # retries of a failed version load, as TF Serving
+    load_retry_interval_micros: int = 60_000_000  # between those retries; negative: no wait
     enable_batching: bool = False
     batching_parameters_file: str | None = None
     monitoring_config_file: str | None = None
@@ -363,7 +365,14 @@ def start(
         health_servicer.set(model, serving)
         monitor.set_versions(model, versions)
 
-    manager = models.ModelManager(loader=loader, warmup=warmup, limits=config.limits(), on_change=on_change)
+    manager = models.ModelManager(
+        loader=loader,
+        warmup=warmup,
+        limits=config.limits(),
+        on_change=on_change,
+        max_num_load_retries=config.max_num_load_retries,
+        load_retry_interval_micros=config.load_retry_interval_micros,
+    )
     for entry in initial.model_config_list.config:
         health_servicer.set(entry.name, health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
@@ -438,6 +447,8 @@ _REAL_FLAGS = (
     "model_config_file",
     "model_config_file_poll_wait_seconds",
     "file_system_poll_wait_seconds",
+    "max_num_load_retries",
+    "load_retry_interval_micros",
     "enable_batching",
     "batching_parameters_file",
     "monitoring_config_file",
@@ -467,6 +478,8 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     tf_flags.add_argument("--model_config_file", help="text-format ModelServerConfig (several models, policies, labels)")
     tf_flags.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0, help="re-read the config file this often (0: once)")
     tf_flags.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0, help="scan for new/removed versions this often")
+    tf_flags.add_argument("--max_num_load_retries", type=int, default=5, help="retries of a failed version load (0: try once)")
+    tf_flags.add_argument("--load_retry_interval_micros", type=int, default=60_000_000, help="wait between load retries (negative: none)")
     tf_flags.add_argument(
         "--enable_batching", nargs="?", const=True, default=False, type=_bool_flag, metavar="BOOL",
         help="batch concurrent requests (--enable_batching or --enable_batching=true, as the real server takes it)",

@@ -382,7 +382,7 @@ def test_pushed_version_takes_over_and_corrupt_version_leaves_it_serving(models_
     base = models_dir / names.MODEL_NAME
     (base / "not_a_version").mkdir()
     shutil.copytree(base / "1", base / "12abc")  # not numeric: never a version
-    server = start_server(base)
+    server = start_server(base, max_num_load_retries=0)  # retries: tests/test_reliability.py
     client = Client(server.port)
     try:
         assert list(client.status()) == [1]
