@@ -36,7 +36,7 @@ class DemoConfig:
     workdir: str = "runs/demo"
     data_dir: str | None = None
     profile: str = "mlp"
-    epochs: int = 10
+    epochs: int | None = None  # None: the profile's recipe
     limit: int | None = None  # train on the first N images (quick runs, tests)
     count: int = 1000  # sample images the batch job classifies
     port: int = 0  # 0: a free port
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--workdir", default=defaults.workdir, help="everything the demo writes (emptied first)")
     parser.add_argument("--data-dir", help=f"directory of the IDX files (else ${names.ENV_DATA_DIR}, the Keras cache, a download)")
     parser.add_argument("--profile", default=defaults.profile, choices=("mlp", "cnn"))
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--epochs", type=int, help="default: the profile's recipe")
     parser.add_argument("--limit", type=int, help="train on the first N training images only")
     parser.add_argument("--count", type=int, default=defaults.count, help="sample images for the batch job")
     parser.add_argument("--port", type=int, default=defaults.port, help="gRPC port of the embedded server (0: free)")

@@ -66,6 +66,7 @@ def run(config: ExporterConfig, *, load_data: Callable[..., data.Dataset] = data
         clock: Callable[[], float] = time.time) -> ExportResult:
     """Run the four stages; ``clock`` gives the Unix time that becomes the pushed version number."""
     started = time.monotonic()
+    config = dataclasses.replace(config, train=config.train.resolve())
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -137,10 +138,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--model-name", default=d.model_name)
     parser.add_argument("--run-dir", default=d.run_dir, help="where plots, config.json and metrics.json go")
     parser.add_argument("--profile", choices=sorted(PROFILES), default=t.profile)
-    parser.add_argument("--epochs", type=int, default=t.epochs)
-    parser.add_argument("--batch-size", type=int, default=t.batch_size)
-    parser.add_argument("--validation-split", type=float, default=t.validation_split)
-    parser.add_argument("--learning-rate", type=float, default=t.learning_rate)
+    recipes = "; ".join(f"{name}: {p.epochs} epochs, batch {p.batch_size}, learning rate {p.learning_rate}"
+                        f"{' (warm-up + cosine)' if p.cosine else ''}, validation split {p.validation_split}"
+                        for name, p in PROFILES.items())
+    recipe = parser.add_argument_group("recipe", f"default: the profile's own ({recipes})")
+    recipe.add_argument("--epochs", type=int)
+    recipe.add_argument("--batch-size", type=int)
+    recipe.add_argument("--validation-split", type=float)
+    recipe.add_argument("--learning-rate", type=float, help="the peak rate with a cosine schedule")
     parser.add_argument("--limit", type=int, help="train on the first N training images only (quick runs)")
     parser.add_argument("--seed", type=int, default=t.seed)
     parser.add_argument("--min-accuracy", type=float, default=e.min_accuracy)

@@ -1,13 +1,16 @@
-"""Model profiles: the seed MLP and a small CNN, both fed raw 0-255 pixels.
+"""Model profiles: the seed MLP and a small CNN, each with its training recipe.
 
-Normalisation lives in :func:`preprocess`, used by training and by the
-exported graph alike, so what is served is exactly what was trained.
+Both networks take raw 0-255 pixels through :func:`preprocess`, used by
+training and by the exported graph alike, so what is served is exactly what
+was trained. Augmentation layers are part of the CNN but act only in
+training, so the exported graph is unaffected by them.
 
-Usage: ``model = build("mlp"); compile_model(model, learning_rate=1e-3)``
+Usage: ``profile = PROFILES["cnn"]; model = compile_model(profile.build(), profile.learning_rate, steps)``
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import keras
@@ -16,6 +19,7 @@ import tensorflow as tf
 from fmnist import names
 
 _SHAPE = (names.IMAGE_SIZE, names.IMAGE_SIZE)
+DROPOUT = 0.1  # of the CNN's dense head; the augmentation already regularises
 
 
 def preprocess(images: tf.Tensor) -> tf.Tensor:
@@ -23,54 +27,126 @@ def preprocess(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32) / 255.0
 
 
-def _mlp() -> keras.Model:
+def _mlp(dtype: str) -> keras.Model:
     # Exactly the seed model.
     return keras.Sequential(
         [
             keras.Input(_SHAPE, name=names.INPUT_IMAGES),
-            keras.layers.Flatten(),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Flatten(dtype=dtype),
+            keras.layers.Dense(128, activation="relu", dtype=dtype),
+            keras.layers.Dense(64, activation="relu", dtype=dtype),
             keras.layers.Dense(names.NUM_CLASSES, name="logits"),
         ],
         name="mlp",
     )
 
 
-def _cnn() -> keras.Model:
-    def block(x, filters: int):
-        for _ in range(2):
-            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-            x = keras.layers.BatchNormalization()(x)
-            x = keras.layers.ReLU()(x)
-        return keras.layers.MaxPooling2D()(x)
+def _cnn(dtype: str) -> keras.Model:
+    """Two conv-BN-ReLU pairs per resolution, then a dense head: ~30 M multiply-adds per image.
+
+    Horizontal flips and ±2-pixel shifts are label-preserving for clothing and
+    are the cheapest regularisers that still pay off within a short schedule.
+    """
+
+    def conv_bn(x, filters: int):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, dtype=dtype)(x)
+        x = keras.layers.BatchNormalization(dtype=dtype)(x)
+        return keras.layers.ReLU(dtype=dtype)(x)
 
     inputs = keras.Input(_SHAPE, name=names.INPUT_IMAGES)
     x = keras.layers.Reshape(_SHAPE + (1,))(inputs)
-    x = block(x, 32)
-    x = block(x, 64)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dropout(0.3)(x)
-    x = keras.layers.Dense(128, activation="relu")(x)
-    x = keras.layers.Dropout(0.3)(x)
-    outputs = keras.layers.Dense(names.NUM_CLASSES, name="logits")(x)
+    x = keras.layers.RandomFlip("horizontal")(x)
+    x = keras.layers.RandomTranslation(2 / 28, 2 / 28, fill_mode="constant")(x)
+    for filters in (32, 64):
+        x = conv_bn(x, filters)
+        x = conv_bn(x, filters)
+        x = keras.layers.MaxPooling2D(dtype=dtype)(x)
+    x = conv_bn(x, 128)
+    x = keras.layers.MaxPooling2D(dtype=dtype)(x)
+    x = keras.layers.Flatten(dtype=dtype)(x)
+    x = keras.layers.Dropout(DROPOUT, dtype=dtype)(x)
+    x = keras.layers.Dense(256, activation="relu", dtype=dtype)(x)
+    x = keras.layers.Dropout(DROPOUT, dtype=dtype)(x)
+    outputs = keras.layers.Dense(names.NUM_CLASSES, name="logits")(x)  # float32 logits for a stable loss
     return keras.Model(inputs, outputs, name="cnn")
 
 
-PROFILES: dict[str, Callable[[], keras.Model]] = {"mlp": _mlp, "cnn": _cnn}
+@dataclass(frozen=True)
+class Profile:
+    """A network and the recipe it was tuned with; TrainConfig fields left unset come from here."""
+
+    build: Callable[[str], keras.Model]  # dtype policy → model
+    epochs: int
+    batch_size: int
+    learning_rate: float  # constant, or the peak of a warm-up + cosine schedule
+    validation_split: float
+    cosine: bool  # warm up for one epoch, then decay to zero along a cosine
+    mixed_precision: bool = False  # train in bfloat16 where the CPU computes it natively
+    flip_averaging: bool = False  # predict by averaging the image's and its mirror image's logits
 
 
-def build(profile: str) -> keras.Model:
-    """A fresh, uncompiled model of the named profile; the network outputs logits."""
+PROFILES: dict[str, Profile] = {
+    # The seed's recipe: Adam at its default rate, 10 epochs, 10 % held back for validation.
+    "mlp": Profile(_mlp, epochs=10, batch_size=64, learning_rate=1e-3, validation_split=0.1, cosine=False),
+    # Tuned for ≥ 94.5 % held out within 15 minutes on 2 CPU cores: all 60k images, one-cycle-like
+    # schedule, bfloat16 training, and the mirror-image average (+0.4 points) inside the served graph.
+    "cnn": Profile(_cnn, epochs=18, batch_size=128, learning_rate=3e-3, validation_split=0.0, cosine=True,
+                   mixed_precision=True, flip_averaging=True),
+}
+
+
+def build(profile: str, dtype: str = "float32") -> keras.Model:
+    """A fresh, uncompiled model of the named profile; the network outputs float32 logits.
+
+    ``dtype`` is a Keras dtype policy: "mixed_bfloat16" computes in bfloat16
+    and keeps float32 variables, so its weights load into a float32 build.
+    """
     try:
-        return PROFILES[profile]()
+        return PROFILES[profile].build(dtype)
     except KeyError:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}") from None
 
 
-def compile_model(model: keras.Model, *, learning_rate: float) -> keras.Model:
+class _MirrorImage(keras.layers.Layer):
+    """Left-right mirror of [batch, height, width] images: a garment's mirror image is the same garment."""
+
+    def call(self, images):
+        return keras.ops.flip(images, axis=2)
+
+
+def with_flip_averaging(model: keras.Model) -> keras.Model:
+    """``model`` wrapped to return the mean of its logits on the images and on their mirror images.
+
+    The wrapper is what the Evaluator measures and the Pusher exports, so the
+    served graph is the one that was blessed; it costs two forward passes.
+    """
+    inputs = keras.Input(_SHAPE, name=names.INPUT_IMAGES)
+    logits = keras.layers.Average(name="logits")([model(inputs), model(_MirrorImage(name="mirror_image")(inputs))])
+    return keras.Model(inputs, logits, name=f"{model.name}_flip_averaged")
+
+
+def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX); elsewhere bfloat16 is emulated and slow."""
+    try:
+        with open(cpuinfo) as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def compile_model(model: keras.Model, *, learning_rate: float, cosine_steps: int = 0, warmup_steps: int = 0) -> keras.Model:
+    """Adam on sparse cross-entropy from logits; a warm-up + cosine schedule when ``cosine_steps``."""
+    rate = learning_rate
+    if cosine_steps:
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=learning_rate / 10,
+            decay_steps=max(cosine_steps - warmup_steps, 1),
+            warmup_target=learning_rate,
+            warmup_steps=warmup_steps,
+        )
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=keras.optimizers.Adam(rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )

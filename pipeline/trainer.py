@@ -5,6 +5,8 @@ Usage: ``result = run(TrainConfig(profile="mlp", epochs=1, limit=2000), dataset.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import sys
 from dataclasses import dataclass
 
@@ -17,35 +19,66 @@ from pipeline.data import Split
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """What to train; ``None`` fields take the profile's recipe (see :func:`resolve`)."""
+
     profile: str = "mlp"
-    epochs: int = 10
-    batch_size: int = 64
-    validation_split: float = 0.1
-    learning_rate: float = 1e-3
+    epochs: int | None = None
+    batch_size: int | None = None
+    validation_split: float | None = None
+    learning_rate: float | None = None
     limit: int | None = None  # train on the first N images only, for quick runs
+    mixed_precision: bool | None = None  # None: the profile's choice, if this CPU has native bfloat16
     seed: int = 42
     verbose: int | None = None  # Keras fit() verbosity; None: bars on a terminal, a line per epoch otherwise
+
+    def resolve(self) -> TrainConfig:
+        """Every recipe field filled in, so the saved config says what actually ran."""
+        profile = model_lib.PROFILES[self.profile]
+        recipe = {f: getattr(profile, f) for f in ("epochs", "batch_size", "validation_split", "learning_rate")}
+        recipe["mixed_precision"] = profile.mixed_precision and model_lib.native_bfloat16()
+        return dataclasses.replace(self, **{k: v for k, v in recipe.items() if getattr(self, k) is None})
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    model: keras.Model  # raw 0-255 pixels → logits
+    model: keras.Model  # raw 0-255 pixels → logits: what is evaluated and exported
     history: dict[str, list[float]]  # per-epoch loss/accuracy, val_ too when validating
 
 
 def run(config: TrainConfig, train: Split) -> TrainResult:
+    config = config.resolve()
     keras.utils.set_random_seed(config.seed)
     images, labels = train.images, train.labels
     if config.limit:
         images, labels = images[: config.limit], labels[: config.limit]
-    model = model_lib.compile_model(model_lib.build(config.profile), learning_rate=config.learning_rate)
-    x = model_lib.preprocess(images).numpy()
+    steps_per_epoch = math.ceil(len(images) * (1 - config.validation_split) / config.batch_size)
+    cosine = model_lib.PROFILES[config.profile].cosine
+    model = model_lib.compile_model(
+        model_lib.build(config.profile, "mixed_bfloat16" if config.mixed_precision else "float32"),
+        learning_rate=config.learning_rate,
+        cosine_steps=steps_per_epoch * config.epochs if cosine else 0,
+        warmup_steps=steps_per_epoch if cosine else 0,
+    )
     history = model.fit(
-        x,
+        model_lib.preprocess(images).numpy(),
         labels.astype(np.int64),
         epochs=config.epochs,
         batch_size=config.batch_size,
         validation_split=config.validation_split,
         verbose=(1 if sys.stdout.isatty() else 2) if config.verbose is None else config.verbose,
     )
+    if config.mixed_precision:
+        model = _as_float32(model, config.profile)
+    if model_lib.PROFILES[config.profile].flip_averaging:
+        model = model_lib.with_flip_averaging(model)
     return TrainResult(model=model, history={k: [float(v) for v in vs] for k, vs in history.history.items()})
+
+
+def _as_float32(trained: keras.Model, profile: str) -> keras.Model:
+    """A float32 twin of a mixed-precision model: serving CPUs without bfloat16 would emulate it slowly.
+
+    Mixed precision keeps every variable in float32, so the weights carry over exactly.
+    """
+    serving_model = model_lib.build(profile, "float32")
+    serving_model.set_weights(trained.get_weights())
+    return serving_model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import tensorflow as tf
 from conftest import encode_png
 from fmnist import names
 from pipeline import evaluator, exporter, pusher, trainer
+from pipeline import model as model_lib
 
 
 def _config(tmp_path: Path, **eval_kwargs) -> exporter.ExporterConfig:
@@ -145,3 +147,23 @@ def test_cli_exits_non_zero_with_one_line_error_on_bad_data(tmp_path, capsys):
                           "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and "Traceback" not in err
+
+
+def test_cnn_profile_trains_briefly_and_serves_what_was_evaluated(tmp_path, dataset):
+    config = dataclasses.replace(
+        _config(tmp_path, min_accuracy=0.0),
+        train=trainer.TrainConfig(profile="cnn", epochs=1, limit=512, verbose=0),
+    )
+    result = exporter.run(config, load_data=_cached(dataset), clock=lambda: 5)
+    saved = json.loads((result.version_dir / names.ASSETS_EXTRA / names.CONFIG_FILE).read_text())["train"]
+    assert saved["batch_size"] == model_lib.PROFILES["cnn"].batch_size and saved["epochs"] == 1
+    assert saved["mixed_precision"] == model_lib.native_bfloat16()
+
+    loaded = tf.saved_model.load(str(result.version_dir))
+    images = dataset.test.images[:200]
+    served = loaded.signatures[names.SERVING_DEFAULT](**{names.INPUT_IMAGES: tf.constant(images, tf.float32)})
+    mirrored = loaded.signatures[names.SERVING_DEFAULT](
+        **{names.INPUT_IMAGES: tf.constant(images[:, :, ::-1], tf.float32)})
+    # Flip averaging is in the graph: an image and its mirror image get the same answer.
+    np.testing.assert_allclose(served[names.OUTPUT_PROBABILITIES], mirrored[names.OUTPUT_PROBABILITIES], atol=1e-5)
+    assert all(v.dtype == tf.float32 for v in loaded.variables if v.dtype.is_floating)
