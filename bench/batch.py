@@ -1,0 +1,176 @@
+"""Batch benchmark: the Beam job over PNG folders, served vs in-process vs one file per request.
+
+Writes ``--count`` Fashion-MNIST PNGs as ``fmnist images`` does (10,000; 100,000
+with ``--large``, the 70,000 dataset images repeated), exports an mlp with
+fresh weights (speed does not depend on their values), starts the embedded
+server in a child process, and runs, side by side:
+
+- ``fmnist batch --server`` at a quarter, half and all of the files, to show
+  how time grows with the count (a least-squares fit gives the fixed cost and
+  the marginal time per file) and that peak memory does not;
+- the same on all files with two Beam worker processes
+  (``--direct_num_workers=2 --direct_running_mode=multi_processing``);
+- ``fmnist batch --in-process`` (Beam RunInference, no server) on all files;
+- a naive loop reading one file and sending it as one request, over
+  ``--naive-count`` files.
+
+Every job runs as its own process (``python -m batch.job``), so its peak RSS
+comes from ``wait4``; its rate is the job's own (``summary.json``: pipeline
+start to finish, without interpreter and TensorFlow start-up, which the wall
+column includes).
+
+Usage::
+
+    python bench/batch.py                # 10,000 files, a few minutes on 2 cores
+    python bench/batch.py --large        # 100,000 files
+    python bench/batch.py --quick        # 2,000 files
+    python bench/batch.py --count 5000 --batch-size 64 --images-dir /tmp/pngs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common  # first: fixes sys.path so "batch" is the package, not this file
+
+import numpy as np
+
+from fmnist import names
+
+TWO_WORKERS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
+def write_images(out: Path, count: int) -> list[Path]:
+    """``count`` labelled PNGs under ``out`` (reused when already there), as ``fmnist images`` writes them."""
+    from pipeline import data, images
+
+    existing = sorted(out.glob("*/*.png"))
+    if len(existing) == count:
+        return existing
+    dataset = data.load()
+    pool = np.concatenate([dataset.test.images, dataset.train.images])
+    labels = np.concatenate([dataset.test.labels, dataset.train.labels])
+    index = np.arange(count) % len(pool)
+    return images.run(data.Split(pool[index], labels[index]), count, out, prefix="bench")
+
+
+def subset(paths: list[Path], count: int, root: Path) -> Path:
+    """A folder of ``count`` of the files, hard-linked into their class folders (labels kept, no copy,
+    and unlike symlinks no extra path resolution per read, so subsets cost per file what the whole does)."""
+    if count == len(paths):
+        return root
+    target = root.parent / f"{root.name}-{count}"
+    if not target.exists():
+        for path in paths[:count]:
+            link = target / path.parent.name / path.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.hardlink_to(path)
+    return target
+
+
+def run_job(label: str, input_dir: Path, files: int, source: list[str], batch_size: int | None, work: Path) -> dict:
+    """One ``python -m batch.job`` run: its summary's rate, wall time and peak RSS."""
+    slug = f"{label.replace(', ', '-').replace(' ', '-')}-{files}"
+    output = work / f"out-{slug}"
+    argv = [sys.executable, "-m", "batch.job", "--input", str(input_dir), "--output", str(output), *source]
+    if batch_size:
+        argv += ["--batch-size", str(batch_size)]
+    code, wall, rss = _common.run_child(argv, work / f"{slug}.log")
+    if code != 0:
+        raise RuntimeError(f"{label} job failed ({code}); see {work / f'{slug}.log'}")
+    summary = json.loads((output / "summary.json").read_text())
+    if summary["classified"] != files:
+        raise RuntimeError(f"{label}: {summary['classified']} of {files} files classified")
+    row = {"mode": label, "files": files, "seconds": summary["elapsed_seconds"],
+           "images_per_s": files / summary["elapsed_seconds"], "us_per_file": summary["elapsed_seconds"] / files * 1e6,
+           "wall_s": wall, "peak_rss_mib": rss}
+    print(f"  {label} {files} files: {row['images_per_s']:,.0f} images/s, peak {rss:.0f} MiB", flush=True)
+    return row
+
+
+def naive_loop(target: str, paths: list[Path]) -> dict:
+    """One file per request, read and sent in sequence: what a script without batching does."""
+    from serving.client import PredictionClient
+
+    with PredictionClient(target) as client:
+        client.predict_encoded([paths[0].read_bytes()])
+        start = time.perf_counter()
+        for path in paths:
+            client.predict_encoded([path.read_bytes()])
+        seconds = time.perf_counter() - start
+    print(f"  naive {len(paths)} files: {len(paths) / seconds:,.0f} images/s", flush=True)
+    return {"mode": "naive loop", "files": len(paths), "seconds": seconds, "images_per_s": len(paths) / seconds,
+            "us_per_file": seconds / len(paths) * 1e6}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("Usage::")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=10_000, help="PNG files (default 10,000)")
+    parser.add_argument("--large", action="store_true", help="100,000 files")
+    parser.add_argument("--quick", action="store_true", help="2,000 files, 500 naive requests")
+    parser.add_argument("--naive-count", type=int, default=2_000, help="files for the naive loop (default 2,000)")
+    parser.add_argument("--batch-size", type=int, help="the job's --batch-size (default: the job's own default)")
+    parser.add_argument("--images-dir", type=Path, help="where the PNGs go (kept and reused); default a temp dir")
+    args = parser.parse_args(argv)
+    if args.large:
+        args.count = 100_000
+    if args.quick:
+        args.count, args.naive_count = 2_000, 500
+    _common.warn_if_busy()
+
+    work = Path(tempfile.mkdtemp(prefix="fmnist-bench-batch-"))
+    root = args.images_dir or work / "images"
+    started = time.perf_counter()
+    paths = write_images(root, args.count)
+    print(f"{len(paths)} PNG files under {root} ({time.perf_counter() - started:.1f}s)", flush=True)
+    model_base = work / "models" / names.MODEL_NAME
+    _common.export_untrained("mlp", model_base)
+
+    counts = sorted({max(1, args.count // 4), max(1, args.count // 2), args.count})
+    rows = []
+    server = _common.ServerProcess(["--model_name", names.MODEL_NAME, "--model_base_path", str(model_base),
+                                    "--file_system_poll_wait_seconds", "0"], names.MODEL_NAME, work / "server.log")
+    try:
+        # First, as its untimed first request also pays the server's one-off graph optimisation.
+        rows.append(naive_loop(server.target, paths[: args.naive_count]))
+        for count in counts:
+            rows.append(run_job("served", subset(paths, count, root), count, ["--server", server.target],
+                                args.batch_size, work))
+        rows.append(run_job("served, 2 workers", root, args.count, ["--server", server.target, *TWO_WORKERS],
+                            args.batch_size, work))
+    finally:
+        server_rss = server.stop()
+    rows.append(run_job("in-process", root, args.count, ["--in-process", str(model_base)], args.batch_size, work))
+
+    served = [r for r in rows if r["mode"] == "served"]
+    slope, fixed = np.polyfit([r["files"] for r in served], [r["seconds"] for r in served], 1)
+    full = served[-1]
+    in_process = next(r for r in rows if r["mode"] == "in-process")
+    naive = next(r for r in rows if r["mode"] == "naive loop")
+    ratios = {
+        "served / in-process": full["images_per_s"] / in_process["images_per_s"],
+        "served / naive loop": full["images_per_s"] / naive["images_per_s"],
+        "marginal us per file (served)": slope * 1e6,
+        "fixed seconds per job (served)": fixed,
+        "peak RSS growth, smallest to largest run (MiB)": served[-1]["peak_rss_mib"] - served[0]["peak_rss_mib"],
+    }
+    print(f"\nBatch job, {args.count:,} PNG files, --batch-size {args.batch_size or 'default'}\n")
+    print(_common.table(rows, ["mode", "files", "seconds", "images_per_s", "us_per_file", "wall_s", "peak_rss_mib"]))
+    print()
+    for name, value in ratios.items():
+        print(f"{name}: {value:.3g}")
+    print(f"server peak RSS (MiB): {server_rss:.0f}")
+    path = _common.write_results("batch", {"args": {k: str(v) for k, v in vars(args).items()}, "runs": rows,
+                                           "ratios": ratios, "server_peak_rss_mib": server_rss})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""Serving benchmark: the embedded server on loopback against a direct call of the same signature.
+
+For each profile (mlp, cnn; exported with fresh weights, as speed does not
+depend on their values) it measures, side by side in one run:
+
+- single-image ``Predict`` latency p50/p99 at concurrency 1 through
+  :class:`serving.client.PredictionClient`, batching off and on;
+- throughput in images/s at concurrency 1, 8 and 32 with 1, 32 and 256
+  images per request, batching off and on;
+- the same inputs through the SavedModel's ``serving_default`` signature
+  called in this process (outputs converted to numpy), the limit a server
+  can approach; and prints served ÷ direct.
+
+The server runs in a child process (``python -m serving.server``) so client
+and server do not share a GIL; both share the machine's cores, as on a
+single-host deployment. With batching it uses the parameters in
+:data:`BATCHING` (see bench/README.md for why they differ from
+serving/batching.config).
+
+Usage::
+
+    python bench/serving.py              # about 3 minutes on 2 cores
+    python bench/serving.py --quick      # about 1 minute
+    python bench/serving.py --profiles mlp --seconds 3 --concurrency 1,32 --images 1,256
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import _common  # first: fixes sys.path so "serving" is the package, not this file
+
+import numpy as np
+
+from fmnist import names
+
+# Greedy batching: no waiting (a batch closes as soon as a batch thread is free), batches big
+# enough to merge 256-image requests, a queue deep enough for 32 clients of 256 images.
+BATCHING = """max_batch_size { value: 1024 }
+batch_timeout_micros { value: 0 }
+max_enqueued_batches { value: 64 }
+num_batch_threads { value: 2 }
+"""
+
+
+def _models_config(base: Path, profiles: list[str]) -> str:
+    entries = "".join(f'  config {{ name: "{p}" base_path: "{base / p}" model_platform: "tensorflow" }}\n'
+                      for p in profiles)
+    return f"model_config_list {{\n{entries}}}\n"
+
+
+def throughput(call: Callable[[], int], concurrency: int, seconds: float) -> float:
+    """Images per second of ``call`` (returns images done) from ``concurrency`` threads over ``seconds``.
+
+    Each thread makes one untimed call first, so connection set-up and first-call costs are excluded.
+    """
+    done = [0] * concurrency
+    window: dict[str, float] = {}
+
+    def begin() -> None:
+        window["start"] = time.perf_counter()
+        window["deadline"] = window["start"] + seconds
+
+    barrier = threading.Barrier(concurrency, action=begin)
+    finished = [0.0] * concurrency
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        try:
+            call()
+            barrier.wait()
+            while time.perf_counter() < window["deadline"]:
+                done[index] += call()
+        except BaseException as error:  # a failed request must fail the benchmark, not thin it out
+            errors.append(error)
+            barrier.abort()
+        finished[index] = time.perf_counter()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return sum(done) / (max(finished) - window["start"])
+
+
+def latencies(call: Callable[[], object], count: int) -> list[float]:
+    """Milliseconds of ``count`` sequential calls, after 20 untimed ones."""
+    for _ in range(20):
+        call()
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("Usage::")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profiles", default="mlp,cnn", help="comma-separated model profiles (default mlp,cnn)")
+    parser.add_argument("--concurrency", default="1,8,32", help="concurrent clients (default 1,8,32)")
+    parser.add_argument("--images", default="1,32,256", help="images per request (default 1,32,256)")
+    parser.add_argument("--seconds", type=float, default=1.5, help="measured seconds per throughput cell (default 1.5)")
+    parser.add_argument("--requests", type=int, default=2000, help="single-image requests for latency (default 2000)")
+    parser.add_argument("--quick", action="store_true", help="0.4 s per cell, 300 latency requests")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.requests = 0.4, 300
+    profiles = args.profiles.split(",")
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    sizes = [int(n) for n in args.images.split(",")]
+    _common.warn_if_busy()
+
+    import tensorflow as tf
+
+    from pipeline import data
+    from serving.client import PredictionClient
+
+    pixels = data.load().test.images[: max(sizes)].astype(np.float32)
+    work = Path(tempfile.mkdtemp(prefix="fmnist-bench-serving-"))
+    direct = {}
+    for profile in profiles:
+        path = _common.export_untrained(profile, work / "models" / profile)
+        direct[profile] = tf.saved_model.load(str(path)).signatures[names.SERVING_DEFAULT]
+    (work / "models.config").write_text(_models_config(work / "models", profiles))
+    (work / "batching.config").write_text(BATCHING)
+
+    latency_rows, rows = [], []
+    for profile in profiles:
+        signature = direct[profile]
+
+        def run_direct(n: int) -> int:
+            outputs = signature(**{names.INPUT_IMAGES: tf.constant(pixels[:n])})
+            return len(outputs[names.OUTPUT_PROBABILITIES].numpy())
+
+        direct_ms = latencies(lambda: run_direct(1), args.requests)
+        latency_rows.append({"profile": profile, "path": "direct", "p50_ms": _common.percentile(direct_ms, 50),
+                             "p99_ms": _common.percentile(direct_ms, 99)})
+        for n in sizes:
+            for c in concurrencies:
+                rate = throughput(lambda: run_direct(n), c, args.seconds)
+                rows.append({"profile": profile, "images": n, "concurrency": c, "direct": rate})
+                print(f"  {profile} direct {n} img x {c}: {rate:,.0f} images/s", flush=True)
+
+    server_rss = {}
+    for batching in (False, True):
+        mode = "batching" if batching else "no batching"
+        flags = ["--model_config_file", str(work / "models.config"), "--file_system_poll_wait_seconds", "0"]
+        if batching:
+            flags += ["--enable_batching", "--batching_parameters_file", str(work / "batching.config")]
+        server = _common.ServerProcess(flags, profiles[0], work / f"server-{int(batching)}.log")
+        try:
+            for profile in profiles:
+                with PredictionClient(server.target, model_name=profile) as client:
+                    client.wait_until_available()
+                    served_ms = latencies(lambda: client.predict(pixels[:1]), args.requests)
+                    latency_rows.append({"profile": profile, "path": f"served, {mode}",
+                                         "p50_ms": _common.percentile(served_ms, 50),
+                                         "p99_ms": _common.percentile(served_ms, 99)})
+                    for row in rows:
+                        if row["profile"] != profile:
+                            continue
+                        n, c = row["images"], row["concurrency"]
+                        rate = throughput(lambda: len(client.predict(pixels[:n])), c, args.seconds)
+                        key = "served_batching" if batching else "served"
+                        row[key], row[key + "_ratio"] = rate, rate / row["direct"]
+                        print(f"  {profile} {mode} {n} img x {c}: {rate:,.0f} images/s", flush=True)
+        finally:
+            server_rss[mode] = server.stop()
+
+    print("\nSingle-image Predict latency, concurrency 1 (ms)\n")
+    print(_common.table(latency_rows, ["profile", "path", "p50_ms", "p99_ms"]))
+    print("\nThroughput (images/s) and served ÷ direct\n")
+    columns = ["profile", "images", "concurrency", "direct", "served", "served_ratio", "served_batching",
+               "served_batching_ratio"]
+    print(_common.table(rows, columns))
+    print(f"\nserver peak RSS (MiB): {', '.join(f'{k} {v:.0f}' for k, v in server_rss.items())}")
+    path = _common.write_results("serving", {
+        "args": vars(args), "batching_parameters": BATCHING, "latency": latency_rows, "throughput": rows,
+        "server_peak_rss_mib": server_rss,
+    })
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
