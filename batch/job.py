@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -329,10 +330,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     return 0
 
 
+_WORKER_DECORATION = re.compile(r"^(?:[\w.]+(?:Error|Exception): )+|\s*\[while running '[^']*'\]$")
+
+
 def _last_line(error: BaseException) -> str:
-    """The line that says what went wrong: Beam puts a worker's traceback first and the error last."""
+    """The line that says what went wrong: Beam puts a worker's traceback first and the error last.
+
+    Beam also prefixes the worker's exception class and suffixes the step it
+    ran in; the user needs neither to act on "the server at … did not answer".
+    """
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    return _WORKER_DECORATION.sub("", lines[-1]) if lines else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -399,3 +399,14 @@ def test_unknown_arguments_are_left_for_beam_and_bad_ones_are_refused(capsys):
     for bad in (["--top-k", "11"], ["--batch-size", "0"], ["--in-process", "/nonexistent"]):
         with pytest.raises(SystemExit):
             job.parse_args(["--input", "a", "--output", "o", *(bad if bad[0] == "--in-process" else ["--server", "h:1", *bad])])
+
+
+def test_cli_error_line_drops_beams_worker_decoration():
+    from batch.job import _last_line
+
+    beam_error = RuntimeError(
+        "Traceback (most recent call last):\n  File ...\n"
+        "serving.client.ServingError: 127.0.0.1:5: UNAVAILABLE: failed to connect "
+        "[while running 'Served/ParDo(ServedClassify)']"
+    )
+    assert _last_line(beam_error) == "127.0.0.1:5: UNAVAILABLE: failed to connect"
