@@ -17,15 +17,17 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
+import tensorflow as tf
 from tensorflow.core.example import example_pb2
 from tensorflow_serving.apis import classification_pb2, input_pb2
 
 from serving import predict
 
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-INPUTS = "inputs"
-CLASSES = "classes"
-SCORES = "scores"
+# TensorFlow's own names for the classification API, the ones the exporter writes.
+CLASSIFY_METHOD = tf.saved_model.CLASSIFY_METHOD_NAME
+INPUTS = tf.saved_model.CLASSIFY_INPUTS
+CLASSES = tf.saved_model.CLASSIFY_OUTPUT_CLASSES
+SCORES = tf.saved_model.CLASSIFY_OUTPUT_SCORES
 
 
 def find_signature(signatures: Mapping[str, predict.Signature], signature_name: str) -> predict.Signature:

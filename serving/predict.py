@@ -32,7 +32,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from fmnist import names
 
-DEFAULT_SIGNATURE = "serving_default"  # tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # what an empty signature_name means
 DEFAULT_MAX_IMAGE_PIXELS = names.MAX_IMAGE_PIXELS
 DEFAULT_MAX_IMAGE_BYTES = names.MAX_IMAGE_BYTES
 DEFAULT_MAX_TENSOR_BYTES = 256 * 1024 * 1024
