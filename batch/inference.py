@@ -10,8 +10,8 @@ it is about the server, not about a file.
 
 Usage::
 
-    images | beam.BatchElements(...) | beam.ParDo(ServedClassify(ServerSettings("host:8500")))
-    images | RunInference(SavedModelHandler(LocalModel.resolve("models/fashion_mnist")))
+    read_batches | beam.ParDo(ServedClassify(ServerSettings("host:8500")))
+    read_batches | RunInference(SavedModelHandler(LocalModel.resolve("models/fashion_mnist"), max_request_bytes=...))
 """
 
 from __future__ import annotations
@@ -85,6 +85,15 @@ def classify(
     return [outcome for chunk in _chunks(images, max_request_bytes) for outcome in attempt(chunk)]
 
 
+def classify_read(
+    items: Sequence[Image | Failed], predict: Predict, is_rejection: Callable[[Exception], bool], *, max_request_bytes: int
+) -> list[Outcome]:
+    """Outcomes of a batch as :class:`~batch.io.ReadImages` read it: files that failed to read stay failed."""
+    images = [item for item in items if isinstance(item, Image)]
+    failed: list[Outcome] = [item for item in items if not isinstance(item, Image)]
+    return failed + (classify(images, predict, is_rejection, max_request_bytes=max_request_bytes) if images else [])
+
+
 def _chunks(images: Sequence[Image], max_bytes: int) -> Iterator[Sequence[Image]]:
     """Consecutive runs of ``images`` whose bytes add up to at most ``max_bytes`` (one image per run at least)."""
     start, size = 0, 0
@@ -128,7 +137,7 @@ class ServerSettings:
 
 
 class ServedClassify(beam.DoFn):
-    """Batches of :class:`Image` → outcomes, through one gRPC channel per worker.
+    """A read batch (list of :class:`Image` or :class:`Failed`) → its list of outcomes, through one gRPC channel per worker.
 
     The client is made in ``setup()`` and closed in ``teardown()``, so a
     worker reuses its connection across bundles; only the settings and the
@@ -150,8 +159,8 @@ class ServedClassify(beam.DoFn):
     def setup(self) -> None:
         self._client = self._server.connect(self._client_factory)
 
-    def process(self, batch: list[Image]) -> list[Outcome]:
-        return classify(batch, self._predict, _is_rejected_request, max_request_bytes=self._max_request_bytes)
+    def process(self, batch: list[Image | Failed]) -> Iterator[list[Outcome]]:
+        yield classify_read(batch, self._predict, _is_rejected_request, max_request_bytes=self._max_request_bytes)
 
     def teardown(self) -> None:
         if self._client is not None:
@@ -219,16 +228,18 @@ def _is_rejected_input(error: Exception) -> bool:
     return isinstance(error, tf.errors.InvalidArgumentError)
 
 
-class SavedModelHandler(ModelHandler[Image, Outcome, _LoadedSignature]):
+class SavedModelHandler(ModelHandler[list[Image | Failed], list[Outcome], _LoadedSignature]):
     """``RunInference`` handler running the served graph's ``predict_images`` signature in the worker.
 
     Beam's TF handlers feed tensors to a model's ``__call__``; this model's
     decoding lives in a signature that takes encoded bytes, so a small handler
-    calling that signature keeps both modes on exactly the same graph.
+    calling that signature keeps both modes on exactly the same graph. Its
+    elements are batches already (as :class:`~batch.io.ReadImages` reads
+    them), so RunInference passes them on one at a time.
     """
 
-    def __init__(self, model: LocalModel, *, signature: str = names.PREDICT_IMAGES, batch_size: int, max_request_bytes: int):
-        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+    def __init__(self, model: LocalModel, *, signature: str = names.PREDICT_IMAGES, max_request_bytes: int):
+        super().__init__(min_batch_size=1, max_batch_size=1)
         self._model = model
         self._signature = signature
         self._max_request_bytes = max_request_bytes
@@ -237,9 +248,11 @@ class SavedModelHandler(ModelHandler[Image, Outcome, _LoadedSignature]):
         return _LoadedSignature(self._model, self._signature)
 
     def run_inference(
-        self, batch: Sequence[Image], model: _LoadedSignature, inference_args: dict[str, Any] | None = None
-    ) -> list[Outcome]:
-        return classify(batch, model, _is_rejected_input, max_request_bytes=self._max_request_bytes)
+        self, batch: Sequence[list[Image | Failed]], model: _LoadedSignature, inference_args: dict[str, Any] | None = None
+    ) -> list[list[Outcome]]:
+        return [
+            classify_read(items, model, _is_rejected_input, max_request_bytes=self._max_request_bytes) for items in batch
+        ]
 
-    def get_num_bytes(self, batch: Sequence[Image]) -> int:
-        return sum(len(image.data) for image in batch)
+    def get_num_bytes(self, batch: Sequence[list[Image | Failed]]) -> int:
+        return sum(len(item.data) for items in batch for item in items if isinstance(item, Image))

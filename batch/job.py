@@ -24,6 +24,7 @@ import logging
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -47,6 +48,7 @@ from serving.client import PredictionClient
 
 _LOG = logging.getLogger(__name__)
 _ERRORS = "errors"
+_TALLIES = "tallies"
 _COUNTS_FILE = "_counts.jsonl"  # the pipeline's tallies, read and removed by the launcher
 
 
@@ -106,6 +108,8 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConf
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="deadline of each request, and the longest wait for the server at start, seconds (default 30)")
     parser.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE/DEADLINE_EXCEEDED (default 3)")
+    parser.add_argument("--progress-seconds", type=float, default=10.0, metavar="SECONDS",
+                        help="log files done and rate per worker this often; 0: after every file (default 10)")
     args, beam_args = parser.parse_known_args(argv)
     if args.top_k > names.NUM_CLASSES:
         parser.error(f"--top-k: at most {names.NUM_CLASSES}")
@@ -119,6 +123,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConf
         file_format=args.file_format,
         batch_size=args.batch_size,
         top_k=args.top_k,
+        progress_seconds=args.progress_seconds,
     )
     return config, beam_args
 
@@ -154,8 +159,8 @@ def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
     return beam.Pipeline(options=options)
 
 
-def _keyed_by_path(metadata: FileMetadata) -> tuple[str, FileMetadata]:
-    return metadata.path, metadata
+def _path_and_size(metadata: FileMetadata) -> tuple[str, int]:
+    return metadata.path, metadata.size_in_bytes
 
 
 def _any(copies):
@@ -164,13 +169,16 @@ def _any(copies):
 
 
 class _Account(beam.DoFn):
-    """Outcomes → output records (main) and error records (``errors``), counting and logging progress.
+    """Lists of outcomes → lists of output records (main) and of error records (``errors``), and
+    the tallies of the summary (``tallies``: (key, count) per batch); counts and logs progress.
 
-    Progress is per worker (files done here out of the job's total, rate),
-    logged every ``progress_seconds`` and when one worker has done them
-    all: the local runners report no metrics until the job ends. With
-    ``multi_processing`` the lines reach the launcher through Beam's worker
-    logging, at INFO.
+    Progress is per worker (files done here, rate), logged every
+    ``progress_seconds``: the local runners report no metrics until the job
+    ends. It names no job total on purpose: a total would be a side input,
+    which splits the fused read → classify → write stage in two and makes
+    every outcome pass through a coder in between (a fifth of the job's time).
+    With ``multi_processing`` the lines reach the launcher through Beam's
+    worker logging, at INFO.
     """
 
     def __init__(self, top_k: int, progress_seconds: float, clock: Callable[[], float]):
@@ -184,47 +192,38 @@ class _Account(beam.DoFn):
         self._done = 0
         self._started = self._logged = self._clock()
 
-    def process(self, outcome: Outcome, total: int) -> Iterator[dict | beam.pvalue.TaggedOutput]:
-        if isinstance(outcome, Classified):
-            self._images.inc()
-            yield io.prediction_record(outcome, self._top_k)
-        else:
-            self._errors.inc()
-            Metrics.counter(NAMESPACE, f"errors_{outcome.reason}").inc()
-            yield beam.pvalue.TaggedOutput(_ERRORS, io.error_record(outcome))
-        self._progress(total)
+    def process(self, outcomes: list[Outcome]) -> Iterator[list[dict] | beam.pvalue.TaggedOutput]:
+        records, errors, tallies = [], [], Counter()
+        for outcome in outcomes:
+            tallies.update(summary.tally(outcome))
+            if isinstance(outcome, Classified):
+                records.append(io.prediction_record(outcome, self._top_k))
+            else:
+                errors.append(io.error_record(outcome))
+                Metrics.counter(NAMESPACE, f"errors_{outcome.reason}").inc()
+        self._images.inc(len(records))
+        self._errors.inc(len(errors))
+        yield records
+        yield beam.pvalue.TaggedOutput(_ERRORS, errors)
+        for key, count in tallies.items():
+            yield beam.pvalue.TaggedOutput(_TALLIES, (key, count))
+        self._progress(len(outcomes))
 
-    def _progress(self, total: int) -> None:
+    def _progress(self, files: int) -> None:
         now = self._clock()
-        self._done += 1
-        if now - self._logged >= self._progress_seconds or self._done == total:
+        self._done += files
+        if now - self._logged >= self._progress_seconds:
             rate = self._done / max(now - self._started, 1e-9)
-            _LOG.info("progress: %d of %d files done on this worker, %.1f files/s", self._done, total, rate)
+            _LOG.info("progress: %d files done on this worker, %.1f files/s", self._done, rate)
             self._logged = now
 
 
 def _classify(config: JobConfig, client_factory: Callable[..., PredictionClient]) -> beam.PTransform:
     if config.in_process:
-        handler = SavedModelHandler(
-            config.in_process,
-            signature=config.signature,
-            batch_size=config.batch_size,
-            max_request_bytes=config.max_request_bytes,
-        )
+        handler = SavedModelHandler(config.in_process, signature=config.signature, max_request_bytes=config.max_request_bytes)
         return "RunInference" >> RunInference(handler)
-
-    @beam.ptransform_fn
-    def served(images: beam.PCollection) -> beam.PCollection:
-        # min = max: full batches; BatchElements would otherwise start at 1 and grow slowly.
-        return (
-            images
-            | beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
-            | beam.ParDo(
-                ServedClassify(config.server, max_request_bytes=config.max_request_bytes, client_factory=client_factory)
-            )
-        )
-
-    return "Served" >> served()
+    served = ServedClassify(config.server, max_request_bytes=config.max_request_bytes, client_factory=client_factory)
+    return "Served" >> beam.ParDo(served)
 
 
 def build(
@@ -234,28 +233,37 @@ def build(
     client_factory: Callable[..., PredictionClient] = PredictionClient,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Add the job's transforms to ``pipeline``; outputs land under ``config.output``."""
+    """Add the job's transforms to ``pipeline``; outputs land under ``config.output``.
+
+    Files are elements only until they are batched (match, de-duplicate);
+    from reading to writing, one element is one batch of ``batch_size`` files.
+    """
+    patterns = sorted({io.input_pattern(spec) for spec in config.inputs})
     files = (
         pipeline
-        | "Inputs" >> beam.Create([io.input_pattern(spec) for spec in config.inputs])
+        | "Inputs" >> beam.Create(patterns)
         | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
-        | "KeyByPath" >> beam.Map(_keyed_by_path)
-        | "Deduplicate" >> beam.CombinePerKey(_any)  # also spreads the files over workers
-        | "Files" >> beam.Values()
+        | "PathAndSize" >> beam.Map(_path_and_size)
     )
-    total = files | "Total" >> beam.combiners.Count.Globally()
-    read = files | "Read" >> beam.ParDo(io.ReadImages(config.limits)).with_outputs(io.FAILED, main="images")
-    classified = read.images | _classify(config, client_factory)
-    outcomes = (read[io.FAILED], classified) | "Outcomes" >> beam.Flatten()
-    routed = outcomes | "Account" >> beam.ParDo(
-        _Account(config.top_k, config.progress_seconds, clock), total=beam.pvalue.AsSingleton(total)
-    ).with_outputs(_ERRORS, main="records")
+    if len(patterns) > 1:  # one glob matches a file once; overlapping ones must not classify it twice
+        files = files | "Deduplicate" >> beam.CombinePerKey(_any)
+    batches = (
+        files
+        # min = max: full batches; BatchElements would otherwise start at 1 and grow slowly.
+        | "Batch" >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
+        | "Spread" >> beam.Reshuffle()  # the batches, not the files, over the workers: one shuffle per batch
+    )
+    outcomes = batches | "Read" >> beam.ParDo(io.ReadImages(config.limits)) | _classify(config, client_factory)
+    routed = outcomes | "Account" >> beam.ParDo(_Account(config.top_k, config.progress_seconds, clock)).with_outputs(
+        _ERRORS, _TALLIES, main="records"
+    )
     routed.records | "WritePredictions" >> io.Write(config.output, "predictions", config.file_format, io.PREDICTION_SCHEMA)
     routed[_ERRORS] | "WriteErrors" >> io.Write(config.output, "errors", config.file_format, io.ERROR_SCHEMA)
     (
-        (files | "InputKeys" >> beam.Map(lambda _: summary.INPUT), outcomes | "OutcomeKeys" >> beam.FlatMap(summary.tally))
+        # Inputs are counted before reading, apart from the outcomes, so a lost file shows in the summary.
+        (batches | "InputCounts" >> beam.Map(lambda batch: (summary.INPUT, len(batch))), routed[_TALLIES])
         | "Tallies" >> beam.Flatten()
-        | "Count" >> beam.combiners.Count.PerElement()
+        | "Count" >> beam.CombinePerKey(sum)
         | "CountsAsJson" >> beam.MapTuple(lambda key, n: json.dumps([list(key), n]))
         | "WriteCounts" >> beam.io.WriteToText(FileSystems.join(config.output, _COUNTS_FILE), shard_name_template="")
     )

@@ -20,6 +20,9 @@ from fmnist import names
 
 _SHAPE = (names.IMAGE_SIZE, names.IMAGE_SIZE)
 DROPOUT = 0.1  # of the CNN's dense head; the augmentation already regularises
+# Conv widths per resolution (28, 14, 7 pixels). One conv at full resolution: a second one there cost
+# 40 % of the training time on CPU for little accuracy; depth goes where the maps are small.
+_CNN_STAGES = ((32,), (64, 64), (128, 128))
 
 
 def preprocess(images: tf.Tensor) -> tf.Tensor:
@@ -57,12 +60,10 @@ def _cnn(dtype: str) -> keras.Model:
     x = keras.layers.Reshape(_SHAPE + (1,))(inputs)
     x = keras.layers.RandomFlip("horizontal")(x)
     x = keras.layers.RandomTranslation(2 / 28, 2 / 28, fill_mode="constant")(x)
-    for filters in (32, 64):
-        x = conv_bn(x, filters)
-        x = conv_bn(x, filters)
+    for filters in _CNN_STAGES:
+        for width in filters:
+            x = conv_bn(x, width)
         x = keras.layers.MaxPooling2D(dtype=dtype)(x)
-    x = conv_bn(x, 128)
-    x = keras.layers.MaxPooling2D(dtype=dtype)(x)
     x = keras.layers.Flatten(dtype=dtype)(x)
     x = keras.layers.Dropout(DROPOUT, dtype=dtype)(x)
     x = keras.layers.Dense(256, activation="relu", dtype=dtype)(x)
@@ -83,6 +84,7 @@ class Profile:
     cosine: bool  # warm up for one epoch, then decay to zero along a cosine
     mixed_precision: bool = False  # train in bfloat16 where the CPU computes it natively
     flip_averaging: bool = False  # predict by averaging the image's and its mirror image's logits
+    label_smoothing: float = 0.0  # of the cross-entropy's targets
 
 
 PROFILES: dict[str, Profile] = {
@@ -91,7 +93,7 @@ PROFILES: dict[str, Profile] = {
     # Tuned for ≥ 94.5 % held out within 15 minutes on 2 CPU cores: all 60k images, one-cycle-like
     # schedule, bfloat16 training, and the mirror-image average (+0.4 points) inside the served graph.
     "cnn": Profile(_cnn, epochs=18, batch_size=128, learning_rate=3e-3, validation_split=0.0, cosine=True,
-                   mixed_precision=True, flip_averaging=True),
+                   mixed_precision=True, flip_averaging=True, label_smoothing=0.1),
 }
 
 
@@ -135,7 +137,9 @@ def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def compile_model(model: keras.Model, *, learning_rate: float, cosine_steps: int = 0, warmup_steps: int = 0) -> keras.Model:
+def compile_model(
+    model: keras.Model, *, learning_rate: float, cosine_steps: int = 0, warmup_steps: int = 0, label_smoothing: float = 0.0
+) -> keras.Model:
     """Adam on sparse cross-entropy from logits; a warm-up + cosine schedule when ``cosine_steps``."""
     rate = learning_rate
     if cosine_steps:
@@ -145,9 +149,16 @@ def compile_model(model: keras.Model, *, learning_rate: float, cosine_steps: int
             warmup_target=learning_rate,
             warmup_steps=warmup_steps,
         )
-    model.compile(
-        optimizer=keras.optimizers.Adam(rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    loss = _smoothed_sparse_crossentropy(label_smoothing) if label_smoothing else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss=loss, metrics=["accuracy"])
     return model
+
+
+def _smoothed_sparse_crossentropy(smoothing: float) -> Callable:
+    """Cross-entropy from logits against integer labels with smoothed targets (Keras smooths only one-hot ones)."""
+
+    def loss(labels, logits):
+        one_hot = keras.ops.one_hot(keras.ops.reshape(keras.ops.cast(labels, "int32"), (-1,)), names.NUM_CLASSES)
+        return keras.losses.categorical_crossentropy(one_hot, logits, from_logits=True, label_smoothing=smoothing)
+
+    return loss

@@ -52,12 +52,13 @@ def run(config: TrainConfig, train: Split) -> TrainResult:
     if config.limit:
         images, labels = images[: config.limit], labels[: config.limit]
     steps_per_epoch = math.ceil(len(images) * (1 - config.validation_split) / config.batch_size)
-    cosine = model_lib.PROFILES[config.profile].cosine
+    profile = model_lib.PROFILES[config.profile]
     model = model_lib.compile_model(
         model_lib.build(config.profile, "mixed_bfloat16" if config.mixed_precision else "float32"),
         learning_rate=config.learning_rate,
-        cosine_steps=steps_per_epoch * config.epochs if cosine else 0,
-        warmup_steps=steps_per_epoch if cosine else 0,
+        cosine_steps=steps_per_epoch * config.epochs if profile.cosine else 0,
+        warmup_steps=steps_per_epoch if profile.cosine else 0,
+        label_smoothing=profile.label_smoothing,
     )
     history = model.fit(
         model_lib.preprocess(images).numpy(),
@@ -69,7 +70,7 @@ def run(config: TrainConfig, train: Split) -> TrainResult:
     )
     if config.mixed_precision:
         model = _as_float32(model, config.profile)
-    if model_lib.PROFILES[config.profile].flip_averaging:
+    if profile.flip_averaging:
         model = model_lib.with_flip_averaging(model)
     return TrainResult(model=model, history={k: [float(v) for v in vs] for k, vs in history.history.items()})
 

@@ -60,25 +60,27 @@ class Limits:
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES  # per decoded input tensor (strings: 8 bytes each)
 
 
+Function = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
 @dataclass(frozen=True)
 class Signature:
     """One callable signature of a loaded version.
 
-    ``function`` maps input alias → array to output alias → array; it is the
-    SavedModel's concrete function, called directly (no Keras, no retracing).
+    ``function`` maps input alias → array to output alias → array, for
+    inputs :func:`prepare` has validated against ``definition``.
     """
 
     key: str
     definition: meta_graph_pb2.SignatureDef
-    function: Callable[..., Mapping[str, tf.Tensor]]
+    function: Function
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         """Execute on already validated inputs; graph errors become ServingErrors."""
         try:
-            outputs = self.function(**{alias: tf.constant(value) for alias, value in inputs.items()})
+            return self.function(inputs)
         except tf.errors.OpError as error:
             raise ServingError(status_code(error.error_code), graph_error_message(error.message)) from None
-        return {alias: tensor.numpy() for alias, tensor in outputs.items()}
 
 
 # TF/absl error codes and gRPC status codes share one numbering.

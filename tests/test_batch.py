@@ -31,6 +31,7 @@ from PIL import Image
 
 from batch import job
 from batch.inference import Scores, classify
+from batch.io import _read_at_most as read_at_most
 from batch.io import input_pattern
 from batch.outcomes import Classified, Failed, Reason
 from batch.outcomes import Image as Encoded
@@ -279,10 +280,10 @@ def test_no_runner_given_never_starts_prism_and_progress_is_logged(tree, model_b
     started = []
     monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", lambda *a, **k: started.append(a) or 1 / 0)
     caplog.set_level(logging.INFO, logger="batch")
-    argv = ["--input", f"{tree}/notes", "--output", str(tmp_path), "--in-process", str(model_base)]
+    argv = ["--input", f"{tree}/notes", "--output", str(tmp_path), "--in-process", str(model_base), "--progress-seconds", "0"]
     assert job.main(argv) == 0
     assert started == []
-    assert "progress: 3 of 3 files done on this worker" in caplog.text
+    assert "progress: 3 files done on this worker" in caplog.text
     assert type(job.make_pipeline([]).runner).__name__ == "FnApiRunner"
     assert type(job.make_pipeline(["--runner", "BundleBasedDirectRunner"]).runner).__name__ == "BundleBasedDirectRunner"
 
@@ -382,6 +383,15 @@ def test_requests_are_split_by_bytes_and_other_errors_fail_the_job():
 
     with pytest.raises(ServingError, match="host:1"):
         classify(images, down, _rejected, max_request_bytes=1 << 20)
+
+
+def test_reading_stops_one_byte_past_the_limit_and_follows_a_file_that_grew_since_matched():
+    data = bytes(range(256)) * 40
+    assert read_at_most(io.BytesIO(data), 101, matched_size=len(data)) == data[:101]
+    assert read_at_most(io.BytesIO(data), 1 << 20, matched_size=300) == data
+    assert read_at_most(io.BytesIO(data), 1000, matched_size=300) == data[:1000]
+    assert read_at_most(io.BytesIO(data[:300]), 1 << 20, matched_size=300) == data[:300]
+    assert read_at_most(io.BytesIO(b""), 1 << 20, matched_size=300) == b""  # shrank to nothing
 
 
 def test_input_pattern_reads_folders_recursively_and_keeps_globs_and_files(tree):

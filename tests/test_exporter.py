@@ -167,3 +167,14 @@ def test_cnn_profile_trains_briefly_and_serves_what_was_evaluated(tmp_path, data
     # Flip averaging is in the graph: an image and its mirror image get the same answer.
     np.testing.assert_allclose(served[names.OUTPUT_PROBABILITIES], mirrored[names.OUTPUT_PROBABILITIES], atol=1e-5)
     assert all(v.dtype == tf.float32 for v in loaded.variables if v.dtype.is_floating)
+
+
+def test_label_smoothing_spreads_the_target_over_the_other_classes():
+    logits = np.log(np.array([[0.7, 0.2, 0.1] + [1e-9] * 7], np.float32))
+    labels = np.array([0])
+    smoothed = model_lib.compile_model(model_lib.build("mlp"), learning_rate=1e-3, label_smoothing=0.1).loss
+    target = np.full(names.NUM_CLASSES, 0.1 / names.NUM_CLASSES)
+    target[0] += 0.9
+    expected = -(target * np.log(np.array([0.7, 0.2, 0.1] + [1e-9] * 7))).sum()
+    assert float(np.mean(smoothed(labels, logits))) == pytest.approx(expected, rel=1e-4)
+    assert model_lib.PROFILES["mlp"].label_smoothing == 0  # the seed recipe stays as it was
