@@ -28,10 +28,12 @@ import grpc
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.windowed_value import WindowedValue
 
 from batch.outcomes import Classified, Failed, Image, Outcome, Reason
 from fmnist import names
-from serving.client import PredictionClient, ServingError
+from serving.client import Prediction, PredictionClient, ServingError
 
 NAMESPACE = "fmnist.batch"  # Beam metrics namespace of everything the job counts
 # UNAVAILABLE: the server is restarting; DEADLINE_EXCEEDED: it was too slow this once.
@@ -61,8 +63,6 @@ def classify(
     clock: Callable[[], float] = time.perf_counter,
 ) -> list[Outcome]:
     """One outcome per image, in order; ``is_rejection(error)`` says "some input is bad", not "the model is"."""
-    latency = Metrics.distribution(NAMESPACE, "batch_latency_ms")
-    requests = Metrics.counter(NAMESPACE, "requests")
 
     def attempt(chunk: Sequence[Image]) -> list[Outcome]:
         start = clock()
@@ -75,14 +75,19 @@ def classify(
                 return [Failed(chunk[0].path, Reason.REJECTED, _detail(error))]
             middle = len(chunk) // 2
             return attempt(chunk[:middle]) + attempt(chunk[middle:])
-        latency.update(int((clock() - start) * 1000))
-        requests.inc()
-        return [
-            Classified(image.path, image.label, tuple(map(float, row)), scores.model_name, scores.model_version)
-            for image, row in zip(chunk, scores.probabilities, strict=True)  # a short answer must not lose files
-        ]
+        return _answered(chunk, scores, clock() - start)
 
     return [outcome for chunk in _chunks(images, max_request_bytes) for outcome in attempt(chunk)]
+
+
+def _answered(images: Sequence[Image], scores: Scores, seconds: float) -> list[Outcome]:
+    """The images' outcomes from one request's answer, counted in the job's metrics."""
+    Metrics.distribution(NAMESPACE, "batch_latency_ms").update(int(seconds * 1000))
+    Metrics.counter(NAMESPACE, "requests").inc()
+    return [
+        Classified(image.path, image.label, tuple(map(float, row)), scores.model_name, scores.model_version)
+        for image, row in zip(images, scores.probabilities, strict=True)  # a short answer must not lose files
+    ]
 
 
 def classify_read(
@@ -139,7 +144,11 @@ class ServerSettings:
 class ServedClassify(beam.DoFn):
     """A read batch (list of :class:`Image` or :class:`Failed`) → its list of outcomes, through one gRPC channel per worker.
 
-    The client is made in ``setup()`` and closed in ``teardown()``, so a
+    One request stays in flight: a batch is sent, then the previous batch's
+    answer is collected, so the server decodes and runs one batch while this
+    worker reads and writes the next. A request that fails is redone through
+    :func:`classify`, which retries, bisects rejected batches, or fails the
+    job. The client is made in ``setup()`` and closed in ``teardown()``, so a
     worker reuses its connection across bundles; only the settings and the
     factory (a class, picklable by reference) travel to workers.
     """
@@ -150,26 +159,65 @@ class ServedClassify(beam.DoFn):
         *,
         max_request_bytes: int,
         client_factory: Callable[..., PredictionClient] = PredictionClient,
+        clock: Callable[[], float] = time.perf_counter,
     ):
         self._server = server
         self._max_request_bytes = max_request_bytes
         self._client_factory = client_factory
+        self._clock = clock
         self._client: PredictionClient | None = None
 
     def setup(self) -> None:
         self._client = self._server.connect(self._client_factory)
 
+    def start_bundle(self) -> None:
+        self._in_flight: _InFlight | None = None
+
     def process(self, batch: list[Image | Failed]) -> Iterator[list[Outcome]]:
-        yield classify_read(batch, self._predict, _is_rejected_request, max_request_bytes=self._max_request_bytes)
+        previous, self._in_flight = self._in_flight, self._send(batch)
+        if previous is not None:
+            yield self._collect(previous)
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        if self._in_flight is not None:
+            last, self._in_flight = self._in_flight, None
+            yield GlobalWindows.windowed_value(self._collect(last))
 
     def teardown(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
 
+    def _send(self, batch: list[Image | Failed]) -> _InFlight:
+        images = [item for item in batch if isinstance(item, Image)]
+        if not images or sum(len(image.data) for image in images) > self._max_request_bytes:
+            return _InFlight(batch, images, None, 0.0)  # nothing to send, or several requests: done in _collect
+        answer = self._client.predict_encoded_async([image.data for image in images])
+        return _InFlight(batch, images, answer, self._clock())
+
+    def _collect(self, sent: _InFlight) -> list[Outcome]:
+        if sent.answer is not None:
+            try:
+                prediction = sent.answer()
+            except ServingError:
+                pass  # redone below, with retries and bisection
+            else:
+                failed: list[Outcome] = [item for item in sent.batch if not isinstance(item, Image)]
+                scores = Scores(prediction.probabilities, prediction.model_name, prediction.version)
+                return failed + _answered(sent.images, scores, self._clock() - sent.started)
+        return classify_read(sent.batch, self._predict, _is_rejected_request, max_request_bytes=self._max_request_bytes)
+
     def _predict(self, encoded: list[bytes]) -> Scores:
         prediction = self._client.predict_encoded(encoded)
         return Scores(prediction.probabilities, prediction.model_name, prediction.version)
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    batch: list[Image | Failed]
+    images: list[Image]
+    answer: Callable[[], Prediction] | None  # None: not sent ahead
+    started: float
 
 
 def _is_rejected_request(error: Exception) -> bool:

@@ -147,6 +147,34 @@ class PredictionClient:
         _fill_string_tensor(request.inputs[names.INPUT_IMAGE_BYTES], encoded)
         return self._predict(request, timeout)
 
+    def predict_encoded_async(
+        self,
+        encoded: Sequence[bytes],
+        *,
+        version: int | None = None,
+        version_label: str | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[], Prediction]:
+        """Send as :meth:`predict_encoded` does and return at once; calling the result waits for the answer.
+
+        One attempt, no retries, so the caller can keep a request in flight
+        while it prepares the next (the batch job does) and redo a failed
+        one with :meth:`predict_encoded`. The answer raises ServingError as
+        a failed call would.
+        """
+        request = self._predict_request(names.PREDICT_IMAGES, version, version_label)
+        _fill_string_tensor(request.inputs[names.INPUT_IMAGE_BYTES], encoded)
+        future = self._predictions.Predict.future(request, timeout=self.timeout if timeout is None else timeout)
+
+        def answer() -> Prediction:
+            try:
+                response = future.result()
+            except grpc.RpcError as error:
+                raise self._error(error) from None
+            return self._prediction_of(response)
+
+        return answer
+
     def predict_files(
         self, paths: Iterable[str | os.PathLike], *, batch_size: int = 64, **kwargs
     ) -> Iterator[Prediction]:
@@ -238,7 +266,9 @@ class PredictionClient:
         return predict_pb2.PredictRequest(model_spec=self._model_spec(signature, version, version_label))
 
     def _predict(self, request: predict_pb2.PredictRequest, timeout: float | None) -> Prediction:
-        response = self._call(self._predictions.Predict, request, timeout)
+        return self._prediction_of(self._call(self._predictions.Predict, request, timeout))
+
+    def _prediction_of(self, response: predict_pb2.PredictResponse) -> Prediction:
         try:
             if missing := [alias for alias in names.OUTPUTS if alias not in response.outputs]:
                 raise ValueError(f"no output {', '.join(missing)}")

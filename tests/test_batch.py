@@ -30,13 +30,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from batch import job
-from batch.inference import Scores, classify
+from batch.inference import Scores, ServedClassify, ServerSettings, classify
 from batch.io import _read_at_most as read_at_most
 from batch.io import input_pattern
 from batch.outcomes import Classified, Failed, Reason
 from batch.outcomes import Image as Encoded
 from fmnist import names
-from serving.client import ServingError
+from serving.client import Prediction, ServingError
 from serving.server import ServerConfig, start
 
 GOOD = 48  # labelled test images
@@ -303,6 +303,9 @@ class _LostServer:
     def predict_encoded(self, encoded):
         raise ServingError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses", self.target)
 
+    def predict_encoded_async(self, encoded):
+        return lambda: self.predict_encoded(encoded)
+
     def close(self) -> None:
         pass
 
@@ -383,6 +386,47 @@ def test_requests_are_split_by_bytes_and_other_errors_fail_the_job():
 
     with pytest.raises(ServingError, match="host:1"):
         classify(images, down, _rejected, max_request_bytes=1 << 20)
+
+
+class _Recording:
+    """A client that logs when each batch is sent and when its answer is awaited; b"bad" is rejected."""
+
+    def __init__(self):
+        self.events: list[tuple[str, bytes]] = []
+
+    def predict_encoded_async(self, encoded):
+        self.events.append(("send", encoded[0]))
+
+        def answer():
+            self.events.append(("await", encoded[0]))
+            return self.predict_encoded(encoded, log=False)
+
+        return answer
+
+    def predict_encoded(self, encoded, log=True):
+        if log:
+            self.events.append(("sync", encoded[0]))
+        if b"bad" in encoded:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Invalid PNG data", "host:1")
+        rows = np.eye(names.NUM_CLASSES, dtype=np.float32)[[len(e) % 10 for e in encoded]]
+        return Prediction(rows, rows.argmax(1), ["x"] * len(encoded), "m", 3)
+
+    def close(self):
+        pass
+
+
+def test_served_batches_keep_one_request_in_flight_and_a_failed_one_is_redone_with_bisection():
+    client = _Recording()
+    served = ServedClassify(ServerSettings("host:1"), max_request_bytes=1 << 20, client_factory=lambda *a, **k: client)
+    batches = [[Encoded("a", b"a", None)], [Encoded("b", b"bad", None), Encoded("c", b"cc", None)], [Encoded("d", b"d", None)]]
+    served.setup()
+    served.start_bundle()
+    outputs = [outcomes for batch in batches for outcomes in served.process(batch)]
+    outputs += [windowed.value for windowed in served.finish_bundle()]
+    assert client.events[:4] == [("send", b"a"), ("send", b"bad"), ("await", b"a"), ("send", b"d")]
+    assert client.events[4:] == [("await", b"bad"), ("sync", b"bad"), ("sync", b"bad"), ("sync", b"cc"), ("await", b"d")]
+    assert [[o.path for o in outcomes] for outcomes in outputs] == [["a"], ["b", "c"], ["d"]]
+    assert isinstance(outputs[1][0], Failed) and outputs[1][1].class_id == 2 and outputs[2][0].model_version == 3
 
 
 def test_reading_stops_one_byte_past_the_limit_and_follows_a_file_that_grew_since_matched():

@@ -321,10 +321,24 @@ class _KillsTheServer(PredictionClient):
 
     def predict_encoded(self, encoded, **kwargs):
         prediction = super().predict_encoded(encoded, **kwargs)
-        victim, type(self).victim = type(self).victim, None
+        self._kill()
+        return prediction
+
+    def predict_encoded_async(self, encoded, **kwargs):
+        answer = super().predict_encoded_async(encoded, **kwargs)
+
+        def answer_then_kill():
+            prediction = answer()
+            self._kill()
+            return prediction
+
+        return answer_then_kill
+
+    @classmethod
+    def _kill(cls) -> None:
+        victim, cls.victim = cls.victim, None
         if victim is not None:
             victim.stop(grace=0)
-        return prediction
 
 
 @pytest.mark.slow
