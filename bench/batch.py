@@ -1,8 +1,8 @@
 """Batch benchmark: the Beam job over PNG folders, served vs in-process vs one file per request.
 
 Writes ``--count`` Fashion-MNIST PNGs as ``fmnist images`` does (10,000; 100,000
-with ``--large``, the 70,000 dataset images repeated), exports an mlp with
-fresh weights (speed does not depend on their values), starts the embedded
+with ``--large``, the 70,000 dataset images repeated), exports an mlp (or
+``--profile cnn``) with fresh weights (speed does not depend on their values), starts the embedded
 server in a child process, and runs, side by side:
 
 - ``fmnist batch --server`` at a quarter, half and all of the files, to show
@@ -25,6 +25,7 @@ Usage::
     python bench/batch.py --large        # 100,000 files
     python bench/batch.py --quick        # 2,000 files
     python bench/batch.py --count 5000 --batch-size 64 --images-dir /tmp/pngs
+    python bench/batch.py --profile cnn  # the convolutional model served instead of the mlp
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-count", type=int, default=2_000, help="files for the naive loop (default 2,000)")
     parser.add_argument("--batch-size", type=int, help="the job's --batch-size (default: the job's own default)")
     parser.add_argument("--images-dir", type=Path, help="where the PNGs go (kept and reused); default a temp dir")
+    parser.add_argument("--profile", default="mlp", choices=["mlp", "cnn"], help="the served model (default mlp)")
     args = parser.parse_args(argv)
     if args.large:
         args.count = 100_000
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_images(root, args.count)
     print(f"{len(paths)} PNG files under {root} ({time.perf_counter() - started:.1f}s)", flush=True)
     model_base = work / "models" / names.MODEL_NAME
-    _common.export_untrained("mlp", model_base)
+    _common.export_untrained(args.profile, model_base)
 
     counts = sorted({max(1, args.count // 4), max(1, args.count // 2), args.count})
     rows = []
@@ -160,14 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         "fixed seconds per job (served)": fixed,
         "peak RSS growth, smallest to largest run (MiB)": served[-1]["peak_rss_mib"] - served[0]["peak_rss_mib"],
     }
-    print(f"\nBatch job, {args.count:,} PNG files, --batch-size {args.batch_size or 'default'}\n")
+    print(f"\nBatch job, {args.profile}, {args.count:,} PNG files, --batch-size {args.batch_size or 'default'}\n")
     print(_common.table(rows, ["mode", "files", "seconds", "images_per_s", "us_per_file", "wall_s", "peak_rss_mib"]))
     print()
     for name, value in ratios.items():
         print(f"{name}: {value:.3g}")
     print(f"server peak RSS (MiB): {server_rss:.0f}")
-    path = _common.write_results("batch", {"args": {k: str(v) for k, v in vars(args).items()}, "runs": rows,
-                                           "ratios": ratios, "server_peak_rss_mib": server_rss})
+    name = "batch" if args.profile == "mlp" else f"batch-{args.profile}"
+    path = _common.write_results(name, {"args": {k: str(v) for k, v in vars(args).items()}, "runs": rows,
+                                        "ratios": ratios, "server_peak_rss_mib": server_rss})
     print(f"wrote {path}")
     return 0
 
