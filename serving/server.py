@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -77,6 +78,8 @@ class ServerConfig:
     batching_parameters_file: str | None = None
     monitoring_config_file: str | None = None
     grpc_max_threads: int | None = None  # None: see grpc_threads()
+    tensorflow_intra_op_parallelism: int = 0  # threads per op (matmul, conv); 0: TensorFlow picks
+    tensorflow_inter_op_parallelism: int = 0  # threads for independent ops; 0: TensorFlow picks
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_image_bytes: int = predict.DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = predict.DEFAULT_MAX_IMAGE_PIXELS
@@ -335,11 +338,13 @@ def _watch_config_file(path: str, wait_seconds: float, manager: models.ModelMana
 def start(
     config: ServerConfig,
     *,
-    loader: models.Loader = models.load_saved_model,
+    loader: models.Loader | None = None,
     warmup: Callable[[models.LoadedVersion, predict.Limits], int] = models.replay_warmup,
     clock: Callable[[], float] = time.monotonic,
 ) -> Server:
     """Load the initial versions, then start serving; returns the running Server.
+
+    ``loader`` defaults to :func:`models.load_saved_model` with the config's thread settings.
 
     Raises ValueError for a bad configuration and OSError when a port cannot be bound.
     A version that fails to load does not stop the start: its status says why.
@@ -365,6 +370,12 @@ def start(
         health_servicer.set(model, serving)
         monitor.set_versions(model, versions)
 
+    if loader is None:
+        loader = functools.partial(
+            models.load_saved_model,
+            intra_op_threads=config.tensorflow_intra_op_parallelism,
+            inter_op_threads=config.tensorflow_inter_op_parallelism,
+        )
     manager = models.ModelManager(
         loader=loader,
         warmup=warmup,
@@ -453,6 +464,8 @@ _REAL_FLAGS = (
     "batching_parameters_file",
     "monitoring_config_file",
     "grpc_max_threads",
+    "tensorflow_intra_op_parallelism",
+    "tensorflow_inter_op_parallelism",
 )
 
 
@@ -487,6 +500,10 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     tf_flags.add_argument("--batching_parameters_file", help="text-format BatchingParameters")
     tf_flags.add_argument("--monitoring_config_file", help="text-format MonitoringConfig (Prometheus path)")
     tf_flags.add_argument("--grpc_max_threads", type=int, help="gRPC worker threads (default: 4 per core)")
+    tf_flags.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0, metavar="N",
+                          help="threads one op may use (0: TensorFlow picks; 1 suits small models under concurrent load)")
+    tf_flags.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0, metavar="N",
+                          help="threads for independent ops of a graph (0: TensorFlow picks)")
     ours = parser.add_argument_group("embedded server only")
     ours.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 to expose)")
     ours.add_argument("--use-tf-serving", action="store_true", help=f"run {TF_SERVING_BINARY} (must be on PATH)")

@@ -144,6 +144,27 @@ def test_predict_serving_default_names_the_answering_version(shared, images):
     assert len(response.outputs[names.OUTPUT_PROBABILITIES].float_val) == 3 * names.NUM_CLASSES
 
 
+def test_tf_serving_thread_flags_configure_the_session_and_keep_the_answers(shared, _pushed_once, images):
+    args = serving_server._parser("fmnist serve").parse_args(
+        ["--model_base_path", "m", "--tensorflow_intra_op_parallelism", "1", "--tensorflow_inter_op_parallelism", "1"]
+    )
+    config = serving_server._config_from(args)
+    assert (config.tensorflow_intra_op_parallelism, config.tensorflow_inter_op_parallelism) == (1, 1)
+    server = start_server(_pushed_once / names.MODEL_NAME, file_system_poll_wait_seconds=0,
+                          tensorflow_intra_op_parallelism=1, tensorflow_inter_op_parallelism=1)
+    try:
+        session = server.core.manager.resolve(request_for().model_spec).handle
+        assert (session._config.intra_op_parallelism_threads, session._config.inter_op_parallelism_threads) == (1, 1)
+        single = Client(server.port).predict(request_for(images[:8]))
+    finally:
+        server.stop()
+    default = shared.predict(request_for(images[:8]))
+    np.testing.assert_allclose(
+        tf.make_ndarray(single.outputs[names.OUTPUT_PROBABILITIES]),
+        tf.make_ndarray(default.outputs[names.OUTPUT_PROBABILITIES]), rtol=1e-5, atol=1e-6,
+    )
+
+
 def test_predict_images_signature_matches_raw_pixels(shared, images):
     raw = shared.predict(request_for(images[:4], signature=names.SERVING_DEFAULT))
     encoded = [encode_png(images[0]), encode_png(images[1], "RGB"), encode_png(images[2], "RGBA"), encode_png(images[3], "LA")]
@@ -742,12 +763,14 @@ def test_real_binary_on_path_is_run_with_the_same_flags(tmp_path):
     fake.chmod(0o755)
     process = fmnist_serve(
         "--port", "9000", "--model_name", "m", "--model_base_path", "/models/m", "--host", "0.0.0.0", "--enable_batching",
+        "--tensorflow_intra_op_parallelism", "1",
         PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}",
     )
     assert process.wait(timeout=60) == 0
     process.stderr.close()
     args = (tmp_path / "tensorflow_model_server.args").read_text().split()
-    assert args == ["--port=9000", "--model_name=m", "--model_base_path=/models/m", "--enable_batching=true"]
+    assert args == ["--port=9000", "--model_name=m", "--model_base_path=/models/m", "--enable_batching=true",
+                    "--tensorflow_intra_op_parallelism=1"]
 
 
 def test_a_busy_port_is_an_error(_pushed_once):
