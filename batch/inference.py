@@ -94,9 +94,17 @@ def classify_read(
     items: Sequence[Image | Failed], predict: Predict, is_rejection: Callable[[Exception], bool], *, max_request_bytes: int
 ) -> list[Outcome]:
     """Outcomes of a batch as :class:`~batch.io.ReadImages` read it: files that failed to read stay failed."""
-    images = [item for item in items if isinstance(item, Image)]
-    failed: list[Outcome] = [item for item in items if not isinstance(item, Image)]
+    images, failed = _partition(items)
     return failed + (classify(images, predict, is_rejection, max_request_bytes=max_request_bytes) if images else [])
+
+
+def _partition(items: Sequence[Image | Failed]) -> tuple[list[Image], list[Outcome]]:
+    """(the images to classify, the files that already failed) of a read batch."""
+    images: list[Image] = []
+    failed: list[Outcome] = []
+    for item in items:
+        (images if isinstance(item, Image) else failed).append(item)
+    return images, failed
 
 
 def _chunks(images: Sequence[Image], max_bytes: int) -> Iterator[Sequence[Image]]:
@@ -189,11 +197,11 @@ class ServedClassify(beam.DoFn):
             self._client = None
 
     def _send(self, batch: list[Image | Failed]) -> _InFlight:
-        images = [item for item in batch if isinstance(item, Image)]
+        images, failed = _partition(batch)
         if not images or sum(len(image.data) for image in images) > self._max_request_bytes:
-            return _InFlight(batch, images, None, 0.0)  # nothing to send, or several requests: done in _collect
+            return _InFlight(batch, images, failed, None, 0.0)  # nothing to send, or several requests: in _collect
         answer = self._client.predict_encoded_async([image.data for image in images])
-        return _InFlight(batch, images, answer, self._clock())
+        return _InFlight(batch, images, failed, answer, self._clock())
 
     def _collect(self, sent: _InFlight) -> list[Outcome]:
         if sent.answer is not None:
@@ -202,9 +210,8 @@ class ServedClassify(beam.DoFn):
             except ServingError:
                 pass  # redone below, with retries and bisection
             else:
-                failed: list[Outcome] = [item for item in sent.batch if not isinstance(item, Image)]
                 scores = Scores(prediction.probabilities, prediction.model_name, prediction.version)
-                return failed + _answered(sent.images, scores, self._clock() - sent.started)
+                return sent.failed + _answered(sent.images, scores, self._clock() - sent.started)
         return classify_read(sent.batch, self._predict, _is_rejected_request, max_request_bytes=self._max_request_bytes)
 
     def _predict(self, encoded: list[bytes]) -> Scores:
@@ -215,7 +222,8 @@ class ServedClassify(beam.DoFn):
 @dataclass(frozen=True)
 class _InFlight:
     batch: list[Image | Failed]
-    images: list[Image]
+    images: list[Image]  # the batch's images and failures, as _partition splits it
+    failed: list[Outcome]
     answer: Callable[[], Prediction] | None  # None: not sent ahead
     started: float
 

@@ -5,7 +5,7 @@ training and by the exported graph alike, so what is served is exactly what
 was trained. Augmentation layers are part of the CNN but act only in
 training, so the exported graph is unaffected by them.
 
-Usage: ``profile = PROFILES["cnn"]; model = compile_model(profile.build(), profile.learning_rate, steps)``
+Usage: ``model = compile_model(build("cnn"), learning_rate=PROFILES["cnn"].learning_rate, cosine_steps=steps)``
 """
 
 from __future__ import annotations

@@ -143,9 +143,7 @@ class PredictionClient:
         timeout: float | None = None,
     ) -> Prediction:
         """Classify encoded image files (PNG/JPEG/GIF/BMP bytes) via ``predict_images``; the server decodes them."""
-        request = self._predict_request(names.PREDICT_IMAGES, version, version_label)
-        _fill_string_tensor(request.inputs[names.INPUT_IMAGE_BYTES], encoded)
-        return self._predict(request, timeout)
+        return self._predict(self._encoded_request(encoded, version, version_label), timeout)
 
     def predict_encoded_async(
         self,
@@ -162,8 +160,7 @@ class PredictionClient:
         one with :meth:`predict_encoded`. The answer raises ServingError as
         a failed call would.
         """
-        request = self._predict_request(names.PREDICT_IMAGES, version, version_label)
-        _fill_string_tensor(request.inputs[names.INPUT_IMAGE_BYTES], encoded)
+        request = self._encoded_request(encoded, version, version_label)
         future = self._predictions.Predict.future(request, timeout=self.timeout if timeout is None else timeout)
 
         def answer() -> Prediction:
@@ -264,6 +261,13 @@ class PredictionClient:
         self, signature: str, version: int | None, version_label: str | None
     ) -> predict_pb2.PredictRequest:
         return predict_pb2.PredictRequest(model_spec=self._model_spec(signature, version, version_label))
+
+    def _encoded_request(
+        self, encoded: Sequence[bytes], version: int | None, version_label: str | None
+    ) -> predict_pb2.PredictRequest:
+        request = self._predict_request(names.PREDICT_IMAGES, version, version_label)
+        _fill_string_tensor(request.inputs[names.INPUT_IMAGE_BYTES], encoded)
+        return request
 
     def _predict(self, request: predict_pb2.PredictRequest, timeout: float | None) -> Prediction:
         return self._prediction_of(self._call(self._predictions.Predict, request, timeout))

@@ -46,7 +46,6 @@ from serving.predict import ServingError
 log = logging.getLogger(__name__)
 
 State = get_model_status_pb2.ModelVersionStatus.State
-SAVED_MODEL_FILE = "saved_model.pb"
 SERVE_TAG = "serve"
 WARMUP_PATH = ("assets.extra", "tf_serving_warmup_requests")  # where TF Serving looks
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
