@@ -85,18 +85,22 @@ def free_port() -> int:
 class ServerProcess:
     """``fmnist serve`` (the embedded server) in a child process, ready when a model is AVAILABLE.
 
+    ``program`` replaces ``-m serving.server`` for another server with the same flags' subset
+    (``--port``, ``--log-level``), such as bench/_floor_server.py.
+
     ``stop()`` sends SIGTERM (graceful stop) and returns the child's peak RSS
     in MiB, from ``wait4``'s rusage, which covers exactly this process.
     """
 
-    def __init__(self, args: Sequence[str], ready_model: str, log_path: Path, timeout: float = 120.0):
+    def __init__(self, args: Sequence[str], ready_model: str, log_path: Path, timeout: float = 120.0,
+                 program: Sequence[str] = ("-m", "serving.server")):
         from serving.client import PredictionClient
 
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self._log = open(log_path, "wb")
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "serving.server", "--port", str(self.port), "--log-level", "WARNING", *args],
+            [sys.executable, *program, "--port", str(self.port), "--log-level", "WARNING", *args],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
         )
         with PredictionClient(self.target, model_name=ready_model) as client:

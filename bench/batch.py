@@ -10,6 +10,8 @@ server in a child process, and runs, side by side:
   the marginal time per file) and that peak memory does not;
 - the same on all files with two Beam worker processes
   (``--direct_num_workers=2 --direct_running_mode=multi_processing``);
+- with ``--mixed-precision``, the served job on all files once more against a
+  server started with ``--mixed_precision=bfloat16``;
 - ``fmnist batch --in-process`` (Beam RunInference, no server) on all files;
 - a naive loop reading one file and sending it as one request, over
   ``--naive-count`` files.
@@ -26,6 +28,7 @@ Usage::
     python bench/batch.py --quick        # 2,000 files
     python bench/batch.py --count 5000 --batch-size 64 --images-dir /tmp/pngs
     python bench/batch.py --profile cnn  # the convolutional model served instead of the mlp
+    python bench/batch.py --profile cnn --mixed-precision   # and a bfloat16 server beside it
 """
 
 from __future__ import annotations
@@ -119,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="the job's --batch-size (default: the job's own default)")
     parser.add_argument("--images-dir", type=Path, help="where the PNGs go (kept and reused); default a temp dir")
     parser.add_argument("--profile", default="mlp", choices=["mlp", "cnn"], help="the served model (default mlp)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="also serve with --mixed_precision=bfloat16 and run the job against that server")
     args = parser.parse_args(argv)
     if args.large:
         args.count = 100_000
@@ -136,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
 
     counts = sorted({max(1, args.count // 4), max(1, args.count // 2), args.count})
     rows = []
-    server = _common.ServerProcess(["--model_name", names.MODEL_NAME, "--model_base_path", str(model_base),
-                                    "--file_system_poll_wait_seconds", "0"], names.MODEL_NAME, work / "server.log")
+    server_flags = ["--model_name", names.MODEL_NAME, "--model_base_path", str(model_base),
+                    "--file_system_poll_wait_seconds", "0"]
+    server = _common.ServerProcess(server_flags, names.MODEL_NAME, work / "server.log")
     try:
         # First, as its untimed first request also pays the server's one-off graph optimisation.
         rows.append(naive_loop(server.target, paths[: args.naive_count]))
@@ -148,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
                             args.batch_size, work))
     finally:
         server_rss = server.stop()
+    if args.mixed_precision:
+        server = _common.ServerProcess([*server_flags, "--mixed_precision", "bfloat16"], names.MODEL_NAME,
+                                       work / "server-bfloat16.log")
+        try:
+            rows.append(run_job("served, bfloat16 server", root, args.count, ["--server", server.target],
+                                args.batch_size, work))
+        finally:
+            server.stop()
     rows.append(run_job("in-process", root, args.count, ["--in-process", str(model_base)], args.batch_size, work))
 
     served = [r for r in rows if r["mode"] == "served"]
@@ -162,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         "fixed seconds per job (served)": fixed,
         "peak RSS growth, smallest to largest run (MiB)": served[-1]["peak_rss_mib"] - served[0]["peak_rss_mib"],
     }
+    if args.mixed_precision:
+        bfloat16 = next(r for r in rows if r["mode"] == "served, bfloat16 server")
+        ratios["served, bfloat16 server / served"] = bfloat16["images_per_s"] / full["images_per_s"]
     print(f"\nBatch job, {args.profile}, {args.count:,} PNG files, --batch-size {args.batch_size or 'default'}\n")
     print(_common.table(rows, ["mode", "files", "seconds", "images_per_s", "us_per_file", "wall_s", "peak_rss_mib"]))
     print()

@@ -9,7 +9,10 @@ depend on their values) it measures, side by side in one run:
   images per request, batching off and on;
 - the same inputs through the SavedModel's ``serving_default`` signature
   called in this process (outputs converted to numpy), the limit a server
-  can approach; and prints served ÷ direct.
+  can approach; and prints served ÷ direct;
+- the same calls to a server that runs no model (bench/_floor_server.py):
+  what the client, gRPC and protobuf alone cost, the floor under any
+  Python-served number.
 
 The server runs in a child process (``python -m serving.server``) so client
 and server do not share a GIL; both share the machine's cores, as on a
@@ -151,6 +154,24 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"profile": profile, "images": n, "concurrency": c, "direct": rate})
                 print(f"  {profile} direct {n} img x {c}: {rate:,.0f} images/s", flush=True)
 
+    floor = _common.ServerProcess([], profiles[0], work / "floor.log",
+                                  program=[str(Path(__file__).with_name("_floor_server.py"))])
+    try:
+        with PredictionClient(floor.target, model_name=profiles[0]) as client:
+            floor_ms = latencies(lambda: client.predict(pixels[:1]), args.requests)
+            latency_rows.insert(0, {"profile": "any", "path": "gRPC floor (no model)",
+                                    "p50_ms": _common.percentile(floor_ms, 50), "p99_ms": _common.percentile(floor_ms, 99)})
+            floor_rates = {}
+            for n in sizes:
+                for c in concurrencies:
+                    floor_rates[n, c] = throughput(lambda: len(client.predict(pixels[:n])), c, args.seconds)
+                    print(f"  floor {n} img x {c}: {floor_rates[n, c]:,.0f} images/s", flush=True)
+    finally:
+        floor.stop()
+    for row in rows:
+        row["floor"] = floor_rates[row["images"], row["concurrency"]]
+        row["floor_ratio"] = row["floor"] / row["direct"]  # the best served ÷ direct a Python server could show
+
     server_rss = {}
     for batching in (False, True):
         mode = "batching" if batching else "no batching"
@@ -180,10 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\nSingle-image Predict latency, concurrency 1 (ms)\n")
     print(_common.table(latency_rows, ["profile", "path", "p50_ms", "p99_ms"]))
     print("\nThroughput (images/s) and served ÷ direct\n")
-    columns = ["profile", "images", "concurrency", "direct", "served", "served_ratio", "served_batching",
+    columns = ["profile", "images", "concurrency", "direct", "floor", "floor_ratio", "served", "served_ratio", "served_batching",
                "served_batching_ratio"]
     print(_common.table(rows, columns))
-    print(f"\nserver peak RSS (MiB): {', '.join(f'{k} {v:.0f}' for k, v in server_rss.items())}")
+    print("\nfloor: the same calls to a server that runs no model (bench/_floor_server.py)")
+    print(f"server peak RSS (MiB): {', '.join(f'{k} {v:.0f}' for k, v in server_rss.items())}")
     path = _common.write_results("serving", {
         "args": vars(args), "batching_parameters": BATCHING, "latency": latency_rows, "throughput": rows,
         "server_peak_rss_mib": server_rss,

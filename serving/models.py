@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
-from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, rewriter_config_pb2
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -66,8 +66,12 @@ class LoadedVersion:
 Loader = Callable[[str, int, str], LoadedVersion]
 
 
+MIXED_PRECISION_MODES = ("", "bfloat16")  # TF Serving's --mixed_precision values ("": off)
+
+
 def load_saved_model(
-    name: str, version: int, path: str, *, intra_op_threads: int = 0, inter_op_threads: int = 0
+    name: str, version: int, path: str, *, intra_op_threads: int = 0, inter_op_threads: int = 0,
+    mixed_precision: str = "",
 ) -> LoadedVersion:
     """The real loader: the ``serve`` meta graph in a session of its own, as TF Serving loads a SavedModel.
 
@@ -78,12 +82,22 @@ def load_saved_model(
     still use the intra-op threads. The session closes when the last request
     holding this version lets go of it. The thread counts are TF Serving's
     ``--tensorflow_intra_op_parallelism`` and ``--tensorflow_inter_op_parallelism`` (0: TF picks).
+
+    ``mixed_precision="bfloat16"`` is TF Serving's ``--mixed_precision=bfloat16``:
+    TF's oneDNN auto-mixed-precision rewrite runs the float32 graph's matmuls
+    and convolutions in bfloat16 on CPUs that compute it natively (it leaves
+    the graph alone elsewhere). The exported model stays float32, so the
+    choice belongs to the host that serves it.
     """
+    if mixed_precision not in MIXED_PRECISION_MODES:
+        raise ValueError(f"unknown mixed_precision {mixed_precision!r}; choose bfloat16 or leave it empty")
     graph = tf.Graph()
-    threads = tf.compat.v1.ConfigProto(
+    config = tf.compat.v1.ConfigProto(
         intra_op_parallelism_threads=intra_op_threads, inter_op_parallelism_threads=inter_op_threads
     )
-    session = tf.compat.v1.Session(graph=graph, config=threads)
+    if mixed_precision == "bfloat16":
+        config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+    session = tf.compat.v1.Session(graph=graph, config=config)
     with graph.as_default(), _tf_warnings_off():  # the v1 loader is "deprecated" for training code, not for this
         meta_graph = tf.compat.v1.saved_model.loader.load(session, [SERVE_TAG], path)
     signature_defs = dict(meta_graph.signature_def)
