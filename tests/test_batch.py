@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -284,6 +285,7 @@ def test_no_runner_given_never_starts_prism_and_progress_is_logged(tree, model_b
     assert job.main(argv) == 0
     assert started == []
     assert "progress: 3 files done on this worker" in caplog.text
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # Pipeline() makes a temp dir that only run() removes
     assert type(job.make_pipeline([]).runner).__name__ == "FnApiRunner"
     assert type(job.make_pipeline(["--runner", "BundleBasedDirectRunner"]).runner).__name__ == "BundleBasedDirectRunner"
 
