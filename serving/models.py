@@ -85,9 +85,9 @@ def load_saved_model(
 
     ``mixed_precision="bfloat16"`` is TF Serving's ``--mixed_precision=bfloat16``:
     TF's oneDNN auto-mixed-precision rewrite runs the float32 graph's matmuls
-    and convolutions in bfloat16 on CPUs that compute it natively (it leaves
-    the graph alone elsewhere). The exported model stays float32, so the
-    choice belongs to the host that serves it.
+    and convolutions in bfloat16. TF applies it on any AVX-512 CPU but it pays
+    only where bfloat16 is native (AVX512-BF16, AMX); the exported model stays
+    float32, so the choice belongs to the host that serves it.
     """
     if mixed_precision not in MIXED_PRECISION_MODES:
         raise ValueError(f"unknown mixed_precision {mixed_precision!r}; choose bfloat16 or leave it empty")

@@ -80,7 +80,7 @@ class ServerConfig:
     grpc_max_threads: int | None = None  # None: see grpc_threads()
     tensorflow_intra_op_parallelism: int = 0  # threads per op (matmul, conv); 0: TensorFlow picks
     tensorflow_inter_op_parallelism: int = 0  # threads for independent ops; 0: TensorFlow picks
-    mixed_precision: str = ""  # "bfloat16": run float32 graphs in bfloat16 where the CPU has it
+    mixed_precision: str = ""  # "bfloat16": run float32 graphs' matmuls and convolutions in bfloat16
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_image_bytes: int = predict.DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = predict.DEFAULT_MAX_IMAGE_PIXELS
@@ -510,8 +510,8 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     tf_flags.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0, metavar="N",
                           help="threads for independent ops of a graph (0: TensorFlow picks)")
     tf_flags.add_argument("--mixed_precision", default="", choices=models.MIXED_PRECISION_MODES, metavar="MODE",
-                          help="bfloat16: run matmuls and convolutions in bfloat16 on CPUs that have it "
-                          "(about 1.5x the cnn's throughput here); default off")
+                          help="bfloat16: run matmuls and convolutions in bfloat16 (pays on CPUs with "
+                          "AVX512-BF16 or AMX: about 1.5x the cnn's throughput here); default off")
     ours = parser.add_argument_group("embedded server only")
     ours.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 to expose)")
     ours.add_argument("--use-tf-serving", action="store_true", help=f"run {TF_SERVING_BINARY} (must be on PATH)")

@@ -775,7 +775,7 @@ def test_mixed_precision_bfloat16_rewrites_the_session_and_keeps_the_answers(sha
     # bfloat16 keeps 8 bits of mantissa: probabilities move by a few thousandths, classes almost never.
     np.testing.assert_allclose(bf16, fp32, atol=0.05)
     assert np.mean(bf16.argmax(axis=1) == fp32.argmax(axis=1)) >= 0.95
-    if model_lib.native_bfloat16():  # elsewhere the rewrite leaves the graph as it is
+    if model_lib.native_bfloat16():  # where TF has no oneDNN bfloat16 the rewrite is skipped
         assert not np.array_equal(bf16, fp32)
 
 
