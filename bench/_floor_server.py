@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import signal
 from concurrent import futures
 
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", help="accepted for ServerProcess; nothing is logged")
     args = parser.parse_args(argv)
     limit = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=limit)
+    # As many worker threads as the embedded server's default (4 per core), so only the model differs.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 * (os.cpu_count() or 1)), options=limit)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_Predictions(), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(_Models(), server)
     server.add_insecure_port(f"127.0.0.1:{args.port}")
