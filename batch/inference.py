@@ -95,7 +95,7 @@ def classify_read(
 ) -> list[Outcome]:
     """Outcomes of a batch as :class:`~batch.io.ReadImages` read it: files that failed to read stay failed."""
     images, failed = _partition(items)
-    return failed + (classify(images, predict, is_rejection, max_request_bytes=max_request_bytes) if images else [])
+    return failed + classify(images, predict, is_rejection, max_request_bytes=max_request_bytes)
 
 
 def _partition(items: Sequence[Image | Failed]) -> tuple[list[Image], list[Outcome]]:
@@ -199,9 +199,9 @@ class ServedClassify(beam.DoFn):
     def _send(self, batch: list[Image | Failed]) -> _InFlight:
         images, failed = _partition(batch)
         if not images or sum(len(image.data) for image in images) > self._max_request_bytes:
-            return _InFlight(batch, images, failed, None, 0.0)  # nothing to send, or several requests: in _collect
+            return _InFlight(images, failed, None, 0.0)  # nothing to send, or several requests: in _collect
         answer = self._client.predict_encoded_async([image.data for image in images])
-        return _InFlight(batch, images, failed, answer, self._clock())
+        return _InFlight(images, failed, answer, self._clock())
 
     def _collect(self, sent: _InFlight) -> list[Outcome]:
         if sent.answer is not None:
@@ -212,7 +212,9 @@ class ServedClassify(beam.DoFn):
             else:
                 scores = Scores(prediction.probabilities, prediction.model_name, prediction.version)
                 return sent.failed + _answered(sent.images, scores, self._clock() - sent.started)
-        return classify_read(sent.batch, self._predict, _is_rejected_request, max_request_bytes=self._max_request_bytes)
+        return sent.failed + classify(
+            sent.images, self._predict, _is_rejected_request, max_request_bytes=self._max_request_bytes
+        )
 
     def _predict(self, encoded: list[bytes]) -> Scores:
         prediction = self._client.predict_encoded(encoded)
@@ -221,7 +223,6 @@ class ServedClassify(beam.DoFn):
 
 @dataclass(frozen=True)
 class _InFlight:
-    batch: list[Image | Failed]
     images: list[Image]  # the batch's images and failures, as _partition splits it
     failed: list[Outcome]
     answer: Callable[[], Prediction] | None  # None: not sent ahead
