@@ -63,14 +63,12 @@ def export_untrained(profile: str, base_path: Path, version: int = 1) -> Path:
 
     Latency and throughput do not depend on the weights' values, only on the
     graph, so the benchmarks skip training; ``bench/train.py`` measures that.
-    The graph includes what the Trainer wraps around the network (the cnn's
+    The graph is what the Trainer hands over (folded normalisation, the cnn's
     mirror-image averaging: two forward passes), so it is the served one.
     """
     from pipeline import export, model
 
-    network = model.build(profile)
-    if model.PROFILES[profile].flip_averaging:
-        network = model.with_flip_averaging(network)
+    network = model.for_serving(model.build(profile), profile)
     path = base_path / str(version)
     export.write_saved_model(network, path)
     return path

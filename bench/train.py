@@ -6,7 +6,7 @@ the numbers are what ``fmnist train`` gets, without the push and the plots.
 
 Usage::
 
-    python bench/train.py                          # mlp and cnn with their own recipes (cnn: 15-20 min on 2 cores)
+    python bench/train.py                          # mlp and cnn with their own recipes (cnn: 11-15 min on 2 cores)
     python bench/train.py --profiles mlp --epochs 3
     python bench/train.py --quick                  # 1 epoch on 5,000 images each
 """

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from fmnist import names
@@ -33,8 +34,8 @@ def preprocess(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32) / 255.0
 
 
-def _mlp(dtype: str) -> keras.Model:
-    # Exactly the seed model.
+def _mlp(dtype: str, served: bool = False) -> keras.Model:
+    # Exactly the seed model; nothing in it acts only in training, so it is its own inference twin.
     return keras.Sequential(
         [
             keras.Input(_SHAPE, name=names.INPUT_IMAGES),
@@ -47,30 +48,79 @@ def _mlp(dtype: str) -> keras.Model:
     )
 
 
-def _cnn(dtype: str) -> keras.Model:
+class FusedBatchNorm(keras.layers.Layer):
+    """Batch normalisation in TensorFlow's fused kernel (FusedBatchNormV3, oneDNN on CPU).
+
+    Keras 3's BatchNormalization computes moments, casts and normalises as
+    separate ops; on 2 CPU cores the whole CNN trains 1.6-1.8x as fast with this
+    layer, mixed precision included. Same role and defaults (momentum 0.99,
+    epsilon 1e-3); the moving variance is the unbiased batch variance, as in
+    TF 1's fused layer. Served graphs never contain it: :func:`for_serving`
+    folds it into the convolution before it.
+    """
+
+    def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum, self.epsilon = momentum, epsilon
+
+    def build(self, input_shape):
+        channels = (input_shape[-1],)
+
+        def weight(name: str, init: str, trainable: bool = True):
+            # float32 under mixed precision too: the kernel takes float32 scale, offset and statistics
+            return self.add_weight(shape=channels, initializer=init, trainable=trainable, name=name, autocast=False)
+
+        self.gamma, self.beta = weight("gamma", "ones"), weight("beta", "zeros")
+        self.moving_mean, self.moving_variance = weight("moving_mean", "zeros", False), weight("moving_variance", "ones", False)
+
+    def call(self, inputs, training=False):
+        args = (inputs, self.gamma, self.beta, self.moving_mean, self.moving_variance)
+        if not training:
+            return tf.compat.v1.nn.fused_batch_norm(*args, epsilon=self.epsilon, is_training=False)[0]
+        # With an averaging factor the kernel returns the updated moving statistics, not the batch's.
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            *args, epsilon=self.epsilon, is_training=True, exponential_avg_factor=1 - self.momentum
+        )
+        self.moving_mean.assign(mean)
+        self.moving_variance.assign(variance)
+        return outputs
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
+
+
+def _cnn(dtype: str, served: bool = False) -> keras.Model:
     """Conv-BN-ReLU stages (``_CNN_STAGES``) with max-pooling, then a dense head: ~22 M multiply-adds per image.
 
     Horizontal flips and ±2-pixel shifts are label-preserving for clothing and
     are the cheapest regularisers that still pay off within a short schedule.
+    ``served`` builds the inference twin: no augmentation or dropout, and each
+    convolution carries a bias into which :func:`for_serving` folds its batch
+    normalisation, so TensorFlow fuses Conv2D+BiasAdd+Relu into one kernel.
     """
 
     def conv_bn(x, filters: int):
+        if served:
+            return keras.layers.Conv2D(filters, 3, padding="same", activation="relu", dtype=dtype)(x)
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, dtype=dtype)(x)
-        x = keras.layers.BatchNormalization(dtype=dtype)(x)
+        x = FusedBatchNorm(dtype=dtype)(x)
         return keras.layers.ReLU(dtype=dtype)(x)
+
+    def train_only(layer: keras.layers.Layer, x):
+        return x if served else layer(x)
 
     inputs = keras.Input(_SHAPE, name=names.INPUT_IMAGES)
     x = keras.layers.Reshape(_SHAPE + (1,))(inputs)
-    x = keras.layers.RandomFlip("horizontal")(x)
-    x = keras.layers.RandomTranslation(2 / 28, 2 / 28, fill_mode="constant")(x)
+    x = train_only(keras.layers.RandomFlip("horizontal"), x)
+    x = train_only(keras.layers.RandomTranslation(2 / 28, 2 / 28, fill_mode="constant"), x)
     for filters in _CNN_STAGES:
         for width in filters:
             x = conv_bn(x, width)
         x = keras.layers.MaxPooling2D(dtype=dtype)(x)
     x = keras.layers.Flatten(dtype=dtype)(x)
-    x = keras.layers.Dropout(DROPOUT, dtype=dtype)(x)
+    x = train_only(keras.layers.Dropout(DROPOUT, dtype=dtype), x)
     x = keras.layers.Dense(256, activation="relu", dtype=dtype)(x)
-    x = keras.layers.Dropout(DROPOUT, dtype=dtype)(x)
+    x = train_only(keras.layers.Dropout(DROPOUT, dtype=dtype), x)
     outputs = keras.layers.Dense(names.NUM_CLASSES, name="logits")(x)  # float32 logits for a stable loss
     return keras.Model(inputs, outputs, name="cnn")
 
@@ -79,7 +129,7 @@ def _cnn(dtype: str) -> keras.Model:
 class Profile:
     """A network and the recipe it was tuned with; TrainConfig fields left unset come from here."""
 
-    build: Callable[[str], keras.Model]  # dtype policy → model
+    build: Callable[[str, bool], keras.Model]  # (dtype policy, inference twin?) → model
     epochs: int
     batch_size: int
     learning_rate: float  # constant, or the peak of a warm-up + cosine schedule
@@ -93,22 +143,23 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     # The seed's recipe: Adam at its default rate, 10 epochs, 10 % held back for validation.
     "mlp": Profile(_mlp, epochs=10, batch_size=64, learning_rate=1e-3, validation_split=0.1, cosine=False),
-    # Tuned for ≥ 94.5 % held out (94.68 % with seed 42) in about 13 minutes of training on 2 quiet CPU
+    # Tuned for ≥ 94.5 % held out (94.54 % with seed 42) in about 11 minutes of training on 2 CPU
     # cores: all 60k images, one-cycle-like schedule, label smoothing, bfloat16 training, and the
-    # mirror-image average (+0.4 points) inside the served graph.
+    # mirror-image average (+0.24 points) inside the served graph.
     "cnn": Profile(_cnn, epochs=18, batch_size=128, learning_rate=3e-3, validation_split=0.0, cosine=True,
                    mixed_precision=True, flip_averaging=True, label_smoothing=0.1),
 }
 
 
-def build(profile: str, dtype: str = "float32") -> keras.Model:
+def build(profile: str, dtype: str = "float32", *, served: bool = False) -> keras.Model:
     """A fresh, uncompiled model of the named profile; the network outputs float32 logits.
 
     ``dtype`` is a Keras dtype policy: "mixed_bfloat16" computes in bfloat16
     and keeps float32 variables, so its weights load into a float32 build.
+    ``served`` builds the inference twin that :func:`for_serving` fills.
     """
     try:
-        return PROFILES[profile].build(dtype)
+        return PROFILES[profile].build(dtype, served)
     except KeyError:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}") from None
 
@@ -118,6 +169,33 @@ class _MirrorImage(keras.layers.Layer):
 
     def call(self, images):
         return keras.ops.flip(images, axis=2)
+
+
+def for_serving(trained: keras.Model, profile: str) -> keras.Model:
+    """The network to evaluate and export: float32, batch normalisation folded, mirror-averaged if the profile says.
+
+    Float32 because serving CPUs without bfloat16 would emulate it slowly (the
+    server's --mixed_precision opts in where it is native). Folding each
+    normalisation into its convolution's kernel and bias is exact arithmetic
+    up to rounding, and lets TensorFlow fuse Conv2D+BiasAdd+Relu: the cnn then
+    serves 1.6-1.9x as many images/s.
+    """
+    served = build(profile, served=True)
+    served.set_weights(_folded_weights(trained))
+    return with_flip_averaging(served) if PROFILES[profile].flip_averaging else served
+
+
+def _folded_weights(trained: keras.Model) -> list[np.ndarray]:
+    """``trained``'s kernels and biases in layer order, each normalisation folded into the convolution before it."""
+    weights: list[np.ndarray] = []
+    for layer, following in zip(trained.layers, trained.layers[1:] + [None]):
+        if isinstance(layer, keras.layers.Conv2D) and isinstance(following, FusedBatchNorm):
+            gamma, beta, mean, variance = (keras.ops.convert_to_numpy(w) for w in following.weights)
+            scale = gamma / np.sqrt(variance + following.epsilon)
+            weights += [keras.ops.convert_to_numpy(layer.kernel) * scale, beta - mean * scale]
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            weights += [keras.ops.convert_to_numpy(w) for w in (layer.kernel, layer.bias)]
+    return weights
 
 
 def with_flip_averaging(model: keras.Model) -> keras.Model:

@@ -68,18 +68,5 @@ def run(config: TrainConfig, train: Split) -> TrainResult:
         validation_split=config.validation_split,
         verbose=(1 if sys.stdout.isatty() else 2) if config.verbose is None else config.verbose,
     )
-    if config.mixed_precision:
-        model = _as_float32(model, config.profile)
-    if profile.flip_averaging:
-        model = model_lib.with_flip_averaging(model)
-    return TrainResult(model=model, history={k: [float(v) for v in vs] for k, vs in history.history.items()})
-
-
-def _as_float32(trained: keras.Model, profile: str) -> keras.Model:
-    """A float32 twin of a mixed-precision model: serving CPUs without bfloat16 would emulate it slowly.
-
-    Mixed precision keeps every variable in float32, so the weights carry over exactly.
-    """
-    serving_model = model_lib.build(profile, "float32")
-    serving_model.set_weights(trained.get_weights())
-    return serving_model
+    history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    return TrainResult(model=model_lib.for_serving(model, config.profile), history=history)

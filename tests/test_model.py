@@ -1,0 +1,50 @@
+"""The networks' building blocks: the fused normalisation layer and the folded serving twin."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from fmnist import names
+from pipeline import model as model_lib
+
+
+def test_fused_batch_norm_normalises_by_the_batch_and_tracks_moving_statistics():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, (16, 5, 5, 4)).astype(np.float32)
+    fused, reference = model_lib.FusedBatchNorm(), keras.layers.BatchNormalization()
+    fused.build(x.shape), reference.build(x.shape)
+    np.testing.assert_allclose(fused(x, training=True), reference(x, training=True), atol=1e-4)
+
+    per_channel = x.reshape(-1, 4)
+    np.testing.assert_allclose(fused.moving_mean, 0.01 * per_channel.mean(0), rtol=1e-4)
+    np.testing.assert_allclose(fused.moving_variance, 0.99 + 0.01 * per_channel.var(0, ddof=1), rtol=1e-4)
+    # In inference the moving statistics normalise, as in Keras' layer after the same update.
+    reference.moving_variance.assign(fused.moving_variance)
+    np.testing.assert_allclose(fused(x, training=False), reference(x, training=False), atol=1e-4)
+
+
+def _randomised(network: keras.Model, rng: np.random.Generator) -> keras.Model:
+    """Every weight random, normalisation statistics included, so folding has something to get wrong."""
+    network.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) * rng.choice([-0.1, 0.1], w.shape)
+                         if "variance" not in w.path else rng.uniform(0.5, 2.0, w.shape).astype(np.float32)
+                         for w in network.weights])
+    return network
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_served_cnn_folds_normalisation_and_computes_what_was_trained(dtype):
+    rng = np.random.default_rng(1)
+    trained = _randomised(model_lib.build("cnn", dtype), rng)
+    served = model_lib.for_serving(trained, "cnn")
+    images = rng.integers(0, 256, (8, names.IMAGE_SIZE, names.IMAGE_SIZE)).astype(np.float32)
+
+    inputs = model_lib.preprocess(images)
+    expected = (trained(inputs, training=False) + trained(inputs[:, :, ::-1], training=False)) / 2
+    tolerance = 1e-4 if dtype == "float32" else 5e-2  # the trained model computes in bfloat16
+    np.testing.assert_allclose(served(inputs), np.asarray(expected, np.float32), atol=tolerance * np.abs(expected).max())
+
+    flat = [layer for outer in served.layers for layer in getattr(outer, "layers", [outer])]
+    assert not any(isinstance(layer, (model_lib.FusedBatchNorm, keras.layers.Dropout)) for layer in flat)
+    assert all(w.dtype == "float32" for w in served.weights)
