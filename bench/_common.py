@@ -61,10 +61,13 @@ def warn_if_busy() -> None:
 def export_untrained(profile: str, base_path: Path, version: int = 1) -> Path:
     """Build ``profile`` with fresh weights and export it as ``base_path/<version>``, as the Pusher would.
 
-    Latency and throughput do not depend on the weights' values, only on the
-    graph, so the benchmarks skip training; ``bench/train.py`` measures that.
     The graph is what the Trainer hands over (folded normalisation, the cnn's
-    mirror-image averaging: two forward passes), so it is the served one.
+    mirror-image average), so it is the served one, and the benchmarks skip
+    training (``bench/train.py`` measures that). Speed does not depend on the
+    weights' values with one exception: the cnn's mirror pass runs only for
+    images it is unsure of, which with fresh weights is every image, so an
+    untrained cnn measures its worst case (``bench/batch.py --model-dir``
+    serves a trained one).
     """
     from pipeline import export, model
 

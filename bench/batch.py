@@ -2,8 +2,8 @@
 
 Writes ``--count`` Fashion-MNIST PNGs as ``fmnist images`` does (10,000; 100,000
 with ``--large``, the 70,000 dataset images repeated), exports an mlp (or
-``--profile cnn``) with fresh weights (speed does not depend on their values), starts the embedded
-server in a child process, and runs, side by side:
+``--profile cnn``) with fresh weights, or serves a pushed version (``--model-dir``),
+starts the embedded server in a child process, and runs, side by side:
 
 - ``fmnist batch --server`` at a quarter, half and all of the files, to show
   how time grows with the count (a least-squares fit gives the fixed cost and
@@ -29,12 +29,19 @@ Usage::
     python bench/batch.py --count 5000 --batch-size 64 --images-dir /tmp/pngs
     python bench/batch.py --profile cnn  # the convolutional model served instead of the mlp
     python bench/batch.py --profile cnn --mixed-precision   # and a bfloat16 server beside it
+    python bench/batch.py --model-dir models/fashion_mnist/1764115200   # a trained, pushed version
+
+The mlp's speed does not depend on its weights. The cnn's does: it runs its
+mirror pass only for images it is unsure of, and fresh weights are unsure of
+every image, so an untrained cnn measures its worst case and ``--model-dir``
+with a trained one its usual cost.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -121,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-count", type=int, default=2_000, help="files for the naive loop (default 2,000)")
     parser.add_argument("--batch-size", type=int, help="the job's --batch-size (default: the job's own default)")
     parser.add_argument("--images-dir", type=Path, help="where the PNGs go (kept and reused); default a temp dir")
-    parser.add_argument("--profile", default="mlp", choices=["mlp", "cnn"], help="the served model (default mlp)")
+    parser.add_argument("--profile", default="mlp", choices=["mlp", "cnn"],
+                        help="the served model, exported with fresh weights (default mlp)")
+    parser.add_argument("--model-dir", type=Path,
+                        help="serve this pushed version directory instead (its profile is read from its config)")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="also serve with --mixed_precision=bfloat16 and run the job against that server")
     args = parser.parse_args(argv)
@@ -137,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_images(root, args.count)
     print(f"{len(paths)} PNG files under {root} ({time.perf_counter() - started:.1f}s)", flush=True)
     model_base = work / "models" / names.MODEL_NAME
-    _common.export_untrained(args.profile, model_base)
+    if args.model_dir:
+        shutil.copytree(args.model_dir, model_base / "1")
+        config = json.loads((args.model_dir / names.ASSETS_EXTRA / names.CONFIG_FILE).read_text())
+        args.profile = f"{config['train']['profile']}-trained"
+    else:
+        _common.export_untrained(args.profile, model_base)
 
     counts = sorted({max(1, args.count // 4), max(1, args.count // 2), args.count})
     rows = []

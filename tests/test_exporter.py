@@ -164,8 +164,14 @@ def test_cnn_profile_trains_briefly_and_serves_what_was_evaluated(tmp_path, data
     served = loaded.signatures[names.SERVING_DEFAULT](**{names.INPUT_IMAGES: tf.constant(images, tf.float32)})
     mirrored = loaded.signatures[names.SERVING_DEFAULT](
         **{names.INPUT_IMAGES: tf.constant(images[:, :, ::-1], tf.float32)})
-    # Flip averaging is in the graph: an image and its mirror image get the same answer.
-    np.testing.assert_allclose(served[names.OUTPUT_PROBABILITIES], mirrored[names.OUTPUT_PROBABILITIES], atol=1e-5)
+    # The mirror average is in the graph. An answer whose top probability is below the profile's
+    # threshold was averaged (a sure first pass is answered as it is), so where an image's answer and its
+    # mirror image's both are, they are the same.
+    below = model_lib.PROFILES["cnn"].flip_averaging_below
+    probabilities, mirrored = served[names.OUTPUT_PROBABILITIES].numpy(), mirrored[names.OUTPUT_PROBABILITIES].numpy()
+    averaged = (probabilities.max(axis=1) < below) & (mirrored.max(axis=1) < below)
+    assert averaged.sum() > 100  # a cnn trained for a few steps is unsure of most images
+    np.testing.assert_allclose(probabilities[averaged], mirrored[averaged], atol=1e-5)
     assert all(v.dtype == tf.float32 for v in loaded.variables if v.dtype.is_floating)
 
 

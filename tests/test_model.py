@@ -34,17 +34,34 @@ def _randomised(network: keras.Model, rng: np.random.Generator) -> keras.Model:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
-def test_served_cnn_folds_normalisation_and_computes_what_was_trained(dtype):
+def test_folded_cnn_computes_what_was_trained_in_float32_without_normalisation_layers(dtype):
     rng = np.random.default_rng(1)
     trained = _randomised(model_lib.build("cnn", dtype), rng)
-    served = model_lib.for_serving(trained, "cnn")
-    images = rng.integers(0, 256, (8, names.IMAGE_SIZE, names.IMAGE_SIZE)).astype(np.float32)
+    twin = model_lib.folded(trained, "cnn")
+    inputs = model_lib.preprocess(rng.integers(0, 256, (8, names.IMAGE_SIZE, names.IMAGE_SIZE)).astype(np.float32))
 
-    inputs = model_lib.preprocess(images)
-    expected = (trained(inputs, training=False) + trained(inputs[:, :, ::-1], training=False)) / 2
+    expected = np.asarray(trained(inputs, training=False), np.float32)
     tolerance = 1e-4 if dtype == "float32" else 5e-2  # the trained model computes in bfloat16
-    np.testing.assert_allclose(served(inputs), np.asarray(expected, np.float32), atol=tolerance * np.abs(expected).max())
+    np.testing.assert_allclose(twin(inputs), expected, atol=tolerance * np.abs(expected).max())
+    assert not any(isinstance(layer, (model_lib.FusedBatchNorm, keras.layers.Dropout)) for layer in twin.layers)
+    assert all(w.dtype == "float32" for w in twin.weights)
 
-    flat = [layer for outer in served.layers for layer in getattr(outer, "layers", [outer])]
-    assert not any(isinstance(layer, (model_lib.FusedBatchNorm, keras.layers.Dropout)) for layer in flat)
-    assert all(w.dtype == "float32" for w in served.weights)
+
+def test_mirror_pass_runs_for_unsure_images_only_and_each_answer_is_the_images_own():
+    rng = np.random.default_rng(2)
+    network = model_lib.folded(_randomised(model_lib.build("cnn"), rng), "cnn")
+    inputs = model_lib.preprocess(rng.integers(0, 256, (16, names.IMAGE_SIZE, names.IMAGE_SIZE)).astype(np.float32))
+    plain, mirrored = np.asarray(network(inputs)), np.asarray(network(inputs[:, :, ::-1]))
+    confidence = np.asarray(keras.ops.softmax(plain)).max(axis=1)
+    below = float(np.median(confidence))  # half the images unsure, half sure
+    unsure = confidence < below
+    assert 0 < unsure.sum() < len(unsure)
+
+    averaged = np.asarray(model_lib.with_flip_averaging(network, below)(inputs))
+    np.testing.assert_allclose(averaged[unsure], (plain[unsure] + mirrored[unsure]) / 2, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(averaged[~unsure], plain[~unsure], rtol=1e-4, atol=1e-5)
+    one_by_one = np.concatenate([model_lib.with_flip_averaging(network, below)(inputs[i: i + 1]) for i in range(16)])
+    np.testing.assert_allclose(one_by_one, averaged, rtol=1e-4, atol=1e-5)
+    # below=1 averages every image, so an image and its mirror image get the same answer.
+    always = model_lib.with_flip_averaging(network)
+    np.testing.assert_allclose(always(inputs), always(inputs[:, :, ::-1]), rtol=1e-4, atol=1e-5)
