@@ -2,10 +2,13 @@
 
 Both networks take raw 0-255 pixels through :func:`preprocess`, used by
 training and by the exported graph alike, so what is served is exactly what
-was trained. Augmentation layers are part of the CNN but act only in
-training, so the exported graph is unaffected by them.
+was trained. The network that is trained carries augmentation, dropout and
+batch normalisation; the one that is evaluated and exported is its inference
+twin (:func:`for_serving`), built without the first two and with the third
+folded into the convolutions.
 
-Usage: ``model = compile_model(build("cnn"), learning_rate=PROFILES["cnn"].learning_rate, cosine_steps=steps)``
+Usage: ``model = compile_model(build("cnn"), learning_rate=PROFILES["cnn"].learning_rate, cosine_steps=steps)``,
+then ``fit`` it and serve ``for_serving(model, "cnn")``.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ class FusedBatchNorm(keras.layers.Layer):
     separate ops; on 2 CPU cores the whole CNN trains 1.6-1.8x as fast with this
     layer, mixed precision included. Same role and defaults (momentum 0.99,
     epsilon 1e-3); the moving variance is the unbiased batch variance, as in
-    TF 1's fused layer. Served graphs never contain it: :func:`for_serving`
-    folds it into the convolution before it.
+    TF 1's fused layer. Served graphs never contain it: :func:`folded` folds
+    it into the convolution before it.
     """
 
     def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
@@ -95,7 +98,7 @@ def _cnn(dtype: str, served: bool = False) -> keras.Model:
     Horizontal flips and ±2-pixel shifts are label-preserving for clothing and
     are the cheapest regularisers that still pay off within a short schedule.
     ``served`` builds the inference twin: no augmentation or dropout, and each
-    convolution carries a bias into which :func:`for_serving` folds its batch
+    convolution carries a bias into which :func:`folded` folds its batch
     normalisation, so TensorFlow fuses Conv2D+BiasAdd+Relu into one kernel.
     """
 
