@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -75,6 +76,18 @@ def export_untrained(profile: str, base_path: Path, version: int = 1) -> Path:
     path = base_path / str(version)
     export.write_saved_model(network, path)
     return path
+
+
+def copy_pushed(model_dir: Path, base_path: Path, version: int = 1) -> str:
+    """Copy a pushed version directory to ``base_path/<version>`` for a server to load; returns its profile.
+
+    The profile comes from the config the Pusher saved next to the model.
+    """
+    from fmnist import names
+
+    config = json.loads((model_dir / names.ASSETS_EXTRA / names.CONFIG_FILE).read_text())
+    shutil.copytree(model_dir, base_path / str(version))
+    return config["train"]["profile"]
 
 
 def free_port() -> int:

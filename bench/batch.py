@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -61,8 +60,8 @@ def write_images(out: Path, count: int) -> list[Path]:
     from pipeline import data, images
 
     existing = sorted(out.glob("*/*.png"))
-    if len(existing) == count:
-        return existing
+    if len(existing) >= count:
+        return existing[:count]
     dataset = data.load()
     pool = np.concatenate([dataset.test.images, dataset.train.images])
     labels = np.concatenate([dataset.test.labels, dataset.train.labels])
@@ -73,7 +72,7 @@ def write_images(out: Path, count: int) -> list[Path]:
 def subset(paths: list[Path], count: int, root: Path) -> Path:
     """A folder of ``count`` of the files, hard-linked into their class folders (labels kept, no copy,
     and unlike symlinks no extra path resolution per read, so subsets cost per file what the whole does)."""
-    if count == len(paths):
+    if count == len(paths) == len(list(root.glob("*/*.png"))):
         return root
     target = root.parent / f"{root.name}-{count}"
     if not target.exists():
@@ -146,11 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     paths = write_images(root, args.count)
     print(f"{len(paths)} PNG files under {root} ({time.perf_counter() - started:.1f}s)", flush=True)
+    every = subset(paths, args.count, root)  # root itself, unless it holds more files from an earlier, larger run
     model_base = work / "models" / names.MODEL_NAME
     if args.model_dir:
-        shutil.copytree(args.model_dir, model_base / "1")
-        config = json.loads((args.model_dir / names.ASSETS_EXTRA / names.CONFIG_FILE).read_text())
-        args.profile = f"{config['train']['profile']}-trained"
+        args.profile = f"{_common.copy_pushed(args.model_dir, model_base)}-trained"
     else:
         _common.export_untrained(args.profile, model_base)
 
@@ -165,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         for count in counts:
             rows.append(run_job("served", subset(paths, count, root), count, ["--server", server.target],
                                 args.batch_size, work))
-        rows.append(run_job("served, 2 workers", root, args.count, ["--server", server.target, *TWO_WORKERS],
+        rows.append(run_job("served, 2 workers", every, args.count, ["--server", server.target, *TWO_WORKERS],
                             args.batch_size, work))
     finally:
         server_rss = server.stop()
@@ -173,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         server = _common.ServerProcess([*server_flags, "--mixed_precision", "bfloat16"], names.MODEL_NAME,
                                        work / "server-bfloat16.log")
         try:
-            rows.append(run_job("served, bfloat16 server", root, args.count, ["--server", server.target],
+            rows.append(run_job("served, bfloat16 server", every, args.count, ["--server", server.target],
                                 args.batch_size, work))
         finally:
             server.stop()
-    rows.append(run_job("in-process", root, args.count, ["--in-process", str(model_base)], args.batch_size, work))
+    rows.append(run_job("in-process", every, args.count, ["--in-process", str(model_base)], args.batch_size, work))
 
     served = [r for r in rows if r["mode"] == "served"]
     slope, fixed = np.polyfit([r["files"] for r in served], [r["seconds"] for r in served], 1)

@@ -1,7 +1,9 @@
 """Serving benchmark: the embedded server on loopback against a direct call of the same signature.
 
-For each profile (mlp, cnn; exported with fresh weights, as speed does not
-depend on their values) it measures, side by side in one run:
+For each profile (mlp, cnn; exported with fresh weights, or with
+``--cnn-model-dir`` a pushed cnn: the cnn's mirror pass runs only for images it
+is unsure of, which with fresh weights is every image, so an untrained cnn
+measures its worst case) it measures, side by side in one run:
 
 - single-image ``Predict`` latency p50/p99 at concurrency 1 through
   :class:`serving.client.PredictionClient`, batching off and on;
@@ -25,6 +27,7 @@ Usage::
     python bench/serving.py              # about 3 minutes on 2 cores
     python bench/serving.py --quick      # about 1 minute
     python bench/serving.py --profiles mlp --seconds 3 --concurrency 1,32 --images 1,256
+    python bench/serving.py --profiles cnn --cnn-model-dir models/fashion_mnist/1764115200
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.5, help="measured seconds per throughput cell (default 1.5)")
     parser.add_argument("--requests", type=int, default=2000, help="single-image requests for latency (default 2000)")
     parser.add_argument("--quick", action="store_true", help="0.4 s per cell, 300 latency requests")
+    parser.add_argument("--cnn-model-dir", type=Path, help="serve this pushed cnn version instead of an untrained cnn")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.requests = 0.4, 300
@@ -132,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fmnist-bench-serving-"))
     direct = {}
     for profile in profiles:
-        path = _common.export_untrained(profile, work / "models" / profile)
+        if profile == "cnn" and args.cnn_model_dir:
+            if _common.copy_pushed(args.cnn_model_dir, work / "models" / profile) != profile:
+                parser.error(f"--cnn-model-dir {args.cnn_model_dir} is not a cnn")
+            path = work / "models" / profile / "1"
+        else:
+            path = _common.export_untrained(profile, work / "models" / profile)
         direct[profile] = tf.saved_model.load(str(path)).signatures[names.SERVING_DEFAULT]
     (work / "models.config").write_text(_models_config(work / "models", profiles))
     (work / "batching.config").write_text(BATCHING)
@@ -207,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nfloor: the same calls to a server that runs no model (bench/_floor_server.py)")
     print(f"server peak RSS (MiB): {', '.join(f'{k} {v:.0f}' for k, v in server_rss.items())}")
     path = _common.write_results("serving", {
-        "args": vars(args), "batching_parameters": BATCHING, "latency": latency_rows, "throughput": rows,
+        "args": {k: str(v) for k, v in vars(args).items()}, "batching_parameters": BATCHING, "latency": latency_rows, "throughput": rows,
         "server_peak_rss_mib": server_rss,
     })
     print(f"wrote {path}")
