@@ -161,10 +161,9 @@ def build(profile: str, dtype: str = "float32", *, served: bool = False) -> kera
     and keeps float32 variables, so its weights load into a float32 build.
     ``served`` builds the inference twin that :func:`folded` fills.
     """
-    try:
-        return PROFILES[profile].build(dtype, served)
-    except KeyError:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}") from None
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[profile].build(dtype, served)
 
 
 def for_serving(trained: keras.Model, profile: str) -> keras.Model:

@@ -65,3 +65,8 @@ def test_mirror_pass_runs_for_unsure_images_only_and_each_answer_is_the_images_o
     # below=1 averages every image, so an image and its mirror image get the same answer.
     always = model_lib.with_flip_averaging(network)
     np.testing.assert_allclose(always(inputs), always(inputs[:, :, ::-1]), rtol=1e-4, atol=1e-5)
+
+
+def test_an_unknown_profile_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="unknown profile 'resnet'; choose one of mlp, cnn"):
+        model_lib.build("resnet")
