@@ -78,16 +78,19 @@ def export_untrained(profile: str, base_path: Path, version: int = 1) -> Path:
     return path
 
 
-def copy_pushed(model_dir: Path, base_path: Path, version: int = 1) -> str:
-    """Copy a pushed version directory to ``base_path/<version>`` for a server to load; returns its profile.
-
-    The profile comes from the config the Pusher saved next to the model.
-    """
+def pushed_profile(model_dir: Path) -> str:
+    """The profile a pushed version was trained with, from the config the Pusher saved next to it."""
     from fmnist import names
 
-    config = json.loads((model_dir / names.ASSETS_EXTRA / names.CONFIG_FILE).read_text())
-    shutil.copytree(model_dir, base_path / str(version))
-    return config["train"]["profile"]
+    return json.loads((model_dir / names.ASSETS_EXTRA / names.CONFIG_FILE).read_text())["train"]["profile"]
+
+
+def copy_pushed(model_dir: Path, base_path: Path, version: int = 1) -> Path:
+    """Copy a pushed version directory to ``base_path/<version>``, where a server loads it, as
+    :func:`export_untrained` places a fresh one."""
+    path = base_path / str(version)
+    shutil.copytree(model_dir, path)
+    return path
 
 
 def free_port() -> int:

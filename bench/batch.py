@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     every = subset(paths, args.count, root)  # root itself, unless it holds more files from an earlier, larger run
     model_base = work / "models" / names.MODEL_NAME
     if args.model_dir:
-        args.profile = f"{_common.copy_pushed(args.model_dir, model_base)}-trained"
+        args.profile = f"{_common.pushed_profile(args.model_dir)}-trained"
+        _common.copy_pushed(args.model_dir, model_base)
     else:
         _common.export_untrained(args.profile, model_base)
 

@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     direct = {}
     for profile in profiles:
         if profile == "cnn" and args.cnn_model_dir:
-            if _common.copy_pushed(args.cnn_model_dir, work / "models" / profile) != profile:
+            if _common.pushed_profile(args.cnn_model_dir) != profile:
                 parser.error(f"--cnn-model-dir {args.cnn_model_dir} is not a cnn")
-            path = work / "models" / profile / "1"
+            path = _common.copy_pushed(args.cnn_model_dir, work / "models" / profile)
         else:
             path = _common.export_untrained(profile, work / "models" / profile)
         direct[profile] = tf.saved_model.load(str(path)).signatures[names.SERVING_DEFAULT]
