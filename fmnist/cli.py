@@ -14,6 +14,8 @@ import os
 import sys
 from types import ModuleType
 
+from fmnist import terminal
+
 # subcommand → (module whose main(argv, prog) runs it, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pipeline.exporter", "train, evaluate, bless and push a versioned SavedModel"),
@@ -42,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"fmnist: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = _quiet_import(COMMANDS[command][0])
-    return module.main(rest, prog=f"fmnist {command}")
+    try:
+        module = _quiet_import(COMMANDS[command][0])
+        return module.main(rest, prog=f"fmnist {command}")
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for SIGINT, not a traceback
+        print(f"\nfmnist {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _quiet_import(name: str) -> ModuleType:
@@ -55,18 +61,11 @@ def _quiet_import(name: str) -> ModuleType:
     descriptor is restored.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            module = importlib.import_module(name)
-            if "tensorflow" in sys.modules:  # its first device query logs a CUDA error on CPU-only hosts
-                sys.modules["tensorflow"].config.list_physical_devices()
-            return module
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with terminal.fd2_silenced():
+        module = importlib.import_module(name)
+        if "tensorflow" in sys.modules:  # its first device query logs a CUDA error on CPU-only hosts
+            sys.modules["tensorflow"].config.list_physical_devices()
+        return module
 
 
 if __name__ == "__main__":
