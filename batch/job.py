@@ -108,6 +108,8 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConf
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="deadline of each request, and the longest wait for the server at start, seconds (default 30)")
     parser.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE/DEADLINE_EXCEEDED (default 3)")
+    parser.add_argument("--max-image-pixels", type=_positive, default=names.MAX_IMAGE_PIXELS, metavar="N",
+                        help="refuse an image whose header claims more pixels, as the server does (default 4096x4096)")
     parser.add_argument("--progress-seconds", type=float, default=10.0, metavar="SECONDS",
                         help="log files done and rate per worker this often; 0: after every file (default 10)")
     args, beam_args = parser.parse_known_args(argv)
@@ -123,6 +125,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConf
         file_format=args.file_format,
         batch_size=args.batch_size,
         top_k=args.top_k,
+        limits=io.Limits(max_pixels=args.max_image_pixels),
         progress_seconds=args.progress_seconds,
     )
     return config, beam_args

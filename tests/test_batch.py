@@ -14,9 +14,7 @@ import io
 import json
 import logging
 import shutil
-import struct
 import tempfile
-import zlib
 from pathlib import Path
 
 import grpc
@@ -25,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 from apache_beam.testing import test_pipeline as beam_testing
-from conftest import encode_png
+from conftest import encode_png, png_claiming
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -51,16 +49,6 @@ def _encode(pixels: np.ndarray, fmt: str, mode: str, size: tuple[int, int]) -> b
     buffer = io.BytesIO()
     image.save(buffer, fmt)
     return buffer.getvalue()
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    """A valid few-hundred-byte PNG whose header claims ``width`` x ``height`` pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 # path relative to the tree → reason; the corrupt one sits among good files of its class.
@@ -96,7 +84,7 @@ def tree(tmp_path_factory, dataset) -> Path:
     (root / "Coat/truncated.png").write_bytes(encode_png(dataset.test.images[0])[:60])
     (root / "Bag/empty.png").write_bytes(b"")
     (root / "notes/readme.txt").write_text("not an image")
-    (root / "notes/huge.png").write_bytes(_png_claiming(100_000, 100_000))
+    (root / "notes/huge.png").write_bytes(png_claiming(100_000, 100_000))
     Image.new("RGB", (28, 28)).save(root / "notes/scan.tiff")
     return root
 
