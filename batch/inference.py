@@ -8,8 +8,8 @@ bisected until the bad files are isolated, so a corrupt file costs about
 failure (server down after retries, wrong model name) fails the job, because
 it is about the server, not about a file. Only the in-process path imports
 TensorFlow, when it gets there (:func:`fmnist.quiet.import_tensorflow`): the
-served path needs the client's protos alone, so its launcher and workers
-start in a second and stay at a fifth of the memory.
+served path needs the client's protos alone, so its launcher and each
+worker take about 160 MiB instead of 680 (bench/README.md, "Start-up").
 
 Usage::
 
