@@ -6,7 +6,10 @@ as a whole (INVALID_ARGUMENT: one file in it cannot be decoded), the batch is
 bisected until the bad files are isolated, so a corrupt file costs about
 2·log2(batch) extra calls and its neighbours are still classified. Any other
 failure (server down after retries, wrong model name) fails the job, because
-it is about the server, not about a file.
+it is about the server, not about a file. Only the in-process path imports
+TensorFlow, when it gets there (:func:`fmnist.quiet.import_tensorflow`): the
+served path needs the client's protos alone, so its launcher and each
+worker take about 160 MiB instead of 680 (bench/README.md, "Start-up").
 
 Usage::
 
@@ -32,7 +35,7 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from batch.outcomes import Classified, Failed, Image, Outcome, Reason
-from fmnist import names
+from fmnist import names, quiet
 from serving.client import Prediction, PredictionClient, ServingError
 
 NAMESPACE = "fmnist.batch"  # Beam metrics namespace of everything the job counts
@@ -244,7 +247,7 @@ class LocalModel:
     @classmethod
     def resolve(cls, model_dir: str, model_name: str = names.MODEL_NAME) -> LocalModel:
         """``model_dir`` is a version directory, or a base path whose newest numeric version is taken (as TF Serving does)."""
-        import tensorflow as tf  # only the in-process mode needs TensorFlow in the launcher
+        tf = quiet.import_tensorflow()  # only the in-process mode needs TensorFlow, in the launcher or a worker
 
         def is_saved_model(path: str) -> bool:
             return tf.io.gfile.exists(posixpath.join(path, "saved_model.pb"))
@@ -267,8 +270,7 @@ class _LoadedSignature:
     """A SavedModel signature as a :data:`Predict`; holds the loaded object so its variables stay alive."""
 
     def __init__(self, model: LocalModel, signature: str):
-        import tensorflow as tf
-
+        tf = quiet.import_tensorflow()  # a worker's first use of TensorFlow: its banner stays off stderr
         self._tf = tf
         self._model = model
         self._loaded = tf.saved_model.load(model.path)
@@ -280,7 +282,7 @@ class _LoadedSignature:
 
 
 def _is_rejected_input(error: Exception) -> bool:
-    import tensorflow as tf
+    import tensorflow as tf  # loaded by the model that raised ``error``
 
     return isinstance(error, tf.errors.InvalidArgumentError)
 

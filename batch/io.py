@@ -1,9 +1,10 @@
 """The batch job's file side: which files an ``--input`` names, reading them, writing records.
 
-Reading checks each file locally before anything is sent: its size, and the
-image header PIL parses without decoding pixels, so empty files, non-images,
-unsupported formats and decompression bombs become error records here rather
-than failed requests. Everything goes through Beam's ``FileSystems``, so
+Reading checks each file locally before anything is sent, with the check
+``fmnist classify`` makes (:func:`fmnist.imagefile.check`: its size, and its
+header without decoding pixels), so empty files, non-images, unsupported
+formats and decompression bombs become error records here rather than
+failed requests. Everything goes through Beam's ``FileSystems``, so
 ``gs://``, ``s3://`` and the others work wherever their Beam extra is installed.
 
 Usage::
@@ -21,25 +22,20 @@ import io
 import json
 import os
 import re
-import warnings
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import BinaryIO
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
-from PIL import Image as PILImage
 
 from batch.outcomes import Classified, Failed, Image, Reason
-from fmnist import names
+from fmnist import imagefile, names
+from fmnist.imagefile import Limits  # what a file may be; job.JobConfig holds one
 
 FORMATS = ("jsonl", "csv", "parquet")
 SUCCESS = "_SUCCESS"
-# What the graph's decoder handles (tf.io.decode_image); MPO is how PIL names multi-picture JPEGs.
-_DECODABLE = frozenset({"PNG", "JPEG", "MPO", "GIF", "BMP"})
 _WILDCARD = re.compile(r"[*?\[]")
 
 _TOP_K = pa.struct([("class_id", pa.int64()), ("class_name", pa.string()), ("probability", pa.float64())])
@@ -88,66 +84,6 @@ def _label_of_folder(folder: str) -> int | None:
     return names.class_id_from_folder(FileSystems.split(folder)[1])
 
 
-_PNG_START = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR"  # signature, then a 13-byte IHDR
-_PLAIN_COLOUR_TYPES = frozenset({0, 2, 4, 6})  # grey, RGB, grey + alpha, RGBA
-
-
-def _plain_png_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a PNG that PIL would open without complaint, found without PIL; else None.
-
-    PIL's header parse was half of reading a file in the job (about 20 µs of
-    a 28 x 28 PNG). This covers the PNGs ``fmnist images`` and most encoders
-    write: IHDR first, its CRC right (PIL checks it too), 8 bits per channel,
-    grey/RGB with or without alpha, standard compression and filtering, and
-    IDAT straight after, where PIL stops reading. Anything else returns None
-    and goes through PIL, so every verdict and message stays PIL's.
-    """
-    if not data.startswith(_PNG_START) or data[37:41] != b"IDAT":
-        return None
-    if data[24] != 8 or data[25] not in _PLAIN_COLOUR_TYPES or data[26] or data[27] or data[28] > 1:
-        return None
-    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
-        return None
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-
-
-def check_header(data: bytes, max_pixels: int) -> tuple[str, str] | None:
-    """(reason, detail) when ``data`` is no image the model can take; None when it may be sent.
-
-    Only the header is parsed, so a hostile file costs nothing; a file whose
-    header is fine but whose body is broken is left for the model to reject.
-    """
-    if not data:
-        return Reason.EMPTY, "0 bytes"
-    size = _plain_png_size(data)
-    if size is not None and 0 < size[0] * size[1] <= min(max_pixels, PILImage.MAX_IMAGE_PIXELS or max_pixels):
-        return None  # what PIL would conclude, at a twentieth of the cost
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
-            with PILImage.open(io.BytesIO(data)) as image:
-                kind, (width, height) = image.format, image.size
-    except PILImage.DecompressionBombError as error:
-        return Reason.TOO_LARGE, str(error)
-    except PILImage.UnidentifiedImageError:
-        return Reason.NOT_AN_IMAGE, f"no image header PIL recognises; starts {data[:8]!r}"
-    except Exception as error:  # PIL raises many types on hostile headers; all mean "not an image"
-        return Reason.NOT_AN_IMAGE, f"{type(error).__name__}: {error}"
-    if kind not in _DECODABLE:
-        return Reason.UNSUPPORTED_FORMAT, f"{kind} (supported: PNG, JPEG, GIF, BMP)"
-    if width * height > max_pixels:
-        return Reason.TOO_LARGE, f"{width}x{height} pixels, more than {max_pixels}"
-    return None
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a file may be and still be sent; beyond these it is a ``too_large`` error."""
-
-    max_file_bytes: int = names.MAX_IMAGE_BYTES
-    max_pixels: int = names.MAX_IMAGE_PIXELS
-
-
 class ReadImages(beam.DoFn):
     """A batch of (path, matched size) → one list holding each file's :class:`Image` or :class:`Failed`.
 
@@ -173,17 +109,15 @@ class ReadImages(beam.DoFn):
         return self._file_systems[scheme]
 
     def _read(self, path: str, matched_size: int) -> Image | Failed:
-        limit = self._limits.max_file_bytes
         file_system = self._file_system(path)
         try:
             # UNCOMPRESSED: Beam would otherwise gunzip a "x.gz" behind our back.
             with file_system.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
-                data = _read_at_most(file, limit + 1, matched_size)  # one byte past the limit shows it
+                # One byte past the limit is enough for the check to see a file over it.
+                data = _read_at_most(file, self._limits.max_file_bytes + 1, matched_size)
         except OSError as error:
             return Failed(path, Reason.UNREADABLE, f"{type(error).__name__}: {error}")
-        if len(data) > limit:
-            return Failed(path, Reason.TOO_LARGE, f"more than {limit} bytes")
-        problem = check_header(data, self._limits.max_pixels)
+        problem = imagefile.check(data, self._limits)
         # os.path.dirname, not the file system's split, which normalises the path again (8 % of the job).
         return Failed(path, *problem) if problem else Image(path, data, _label_of_folder(os.path.dirname(path)))
 
@@ -202,19 +136,11 @@ def _read_at_most(file: BinaryIO, limit: int, matched_size: int) -> bytes:
 
 
 def prediction_record(outcome: Classified, top_k: int) -> dict:
-    """One output row (:data:`PREDICTION_SCHEMA`)."""
-    class_id = outcome.class_id
-    return {
-        "path": outcome.path,
-        "class_id": class_id,
-        "class_name": names.CLASS_NAMES[class_id],
-        "confidence": outcome.probabilities[class_id],
-        "top_k": [
-            {"class_id": i, "class_name": names.CLASS_NAMES[i], "probability": p} for i, p in outcome.top_k(top_k)
-        ],
-        "model_name": outcome.model_name,
-        "model_version": outcome.model_version,
-    }
+    """One output row (:data:`PREDICTION_SCHEMA`), the record ``fmnist classify --json`` prints too."""
+    ranked = [class_id for class_id, _ in outcome.top_k(top_k)]
+    return imagefile.prediction_record(
+        outcome.path, outcome.probabilities, ranked, outcome.model_name, outcome.model_version
+    )
 
 
 def error_record(outcome: Failed) -> dict:

@@ -53,7 +53,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 from batch import io, progress, summary
 from batch.inference import NAMESPACE, LocalModel, SavedModelHandler, ServedClassify, ServerSettings
 from batch.outcomes import Classified, Outcome
-from fmnist import names, terminal
+from fmnist import names, quiet
 from serving.client import PredictionClient, ServingError
 
 _LOG = logging.getLogger(__name__)
@@ -137,6 +137,8 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConf
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="deadline of each request, and the longest wait for the server at start, seconds (default 30)")
     parser.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE/DEADLINE_EXCEEDED (default 3)")
+    parser.add_argument("--max-image-pixels", type=_positive, default=names.MAX_IMAGE_PIXELS, metavar="N",
+                        help="refuse an image whose header claims more pixels, as the server does (default 4096x4096)")
     parser.add_argument("--verbose", action="store_true", help="show Beam's own logs, worker tracebacks included")
     parser.add_argument("--progress-seconds", type=float, default=10.0, metavar="SECONDS",
                         help="without a terminal, log the job's progress this often (on a terminal: a progress "
@@ -160,6 +162,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConf
         file_format=args.file_format,
         batch_size=args.batch_size,
         top_k=args.top_k,
+        limits=io.Limits(max_pixels=args.max_image_pixels),
         progress_seconds=args.progress_seconds,
         overwrite=args.overwrite,
         verbose=args.verbose,
@@ -457,7 +460,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.CRITICAL)
     previous = signal.signal(signal.SIGINT, note_interrupt)
     try:
-        with contextlib.nullcontext(sys.stderr) if verbose else terminal.fd2_silenced() as stream:
+        with contextlib.nullcontext(sys.stderr) if verbose else quiet.stderr_silenced() as stream:
             result = run_config(config, beam_args, stream=stream)
     except OutputInUse as error:
         print(f"{prog}: error: {error}", file=sys.stderr)

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fmnist import names
+from fmnist import imagefile, names
 
 
 class Reason:
     """Why a file has no classification; the keys of "errors by reason" in the summary and metrics."""
 
     UNREADABLE = "unreadable"  # the file system refused to open or read it
-    EMPTY = "empty"  # zero bytes
-    NOT_AN_IMAGE = "not_an_image"  # no image header that PIL recognises
-    UNSUPPORTED_FORMAT = "unsupported_format"  # an image, but not PNG/JPEG/GIF/BMP
-    TOO_LARGE = "too_large"  # too many bytes to send, or a header claiming too many pixels
+    # The verdicts of the header check that ``fmnist classify`` makes too (fmnist.imagefile.check).
+    EMPTY = imagefile.EMPTY
+    NOT_AN_IMAGE = imagefile.NOT_AN_IMAGE
+    UNSUPPORTED_FORMAT = imagefile.UNSUPPORTED_FORMAT
+    TOO_LARGE = imagefile.TOO_LARGE
     REJECTED = "rejected_by_model"  # the model could not decode it (INVALID_ARGUMENT)
 
 

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,13 +135,51 @@ class ServerProcess:
         return usage.ru_maxrss / 1024
 
 
-def run_child(argv: Sequence[str], log_path: Path) -> tuple[int, float, float]:
-    """(exit code, wall seconds, peak RSS MiB) of a child process, its output to ``log_path``."""
-    started = time.perf_counter()
+# Runs argv[2:] and writes "exit-code peak-KiB wall-seconds" of it to the file argv[1]. Linux carries a
+# process's peak RSS over fork and exec, so a child of this process (which has TensorFlow loaded) would
+# report at least this process's peak; a child of this small interpreter reports its own.
+_MEASURE = """
+import os, subprocess, sys, time
+started = time.perf_counter()
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as report:
+    report.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss} {time.perf_counter() - started}")
+"""
+
+
+def run_child(
+    argv: Sequence[str], log_path: Path, cwd: Path = ROOT, env: dict[str, str] | None = None,
+    while_running: Callable[[int], None] | None = None,
+) -> tuple[int, float, float]:
+    """(exit code, wall seconds, peak RSS MiB) of a command run in ``cwd``, its output to ``log_path``.
+
+    The peak is the largest of the command and the children it waited for.
+    ``while_running`` is called with the command's pid every 50 ms while it runs.
+    """
+    report = log_path.with_suffix(".rusage")
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(list(argv), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    return os.waitstatus_to_exitcode(status), time.perf_counter() - started, usage.ru_maxrss / 1024
+        helper = subprocess.Popen([sys.executable, "-c", _MEASURE, str(report), *argv], cwd=cwd, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        while helper.poll() is None:
+            if while_running is not None and (command := children(helper.pid)):
+                while_running(command[0])
+            time.sleep(0.05)
+    if helper.returncode != 0:
+        raise RuntimeError(f"could not run {argv[0]}; see {log_path}")
+    code, peak_kib, wall = report.read_text().split()
+    return int(code), float(wall), int(peak_kib) / 1024
+
+
+def children(pid: int) -> list[int]:
+    """The pids ``pid`` started (through any of its threads) and that still run; [] once it is gone."""
+    found = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(child) for child in (task / "children").read_text().split()]
+    except OSError:  # it or a thread exited meanwhile
+        pass
+    return sorted(found)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -3,7 +3,9 @@
 Server side: ``serving.server`` (``fmnist serve``; start/run/main) over
 ``models`` (versions, policies, polling, loading, warmup), ``predict``
 (validation, tensors, TF Serving's errors), ``batching`` (BatchingParameters),
-``rest`` and ``metrics``. ``models.config``, ``batching.config`` and
+``rest`` and ``metrics``. Client side: ``client`` (the library) and
+``classify`` (``fmnist classify``), over ``apis``: TF Serving's protos
+without TensorFlow's runtime. ``models.config``, ``batching.config`` and
 ``monitoring.config`` are for the real tensorflow/serving image.
 
 Usage: ``from serving.server import ServerConfig, start``

@@ -2,8 +2,13 @@
 
 The files' bytes go to the ``predict_images`` signature as they are, so the
 server decodes, greys and resizes them exactly as the exported graph says.
-One unreadable or undecodable file does not cost the others their answers:
-they are printed, the bad ones are reported on stderr, and the exit status is 1.
+Each file's header is checked first with the batch job's own check
+(:func:`fmnist.imagefile.check`): an empty file, a non-image, a format other
+than PNG/JPEG/GIF/BMP or a decompression bomb is refused without a request,
+with the reason and detail ``fmnist batch`` records for it. One unreadable,
+refused or undecodable file does not cost the others their answers: they are
+printed, the bad ones are reported on stderr, and the exit status is 1.
+``--json`` prints the records the batch job writes (:func:`fmnist.imagefile.prediction_record`).
 
 Usage: ``fmnist classify shoe.png bag.jpg --server localhost:8500 --top-k 3 [--json]``
 """
@@ -18,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import TextIO
 
-from fmnist import names
+from fmnist import imagefile, names
 from serving.client import Prediction, PredictionClient, ServingError
 
 # A bad file fails its whole batch with one of these; resending singly finds it.
@@ -32,11 +37,11 @@ def _top_k(value: str) -> int:
     return k
 
 
-def _batch_size(value: str) -> int:
-    size = int(value)
-    if size < 1:
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
-    return size
+    return number
 
 
 def _positive(value: str) -> float:
@@ -63,7 +68,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=_top_k, default=1, help="print the k likeliest classes per file (default: 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per file, one per line")
     parser.add_argument("--timeout", type=_positive, default=10.0, help="seconds per request (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_batch_size, default=64, help="files per request (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_positive_int, default=64, help="files per request (default: %(default)s)")
+    parser.add_argument("--max-image-pixels", type=_positive_int, default=names.MAX_IMAGE_PIXELS, metavar="N",
+                        help="refuse an image whose header claims more pixels, as the server does (default: 4096x4096)")
     parser.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
     parser.add_argument("--root-cert", metavar="PEM", help="TLS with this CA certificate instead of the system's")
     return parser
@@ -93,15 +100,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 def _run(client: PredictionClient, args: argparse.Namespace, prog: str) -> int:
     """Print each good file's answer as it arrives and each bad file on stderr; return how many were bad."""
+    limits = imagefile.Limits(max_pixels=args.max_image_pixels)
     failures = 0
     for batch in _batches(args.images, args.batch_size):
         readable = []
         for path in batch:
             try:
-                readable.append((path, _read(path)))
+                data = _read(path, limits.max_file_bytes + 1)  # one byte past the limit is enough to refuse it
             except OSError as error:
                 failures += 1
                 print(f"{prog}: cannot read {path}: {error.strerror or error}", file=sys.stderr)
+                continue
+            if problem := imagefile.check(data, limits):
+                failures += 1
+                print(f"{prog}: {path}: {problem[0]}: {problem[1]}", file=sys.stderr)
+            else:
+                readable.append((path, data))
         for path, outcome in _classify(client, readable, args):
             if isinstance(outcome, ServingError):
                 failures += 1
@@ -112,9 +126,9 @@ def _run(client: PredictionClient, args: argparse.Namespace, prog: str) -> int:
     return failures
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, limit: int = -1) -> bytes:
     with open(path, "rb") as file:
-        return file.read()
+        return file.read(limit)
 
 
 def _batches(paths: Sequence[str], size: int) -> Iterator[list[str]]:
@@ -164,25 +178,18 @@ def _row(prediction: Prediction, row: int) -> Prediction:
 
 
 def _print(path: str, prediction: Prediction, k: int, as_json: bool, out: TextIO) -> None:
-    ranked = prediction.top_k(k)[0]
-    class_name = prediction.class_names[0]  # the server's answer; top_k agrees but for exact ties
-    confidence = float(prediction.probabilities[0, prediction.class_ids[0]])
     if as_json:
-        record = {
-            "path": path,
-            "class_id": int(prediction.class_ids[0]),
-            "class_name": class_name,
-            "confidence": confidence,
-            "model_name": prediction.model_name,
-            "version": prediction.version,
-            "top_k": [{"class_name": name, "probability": p} for name, p in ranked],
-        }
+        probabilities, ranked_ids = prediction.probabilities[0].tolist(), prediction.top_k_ids(k)[0].tolist()
+        record = imagefile.prediction_record(path, probabilities, ranked_ids, prediction.model_name, prediction.version)
         print(json.dumps(record), file=out, flush=True)
         return
     model = f"{prediction.model_name} v{prediction.version}"
     if k == 1:
+        class_name = prediction.class_names[0]  # the server's answer; top_k agrees but for exact ties
+        confidence = float(prediction.probabilities[0, prediction.class_ids[0]])
         print(f"{path}: {class_name} {confidence:.1%} ({model})", file=out, flush=True)
         return
+    ranked = prediction.top_k(k)[0]
     lines = [f"{path}: ({model})"] + [f"  {rank}. {name} {p:.1%}" for rank, (name, p) in enumerate(ranked, 1)]
     print("\n".join(lines), file=out, flush=True)
 

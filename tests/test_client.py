@@ -222,8 +222,9 @@ def test_the_client_imports_neither_server_nor_pipeline_code():
     imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     imported |= {(a.name, None) for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     third_party = {(m, name) for m, name in imported if m.split(".")[0] not in sys.stdlib_module_names}
-    assert {m.split(".")[0] for m, _ in third_party} == {"grpc", "numpy", "tensorflow", "tensorflow_serving", "fmnist"}
+    assert {m.split(".")[0] for m, _ in third_party} == {"grpc", "numpy", "fmnist", "serving"}
     assert {(m, name) for m, name in third_party if m.startswith("fmnist")} == {("fmnist", "names")}
+    assert {m for m, _ in third_party if m.startswith("serving")} == {"serving.apis"}  # the protos, and nothing else
 
 
 # --- failures, retries, deadlines --------------------------------------------------------------
@@ -373,14 +374,15 @@ def test_classify_json_lines(target, image_files, capsys):
     assert [r["path"] for r in records] == list(image_files)
     for record in records:
         assert record["class_name"] == image_files[record["path"]] == names.CLASS_NAMES[record["class_id"]]
-        assert (record["model_name"], record["version"]) == (names.MODEL_NAME, 1)
+        assert (record["model_name"], record["model_version"]) == (names.MODEL_NAME, 1)
         ranked = [entry["probability"] for entry in record["top_k"]]
         assert len(ranked) == 3 and ranked == sorted(ranked, reverse=True) and ranked[0] == record["confidence"]
+        assert record["top_k"][0]["class_id"] == record["class_id"]
 
 
 def test_classify_reports_bad_files_and_still_prints_good_ones(target, image_files, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.png"
-    corrupt.write_bytes(encode_png(np.zeros((28, 28)))[:40])  # a PNG header, then nothing
+    corrupt.write_bytes(encode_png(np.zeros((28, 28)))[:60])  # a sound header, then a cut-off IDAT: the server refuses it
     missing = tmp_path / "missing.png"
     good = list(image_files)
     assert classify.main([good[0], str(corrupt), good[1], str(missing), good[2], "--server", target]) == 1
