@@ -4,6 +4,13 @@ The job (:mod:`batch.job`) reads files with Beam's file IO (:mod:`batch.io`),
 classifies them in batches through the served model or in-process with
 ``RunInference`` (:mod:`batch.inference`), and writes sharded records, an
 ``errors`` output and a summary (:mod:`batch.summary`).
+:class:`TFServingModelHandler` (:mod:`batch.tfserving`) is a RunInference
+model handler for any model behind TF Serving's gRPC API, usable on its own.
 
-Usage: ``fmnist batch --input images/ --output out/ --server localhost:8500``
+Usage: ``fmnist batch --input images/ --output out/ --server localhost:8500``;
+``from batch import TFServingModelHandler``
 """
+
+from batch.tfserving import TFServingModelHandler
+
+__all__ = ["TFServingModelHandler"]

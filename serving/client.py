@@ -20,6 +20,7 @@ Usage::
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -120,7 +121,7 @@ class PredictionClient:
         self._sleep = sleep
         self._owns_channel = channel is None
         if channel is None:
-            channel = _open_channel(target, tls, root_certificates, max_message_bytes)
+            channel = open_channel(target, tls=tls, root_certificates=root_certificates, max_message_bytes=max_message_bytes)
         self._channel = channel
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
@@ -321,14 +322,60 @@ class PredictionClient:
         return ServingError(error.code(), _one_line(error.details()), self.target)
 
 
-def _open_channel(target: str, tls: bool, root_certificates: bytes | None, max_message_bytes: int) -> grpc.Channel:
-    options = [
+def open_channel(
+    target: str,
+    *,
+    tls: bool = False,
+    root_certificates: bytes | None = None,
+    private_key: bytes | None = None,
+    certificate_chain: bytes | None = None,
+    max_message_bytes: int = 64 << 20,
+    options: Sequence[tuple[str, object]] = (),
+) -> grpc.Channel:
+    """A channel to one server or to several replicas, balanced round-robin by gRPC itself.
+
+    ``target`` is ``host:port``, a comma-separated list of ``ip:port`` (each
+    replica gets every n-th call), or any gRPC target URI. A host name is
+    resolved through DNS to all of its addresses (a headless service of
+    replicas, say), and gRPC's ``round_robin`` policy spreads calls over the
+    ones that answer: a replica that goes away costs the calls in flight to it,
+    which a retry sends to another. ``private_key`` and ``certificate_chain``
+    present a client certificate (mutual TLS).
+    """
+    channel_options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.lb_policy_name", "round_robin"),
+        *options,
     ]
-    if tls or root_certificates is not None:
-        return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options)
-    return grpc.insecure_channel(target, options)
+    uri = _target_uri(target)
+    if tls or root_certificates is not None or private_key is not None:
+        credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+        return grpc.secure_channel(uri, credentials, channel_options)
+    return grpc.insecure_channel(uri, channel_options)
+
+
+def _target_uri(target: str) -> str:
+    """gRPC's URI for ``target``: several ``ip:port`` → its static ``ipv4:``/``ipv6:`` list, a name → ``dns:///``."""
+    if ":/" in target or target.startswith(("ipv4:", "ipv6:", "unix:", "unix-abstract:")):
+        return target  # a URI already
+    addresses = [address.strip() for address in target.split(",") if address.strip()]
+    literal = {address: _ip_family(address) for address in addresses}
+    if len(addresses) == 1:
+        return target if literal[target.strip()] else f"dns:///{target.strip()}"
+    if None in literal.values() or len(set(literal.values())) > 1:
+        raise ValueError(f"several servers must be IP addresses of one family ({target!r}); for replicas "
+                         "known by name, give one DNS name that resolves to all of them")
+    return f"{next(iter(literal.values()))}:{','.join(addresses)}"
+
+
+def _ip_family(address: str) -> str | None:
+    """"ipv4" or "ipv6" when ``address`` (``host:port``, ``[v6]:port``) names an IP literal; None for a name."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        return "ipv4" if ipaddress.ip_address(host).version == 4 else "ipv6"
+    except ValueError:
+        return None
 
 
 def _one_line(text: str | None) -> str:

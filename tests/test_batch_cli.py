@@ -8,6 +8,7 @@ test_batch.py.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,3 +183,20 @@ def test_a_server_without_the_model_says_not_found_within_seconds(tmp_path, serv
     assert result.returncode == 1
     assert f"the server at {server} has no model named 'nope' (NOT_FOUND" in result.stderr
     assert elapsed < 60, "it waited for the start-up deadline instead of believing NOT_FOUND"
+
+
+def test_several_servers_share_the_job_round_robin(tmp_path, _pushed_once, images):
+    # The same weights as version 1 on one replica and as version 2 on the other: the summary says who answered.
+    for version in ("1", "2"):
+        shutil.copytree(_pushed_once / names.MODEL_NAME / "1", tmp_path / version / names.MODEL_NAME / version)
+    replicas = [_start_server(tmp_path / version) for version in ("1", "2")]
+    try:
+        result = _batch("--input", str(images), "--output", str(tmp_path / "out"), "--batch-size", "2",
+                        "--server", ",".join(f"127.0.0.1:{replica.port}" for replica in replicas))
+    finally:
+        for replica in replicas:
+            replica.stop()
+    assert result.returncode == 0, result.stderr
+    models = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
+    assert {m["model_version"] for m in models} == {1, 2}
+    assert sum(m["files"] for m in models) == FILES_PER_CLASS * names.NUM_CLASSES + 2
