@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fmnist import names  # noqa: E402
@@ -46,6 +47,7 @@ def training_curves(history: dict[str, list[float]], path: str | os.PathLike, ti
             if key in history:
                 ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole; one epoch gives no 0.96 ticks
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -312,11 +312,14 @@ def test_server_lost_during_the_job_fails_it_naming_the_server(tree, tmp_path):
 
 
 @pytest.mark.slow
-def test_multi_process_run_gives_the_same_records(served, tree, server, tmp_path):
-    extra = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
+def test_multi_process_run_gives_the_same_records_and_the_whole_jobs_progress(served, tree, server, tmp_path, capsys):
+    extra = ("--direct_num_workers=2", "--direct_running_mode=multi_processing", "--progress-seconds=0")
     result = _job(tree, tmp_path, "--server", server, "--top-k", "4", extra=extra)
     _assert_same_outputs(served[0], tmp_path)
     assert result.summary.inputs == served[1].summary.inputs
+    # both worker processes' files reach the launcher's one display
+    total = result.summary.inputs
+    assert f"{total}/{total} [" in capsys.readouterr().err
 
 
 # --- units: batching and bisection, input patterns, arguments -------------------------------------

@@ -222,3 +222,17 @@ def test_model_diagram_is_skipped_with_a_notice_without_graphviz(tmp_path, monke
     assert not plots.model_diagram(model_lib.build("mlp"), tmp_path / "model.png")
     assert not (tmp_path / "model.png").exists()
     assert "install graphviz" in caplog.text
+
+
+@pytest.mark.slow
+def test_fmnist_train_says_what_limit_used_and_that_force_pushed_an_unblessed_version(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist.cli", "train", "--limit", "1000", "--epochs", "1", "--min-accuracy", "0.99",
+         "--force", "--models-dir", str(tmp_path / "models"), "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "900 images fitted, 100 held back for validation (--limit 1,000 of 60,000)" in result.stdout
+    assert "NOT blessed" in result.stdout and "although it was NOT blessed" in result.stdout
+    assert "serves it instead of the last blessed one" in result.stdout
+    assert len(pusher.versions(tmp_path / "models" / names.MODEL_NAME)) == 1
