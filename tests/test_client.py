@@ -427,3 +427,18 @@ def test_classify_help_and_usage_errors(capsys):
     with pytest.raises(SystemExit) as bad:
         classify.main(["x.png", "--top-k", "11"], prog="fmnist classify")
     assert bad.value.code == 2
+
+
+def test_targets_one_server_a_list_of_replicas_or_a_dns_name_of_several():
+    from serving.client import _target_uri
+
+    assert _target_uri("127.0.0.1:8500") == "127.0.0.1:8500"
+    assert _target_uri("serving:8500") == "dns:///serving:8500"  # every address the name resolves to
+    assert _target_uri("10.0.0.5:8500, 10.0.0.6:8500") == "ipv4:10.0.0.5:8500,10.0.0.6:8500"
+    assert _target_uri("[::1]:8500,[::2]:8500") == "ipv6:[::1]:8500,[::2]:8500"
+    assert _target_uri("unix:/tmp/tfs.sock") == "unix:/tmp/tfs.sock"
+    assert _target_uri("dns:///a:1") == "dns:///a:1"
+    with pytest.raises(ValueError, match="give one DNS name that resolves to all of them"):
+        _target_uri("a:1,b:2")
+    with pytest.raises(ValueError, match="IP addresses of one family"):
+        _target_uri("10.0.0.5:1,[::1]:2")

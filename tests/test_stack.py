@@ -19,6 +19,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from fmnist import cli, names
+from serving import client
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,10 +73,15 @@ def test_ports_agree_with_the_shared_names(compose):
     serving = compose["services"]["serving"]
     flags = _flags(_command(serving))
     assert int(flags["port"]) == names.GRPC_PORT and int(flags["rest_api_port"]) == names.REST_PORT
-    published = {int(p["target"]) if isinstance(p, dict) else int(str(p).split(":")[-1]) for p in serving["ports"]}
-    assert published == {names.GRPC_PORT, names.REST_PORT}
+    published = {int(p["target"]): p["published"] for p in serving["ports"]}
+    assert set(published) == {names.GRPC_PORT, names.REST_PORT}
+    # Replicas (--scale) each take a host port from a range; the two ranges must not overlap.
+    ranges = [range(int(first), int(last) + 1) for first, last in (str(p).split("-") for p in published.values())]
+    assert ranges[0][0] in (names.GRPC_PORT, names.REST_PORT) and not set(ranges[0]) & set(ranges[1])
     batch = _command(compose["services"]["batch"])
+    # the service's DNS name, which resolves to every replica; the client balances over them
     assert batch[batch.index("--server") + 1] == f"serving:{names.GRPC_PORT}"
+    assert client._target_uri(f"serving:{names.GRPC_PORT}") == f"dns:///serving:{names.GRPC_PORT}"
     assert batch[batch.index("--model-name") + 1] == names.MODEL_NAME
     assert compose["services"]["exporter"]["command"].split("--model-name ")[1].split()[0] == names.MODEL_NAME
 
