@@ -44,7 +44,7 @@ def _little_endian(b: tf.Tensor) -> tf.Tensor:
 
 
 def header_pixels(data: tf.Tensor) -> tf.Tensor:
-    """Pixel count an encoded image claims in its header (0 when the format is not known).
+    """Pixel count an encoded image claims in its header (-1 when the format is none of PNG, JPEG, GIF, BMP).
 
     Reads only the header, so it is safe on hostile input; decode_image would
     allocate the full frame first.
@@ -73,7 +73,7 @@ def header_pixels(data: tf.Tensor) -> tf.Tensor:
             (tf.equal(tf.strings.substr(magic, 0, 2), b"BM"), bmp),
             (tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8"), jpeg),
         ],
-        default=lambda: tf.constant(0, tf.int64),
+        default=lambda: tf.constant(-1, tf.int64),
     )
 
 
@@ -84,12 +84,15 @@ def decode_image(data: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Te
     light-item-on-dark convention.
     """
     pixels = header_pixels(data)
+    # decode_image also takes WebP, whose header this graph does not read: refused, so that no image
+    # reaches the decoder without its size checked first (the real TF Serving has no other guard).
+    known = tf.debugging.assert_non_negative(pixels, message="unsupported image format: PNG, JPEG, GIF or BMP only")
     check = tf.debugging.assert_less_equal(
         pixels,
         tf.constant(max_pixels, tf.int64),
         message=f"image too large: its header claims more than {max_pixels} pixels",
     )
-    with tf.control_dependencies([check]):
+    with tf.control_dependencies([known, check]):
         image = tf.io.decode_image(data, channels=0, expand_animations=False, dtype=tf.uint8)
     image = tf.cast(image, tf.float32)
     channels = tf.shape(image)[-1]

@@ -25,7 +25,7 @@ import numpy as np
 
 from fmnist import names
 from fmnist.report import confusion_matrix_png
-from pipeline import data, evaluator, export, plots, pusher, trainer
+from pipeline import data, evaluator, export, model_card, plots, pusher, trainer
 from pipeline.model import PROFILES, network_of
 
 PLOTS = ("samples.png", "training_curves.png", "confusion_matrix.png")
@@ -122,6 +122,8 @@ def run(config: ExporterConfig, *, load_data: Callable[..., data.Dataset] = data
         extras=extras,
         max_pixels=config.max_image_pixels,
         clock=clock,
+        card=lambda version_dir, version: model_card.render(
+            version_dir, version=version, config=json.loads(config_json), metrics=json.loads(metrics_json)),
     )
     print(f"      pushed version {version_dir.name} → {version_dir}")
     if not evaluation.blessed:

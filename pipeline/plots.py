@@ -47,7 +47,9 @@ def training_curves(history: dict[str, list[float]], path: str | os.PathLike, ti
             if key in history:
                 ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole; one epoch gives no 0.96 ticks
+        epochs = len(history.get(metric, []))
+        ax.set_xlim(0.5, epochs + 0.5)  # whole epochs only, even for a one-epoch run
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()

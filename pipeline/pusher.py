@@ -48,12 +48,15 @@ def push(
     extras: Mapping[str, str | bytes | os.PathLike] | None = None,
     max_pixels: int = export.DEFAULT_MAX_PIXELS,
     clock: Callable[[], float] = time.time,
+    card: Callable[[Path, int], Mapping[str, str]] | None = None,
 ) -> Path:
     """Export ``model`` to ``<model_base>/<version>`` and return that directory.
 
     The version is the clock's Unix seconds, bumped past any existing version.
     ``extras`` maps a file name to its content (text, bytes, or a file to copy)
-    for ``assets.extra/``. On any failure nothing numeric is left behind.
+    for ``assets.extra/``. ``card(version_dir, version)`` gives more such files
+    once the SavedModel and extras are written and the version number is known
+    (the model card). On any failure nothing numeric is left behind.
     """
     base = Path(model_base)
     base.mkdir(parents=True, exist_ok=True)
@@ -76,6 +79,8 @@ def push(
         while True:
             target = base / str(version)
             if not target.exists():
+                for name, text in (card(staging, version) if card else {}).items():  # names its version
+                    (extra_dir / name).write_text(text)
                 try:
                     os.rename(staging, target)  # atomic; fails if a rival filled the name first
                     return target

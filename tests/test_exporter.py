@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from conftest import encode_png
 from fmnist import names
-from pipeline import evaluator, exporter, plots, pusher, trainer
+from pipeline import evaluator, exporter, model_card, plots, pusher, trainer
 from pipeline import model as model_lib
 
 
@@ -39,6 +39,14 @@ def test_push_writes_a_self_explaining_version(tmp_path, dataset, capsys):
         assert (extra / name).is_file(), name
     # The diagram is optional: there exactly when Graphviz is (test_model_diagram_* check both cases).
     assert (extra / exporter.DIAGRAM).is_file() == plots.can_draw_diagrams()
+    # The model card names its version, says what the metrics say, and lists the signatures that were exported.
+    card = (extra / model_card.MARKDOWN_FILE).read_text()
+    accuracy = json.loads((extra / names.METRICS_FILE).read_text())["accuracy"]
+    assert "version 1700000000" in card and f"{accuracy:.4f}" in card and "blessed" in card
+    for key in (names.SERVING_DEFAULT, names.PREDICT_IMAGES, names.CLASSIFY):
+        assert f"| {key} |" in card, key
+    assert "| predict_images | tensorflow/serving/predict | image_bytes string [None] |" in card
+    assert (extra / model_card.HTML_FILE).read_text().startswith("<!DOCTYPE html>")
     # --limit 3000 with the mlp's 10 % validation split: the counts that were really used.
     assert "2,700 images fitted, 300 held back for validation (--limit 3,000 of 60,000)" in capsys.readouterr().out
     metrics = json.loads((extra / names.METRICS_FILE).read_text())
@@ -90,8 +98,13 @@ def test_encoded_path_resizes_and_refuses_bombs(models_dir, dataset):
             + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
     with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):
         predict(**{names.INPUT_IMAGE_BYTES: tf.constant([bomb])})
-    with pytest.raises(tf.errors.InvalidArgumentError):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="unsupported image format"):
         predict(**{names.INPUT_IMAGE_BYTES: tf.constant([b"not an image"])})
+    # TensorFlow's decoder would take a WebP, whose header the graph does not read: refused before decoding
+    webp = io.BytesIO()
+    Image.fromarray(image).save(webp, "WEBP")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="unsupported image format: PNG, JPEG, GIF or BMP only"):
+        predict(**{names.INPUT_IMAGE_BYTES: tf.constant([webp.getvalue()])})
 
 
 def test_saved_model_cli_lists_the_signatures(models_dir):
