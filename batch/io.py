@@ -9,7 +9,7 @@ failed requests. Everything goes through Beam's ``FileSystems``, so
 
 Usage::
 
-    patterns = [input_pattern(spec) for spec in ["images/", "more/*.png"]]
+    patterns = [p for spec in ["images/", "more/**/*.png"] for p in input_patterns(spec)]
     read = batches_of_paths_and_sizes | beam.ParDo(ReadImages(limits))
     lists_of_records | Write(output_dir, "predictions", "jsonl", PREDICTION_SCHEMA)
 """
@@ -53,17 +53,29 @@ PREDICTION_SCHEMA = pa.schema(
 ERROR_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
 
-def input_pattern(spec: str) -> str:
-    """The Beam file pattern for one ``--input``: globs as given, folders recursively.
+def input_patterns(spec: str) -> list[str]:
+    """The Beam file patterns for one ``--input``: folders recursively, globs with ``**/`` matching zero folders too.
 
-    A plain path is a folder when the local file system says so, or when no
-    file has exactly that name (object stores have no folders, only prefixes).
+    Beam's ``**`` matches any characters, ``/`` included, so ``imgs/**/*.png``
+    alone would need at least one folder below ``imgs``; users (and shells with
+    globstar) expect it to match ``imgs/a.png`` as well, so each ``**/`` also
+    yields the pattern without it. A plain path is a folder when the local file
+    system says so, or when no file has exactly that name (object stores have
+    no folders, only prefixes).
     """
     if _WILDCARD.search(spec):
-        return spec
+        return sorted(_zero_or_more_folders(spec))
     if not os.path.isdir(spec) and any(m.path == spec for m in FileSystems.match([spec])[0].metadata_list):
-        return spec
-    return FileSystems.join(spec.rstrip("/"), "**")
+        return [spec]
+    return [FileSystems.join(spec.rstrip("/"), "**")]
+
+
+def _zero_or_more_folders(pattern: str) -> set[str]:
+    """``pattern`` with each ``**/`` kept or dropped, every combination."""
+    head, globstar, tail = pattern.partition("**/")
+    if not globstar:
+        return {pattern}
+    return {head + rest for rest in _zero_or_more_folders(tail)} | {head + globstar + rest for rest in _zero_or_more_folders(tail)}
 
 
 @functools.lru_cache(maxsize=4096)

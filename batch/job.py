@@ -1,13 +1,15 @@
 """``fmnist batch``: an Apache Beam job that classifies folders of images, one record per file.
 
-Files matched by ``--input`` (folders recursively, globs, any Beam file
-system) are read and header-checked on workers, sent in fixed-size batches to
+Files matched by ``--input`` (folders recursively, globs where ``**/`` also
+matches no folder, any Beam file system) are read and header-checked on workers, sent in fixed-size batches to
 the served model (``predict_images``: encoded bytes, decoded in the graph), or
 run in-process through ``RunInference`` with ``--in-process MODEL_DIR``.
 Records go to sharded ``predictions-*`` files, failures to ``errors-*``, and
 the launcher writes ``summary.json`` (plus ``confusion_matrix.png`` for
-labelled folders) and ``_SUCCESS``. Options this parser does not know are
-Beam pipeline options, so the same job runs on Flink, Spark or Dataflow.
+labelled folders) and ``_SUCCESS``. Besides its own options the job takes
+Beam's pipeline options (any other is refused), so the same job runs on Flink,
+Spark or Dataflow. An ``--output`` holding an earlier run's results is refused
+unless ``--overwrite``; an interrupted run's scratch files go with the next run.
 
 Usage::
 
@@ -19,18 +21,26 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import json
 import logging
+import os
 import re
+import shutil
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import apache_beam as beam
+import grpc
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import FileMetadata
+from apache_beam.io.filesystem import BeamIOError, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
@@ -40,20 +50,29 @@ from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from batch import io, summary
+from batch import io, progress, summary
 from batch.inference import NAMESPACE, LocalModel, SavedModelHandler, ServedClassify, ServerSettings
 from batch.outcomes import Classified, Outcome
-from fmnist import names
-from serving.client import PredictionClient
+from fmnist import names, terminal
+from serving.client import PredictionClient, ServingError
 
 _LOG = logging.getLogger(__name__)
 _ERRORS = "errors"
 _TALLIES = "tallies"
 _COUNTS_FILE = "_counts.jsonl"  # the pipeline's tallies, read and removed by the launcher
+# A run's results in --output (replaced only with --overwrite); see _clear_output for its scratch.
+_RESULTS = ("predictions-*", "errors-*", summary.SUMMARY_FILE, summary.CONFUSION_FILE, io.SUCCESS)
+# Codes meaning "the server, not this input": the hint for what to do says so.
+_SERVER_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+_NOT_FOUND_GRACE = 3.0  # seconds a server that answers may say NOT_FOUND for the model (still loading it)
 
 
 class JobError(Exception):
     """The job could not run or did not finish; the message says why, naming the server or path."""
+
+
+class OutputInUse(JobError):
+    """``--output`` holds an earlier run's results and ``--overwrite`` was not given (a usage error: exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -69,12 +88,15 @@ class JobConfig:
     limits: io.Limits = field(default_factory=io.Limits)
     max_request_bytes: int = 32 << 20  # half the client's 64 MiB message limit
     progress_seconds: float = 10.0
+    overwrite: bool = False  # replace an earlier run's results in output
+    verbose: bool = False  # the CLI shows Beam's own logs and its workers' standard error
 
 
 @dataclass(frozen=True)
 class JobResult:
     summary: summary.Summary
     pipeline: PipelineResult  # for Beam metrics: pipeline.metrics().query()
+    files: tuple[str, ...]  # every result file written, sorted
 
 
 def _positive(text: str) -> int:
@@ -85,16 +107,23 @@ def _positive(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConfig, list[str]]:
-    """(config, Beam pipeline arguments): whatever this parser does not know is left for Beam."""
+    """(config, Beam pipeline arguments); an option that is neither this job's nor Beam's is an error."""
     parser = argparse.ArgumentParser(
         prog=prog,
         allow_abbrev=False,  # "--dir..." must not swallow a Beam option that merely starts alike
-        description="Classify image files in bulk with Apache Beam. Unknown options are Beam pipeline "
-        "options (--runner, --direct_num_workers, --project, ...); without --runner the job runs locally.",
+        description="Classify image files in bulk with Apache Beam. Besides the options below it takes "
+        "Beam's pipeline options (--runner, --direct_num_workers, --project, ...); without --runner the "
+        "job runs locally.",
     )
     parser.add_argument("--input", action="append", required=True, metavar="PATTERN_OR_DIR",
-                        help="a folder (read recursively), a glob, or a file; repeatable; any Beam file system")
-    parser.add_argument("--output", required=True, metavar="DIR", help="where records, errors and the summary go")
+                        help="a folder (every file below it), a glob (* and ? within a folder name, ** across "
+                        "folders: 'imgs/**/*.png' matches imgs/a.png and imgs/x/y/b.png), or a file; repeatable; "
+                        "any Beam file system")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="where records, errors and the summary go; refused if it holds another run's "
+                        "results, unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="remove an earlier run's results from --output first (other files there are kept)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--server", metavar="HOST:PORT", help="TF Serving gRPC address of the served model")
     source.add_argument("--in-process", metavar="MODEL_DIR",
@@ -110,9 +139,17 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConf
     parser.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE/DEADLINE_EXCEEDED (default 3)")
     parser.add_argument("--max-image-pixels", type=_positive, default=names.MAX_IMAGE_PIXELS, metavar="N",
                         help="refuse an image whose header claims more pixels, as the server does (default 4096x4096)")
+    parser.add_argument("--verbose", action="store_true", help="show Beam's own logs, worker tracebacks included")
     parser.add_argument("--progress-seconds", type=float, default=10.0, metavar="SECONDS",
-                        help="log files done and rate per worker this often; 0: after every file (default 10)")
+                        help="without a terminal, log the job's progress this often (on a terminal: a progress "
+                        "bar); default 10")
     args, beam_args = parser.parse_known_args(argv)
+    unknown = _not_beam_options(beam_args)
+    if unknown:
+        ours = [option for option in parser._option_string_actions if option.startswith("--")]
+        guesses = difflib.get_close_matches(unknown[0].split("=")[0], ours, n=1)
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (neither an option of this command nor a "
+                     f"Beam pipeline option{f'; did you mean {guesses[0]}?' if guesses else ''})")
     if args.top_k > names.NUM_CLASSES:
         parser.error(f"--top-k: at most {names.NUM_CLASSES}")
     server = args.server and ServerSettings(args.server, args.model_name, timeout=args.timeout, retries=args.retries)
@@ -127,8 +164,17 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConf
         top_k=args.top_k,
         limits=io.Limits(max_pixels=args.max_image_pixels),
         progress_seconds=args.progress_seconds,
+        overwrite=args.overwrite,
+        verbose=args.verbose,
     )
     return config, beam_args
+
+
+def _not_beam_options(beam_args: list[str]) -> list[str]:
+    """The arguments Beam's own option parser would discard (it only warns, then runs with defaults)."""
+    parsers = []
+    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)  # the parser of every Beam option
+    return parsers[0].parse_known_args(beam_args)[1]
 
 
 def _local_model(parser: argparse.ArgumentParser, model_dir: str | None, model_name: str) -> LocalModel | None:
@@ -173,27 +219,18 @@ def _any(copies):
 
 class _Account(beam.DoFn):
     """Lists of outcomes → lists of output records (main) and of error records (``errors``), and
-    the tallies of the summary (``tallies``: (key, count) per batch); counts and logs progress.
-
-    Progress is per worker (files done here, rate), logged every
-    ``progress_seconds``: the local runners report no metrics until the job
-    ends. It names no job total on purpose: a total would be a side input,
-    which splits the fused read → classify → write stage in two and makes
-    every outcome pass through a coder in between (a fifth of the job's time).
-    With ``multi_processing`` the lines reach the launcher through Beam's
-    worker logging, at INFO.
+    the tallies of the summary (``tallies``: (key, count) per batch); counts files for Beam's metrics
+    and for the launcher's progress display (:mod:`batch.progress`).
     """
 
-    def __init__(self, top_k: int, progress_seconds: float, clock: Callable[[], float]):
+    def __init__(self, top_k: int, progress_address: tuple[str, int] | None):
         self._top_k = top_k
-        self._progress_seconds = progress_seconds
-        self._clock = clock
+        self._progress_address = progress_address
         self._images = Metrics.counter(NAMESPACE, "images")
         self._errors = Metrics.counter(NAMESPACE, "errors")
 
     def setup(self) -> None:
-        self._done = 0
-        self._started = self._logged = self._clock()
+        self._progress = progress.Reporter(self._progress_address)
 
     def process(self, outcomes: list[Outcome]) -> Iterator[list[dict] | beam.pvalue.TaggedOutput]:
         records, errors, tallies = [], [], Counter()
@@ -210,15 +247,13 @@ class _Account(beam.DoFn):
         yield beam.pvalue.TaggedOutput(_ERRORS, errors)
         for key, count in tallies.items():
             yield beam.pvalue.TaggedOutput(_TALLIES, (key, count))
-        self._progress(len(outcomes))
+        self._progress.add(len(outcomes))
 
-    def _progress(self, files: int) -> None:
-        now = self._clock()
-        self._done += files
-        if now - self._logged >= self._progress_seconds:
-            rate = self._done / max(now - self._started, 1e-9)
-            _LOG.info("progress: %d files done on this worker, %.1f files/s", self._done, rate)
-            self._logged = now
+    def finish_bundle(self) -> None:
+        self._progress.flush()
+
+    def teardown(self) -> None:
+        self._progress.close()
 
 
 def _classify(config: JobConfig, client_factory: Callable[..., PredictionClient]) -> beam.PTransform:
@@ -234,14 +269,15 @@ def build(
     config: JobConfig,
     *,
     client_factory: Callable[..., PredictionClient] = PredictionClient,
-    clock: Callable[[], float] = time.monotonic,
+    progress_address: tuple[str, int] | None = None,
 ) -> None:
     """Add the job's transforms to ``pipeline``; outputs land under ``config.output``.
 
     Files are elements only until they are batched (match, de-duplicate);
     from reading to writing, one element is one batch of ``batch_size`` files.
+    Workers report files done to ``progress_address`` (a :class:`progress.Progress`).
     """
-    patterns = sorted({io.input_pattern(spec) for spec in config.inputs})
+    patterns = _patterns(config)
     files = (
         pipeline
         | "Inputs" >> beam.Create(patterns)
@@ -257,14 +293,14 @@ def build(
         | "Spread" >> beam.Reshuffle()  # the batches, not the files, over the workers: one shuffle per batch
     )
     outcomes = batches | "Read" >> beam.ParDo(io.ReadImages(config.limits)) | _classify(config, client_factory)
-    routed = outcomes | "Account" >> beam.ParDo(_Account(config.top_k, config.progress_seconds, clock)).with_outputs(
+    routed = outcomes | "Account" >> beam.ParDo(_Account(config.top_k, progress_address)).with_outputs(
         _ERRORS, _TALLIES, main="records"
     )
     routed.records | "WritePredictions" >> io.Write(config.output, "predictions", config.file_format, io.PREDICTION_SCHEMA)
     routed[_ERRORS] | "WriteErrors" >> io.Write(config.output, "errors", config.file_format, io.ERROR_SCHEMA)
     (
-        # Inputs are counted before reading, apart from the outcomes, so a lost file shows in the summary.
-        (batches | "InputCounts" >> beam.Map(lambda batch: (summary.INPUT, len(batch))), routed[_TALLIES])
+        # Inputs are counted as matched, apart from the outcomes, so a file lost on the way shows in the summary.
+        (files | "InputCounts" >> beam.Map(lambda _: (summary.INPUT, 1)), routed[_TALLIES])
         | "Tallies" >> beam.Flatten()
         | "Count" >> beam.CombinePerKey(sum)
         | "CountsAsJson" >> beam.MapTuple(lambda key, n: json.dumps([list(key), n]))
@@ -279,12 +315,68 @@ def _check_source(config: JobConfig, client_factory: Callable[..., PredictionCli
     server = config.server
     client = server.connect(client_factory)
     try:
-        client.wait_until_available(timeout=server.timeout)
-    except Exception as error:  # ServingError, or whatever a custom factory's client raises
+        client.wait_until_available(timeout=server.timeout, not_found_grace=min(_NOT_FOUND_GRACE, server.timeout))
+    except ServingError as error:
+        if error.code == grpc.StatusCode.NOT_FOUND:
+            raise JobError(f"the server at {server.target} has no model named {server.model_name!r} "
+                           f"(NOT_FOUND: {error.details}); check --model-name") from error
+        raise JobError(f"the server at {server.target} did not answer: {error}") from error
+    except Exception as error:  # whatever a custom factory's client raises
         raise JobError(f"the server at {server.target} did not answer: {error}") from error
     finally:
         client.close()
     return f"server {server.target}"
+
+
+def _patterns(config: JobConfig) -> list[str]:
+    return sorted({pattern for spec in config.inputs for pattern in io.input_patterns(spec)})
+
+
+def _matched_files(config: JobConfig) -> int:
+    """How many distinct files the inputs match now: the progress display's total, and a clear error for none."""
+    paths = set()
+    for pattern in _patterns(config):
+        try:
+            paths.update(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+        except BeamIOError as error:
+            raise JobError(f"cannot list {pattern}: {_last_line(error)}") from error
+    if not paths:
+        raise JobError(f"no file matches {', '.join(config.inputs)}")
+    return len(paths)
+
+
+def _listed(output: str, pattern: str) -> list[str]:
+    try:
+        return [m.path for m in FileSystems.match([FileSystems.join(output, pattern)])[0].metadata_list]
+    except BeamIOError:  # no such folder yet
+        return []
+
+
+def _check_output(config: JobConfig) -> list[str]:
+    """An earlier run's results in ``config.output``; refused (:class:`OutputInUse`) unless overwriting."""
+    results = [path for pattern in _RESULTS for path in _listed(config.output, pattern)]
+    if results and not config.overwrite:
+        shown = ", ".join(FileSystems.split(path)[1] for path in sorted(results)[:3])
+        raise OutputInUse(f"--output {config.output} holds another run's results ({shown}{', ...' if len(results) > 3 else ''}); "
+                          "choose another folder, or add --overwrite to replace them")
+    return results
+
+
+def _clear_output(output: str, results: list[str]) -> None:
+    """Remove ``results`` (being overwritten) and the scratch an interrupted run left.
+
+    Scratch (Beam's ``beam-temp-*`` folders, the tallies) always goes: it is
+    no one's result, and a run that finished removed its own. Files that are
+    not the job's are never touched.
+    """
+    # Beam's match lists files, so a temp folder goes with its files; locally, empty ones go too.
+    scratch = [path for pattern in ("beam-temp-**", _COUNTS_FILE) for path in _listed(output, pattern)]
+    if results or scratch:
+        FileSystems.delete(results + scratch)
+    if os.path.isdir(output):
+        for name in os.listdir(output):
+            if name.startswith("beam-temp-"):
+                shutil.rmtree(os.path.join(output, name), ignore_errors=True)
 
 
 def _read_counts(path: str) -> dict[tuple, int]:
@@ -307,15 +399,32 @@ def run(
     from the Beam arguments in ``argv``, as in Beam's own examples.
     """
     config, beam_args = parse_args(argv, prog)
+    return run_config(config, beam_args, test_pipeline, client_factory=client_factory, clock=clock)
+
+
+def run_config(
+    config: JobConfig,
+    beam_args: list[str],
+    test_pipeline: beam.Pipeline | None = None,
+    *,
+    client_factory: Callable[..., PredictionClient] = PredictionClient,
+    clock: Callable[[], float] = time.monotonic,
+    stream: TextIO | None = None,
+) -> JobResult:
+    """:func:`run` for parsed arguments. Progress goes to ``stream`` (standard error by default): a bar
+    on a terminal, a line every ``--progress-seconds`` otherwise."""
+    stream = stream or sys.stderr
+    results = _check_output(config)
     source = _check_source(config, client_factory)
-    success = FileSystems.join(config.output, io.SUCCESS)
-    if FileSystems.exists(success):  # a failed rerun must not look finished
-        FileSystems.delete([success])
+    total = _matched_files(config)
+    _clear_output(config.output, results)
+    print(f"matched {total:,} files; classifying them via {source}", file=stream, flush=True)
     pipeline = test_pipeline or make_pipeline(beam_args)
-    build(pipeline, config, client_factory=client_factory, clock=clock)
     started = clock()
-    result = pipeline.run()
-    state = result.wait_until_finish()
+    with progress.Progress(total, every=config.progress_seconds, stream=stream) as shown:
+        build(pipeline, config, client_factory=client_factory, progress_address=shown.address)
+        result = pipeline.run()
+        state = result.wait_until_finish()
     if state != PipelineState.DONE:
         raise JobError(f"the pipeline ended {state}")
     counts_path = FileSystems.join(config.output, _COUNTS_FILE)
@@ -323,22 +432,57 @@ def run(
     FileSystems.delete([counts_path])
     io.write_bytes(FileSystems.join(config.output, summary.SUMMARY_FILE), summary.to_json(result_summary).encode())
     if result_summary.evaluation:
-        io.write_bytes(FileSystems.join(config.output, summary.CONFUSION_FILE), summary.confusion_png(result_summary.evaluation))
-    io.write_bytes(success, b"")
-    return JobResult(result_summary, result)
+        io.write_bytes(FileSystems.join(config.output, summary.CONFUSION_FILE), summary.confusion_png(result_summary))
+    io.write_bytes(FileSystems.join(config.output, io.SUCCESS), b"")
+    return JobResult(result_summary, result, tuple(sorted(p for pattern in _RESULTS for p in _listed(config.output, pattern))))
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """CLI entry (``fmnist batch``): 0 when every file is accounted for, 1 when the job failed."""
+    """CLI entry (``fmnist batch``): 0 when every file is accounted for, 1 when the job failed, 2 for usage.
+
+    Ctrl-C raises KeyboardInterrupt (exit 130 in ``fmnist``'s entry point),
+    even where a Beam worker thread caught it and failed the job with it.
+    Beam's own logs, worker tracebacks and whatever worker processes write to
+    standard error show with ``--verbose`` only; otherwise standard error has
+    the job's progress and, on failure, one line saying why.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("batch").setLevel(logging.INFO)
+    prog = prog or "batch"
+    interrupted = threading.Event()
+
+    def note_interrupt(signum, frame):
+        interrupted.set()
+        signal.default_int_handler(signum, frame)
+
+    config, beam_args = parse_args(argv, prog)  # usage errors (exit 2) before standard error is redirected
+    verbose = config.verbose
+    logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.CRITICAL)
+    previous = signal.signal(signal.SIGINT, note_interrupt)
     try:
-        result = run(argv, prog=prog)
+        with contextlib.nullcontext(sys.stderr) if verbose else terminal.fd2_silenced() as stream:
+            result = run_config(config, beam_args, stream=stream)
+    except OutputInUse as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
     except Exception as error:  # the CLI boundary: one clear line, not a worker's traceback
-        print(f"{prog or 'batch'}: error: {_last_line(error)}", file=sys.stderr)
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        print(f"{prog}: error: {_explained(_last_line(error))}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
     print(summary.render(result.summary))
+    print("outputs:\n" + "\n".join(f"  {path}" for path in result.files))
     return 0
+
+
+def _explained(line: str) -> str:
+    """The error line, with what to do when it is about the server rather than the input."""
+    if any(f": {code}:" in f": {line}" for code in _SERVER_CODES) and "did not answer" not in line:
+        return (f"lost the server: {line}; check that it is running and reachable, then run the job "
+                "again with --overwrite")
+    return line
 
 
 _WORKER_DECORATION = re.compile(r"^(?:[\w.]+(?:Error|Exception): )+|\s*\[while running '[^']*'\]$")

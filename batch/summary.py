@@ -42,6 +42,7 @@ class Evaluation:
 
     files: int
     accuracy: float
+    labelled_per_class: dict[str, int]  # classified files whose folder names that class
     per_class_recall: dict[str, float | None]  # None: no file of that class
     confusion_matrix: list[list[int]]  # [true label][predicted class]
 
@@ -51,7 +52,7 @@ class Summary:
     inputs: int
     classified: int
     errors: int
-    counts_per_class: dict[str, int]
+    counts_per_class: dict[str, int]  # classified files per predicted class
     errors_by_reason: dict[str, int]
     models: list[dict]  # {"model_name", "model_version", "files"}: which versions answered
     source: str  # "server HOST:PORT" or "in-process PATH"
@@ -98,17 +99,22 @@ def _evaluate(pairs: Mapping[tuple, int]) -> Evaluation | None:
     recall = {
         names.CLASS_NAMES[i]: (round(matrix[i][i] / sum(row), 4) if sum(row) else None) for i, row in enumerate(matrix)
     }
-    return Evaluation(files=files, accuracy=round(correct / files, 4), per_class_recall=recall, confusion_matrix=matrix)
+    labelled = {names.CLASS_NAMES[i]: sum(row) for i, row in enumerate(matrix)}
+    return Evaluation(files=files, accuracy=round(correct / files, 4), labelled_per_class=labelled,
+                      per_class_recall=recall, confusion_matrix=matrix)
 
 
 def to_json(summary: Summary) -> str:
     return json.dumps(asdict(summary), indent=2)
 
 
-def confusion_png(evaluation: Evaluation) -> bytes:
-    """The confusion matrix as a PNG (rows: the folder's class, columns: predicted)."""
+def confusion_png(summary: Summary) -> bytes:
+    """A labelled run's confusion matrix as a PNG (rows: the folder's class, columns: predicted), titled
+    with the model versions that answered."""
+    evaluation = summary.evaluation
+    models = ", ".join(f"{m['model_name']} v{m['model_version']}" for m in summary.models)
     return confusion_matrix_png(evaluation.confusion_matrix, ylabel="true (folder)",
-                                title=f"accuracy {evaluation.accuracy:.2%} on {evaluation.files} files")
+                                title=f"{models}: accuracy {evaluation.accuracy:.2%} on {evaluation.files} files")
 
 
 def render(summary: Summary) -> str:
@@ -116,8 +122,13 @@ def render(summary: Summary) -> str:
     lines = [
         f"{summary.inputs} files: {summary.classified} classified, {summary.errors} errors "
         f"in {summary.elapsed_seconds:.1f}s ({summary.files_per_second:.1f} files/s) via {summary.source}",
-        "per class: " + ", ".join(f"{name} {n}" for name, n in summary.counts_per_class.items()),
     ]
+    if summary.evaluation:
+        labelled = summary.evaluation.labelled_per_class
+        lines.append("per class, predicted / labelled: " + ", ".join(
+            f"{name} {n}/{labelled[name]}" for name, n in summary.counts_per_class.items()))
+    else:
+        lines.append("predicted per class: " + ", ".join(f"{name} {n}" for name, n in summary.counts_per_class.items()))
     if summary.errors_by_reason:
         lines.append("errors: " + ", ".join(f"{reason} {n}" for reason, n in summary.errors_by_reason.items()))
     if summary.evaluation:

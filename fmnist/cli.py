@@ -10,10 +10,11 @@ Usage: ``fmnist {train,images,serve,classify,batch,demo} --help``
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from types import ModuleType
 
-from fmnist import quiet
+from fmnist import terminal
 
 # subcommand → (module whose main(argv, prog) runs it, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,22 +44,28 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"fmnist: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = _quiet_import(COMMANDS[command][0])
-    return module.main(rest, prog=f"fmnist {command}")
+    try:
+        module = _quiet_import(COMMANDS[command][0])
+        return module.main(rest, prog=f"fmnist {command}")
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for SIGINT, not a traceback
+        print(f"\nfmnist {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _quiet_import(name: str) -> ModuleType:
-    """Import a command's module with file descriptor 2 pointed at /dev/null (see :mod:`fmnist.quiet`).
+    """Import a command's module with file descriptor 2 pointed at /dev/null.
 
-    A module that imports TensorFlow gets its device query here too, so the
-    banner of either stays off the command's stderr. An ImportError still
-    surfaces, after the descriptor is restored.
+    Importing TensorFlow and its first device query make its C++ runtime log a
+    banner (CPU features, missing CUDA) that TF_CPP_MIN_LOG_LEVEL no longer silences; a command's
+    stderr is for its own errors. An ImportError still surfaces, after the
+    descriptor is restored.
     """
-    with quiet.stderr_silenced():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with terminal.fd2_silenced():
         module = importlib.import_module(name)
-    if "tensorflow.python" in sys.modules:  # the real TensorFlow ran, not just serving.apis' protos
-        quiet.import_tensorflow()
-    return module
+        if "tensorflow" in sys.modules:  # its first device query logs a CUDA error on CPU-only hosts
+            sys.modules["tensorflow"].config.list_physical_devices()
+        return module
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ import numpy as np
 from fmnist import names
 from fmnist.report import confusion_matrix_png
 from pipeline import data, evaluator, export, plots, pusher, trainer
-from pipeline.model import PROFILES
+from pipeline.model import PROFILES, network_of
 
-PLOTS = ("samples.png", "training_curves.png", "confusion_matrix.png", "model.png")
+PLOTS = ("samples.png", "training_curves.png", "confusion_matrix.png")
+DIAGRAM = "model.png"  # drawn only where Graphviz is installed
 _WARMUP_IMAGES = 8
 
 
@@ -77,8 +78,12 @@ def run(config: ExporterConfig, *, load_data: Callable[..., data.Dataset] = data
 
     _stage(2, f"Trainer: profile {config.train.profile}, {config.train.epochs} epochs")
     trained = trainer.run(config.train, dataset.train)
-    plots.training_curves(trained.history, run_dir / "training_curves.png")
-    plots.model_diagram(trained.model, run_dir / "model.png")
+    used = f"{trained.fitted:,} images fitted, {trained.validated:,} held back for validation"
+    print(f"      {used}" + (f" (--limit {config.train.limit:,} of {len(dataset.train):,})" if config.train.limit else ""))
+    t = config.train
+    plots.training_curves(trained.history, run_dir / "training_curves.png",
+                          title=f"profile {t.profile}, seed {t.seed}: {used}")
+    plots.model_diagram(network_of(trained.model), run_dir / DIAGRAM)
 
     _stage(3, "Evaluator: held-out metrics and blessing")
     model_base = Path(config.models_dir) / config.model_name
@@ -105,13 +110,11 @@ def run(config: ExporterConfig, *, load_data: Callable[..., data.Dataset] = data
           f"{'blessed' if evaluation.blessed else 'NOT blessed'}: {evaluation.reason}")
     if not pushed:
         return ExportResult(evaluation=evaluation, run_dir=run_dir, version_dir=None)
-    if not evaluation.blessed:
-        print("      --force: pushing a model that was not blessed")
 
     _stage(4, f"Pusher: exporting to {model_base}")
     warm = dataset.test.images[:_WARMUP_IMAGES]
     extras = {names.CONFIG_FILE: config_json, names.METRICS_FILE: metrics_json}
-    extras.update({p: run_dir / p for p in PLOTS if (run_dir / p).is_file()})
+    extras.update({p: run_dir / p for p in (*PLOTS, DIAGRAM) if (run_dir / p).is_file()})
     version_dir = pusher.push(
         trained.model,
         model_base,
@@ -121,6 +124,10 @@ def run(config: ExporterConfig, *, load_data: Callable[..., data.Dataset] = data
         clock=clock,
     )
     print(f"      pushed version {version_dir.name} → {version_dir}")
+    if not evaluation.blessed:
+        print(f"      warning: --force pushed version {version_dir.name} although it was NOT blessed "
+              f"({evaluation.reason}); it is now the latest version, so a server watching {model_base} "
+              "serves it instead of the last blessed one", flush=True)
     return ExportResult(evaluation=evaluation, run_dir=run_dir, version_dir=version_dir)
 
 

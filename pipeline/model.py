@@ -240,6 +240,12 @@ def with_flip_averaging(model: keras.Model, below: float = 1.0) -> keras.Model:
     return keras.Model(inputs, logits, name=f"{model.name}_flip_averaged")
 
 
+def network_of(model: keras.Model) -> keras.Model:
+    """The layered network ``model`` runs: the one inside :func:`with_flip_averaging`'s wrapper, else ``model``."""
+    wrapper = model.layers[-1]
+    return wrapper.network if isinstance(wrapper, _UnsureFlipAveraging) else model
+
+
 def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX); elsewhere bfloat16 is emulated and slow."""
     try:

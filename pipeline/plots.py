@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 import matplotlib
 
@@ -20,6 +21,7 @@ import numpy as np  # noqa: E402
 from fmnist import names  # noqa: E402
 
 log = logging.getLogger(__name__)
+_DIAGRAM_DPI = 110  # the figures' resolution, so the diagram reads at the same size
 
 
 def sample_grid(images: np.ndarray, labels: np.ndarray, path: str | os.PathLike, rows: int = 3, cols: int = 3) -> None:
@@ -34,9 +36,11 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, path: str | os.PathLike,
     plt.close(fig)
 
 
-def training_curves(history: dict[str, list[float]], path: str | os.PathLike) -> None:
-    """Loss and accuracy per epoch, training beside validation."""
+def training_curves(history: dict[str, list[float]], path: str | os.PathLike, title: str = "") -> None:
+    """Loss and accuracy per epoch, training beside validation, under ``title`` (which run it was)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    if title:
+        fig.suptitle(title)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for key, style in ((metric, "-o"), (f"val_{metric}", "--o")):
             if key in history:
@@ -50,13 +54,18 @@ def training_curves(history: dict[str, list[float]], path: str | os.PathLike) ->
     plt.close(fig)
 
 
+def can_draw_diagrams() -> bool:
+    """Whether Graphviz's ``dot``, which draws the model diagram, is on PATH."""
+    return shutil.which("dot") is not None
+
+
 def model_diagram(model, path: str | os.PathLike) -> bool:
-    """keras.utils.plot_model, left to right with shapes; False (and one notice) without graphviz."""
+    """keras.utils.plot_model, top to bottom with shapes and activations; False (and one notice) without Graphviz."""
     import keras
 
-    try:
-        keras.utils.plot_model(model, to_file=str(path), show_shapes=True, rankdir="LR", dpi=96)
-    except (ImportError, OSError) as e:
-        log.warning("model diagram skipped: %s (install graphviz, e.g. apt-get install graphviz)", e)
+    if not can_draw_diagrams():
+        log.warning("model diagram skipped: Graphviz's dot is not on PATH (install graphviz, e.g. apt-get install graphviz)")
         return False
+    keras.utils.plot_model(model, to_file=str(path), show_shapes=True, show_layer_activations=True,
+                           rankdir="TB", dpi=_DIAGRAM_DPI)
     return os.path.exists(path)

@@ -43,6 +43,8 @@ class TrainConfig:
 class TrainResult:
     model: keras.Model  # raw 0-255 pixels → logits: what is evaluated and exported
     history: dict[str, list[float]]  # per-epoch loss/accuracy, val_ too when validating
+    fitted: int  # images the model was fitted on
+    validated: int  # images held back from fitting for per-epoch validation (Keras takes the last ones)
 
 
 def run(config: TrainConfig, train: Split) -> TrainResult:
@@ -51,7 +53,10 @@ def run(config: TrainConfig, train: Split) -> TrainResult:
     images, labels = train.images, train.labels
     if config.limit:
         images, labels = images[: config.limit], labels[: config.limit]
-    steps_per_epoch = math.ceil(len(images) * (1 - config.validation_split) / config.batch_size)
+    # Keras' validation_split fits on the first floor(n * (1 - split)) images and validates on the rest.
+    fitted = math.floor(len(images) * (1 - config.validation_split))
+    validated = len(images) - fitted
+    steps_per_epoch = math.ceil(fitted / config.batch_size)
     profile = model_lib.PROFILES[config.profile]
     model = model_lib.compile_model(
         model_lib.build(config.profile, "mixed_bfloat16" if config.mixed_precision else "float32"),
@@ -69,4 +74,5 @@ def run(config: TrainConfig, train: Split) -> TrainResult:
         verbose=(1 if sys.stdout.isatty() else 2) if config.verbose is None else config.verbose,
     )
     history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
-    return TrainResult(model=model_lib.for_serving(model, config.profile), history=history)
+    return TrainResult(model=model_lib.for_serving(model, config.profile), history=history, fitted=fitted,
+                       validated=validated)

@@ -210,17 +210,20 @@ class PredictionClient:
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._model_spec(None, version, None))
         return self._call(self._models.GetModelStatus, request, timeout)
 
-    def wait_until_available(self, timeout: float = 30.0) -> int:
+    def wait_until_available(self, timeout: float = 30.0, not_found_grace: float | None = None) -> int:
         """Block until some version is AVAILABLE and return the newest such; raise ServingError after ``timeout`` s.
 
         A server still starting answers UNAVAILABLE, and one still loading its
         first version answers NOT_FOUND; both mean "poll again". Any other
-        code means waiting cannot help, so it is raised at once.
+        code means waiting cannot help, so it is raised at once. With
+        ``not_found_grace``, a server that has said NOT_FOUND for that many
+        seconds is taken at its word: it has no such model.
         """
         deadline = time.monotonic() + timeout
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._model_spec(None, None, None))
         interval = self.backoff
         last = "no version AVAILABLE yet"
+        first_not_found = None
         while True:
             remaining = deadline - time.monotonic()
             try:
@@ -229,6 +232,10 @@ class PredictionClient:
                 if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
                     raise self._error(error) from None
                 last = f"{error.code().name}: {_one_line(error.details())}"
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    first_not_found = first_not_found or time.monotonic()
+                    if not_found_grace is not None and time.monotonic() - first_not_found >= not_found_grace:
+                        raise self._error(error) from None
             else:
                 available = [s.version for s in response.model_version_status if s.state == _AVAILABLE]
                 if available:

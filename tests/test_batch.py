@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,7 +30,7 @@ from PIL import Image
 from batch import job
 from batch.inference import Scores, ServedClassify, ServerSettings, classify
 from batch.io import _read_at_most as read_at_most
-from batch.io import input_pattern
+from batch.io import input_patterns
 from batch.outcomes import Classified, Failed, Reason
 from batch.outcomes import Image as Encoded
 from fmnist import names
@@ -263,16 +262,16 @@ def test_server_stopped_before_the_job_fails_naming_it(models_dir, tree, tmp_pat
     assert not (tmp_path / "_SUCCESS").exists()
 
 
-def test_no_runner_given_never_starts_prism_and_progress_is_logged(tree, model_base, tmp_path, monkeypatch, caplog):
+def test_no_runner_given_never_starts_prism_and_progress_is_shown(tree, model_base, tmp_path, monkeypatch, capfd):
     from apache_beam.runners.portability import prism_runner
 
     started = []
     monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", lambda *a, **k: started.append(a) or 1 / 0)
-    caplog.set_level(logging.INFO, logger="batch")
     argv = ["--input", f"{tree}/notes", "--output", str(tmp_path), "--in-process", str(model_base), "--progress-seconds", "0"]
     assert job.main(argv) == 0
     assert started == []
-    assert "progress: 3 files done on this worker" in caplog.text
+    err = capfd.readouterr().err
+    assert "progress: 100%" in err and "3/3 [" in err and "file/s]" in err  # the whole job's done/total, time and rate
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # Pipeline() makes a temp dir that only run() removes
     assert type(job.make_pipeline([]).runner).__name__ == "FnApiRunner"
     assert type(job.make_pipeline(["--runner", "BundleBasedDirectRunner"]).runner).__name__ == "BundleBasedDirectRunner"
@@ -287,7 +286,7 @@ class _LostServer:
         self.target = target
         self.made.append((target, settings))
 
-    def wait_until_available(self, timeout: float) -> int:
+    def wait_until_available(self, timeout: float, not_found_grace: float | None = None) -> int:
         return 1
 
     def predict_encoded(self, encoded):
@@ -428,11 +427,14 @@ def test_reading_stops_one_byte_past_the_limit_and_follows_a_file_that_grew_sinc
     assert read_at_most(io.BytesIO(b""), 1 << 20, matched_size=300) == b""  # shrank to nothing
 
 
-def test_input_pattern_reads_folders_recursively_and_keeps_globs_and_files(tree):
-    assert input_pattern(str(tree)) == f"{tree}/**"
-    assert input_pattern(f"{tree}/") == f"{tree}/**"
-    assert input_pattern(f"{tree}/Coat/*.png") == f"{tree}/Coat/*.png"
-    assert input_pattern(f"{tree}/notes/readme.txt") == f"{tree}/notes/readme.txt"
+def test_input_patterns_read_folders_recursively_and_keep_globs_and_files(tree):
+    assert input_patterns(str(tree)) == [f"{tree}/**"]
+    assert input_patterns(f"{tree}/") == [f"{tree}/**"]
+    assert input_patterns(f"{tree}/Coat/*.png") == [f"{tree}/Coat/*.png"]
+    assert input_patterns(f"{tree}/notes/readme.txt") == [f"{tree}/notes/readme.txt"]
+    # ** also matches no folder at all, as with a shell's globstar
+    assert input_patterns("i/**/*.png") == ["i/**/*.png", "i/*.png"]
+    assert input_patterns("**/a/**/*.png") == ["**/a/**/*.png", "**/a/*.png", "a/**/*.png", "a/*.png"]
 
 
 def test_unknown_arguments_are_left_for_beam_and_bad_ones_are_refused(capsys):

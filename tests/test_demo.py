@@ -8,7 +8,7 @@ import pytest
 
 from batch import summary as batch_summary
 from fmnist import cli, names
-from pipeline import exporter
+from pipeline import exporter, plots
 
 
 @pytest.mark.slow
@@ -27,6 +27,7 @@ def test_demo_trains_serves_batches_and_swaps_versions(tmp_path, capsys):
             assert (extra / name).is_file(), f"{version}/{name}"
     for plot in exporter.PLOTS:
         assert (workdir / "run-1" / plot).is_file(), plot
+    assert (workdir / "run-1" / exporter.DIAGRAM).is_file() == plots.can_draw_diagrams()
 
     samples = list((workdir / "samples").rglob("*.png"))
     assert len(samples) == 61  # 60 images and the deliberately truncated one

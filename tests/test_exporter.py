@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from conftest import encode_png
 from fmnist import names
-from pipeline import evaluator, exporter, pusher, trainer
+from pipeline import evaluator, exporter, plots, pusher, trainer
 from pipeline import model as model_lib
 
 
@@ -31,12 +31,16 @@ def _cached(dataset):
     return lambda data_dir=None: dataset
 
 
-def test_push_writes_a_self_explaining_version(tmp_path, dataset):
+def test_push_writes_a_self_explaining_version(tmp_path, dataset, capsys):
     result = exporter.run(_config(tmp_path), load_data=_cached(dataset), clock=lambda: 1_700_000_000)
     assert result.version_dir == tmp_path / "models" / names.MODEL_NAME / "1700000000"
     extra = result.version_dir / names.ASSETS_EXTRA
     for name in (names.WARMUP_FILE, names.CONFIG_FILE, names.METRICS_FILE, *exporter.PLOTS):
         assert (extra / name).is_file(), name
+    # The diagram is optional: there exactly when Graphviz is (test_model_diagram_* check both cases).
+    assert (extra / exporter.DIAGRAM).is_file() == plots.can_draw_diagrams()
+    # --limit 3000 with the mlp's 10 % validation split: the counts that were really used.
+    assert "2,700 images fitted, 300 held back for validation (--limit 3,000 of 60,000)" in capsys.readouterr().out
     metrics = json.loads((extra / names.METRICS_FILE).read_text())
     assert 0.5 < metrics["accuracy"] <= 1 and metrics["blessing"]["blessed"]
     assert len(metrics["confusion_matrix"]) == names.NUM_CLASSES
@@ -112,7 +116,7 @@ def test_gate_refuses_below_threshold_and_pushes_nothing(tmp_path, dataset, caps
     assert json.loads((tmp_path / "run" / names.METRICS_FILE).read_text())["blessing"]["blessed"] is False
 
 
-def test_gate_refuses_a_regression_and_force_overrides(tmp_path, dataset):
+def test_gate_refuses_a_regression_and_force_overrides(tmp_path, dataset, capsys):
     first = exporter.run(_config(tmp_path), load_data=_cached(dataset), clock=lambda: 100)
     metrics_file = first.version_dir / names.ASSETS_EXTRA / names.METRICS_FILE
     metrics = json.loads(metrics_file.read_text())
@@ -121,8 +125,11 @@ def test_gate_refuses_a_regression_and_force_overrides(tmp_path, dataset):
     second = exporter.run(_config(tmp_path), load_data=_cached(dataset), clock=lambda: 100)
     assert second.version_dir is None and "regresses from version 100" in second.evaluation.reason
 
+    capsys.readouterr()
     forced = exporter.run(_config(tmp_path, force=True), load_data=_cached(dataset), clock=lambda: 100)
     assert forced.version_dir.name == "101"  # the clock repeats: the version is bumped past the existing one
+    out = capsys.readouterr().out
+    assert "--force pushed version 101 although it was NOT blessed" in out and "serves it" in out
     assert json.loads((forced.version_dir / names.ASSETS_EXTRA / names.METRICS_FILE).read_text())["blessing"]["forced"]
 
 
@@ -184,3 +191,34 @@ def test_label_smoothing_spreads_the_target_over_the_other_classes():
     expected = -(target * np.log(np.array([0.7, 0.2, 0.1] + [1e-9] * 7))).sum()
     assert float(np.mean(smoothed(labels, logits))) == pytest.approx(expected, rel=1e-4)
     assert model_lib.PROFILES["mlp"].label_smoothing == 0  # the seed recipe stays as it was
+
+
+needs_graphviz = pytest.mark.skipif(not plots.can_draw_diagrams(),
+                                    reason="Graphviz's dot is not on PATH (apt-get install graphviz)")
+
+
+@needs_graphviz
+@pytest.mark.parametrize("profile", ["mlp", "cnn"])
+def test_model_diagram_shows_every_layer_of_the_network(tmp_path, profile):
+    import keras
+
+    served = model_lib.for_serving(model_lib.build(profile), profile)
+    network = model_lib.network_of(served)
+    assert plots.model_diagram(network, tmp_path / "model.png")
+    drawn = keras.utils.model_to_dot(network, show_shapes=True).to_string()
+    for layer in network.layers:  # the cnn's mirror-average wrapper hides none of them
+        assert layer.name in drawn, layer.name
+    if profile == "cnn":
+        assert sum(isinstance(layer, keras.layers.Conv2D) for layer in network.layers) == 5
+    from PIL import Image
+
+    width, height = Image.open(tmp_path / "model.png").size
+    assert width >= 300 and height >= 300  # readable at normal size, not a thin strip
+
+
+def test_model_diagram_is_skipped_with_a_notice_without_graphviz(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no dot anywhere
+    assert not plots.can_draw_diagrams()
+    assert not plots.model_diagram(model_lib.build("mlp"), tmp_path / "model.png")
+    assert not (tmp_path / "model.png").exists()
+    assert "install graphviz" in caplog.text

@@ -360,7 +360,7 @@ def test_a_batch_job_whose_server_dies_fails_naming_it_and_a_rerun_accounts_for_
     target = f"127.0.0.1:{server.port}"
     argv = ["--input", str(images), "--output", str(output), "--server", target, "--batch-size", "4", "--retries", "2", "--timeout", "5"]
     _KillsTheServer.victim, _KillsTheServer.backoffs = server, []
-    monkeypatch.setattr(job, "run", functools.partial(job.run, client_factory=_KillsTheServer))
+    monkeypatch.setattr(job, "run_config", functools.partial(job.run_config, client_factory=_KillsTheServer))
     assert job.main(argv, prog="fmnist batch") == 1
     monkeypatch.undo()
     error = capsys.readouterr().err.strip()

@@ -1,0 +1,184 @@
+"""``fmnist batch`` as a person runs it: the real command in a subprocess, a real server on loopback.
+
+Options, reused output folders, Ctrl-C, a server lost mid-job, a wrong model
+name, progress and the closing listing; what the job computes is checked in
+test_batch.py.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import encode_png
+
+from fmnist import names
+from serving.server import ServerConfig, start
+
+FILES_PER_CLASS = 4
+
+
+def _batch(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fmnist.cli", "batch", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _popen_batch(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fmnist.cli", "batch", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _start_server(models: Path):
+    return start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(models / names.MODEL_NAME)))
+
+
+@pytest.fixture(scope="module")
+def server(_pushed_once):
+    running = _start_server(_pushed_once)
+    yield f"127.0.0.1:{running.port}"
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, dataset) -> Path:
+    """FILES_PER_CLASS PNGs in each class folder, and two directly in the root folder."""
+    root = tmp_path_factory.mktemp("images")
+    for i in range(FILES_PER_CLASS * names.NUM_CLASSES + 2):
+        label = int(dataset.test.labels[i])
+        folder = root / names.folder_name(label) if i >= 2 else root
+        folder.mkdir(exist_ok=True)
+        (folder / f"{i}.png").write_bytes(encode_png(dataset.test.images[i]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def many_images(tmp_path_factory, dataset) -> Path:
+    """Enough files that a job with small batches is still running a few seconds in."""
+    root = tmp_path_factory.mktemp("many")
+    encoded = [encode_png(image) for image in dataset.test.images[:500]]
+    for copy in range(12):
+        folder = root / str(copy)
+        folder.mkdir()
+        for i, data in enumerate(encoded):
+            (folder / f"{i}.png").write_bytes(data)
+    return root
+
+
+def _first_progress_line(process: subprocess.Popen) -> str:
+    seen = ""
+    while "progress:" not in seen:
+        line = process.stderr.readline()
+        assert line, f"the job ended before any progress: {seen}"
+        seen += line
+    return seen
+
+
+@pytest.mark.parametrize("typo, meant", [(("--fromat", "csv"), "--format"), (("--batch_size", "8"), "--batch-size")])
+def test_a_mistyped_option_is_refused_with_exit_2_and_a_suggestion(typo, meant, tmp_path, server, images):
+    result = _batch("--input", str(images), "--output", str(tmp_path / "out"), "--server", server, *typo)
+    assert result.returncode == 2
+    assert f"unrecognized arguments: {' '.join(typo)}" in result.stderr and f"did you mean {meant}?" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_beam_options_still_pass_through(tmp_path, server, images):
+    result = _batch("--input", str(images), "--output", str(tmp_path), "--server", server,
+                    "--direct_num_workers=1", "--direct_running_mode", "in_memory")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_run_shows_files_matched_progress_and_where_its_outputs_are(tmp_path, server, images):
+    # '**/' matches no folder too, so the two files directly under images/ are in
+    result = _batch("--input", f"{images}/**/*.png", "--output", str(tmp_path), "--server", server,
+                    "--batch-size", "8", "--progress-seconds", "0")
+    assert result.returncode == 0, result.stderr
+    total = FILES_PER_CLASS * names.NUM_CLASSES + 2
+    assert f"matched {total} files" in result.stderr
+    assert "progress: 100%" in result.stderr and f"{total}/{total} [" in result.stderr
+    assert "Traceback" not in result.stderr
+    listed = result.stdout.split("outputs:\n", 1)[1].split()
+    assert sorted(Path(p).name for p in listed) == sorted(p.name for p in tmp_path.iterdir())
+    assert {"summary.json", "_SUCCESS", "confusion_matrix.png"} <= {Path(p).name for p in listed}
+    # the per-class line says what it counts: predictions, and the folders' labels beside them
+    assert "per class, predicted / labelled: T-shirt/top " in result.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["inputs"] == total and summary["evaluation"]["files"] == total - 2
+
+
+def test_an_output_holding_another_run_is_refused_unless_overwrite(tmp_path, server, images):
+    common = ("--input", str(images), "--output", str(tmp_path), "--server", server)
+    assert _batch(*common).returncode == 0
+    first = sorted(p.name for p in tmp_path.iterdir())
+    assert any(name.endswith(".jsonl") for name in first)
+
+    refused = _batch(*common, "--format", "parquet")
+    assert refused.returncode == 2
+    assert f"--output {tmp_path} holds another run's results" in refused.stderr and "--overwrite" in refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == first  # nothing touched
+
+    # What an interrupted run leaves (Beam's temp folders, empty or not), and a file that is not the job's.
+    (tmp_path / "beam-temp-predictions-1234").mkdir()
+    (tmp_path / "beam-temp-predictions-1234" / "shard").write_text("partial")
+    (tmp_path / "beam-temp-errors-5678").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    replaced = _batch(*common, "--format", "parquet", "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert not [name for name in left if name.endswith(".jsonl") or name.startswith("beam-temp-")], left
+    assert "notes.txt" in left and any(name.endswith(".parquet") for name in left)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = sum(pq.read_table(p).num_rows for p in tmp_path.glob("predictions-*.parquet"))
+    assert summary["classified"] == rows == summary["inputs"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_with_one_line_and_no_traceback(tmp_path, server, many_images):
+    process = _popen_batch("--input", str(many_images), "--output", str(tmp_path), "--server", server,
+                           "--batch-size", "2", "--progress-seconds", "0")
+    try:
+        _first_progress_line(process)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == "fmnist batch: interrupted"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert not (tmp_path / "_SUCCESS").exists()
+
+
+@pytest.mark.slow
+def test_a_server_lost_mid_job_is_one_line_naming_it_and_what_to_do(tmp_path, _pushed_once, many_images):
+    lost = _start_server(_pushed_once)
+    target = f"127.0.0.1:{lost.port}"
+    process = _popen_batch("--input", str(many_images), "--output", str(tmp_path), "--server", target,
+                           "--batch-size", "2", "--progress-seconds", "0", "--timeout", "2", "--retries", "1")
+    try:
+        _first_progress_line(process)
+        lost.stop()
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        lost.stop()
+    assert process.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"fmnist batch: error: lost the server: {target}: UNAVAILABLE")
+    assert "check that it is running" in last
+    assert "Traceback" not in err
+    assert not (tmp_path / "_SUCCESS").exists()
+
+
+def test_a_server_without_the_model_says_not_found_within_seconds(tmp_path, server, images):
+    started = time.monotonic()
+    result = _batch("--input", str(images), "--output", str(tmp_path), "--server", server, "--model-name", "nope",
+                    "--timeout", "120")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert f"the server at {server} has no model named 'nope' (NOT_FOUND" in result.stderr
+    assert elapsed < 60, "it waited for the start-up deadline instead of believing NOT_FOUND"
