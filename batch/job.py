@@ -53,7 +53,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 from batch import io, progress, summary
 from batch.inference import NAMESPACE, LocalModel, SavedModelHandler, ServedClassify, ServerSettings
 from batch.outcomes import Classified, Outcome
-from fmnist import names, terminal
+from fmnist import names, quiet
 from serving.client import PredictionClient, ServingError
 
 _LOG = logging.getLogger(__name__)
@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.CRITICAL)
     previous = signal.signal(signal.SIGINT, note_interrupt)
     try:
-        with contextlib.nullcontext(sys.stderr) if verbose else terminal.fd2_silenced() as stream:
+        with contextlib.nullcontext(sys.stderr) if verbose else quiet.stderr_silenced() as stream:
             result = run_config(config, beam_args, stream=stream)
     except OutputInUse as error:
         print(f"{prog}: error: {error}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Fashion-MNIST classification workflow: train → push → serve → batch.
 
 The package ``fmnist`` holds the bottom layer (:mod:`fmnist.names`,
-:mod:`fmnist.imagefile`, :mod:`fmnist.report`, :mod:`fmnist.terminal`, :mod:`fmnist.quiet`) and the top
+:mod:`fmnist.imagefile`, :mod:`fmnist.report`, :mod:`fmnist.quiet`) and the top
 layer (:mod:`fmnist.cli`, the demo); ``pipeline``, ``serving`` and ``batch`` sit
 in between and never import each other.
 """

@@ -10,11 +10,10 @@ Usage: ``fmnist {train,images,serve,classify,batch,demo} --help``
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from types import ModuleType
 
-from fmnist import terminal
+from fmnist import quiet
 
 # subcommand → (module whose main(argv, prog) runs it, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,19 +52,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_import(name: str) -> ModuleType:
-    """Import a command's module with file descriptor 2 pointed at /dev/null.
+    """Import a command's module with file descriptor 2 pointed at /dev/null (see :mod:`fmnist.quiet`).
 
-    Importing TensorFlow and its first device query make its C++ runtime log a
-    banner (CPU features, missing CUDA) that TF_CPP_MIN_LOG_LEVEL no longer silences; a command's
-    stderr is for its own errors. An ImportError still surfaces, after the
-    descriptor is restored.
+    A module that imports TensorFlow gets its device query here too, so the
+    banner of either stays off the command's stderr. An ImportError still
+    surfaces, after the descriptor is restored.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with terminal.fd2_silenced():
+    with quiet.stderr_silenced():
         module = importlib.import_module(name)
-        if "tensorflow" in sys.modules:  # its first device query logs a CUDA error on CPU-only hosts
-            sys.modules["tensorflow"].config.list_physical_devices()
-        return module
+    if "tensorflow.python" in sys.modules:  # the real TensorFlow ran, not just serving.apis' protos
+        quiet.import_tensorflow()
+    return module
 
 
 if __name__ == "__main__":

@@ -1,32 +1,54 @@
-"""Importing TensorFlow only where a command needs it, without its C++ start-up banner on stderr.
+"""Importing TensorFlow without its C++ start-up banner on the command's stderr.
 
 Importing TensorFlow and its first device query make its C++ runtime log a
 banner (CPU features, missing CUDA) that TF_CPP_MIN_LOG_LEVEL no longer
-silences. ``fmnist.cli`` imports a command's module with descriptor 2 on
-/dev/null, which covers the commands that import TensorFlow from the start;
-``fmnist batch`` imports it only for ``--in-process``, when it resolves and
-loads the model (in the launcher or a worker), so the served path never pays
-for it. This is that import, silenced the same way (:mod:`fmnist.terminal`).
+silences; a command's stderr is for its own errors. The commands that need
+TensorFlow from the start import it through ``fmnist.cli``; the ones that
+need it only on some paths (``fmnist batch --in-process``) import it here,
+when they get there, so the other paths never pay for it.
 
-Usage: ``tf = import_tensorflow()``
+Usage: ``tf = import_tensorflow()``; ``with stderr_silenced() as stderr: print("mine", file=stderr)``
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
+from typing import TextIO
 
-from fmnist import terminal
+
+@contextmanager
+def stderr_silenced() -> Iterator[TextIO]:
+    """File descriptor 2 points at /dev/null inside, so C++ logging is dropped too; restored after, even on error.
+
+    Yields a text stream on what descriptor 2 was before, for the command's own
+    messages while it lasts (``fmnist batch`` writes its progress there while
+    Beam's worker processes, which write to descriptor 2 directly, are hushed).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    stream = os.fdopen(os.dup(saved), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace")
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield stream
+    finally:
+        stream.close()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def import_tensorflow() -> ModuleType:
-    """``tensorflow``, with descriptor 2 silenced while it is imported (if not yet) and queried for devices.
+    """``tensorflow``, with stderr silenced while it is imported (if not yet) and queried for devices.
 
     The query is what logs the CUDA error on CPU-only hosts; it is cheap once
     TensorFlow is initialised, so callers need not track whether it ran.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # what fmnist.cli sets, for callers outside it
-    with terminal.fd2_silenced():
+    with stderr_silenced():
         import tensorflow as tf
 
         tf.config.list_physical_devices()

@@ -38,11 +38,9 @@ from serving.apis import (  # the official protos, without TensorFlow's start-up
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
-    tensor_pb2,
-    types_pb2,
 )
+from serving import tensors
 
-_LITTLE_FLOAT32 = np.dtype("<f4")
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 _MAX_POLL_INTERVAL = 1.0  # seconds between GetModelStatus polls, at most
 
@@ -136,9 +134,9 @@ class PredictionClient:
         timeout: float | None = None,
     ) -> Prediction:
         """Classify raw images, float-convertible [n, 28, 28] of 0-255 intensities (``serving_default``)."""
-        pixels = np.ascontiguousarray(images, dtype=_LITTLE_FLOAT32)
+        pixels = np.asarray(images, dtype=np.float32)
         request = self._predict_request(names.SERVING_DEFAULT, version, version_label)
-        _fill_float_tensor(request.inputs[names.INPUT_IMAGES], pixels)
+        tensors.fill(request.inputs[names.INPUT_IMAGES], pixels)
         return self._predict(request, timeout)
 
     def predict_encoded(
@@ -280,7 +278,7 @@ class PredictionClient:
         self, encoded: Sequence[bytes], version: int | None, version_label: str | None
     ) -> predict_pb2.PredictRequest:
         request = self._predict_request(names.PREDICT_IMAGES, version, version_label)
-        _fill_string_tensor(request.inputs[names.INPUT_IMAGE_BYTES], encoded)
+        tensors.fill(request.inputs[names.INPUT_IMAGE_BYTES], encoded)
         return request
 
     def _predict(self, request: predict_pb2.PredictRequest, timeout: float | None) -> Prediction:
@@ -290,8 +288,8 @@ class PredictionClient:
         try:
             if missing := [alias for alias in names.OUTPUTS if alias not in response.outputs]:
                 raise ValueError(f"no output {', '.join(missing)}")
-            probabilities = _to_ndarray(response.outputs[names.OUTPUT_PROBABILITIES], np.float32)
-            class_ids = _to_ndarray(response.outputs[names.OUTPUT_CLASS_IDS], np.int64)
+            probabilities = tensors.to_ndarray(response.outputs[names.OUTPUT_PROBABILITIES], np.float32)
+            class_ids = tensors.to_ndarray(response.outputs[names.OUTPUT_CLASS_IDS], np.int64)
             class_names = [s.decode() for s in response.outputs[names.OUTPUT_CLASS_NAMES].string_val]
             if not len(probabilities) == len(class_ids) == len(class_names):
                 rows = (len(probabilities), len(class_ids), len(class_names))
@@ -331,50 +329,6 @@ def _open_channel(target: str, tls: bool, root_certificates: bytes | None, max_m
     if tls or root_certificates is not None:
         return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options)
     return grpc.insecure_channel(target, options)
-
-
-# The _fill_* helpers write into the request's own map entry: building a TensorProto and
-# CopyFrom-ing it in copies the whole payload once more (about 20 µs per 256 images).
-
-
-def _fill_float_tensor(proto: tensor_pb2.TensorProto, array: np.ndarray) -> None:
-    """``array`` must be little-endian float32: ``tensor_content`` is the raw bytes in that order."""
-    proto.dtype = types_pb2.DT_FLOAT
-    for size in array.shape:
-        proto.tensor_shape.dim.add(size=size)
-    proto.tensor_content = array.tobytes()
-
-
-def _fill_string_tensor(proto: tensor_pb2.TensorProto, values: Sequence[bytes]) -> None:
-    proto.dtype = types_pb2.DT_STRING
-    proto.tensor_shape.dim.add(size=len(values))
-    proto.string_val.extend(values)
-
-
-_VALUE_FIELDS = {np.dtype(np.float32): "float_val", np.dtype(np.int64): "int64_val"}
-_DTYPES = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.int64): types_pb2.DT_INT64}
-
-
-def _to_ndarray(tensor: tensor_pb2.TensorProto, dtype: type) -> np.ndarray:
-    """Decode a numeric TensorProto written either way a server may write it.
-
-    TF Serving fills the repeated ``*_val`` field (AsProtoField) while
-    ``tf.make_tensor_proto`` fills ``tensor_content``; a ``*_val`` shorter than
-    the shape repeats its last value, as the TensorProto spec says.
-    """
-    dtype = np.dtype(dtype)
-    if tensor.dtype != _DTYPES[dtype]:
-        expected, got = types_pb2.DataType.Name(_DTYPES[dtype]), types_pb2.DataType.Name(tensor.dtype)
-        raise ValueError(f"expected {expected}, got {got}")
-    shape = tuple(d.size for d in tensor.tensor_shape.dim)
-    size = int(np.prod(shape, dtype=np.int64))
-    if tensor.tensor_content:
-        return np.frombuffer(tensor.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    field = getattr(tensor, _VALUE_FIELDS[dtype])
-    values = np.fromiter(field, dtype=dtype, count=len(field))  # twice as fast as np.asarray on a repeated field
-    if 0 < len(values) < size:
-        values = np.concatenate([values, np.full(size - len(values), values[-1], dtype)])
-    return values.reshape(shape)
 
 
 def _one_line(text: str | None) -> str:

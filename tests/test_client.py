@@ -224,7 +224,9 @@ def test_the_client_imports_neither_server_nor_pipeline_code():
     third_party = {(m, name) for m, name in imported if m.split(".")[0] not in sys.stdlib_module_names}
     assert {m.split(".")[0] for m, _ in third_party} == {"grpc", "numpy", "fmnist", "serving"}
     assert {(m, name) for m, name in third_party if m.startswith("fmnist")} == {("fmnist", "names")}
-    assert {m for m, _ in third_party if m.startswith("serving")} == {"serving.apis"}  # the protos, and nothing else
+    # the protos and their numpy conversion, and nothing else
+    assert {(m, name) for m, name in third_party if m.startswith("serving")} == {
+        ("serving.apis", name) for m, name in third_party if m == "serving.apis"} | {("serving", "tensors")}
 
 
 # --- failures, retries, deadlines --------------------------------------------------------------

@@ -159,7 +159,7 @@ def test_importing_the_client_or_the_batch_job_does_not_start_tensorflow(module)
 def test_tensorflow_imports_after_the_client_and_shares_its_protos():
     code = """
 import numpy as np
-from serving import apis, client
+from serving import apis, client, tensors
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
@@ -167,7 +167,7 @@ assert int(tf.constant(1) + 1) == 2
 assert tensor_pb2 is apis.tensor_pb2
 request = apis.predict_pb2.PredictRequest()
 request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.arange(6, dtype=np.float32).reshape(2, 3)))
-assert client._to_ndarray(request.inputs["images"], np.float32).tolist() == [[0, 1, 2], [3, 4, 5]]
+assert tensors.to_ndarray(request.inputs["images"], np.float32).tolist() == [[0, 1, 2], [3, 4, 5]]
 assert tf.make_ndarray(request.inputs["images"]).shape == (2, 3)
 print("ok")
 """
