@@ -1,7 +1,7 @@
 """Start-up of the small commands (issue 14), before vs after: ``fmnist classify`` on one image, importing
 the client, and the memory of a served ``fmnist batch`` run, its worker processes included.
 
-"Before" is the tree of a baseline commit (``--baseline``; by default the last one before the change,
+"Before" is the tree of a baseline commit (``--baseline``; by default main just before the change,
 whose client imported TensorFlow's runtime with the protos), extracted with ``git archive`` into a
 temporary folder and run by the same interpreter with the same packages; "after" is this checkout.
 Every measurement is a fresh process run in its tree, before and after alternating, against one
@@ -26,8 +26,8 @@ import _common
 import numpy as np
 from PIL import Image
 
-# The last commit before issue 14's start-up work: serving/client.py imported tensorflow.core directly.
-BEFORE = "2fbbd551014fd5cb69951afdeb8bcc824c368951"
+# main just before the start-up work was merged: serving/client.py imported tensorflow.core directly.
+BEFORE = "48bd59019051952ce59e2a7fdbec18db1752e927"
 _IMPORT_CLIENT = (
     "import time; started = time.perf_counter(); import serving.client; "
     "print(time.perf_counter() - started, serving.client.__file__)"
@@ -122,7 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="runs of each measurement per tree (default 5)")
     parser.add_argument("--files", type=int, default=2000, help="PNGs in the batch runs (default 2000)")
-    parser.add_argument("--baseline", default=BEFORE, help="the 'before' commit (default: the last before issue 14)")
+    parser.add_argument("--baseline", default=BEFORE, help="the 'before' commit (default: main just before the change)")
     args = parser.parse_args()
     _common.warn_if_busy()
 
