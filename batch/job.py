@@ -5,8 +5,8 @@ matches no folder, any Beam file system) are read and header-checked on workers,
 the served model (``predict_images``: encoded bytes, decoded in the graph), or
 run in-process through ``RunInference`` with ``--in-process MODEL_DIR``.
 Records go to sharded ``predictions-*`` files, failures to ``errors-*``, and
-the launcher writes ``summary.json`` (plus ``confusion_matrix.png`` for
-labelled folders) and ``_SUCCESS``. Besides its own options the job takes
+the launcher writes ``summary.json``, ``report.html`` (:mod:`batch.report`),
+``confusion_matrix.png`` for labelled folders, and ``_SUCCESS``. Besides its own options the job takes
 Beam's pipeline options (any other is refused), so the same job runs on Flink,
 Spark or Dataflow. An ``--output`` holding an earlier run's results is refused
 unless ``--overwrite``; an interrupted run's scratch files go with the next run.
@@ -40,7 +40,7 @@ from typing import TextIO
 import apache_beam as beam
 import grpc
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import BeamIOError, FileMetadata
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
@@ -50,7 +50,7 @@ from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from batch import io, progress, summary
+from batch import io, progress, report, summary
 from batch.inference import NAMESPACE, LocalModel, SavedModelHandler, ServedClassify, ServerSettings
 from batch.outcomes import Classified, Outcome
 from fmnist import names, quiet
@@ -60,8 +60,9 @@ _LOG = logging.getLogger(__name__)
 _ERRORS = "errors"
 _TALLIES = "tallies"
 _COUNTS_FILE = "_counts.jsonl"  # the pipeline's tallies, read and removed by the launcher
+_GALLERY_FILE = "_gallery.json"  # the report's gallery candidates, read and removed by the launcher
 # A run's results in --output (replaced only with --overwrite); see _clear_output for its scratch.
-_RESULTS = ("predictions-*", "errors-*", summary.SUMMARY_FILE, summary.CONFUSION_FILE, io.SUCCESS)
+_RESULTS = ("predictions-*", "errors-*", summary.SUMMARY_FILE, summary.CONFUSION_FILE, report.REPORT_FILE, io.SUCCESS)
 # Codes meaning "the server, not this input": the hint for what to do says so.
 _SERVER_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
 _NOT_FOUND_GRACE = 3.0  # seconds a server that answers may say NOT_FOUND for the model (still loading it)
@@ -296,6 +297,13 @@ def build(
     routed = outcomes | "Account" >> beam.ParDo(_Account(config.top_k, progress_address)).with_outputs(
         _ERRORS, _TALLIES, main="records"
     )
+    (
+        outcomes
+        | "GalleryCandidates" >> beam.Map(report.candidates)
+        | "Gallery" >> beam.CombineGlobally(report.Gallery())
+        | "GalleryAsJson" >> beam.Map(json.dumps)
+        | "WriteGallery" >> beam.io.WriteToText(FileSystems.join(config.output, _GALLERY_FILE), shard_name_template="")
+    )
     routed.records | "WritePredictions" >> io.Write(config.output, "predictions", config.file_format, io.PREDICTION_SCHEMA)
     routed[_ERRORS] | "WriteErrors" >> io.Write(config.output, "errors", config.file_format, io.ERROR_SCHEMA)
     (
@@ -370,13 +378,18 @@ def _clear_output(output: str, results: list[str]) -> None:
     not the job's are never touched.
     """
     # Beam's match lists files, so a temp folder goes with its files; locally, empty ones go too.
-    scratch = [path for pattern in ("beam-temp-**", _COUNTS_FILE) for path in _listed(output, pattern)]
+    scratch = [path for pattern in ("beam-temp-**", _COUNTS_FILE, _GALLERY_FILE) for path in _listed(output, pattern)]
     if results or scratch:
         FileSystems.delete(results + scratch)
     if os.path.isdir(output):
         for name in os.listdir(output):
             if name.startswith("beam-temp-"):
                 shutil.rmtree(os.path.join(output, name), ignore_errors=True)
+
+
+def _read_file(path: str) -> bytes:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
+        return file.read()
 
 
 def _read_counts(path: str) -> dict[tuple, int]:
@@ -433,6 +446,12 @@ def run_config(
     io.write_bytes(FileSystems.join(config.output, summary.SUMMARY_FILE), summary.to_json(result_summary).encode())
     if result_summary.evaluation:
         io.write_bytes(FileSystems.join(config.output, summary.CONFUSION_FILE), summary.confusion_png(result_summary))
+    gallery_path = FileSystems.join(config.output, _GALLERY_FILE)
+    with FileSystems.open(gallery_path) as file:
+        gallery = json.loads(file.read())
+    FileSystems.delete([gallery_path])
+    page = report.render(result_summary, gallery, read=_read_file)
+    io.write_bytes(FileSystems.join(config.output, report.REPORT_FILE), page.encode())
     io.write_bytes(FileSystems.join(config.output, io.SUCCESS), b"")
     return JobResult(result_summary, result, tuple(sorted(p for pattern in _RESULTS for p in _listed(config.output, pattern))))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from batch import job, report
 from fmnist import names
 from pipeline import evaluator, exporter, model_card, trainer
 
@@ -69,6 +70,49 @@ def test_the_model_card_shows_its_figures_and_the_versions_own_numbers(browser, 
     assert rows["all classes: accuracy"][0] == f"{metrics['accuracy']:.4f}"
     signatures = {row[0] for row in _table_rows(browser, "Signatures (from saved_model.pb)")}
     assert signatures == set(names.SIGNATURES)
-    assert browser.save_screenshot(str(tmp_path / "model_card.png"))
-    Path(os.environ.get("FMNIST_SCREENSHOTS", tmp_path)).mkdir(parents=True, exist_ok=True)
-    shutil.copy(tmp_path / "model_card.png", Path(os.environ.get("FMNIST_SCREENSHOTS", tmp_path)) / "model_card.png")
+    _screenshot(browser, tmp_path / "model_card.png")
+
+
+def _screenshot(browser, path: Path) -> None:
+    """Saved under the test's temp dir, and under $FMNIST_SCREENSHOTS too when set (to look at them)."""
+    assert browser.save_screenshot(str(path))
+    if os.environ.get("FMNIST_SCREENSHOTS"):
+        Path(os.environ["FMNIST_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(os.environ["FMNIST_SCREENSHOTS"]) / path.name)
+
+
+def test_the_batch_report_shows_the_summarys_numbers_and_every_image(browser, tmp_path, models_dir, dataset):
+    from conftest import encode_png
+
+    images = tmp_path / "images"
+    for i in range(40):
+        folder = images / names.folder_name(int(dataset.test.labels[i]))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.png").write_bytes(encode_png(dataset.test.images[i]))
+    (images / "notes.txt").write_text("not an image")
+    output = tmp_path / "out"
+    result = job.run(["--input", str(images), "--output", str(output), "--in-process",
+                      str(models_dir / names.MODEL_NAME), "--batch-size", "8"])
+    summary = json.loads((output / "summary.json").read_text())
+
+    browser.get((output / report.REPORT_FILE).as_uri())
+    images_shown = _images(browser)
+    assert images_shown and all(images_shown.values()), images_shown
+    from selenium.webdriver.common.by import By
+
+    facts = {row.find_element(By.TAG_NAME, "th").text: row.find_element(By.TAG_NAME, "td").text
+             for row in browser.find_elements(By.CSS_SELECTOR, "#summary tr")}
+    assert facts["Files"] == f"{summary['inputs']:,}" and facts["Errors"] == f"{summary['errors']:,}"
+    assert facts["Accuracy"].startswith(f"{summary['evaluation']['accuracy']:.2%}")
+    per_class = {cells[0].text: [c.text for c in cells[1:]]
+                 for cells in (row.find_elements(By.TAG_NAME, "td") for row in browser.find_elements(By.CSS_SELECTOR, "#per-class tr"))
+                 if cells}
+    for name, predicted in summary["counts_per_class"].items():
+        assert per_class[name][:2] == [f"{predicted:,}", f"{summary['evaluation']['labelled_per_class'][name]:,}"]
+    # the galleries: the least sure files, and every mistake up to the gallery's size
+    least_sure = browser.find_elements(By.CSS_SELECTOR, "#least_sure .card")
+    assert len(least_sure) == report.GALLERY_SIZE
+    mistakes = summary["evaluation"]["files"] - round(summary["evaluation"]["accuracy"] * summary["evaluation"]["files"])
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#surest_mistakes .card")) == min(mistakes, report.GALLERY_SIZE)
+    assert result.summary.inputs == 41
+    _screenshot(browser, tmp_path / "batch_report.png")

@@ -1,0 +1,143 @@
+"""The batch job's ``report.html``: the summary as a page a person reads, with the images worth a look.
+
+Counts, errors by reason, the per-class table, the confusion matrix for
+labelled folders, and two galleries: the files the model was least sure of,
+and the misclassified ones it was surest of, each with its top 3. The
+pipeline keeps only the few candidates the galleries need (:class:`Gallery`,
+a combiner over one small list per batch, so no per-file element), and the
+launcher reads just those files back to draw them. Everything is inlined, so
+the page is one file, readable offline and wherever it is copied.
+
+Usage: ``outcomes_batches | beam.Map(candidates, 12) | beam.CombineGlobally(Gallery(12))``;
+``html = render(summary, gallery, read=lambda path: bytes)``
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable, Iterable
+
+import apache_beam as beam
+from PIL import Image as PILImage
+
+from batch import summary as summary_lib
+from batch.outcomes import Classified, Outcome
+from fmnist import names
+
+REPORT_FILE = "report.html"
+GALLERY_SIZE = 12
+_THUMBNAIL = 84  # pixels: 3x the model's 28, sharp enough to see what it saw
+LEAST_SURE, SUREST_MISTAKES = "least_sure", "surest_mistakes"
+
+
+def _entry(outcome: Classified) -> dict:
+    return {"path": outcome.path, "label": outcome.label, "confidence": max(outcome.probabilities),
+            "top3": outcome.top_k(3)}
+
+
+def candidates(outcomes: list[Outcome], size: int = GALLERY_SIZE) -> dict[str, list[dict]]:
+    """One batch's contenders for the two galleries, at most ``size`` each."""
+    classified = [o for o in outcomes if isinstance(o, Classified)]
+    mistakes = [o for o in classified if o.label is not None and o.label != o.class_id]
+    return {
+        LEAST_SURE: [_entry(o) for o in sorted(classified, key=lambda o: max(o.probabilities))[:size]],
+        SUREST_MISTAKES: [_entry(o) for o in sorted(mistakes, key=lambda o: -max(o.probabilities))[:size]],
+    }
+
+
+class Gallery(beam.CombineFn):
+    """Per-batch candidates → the job's galleries: the ``size`` least sure files, the ``size`` surest mistakes."""
+
+    def __init__(self, size: int = GALLERY_SIZE):
+        self._size = size
+
+    def create_accumulator(self) -> dict[str, list[dict]]:
+        return {LEAST_SURE: [], SUREST_MISTAKES: []}
+
+    def add_input(self, accumulator: dict, batch: dict) -> dict:
+        return self.merge_accumulators([accumulator, batch])
+
+    def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
+        merged = self.create_accumulator()
+        for accumulator in accumulators:
+            for key in merged:
+                merged[key] += accumulator[key]
+        # ties broken by path, so a gallery does not depend on how the runner split the work
+        merged[LEAST_SURE] = sorted(merged[LEAST_SURE], key=lambda e: (e["confidence"], e["path"]))[: self._size]
+        merged[SUREST_MISTAKES] = sorted(merged[SUREST_MISTAKES], key=lambda e: (-e["confidence"], e["path"]))[: self._size]
+        return merged
+
+    def extract_output(self, accumulator: dict) -> dict:
+        return accumulator
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _thumbnail(data: bytes) -> str:
+    """The image as a small grey PNG data URI; the original format and size do not matter to the page."""
+    image = PILImage.open(io.BytesIO(data))
+    image.draft("L", (_THUMBNAIL, _THUMBNAIL))  # JPEGs decode at a reduced size straight away
+    image = image.convert("L").resize((_THUMBNAIL, _THUMBNAIL), PILImage.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return _data_uri(buffer.getvalue())
+
+
+def render(summary: summary_lib.Summary, gallery: dict[str, list[dict]], read: Callable[[str], bytes]) -> str:
+    """The report page; ``read(path)`` returns a gallery file's bytes (through Beam's file systems)."""
+    e = html.escape
+    models = ", ".join(f"{m['model_name']} v{m['model_version']} ({m['files']:,} files)" for m in summary.models)
+    facts = [("Files", f"{summary.inputs:,}"), ("Classified", f"{summary.classified:,}"),
+             ("Errors", f"{summary.errors:,}"), ("Files/s", f"{summary.files_per_second:,.1f}"),
+             ("Elapsed", f"{summary.elapsed_seconds:.1f} s"), ("Source", summary.source), ("Model versions", models)]
+    if summary.evaluation:
+        facts.append(("Accuracy", f"{summary.evaluation.accuracy:.2%} on {summary.evaluation.files:,} labelled files"))
+    parts = ["<h2>Summary</h2><table id='summary'>"
+             + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts) + "</table>"]
+    if summary.errors_by_reason:
+        parts.append("<h2>Errors by reason</h2><table id='errors'>" + "".join(
+            f"<tr><th>{e(reason)}</th><td>{n:,}</td></tr>" for reason, n in summary.errors_by_reason.items())
+            + "</table><p>Each one, with its path and detail, is in <code>errors-*</code>.</p>")
+    parts.append(_per_class(summary))
+    if summary.evaluation:
+        parts.append("<h2>Confusion matrix</h2><img class='matrix' alt='confusion matrix' src='"
+                     + _data_uri(summary_lib.confusion_png(summary)) + "'>")
+    titles = {LEAST_SURE: "Least sure", SUREST_MISTAKES: "Misclassified, surest first"}
+    for key, title in titles.items():
+        if gallery.get(key):
+            parts.append(f"<h2>{title}</h2><div class='gallery' id='{key}'>"
+                         + "".join(_card(entry, read) for entry in gallery[key]) + "</div>")
+    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
+             ".gallery{display:flex;flex-wrap:wrap;gap:1em}.card{width:12em;font-size:.85em}"
+             ".card img{width:84px;height:84px;image-rendering:pixelated;background:#000}"
+             ".path{word-break:break-all;color:#555}img.matrix{max-width:100%}")
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fmnist batch report</title>"
+            f"<style>{style}</style></head><body><h1>fmnist batch report</h1>" + "".join(parts) + "</body></html>\n")
+
+
+def _per_class(summary: summary_lib.Summary) -> str:
+    evaluation = summary.evaluation
+    header = "<tr><th>class</th><th>predicted</th>" + ("<th>labelled</th><th>recall</th>" if evaluation else "") + "</tr>"
+    rows = []
+    for name, predicted in summary.counts_per_class.items():
+        cells = f"<td>{html.escape(name)}</td><td>{predicted:,}</td>"
+        if evaluation:
+            recall = evaluation.per_class_recall[name]
+            cells += f"<td>{evaluation.labelled_per_class[name]:,}</td><td>{'' if recall is None else f'{recall:.2f}'}</td>"
+        rows.append(f"<tr>{cells}</tr>")
+    return "<h2>Per class</h2><table id='per-class'>" + header + "".join(rows) + "</table>"
+
+
+def _card(entry: dict, read: Callable[[str], bytes]) -> str:
+    top = "<br>".join(f"{html.escape(names.CLASS_NAMES[i])} {p:.1%}" for i, p in entry["top3"])
+    label = "" if entry["label"] is None else f"<br>folder: {html.escape(names.CLASS_NAMES[entry['label']])}"
+    try:
+        picture = f"<img alt='{html.escape(entry['path'])}' src='{_thumbnail(read(entry['path']))}'>"
+    except (OSError, ValueError) as error:  # changed or gone since the job read it; PIL's errors are OSErrors
+        picture = f"<p>(cannot show it now: {html.escape(str(error))})</p>"
+    return f"<div class='card'>{picture}<div>{top}{label}</div><div class='path'>{html.escape(entry['path'])}</div></div>"
