@@ -53,11 +53,13 @@ try:
     from tensorflow_serving.apis import (
         get_model_metadata_pb2,
         get_model_status_pb2,
+        model_management_pb2,
         model_pb2,
         model_service_pb2_grpc,
         predict_pb2,
         prediction_service_pb2_grpc,
     )
+    from tensorflow_serving.config import model_server_config_pb2
 finally:
     if _stand_in is not None and sys.modules.get("tensorflow") is _stand_in:
         del sys.modules["tensorflow"]
@@ -66,7 +68,9 @@ finally:
 __all__ = [
     "get_model_metadata_pb2",
     "get_model_status_pb2",
+    "model_management_pb2",
     "model_pb2",
+    "model_server_config_pb2",
     "model_service_pb2_grpc",
     "predict_pb2",
     "prediction_service_pb2_grpc",

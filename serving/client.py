@@ -35,7 +35,9 @@ from fmnist import names
 from serving.apis import (  # the official protos, without TensorFlow's start-up (see serving/apis.py)
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_pb2,
+    model_server_config_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -43,6 +45,7 @@ from serving.apis import (  # the official protos, without TensorFlow's start-up
 from serving import tensors
 
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # TensorFlow's error codes are gRPC's numbers
 _MAX_POLL_INTERVAL = 1.0  # seconds between GetModelStatus polls, at most
 
 
@@ -208,6 +211,20 @@ class PredictionClient:
         """The state of every version the server knows (or of ``version`` alone)."""
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._model_spec(None, version, None))
         return self._call(self._models.GetModelStatus, request, timeout)
+
+    def reload_config(
+        self, config: model_server_config_pb2.ModelServerConfig, *, timeout: float | None = None
+    ) -> None:
+        """Make the server serve ``config`` (every model it lists) with ``HandleReloadConfigRequest``.
+
+        The server answers OK only once the new config is in force; its refusal
+        (a label for a version it does not have, say) is raised as a ServingError.
+        """
+        request = model_management_pb2.ReloadConfigRequest(config=config)
+        response = self._call(self._models.HandleReloadConfigRequest, request, timeout)
+        if response.status.error_code:  # a failed reload's status may also come here, in an OK RPC
+            code = _STATUS_CODES.get(response.status.error_code, grpc.StatusCode.UNKNOWN)
+            raise ServingError(code, _one_line(response.status.error_message), self.target)
 
     def wait_until_available(self, timeout: float = 30.0, not_found_grace: float | None = None) -> int:
         """Block until some version is AVAILABLE and return the newest such; raise ServingError after ``timeout`` s.
