@@ -1,0 +1,92 @@
+"""serving.request_log: sampled PredictionLog TFRecords, rotated, flushed on close, never failing a request."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import request_log, tensors
+from serving.predict import ServingError
+
+
+def _config(prefix: Path | str, rate: float = 1.0, collector: str = "file") -> model_server_config_pb2.ModelServerConfig:
+    return text_format.Parse(
+        f'model_config_list {{ config {{ name: "m" base_path: "/m" logging_config {{ '
+        f'sampling_config {{ sampling_rate: {rate} }} '
+        f'log_collector_config {{ type: "{collector}" filename_prefix: "{prefix}" }} }} }} }}',
+        model_server_config_pb2.ModelServerConfig())
+
+
+def _pair(i: int) -> tuple[predict_pb2.PredictRequest, predict_pb2.PredictResponse]:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    tensors.fill(request.inputs["image_bytes"], [f"image {i}".encode()])
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name, response.model_spec.version.value = "m", 7
+    tensors.fill(response.outputs["class_ids"], np.array([i % 10]))
+    return request, response
+
+
+def _records(prefix: Path) -> list[prediction_log_pb2.PredictionLog]:
+    files = sorted(prefix.parent.glob(f"{prefix.name}.*{request_log.SUFFIX}"))
+    return [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset([str(f) for f in files])]
+
+
+def test_every_request_is_logged_with_its_response_and_the_version_that_answered(tmp_path):
+    logs = request_log.RequestLogs()
+    logs.configure(_config(tmp_path / "logs" / "m"))
+    for i in range(20):
+        logs.log("predict", *_pair(i))
+    logs.close()  # flushes what is queued
+    records = _records(tmp_path / "logs" / "m")
+    assert [r.predict_log.request.inputs["image_bytes"].string_val[0] for r in records] == [
+        f"image {i}".encode() for i in range(20)]
+    assert {r.log_metadata.model_spec.version.value for r in records} == {7}
+    assert records[0].log_metadata.sampling_config.sampling_rate == 1.0
+    assert list(records[0].log_metadata.saved_model_tags) == ["serve"]
+    assert [int(tensors.to_ndarray(r.predict_log.response.outputs["class_ids"])[0]) for r in records] == [
+        i % 10 for i in range(20)]
+
+
+def test_sampling_rate_and_rotation_by_size(tmp_path):
+    draws = itertools.cycle([0.1, 0.6])  # every other request falls under a rate of 0.5
+    logs = request_log.RequestLogs(rotation=request_log.Rotation(max_bytes=200), sample=lambda: next(draws))
+    logs.configure(_config(tmp_path / "m", rate=0.5))
+    for i in range(10):
+        logs.log("predict", *_pair(i))
+    logs.close()
+    assert len(_records(tmp_path / "m")) == 5
+    assert len(list(tmp_path.glob("m.*.tfrecord"))) >= 2  # each file closed once past 200 bytes
+
+
+def test_a_disk_that_refuses_drops_and_counts_records_but_never_fails_the_caller(tmp_path):
+    (tmp_path / "not-a-folder").write_text("a file where the log folder should be")
+    logs = request_log.RequestLogs()
+    logs.configure(_config(tmp_path / "not-a-folder" / "m"))
+    for i in range(3):
+        logs.log("predict", *_pair(i))  # returns at once, whatever the disk does
+    logs.close()
+    assert logs.dropped["m"] == 3
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
+    logs = request_log.RequestLogs(queue_size=1)
+    logs.configure(_config(tmp_path / "m"))
+    for i in range(500):
+        logs.log("predict", *_pair(i))
+    logs.close()
+    assert logs.dropped["m"] > 0 and len(_records(tmp_path / "m")) + logs.dropped["m"] == 500
+
+
+def test_an_unknown_collector_or_no_prefix_is_refused(tmp_path):
+    with pytest.raises(ServingError, match="unsupported log collector type 'bigquery'"):
+        request_log.RequestLogs().configure(_config(tmp_path / "m", collector="bigquery"))
+    with pytest.raises(ServingError, match="needs a filename_prefix"):
+        request_log.RequestLogs().configure(_config("", collector="file"))
