@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
 import json
 import os
@@ -33,6 +34,7 @@ from apache_beam.io.filesystems import FileSystems
 from batch.outcomes import Classified, Failed, Image, Reason
 from fmnist import imagefile, names
 from fmnist.imagefile import Limits  # what a file may be; job.JobConfig holds one
+from serving.apis import prediction_log_pb2  # the protos alone (no TensorFlow runtime)
 
 FORMATS = ("jsonl", "csv", "parquet")
 SUCCESS = "_SUCCESS"
@@ -68,6 +70,42 @@ def input_patterns(spec: str) -> list[str]:
     if not os.path.isdir(spec) and any(m.path == spec for m in FileSystems.match([spec])[0].metadata_list):
         return [spec]
     return [FileSystems.join(spec.rstrip("/"), "**")]
+
+
+def is_request_log(pattern: str) -> bool:
+    """Whether an input pattern names request logs (PredictionLog TFRecords) rather than image files."""
+    return pattern.endswith(names.REQUEST_LOG_SUFFIX)
+
+
+class LoggedImages(beam.DoFn):
+    """(log file, serialized PredictionLog) → an :class:`Image` or :class:`Failed` per encoded image it logged.
+
+    A Predict request carries them in its ``image_bytes`` input, a Classify
+    request in each tf.Example's ``image`` feature. Such an image is named
+    ``<log file>#<digest of the record>-<n>``: the log holds no file name, and
+    the digest keeps the name the same from one replay to the next. It goes
+    through the same header check as a file.
+    """
+
+    def __init__(self, limits: Limits):
+        self._limits = limits
+
+    def process(self, element: tuple[str, bytes]) -> Iterator[Image | Failed]:
+        filename, record = element
+        logged = prediction_log_pb2.PredictionLog.FromString(record)
+        if logged.HasField("predict_log"):
+            tensor = logged.predict_log.request.inputs.get(names.INPUT_IMAGE_BYTES)
+            images = list(tensor.string_val) if tensor is not None else []
+        elif logged.HasField("classify_log"):
+            examples = logged.classify_log.request.input.example_list.examples
+            images = [data for e in examples for data in e.features.feature[names.FEATURE_IMAGE].bytes_list.value]
+        else:
+            images = []
+        digest = hashlib.sha1(record).hexdigest()[:12]
+        for n, data in enumerate(images):
+            path = f"{filename}#{digest}-{n}"
+            problem = imagefile.check(data, self._limits)
+            yield Failed(path, *problem) if problem else Image(path, data, None)
 
 
 def _zero_or_more_folders(pattern: str) -> set[str]:

@@ -276,24 +276,38 @@ def build(
 
     Files are elements only until they are batched (match, de-duplicate);
     from reading to writing, one element is one batch of ``batch_size`` files.
-    Workers report files done to ``progress_address`` (a :class:`progress.Progress`).
+    Request logs (``--input`` ending in ``.tfrecord``) give one element per
+    logged image, batched the same way. Workers report files done to
+    ``progress_address`` (a :class:`progress.Progress`).
     """
-    patterns = _patterns(config)
-    files = (
-        pipeline
-        | "Inputs" >> beam.Create(patterns)
-        | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
-        | "PathAndSize" >> beam.Map(_path_and_size)
-    )
-    if len(patterns) > 1:  # one glob matches a file once; overlapping ones must not classify it twice
-        files = files | "Deduplicate" >> beam.CombinePerKey(_any)
-    batches = (
-        files
-        # min = max: full batches; BatchElements would otherwise start at 1 and grow slowly.
-        | "Batch" >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
-        | "Spread" >> beam.Reshuffle()  # the batches, not the files, over the workers: one shuffle per batch
-    )
-    outcomes = batches | "Read" >> beam.ParDo(io.ReadImages(config.limits)) | _classify(config, client_factory)
+    patterns = [p for p in _patterns(config) if not io.is_request_log(p)]
+    logs = [p for p in _patterns(config) if io.is_request_log(p)]
+    # min = max: full batches; BatchElements would otherwise start at 1 and grow slowly. The batches, not
+    # the files, are spread over the workers: one shuffle per batch.
+    batching = dict(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
+    inputs, read = [], []
+    if patterns:
+        files = (
+            pipeline
+            | "Inputs" >> beam.Create(patterns)
+            | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
+            | "PathAndSize" >> beam.Map(_path_and_size)
+        )
+        if len(patterns) > 1:  # one glob matches a file once; overlapping ones must not classify it twice
+            files = files | "Deduplicate" >> beam.CombinePerKey(_any)
+        inputs.append(files)
+        batches = files | "Batch" >> beam.BatchElements(**batching) | "Spread" >> beam.Reshuffle()
+        read.append(batches | "Read" >> beam.ParDo(io.ReadImages(config.limits)))
+    if logs:
+        logged = (
+            pipeline
+            | "Logs" >> beam.Create(logs)
+            | "ReadLogs" >> beam.io.ReadAllFromTFRecord(with_filename=True)
+            | "LoggedImages" >> beam.ParDo(io.LoggedImages(config.limits))
+        )
+        inputs.append(logged)
+        read.append(logged | "BatchLogged" >> beam.BatchElements(**batching) | "SpreadLogged" >> beam.Reshuffle())
+    outcomes = tuple(read) | "AllRead" >> beam.Flatten() | _classify(config, client_factory)
     routed = outcomes | "Account" >> beam.ParDo(_Account(config.top_k, progress_address)).with_outputs(
         _ERRORS, _TALLIES, main="records"
     )
@@ -308,7 +322,8 @@ def build(
     routed[_ERRORS] | "WriteErrors" >> io.Write(config.output, "errors", config.file_format, io.ERROR_SCHEMA)
     (
         # Inputs are counted as matched, apart from the outcomes, so a file lost on the way shows in the summary.
-        (files | "InputCounts" >> beam.Map(lambda _: (summary.INPUT, 1)), routed[_TALLIES])
+        (*(found | f"InputCounts{i}" >> beam.Map(lambda _: (summary.INPUT, 1)) for i, found in enumerate(inputs)),
+         routed[_TALLIES])
         | "Tallies" >> beam.Flatten()
         | "Count" >> beam.CombinePerKey(sum)
         | "CountsAsJson" >> beam.MapTuple(lambda key, n: json.dumps([list(key), n]))
@@ -340,17 +355,18 @@ def _patterns(config: JobConfig) -> list[str]:
     return sorted({pattern for spec in config.inputs for pattern in io.input_patterns(spec)})
 
 
-def _matched_files(config: JobConfig) -> int:
-    """How many distinct files the inputs match now: the progress display's total, and a clear error for none."""
-    paths = set()
+def _matched_files(config: JobConfig) -> tuple[int, int]:
+    """(image files, request logs) the inputs match now: the progress display's total, and a clear error for none."""
+    files, logs = set(), set()
     for pattern in _patterns(config):
         try:
-            paths.update(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+            found = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
         except BeamIOError as error:
             raise JobError(f"cannot list {pattern}: {_last_line(error)}") from error
-    if not paths:
+        (logs if io.is_request_log(pattern) else files).update(found)
+    if not files and not logs:
         raise JobError(f"no file matches {', '.join(config.inputs)}")
-    return len(paths)
+    return len(files), len(logs)
 
 
 def _listed(output: str, pattern: str) -> list[str]:
@@ -429,9 +445,11 @@ def run_config(
     stream = stream or sys.stderr
     results = _check_output(config)
     source = _check_source(config, client_factory)
-    total = _matched_files(config)
+    files, logs = _matched_files(config)
     _clear_output(config.output, results)
-    print(f"matched {total:,} files; classifying them via {source}", file=stream, flush=True)
+    matched = f"{files:,} files" + (f" and {logs:,} request logs" if logs else "")
+    print(f"matched {matched}; classifying them via {source}", file=stream, flush=True)
+    total = None if logs else files  # how many images a log holds is known once it is read
     pipeline = test_pipeline or make_pipeline(beam_args)
     started = clock()
     with progress.Progress(total, every=config.progress_seconds, stream=stream) as shown:

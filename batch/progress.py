@@ -69,9 +69,10 @@ class Reporter:
 
 
 class Progress:
-    """The launcher's side: listens on loopback and shows the sum of what every worker reported."""
+    """The launcher's side: listens on loopback and shows the sum of what every worker reported (of ``total``,
+    when it is known)."""
 
-    def __init__(self, total: int, *, every: float = 10.0, stream: TextIO | None = None, unit: str = "file"):
+    def __init__(self, total: int | None, *, every: float = 10.0, stream: TextIO | None = None, unit: str = "file"):
         self.total = total
         self.done = 0
         self._every = every

@@ -57,6 +57,9 @@ METRICS_FILE = "metrics.json"
 
 # TensorFlow Serving's default ports.
 GRPC_PORT = 8500
+# Request logs (PredictionLog TFRecords, as the server's logging_config writes them) end so;
+# fmnist batch reads an --input ending so as a log of requests, each with its encoded images.
+REQUEST_LOG_SUFFIX = ".tfrecord"
 REST_PORT = 8501
 
 ENV_DATA_DIR = "FASHION_MNIST_DIR"

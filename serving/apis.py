@@ -57,6 +57,7 @@ try:
         model_pb2,
         model_service_pb2_grpc,
         predict_pb2,
+        prediction_log_pb2,
         prediction_service_pb2_grpc,
     )
     from tensorflow_serving.config import model_server_config_pb2
@@ -73,6 +74,7 @@ __all__ = [
     "model_server_config_pb2",
     "model_service_pb2_grpc",
     "predict_pb2",
+    "prediction_log_pb2",
     "prediction_service_pb2_grpc",
     "tensor_pb2",
     "types_pb2",

@@ -38,12 +38,13 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from fmnist import names
 from serving import predict
 
 log = logging.getLogger(__name__)
 
 FILE_COLLECTOR = "file"
-SUFFIX = ".tfrecord"
+SUFFIX = names.REQUEST_LOG_SUFFIX
 _STOP = object()
 # request kind → the PredictionLog field that holds it and its log message type
 _LOGS = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,39 @@ def test_an_unknown_collector_or_no_prefix_is_refused(tmp_path):
         request_log.RequestLogs().configure(_config(tmp_path / "m", collector="bigquery"))
     with pytest.raises(ServingError, match="needs a filename_prefix"):
         request_log.RequestLogs().configure(_config("", collector="file"))
+
+
+def test_fmnist_batch_replays_logged_requests_through_the_model(tmp_path, _pushed_once, dataset):
+    from conftest import encode_png
+
+    from batch import job
+    from fmnist import names
+    from serving.client import PredictionClient
+    from serving.server import ServerConfig, start
+
+    server = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(_pushed_once / names.MODEL_NAME)))
+    target = f"127.0.0.1:{server.port}"
+    try:
+        logs = request_log.RequestLogs()
+        config = _config(tmp_path / "logs" / names.MODEL_NAME)
+        config.model_config_list.config[0].name = names.MODEL_NAME
+        logs.configure(config)
+        with PredictionClient(target) as client:
+            logged = {}
+            for start_at in range(0, 12, 4):  # three requests of four images, as a client sent them
+                images = [encode_png(image) for image in dataset.test.images[start_at:start_at + 4]]
+                request = client._encoded_request(images, None, None)
+                response = client._predictions.Predict(request, timeout=30)
+                logs.log("predict", request, response)
+                logged.update(zip(images, tensors.to_ndarray(response.outputs[names.OUTPUT_CLASS_IDS]).tolist()))
+            request = client._encoded_request([b"not an image"], None, None)  # refused by the header check
+            logs.log("predict", request, predict_pb2.PredictResponse(model_spec=request.model_spec))
+        logs.close()
+        result = job.run(["--input", f"{tmp_path}/logs/*{names.REQUEST_LOG_SUFFIX}", "--output", str(tmp_path / "out"),
+                          "--server", target, "--batch-size", "5"])
+    finally:
+        server.stop()
+    assert (result.summary.inputs, result.summary.classified, result.summary.errors) == (13, 12, 1)
+    records = [json.loads(line) for shard in (tmp_path / "out").glob("predictions-*") for line in shard.read_text().splitlines()]
+    assert all("#" in r["path"] and r["path"].endswith(tuple(f"-{n}" for n in range(4))) for r in records)
+    assert sorted(r["class_id"] for r in records) == sorted(logged.values())  # the same model, the same answers
