@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -833,3 +835,19 @@ def test_tuning_hint_flags_are_accepted_and_logged_once(tfs_models, caplog, monk
     ignored = [r.getMessage() for r in caplog.records if "ignores it" in r.getMessage()]
     assert len(ignored) == 2 and "--rest_api_num_threads" in ignored[0] and "--num_load_threads" in ignored[1]
     assert ran[0].enable_signature_method_name_check and ran[0].grpc_channel_arguments == "grpc.max_connection_age_ms=2000"
+
+
+@pytest.mark.slow
+def test_new_flags_pass_through_to_the_real_binary(tmp_path):
+    """With tensorflow_model_server on PATH, fmnist serve runs it with these flags as given."""
+    fake = tmp_path / "tensorflow_model_server"
+    fake.write_text('#!/bin/sh\necho "$@" > "$0.args"\n')
+    fake.chmod(0o755)
+    flags = ["--port=9000", "--model_base_path=/models/m", "--ssl_config_file=/c/ssl.config",
+             "--grpc_socket_path=/tmp/tf.sock", "--grpc_channel_arguments=grpc.max_connection_age_ms=2000",
+             "--rest_api_timeout_in_ms=5000", "--allow_version_labels_for_unavailable_models=true",
+             "--enable_signature_method_name_check=true", "--enable_model_warmup=false", "--num_load_threads=4"]
+    done = subprocess.run([sys.executable, "-m", "fmnist.cli", "serve", *flags], capture_output=True, timeout=120,
+                          env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "tensorflow_model_server.args").read_text().split() == flags
