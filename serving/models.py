@@ -40,7 +40,7 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import predict
+from serving import inference, predict
 from serving.predict import ServingError
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ MIXED_PRECISION_MODES = ("", "bfloat16")  # TF Serving's --mixed_precision value
 
 def load_saved_model(
     name: str, version: int, path: str, *, intra_op_threads: int = 0, inter_op_threads: int = 0,
-    mixed_precision: str = "",
+    mixed_precision: str = "", tags: tuple[str, ...] = (SERVE_TAG,),
 ) -> LoadedVersion:
     """The real loader: the ``serve`` meta graph in a session of its own, as TF Serving loads a SavedModel.
 
@@ -84,6 +84,8 @@ def load_saved_model(
     still use the intra-op threads. The session closes when the last request
     holding this version lets go of it. The thread counts are TF Serving's
     ``--tensorflow_intra_op_parallelism`` and ``--tensorflow_inter_op_parallelism`` (0: TF picks).
+
+    ``tags`` pick the meta graph (``--saved_model_tags``, default ``serve``).
 
     ``mixed_precision="bfloat16"`` is TF Serving's ``--mixed_precision=bfloat16``:
     TF's oneDNN auto-mixed-precision rewrite runs the float32 graph's matmuls
@@ -101,7 +103,7 @@ def load_saved_model(
         config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
     session = tf.compat.v1.Session(graph=graph, config=config)
     with graph.as_default(), _tf_warnings_off():  # the v1 loader is "deprecated" for training code, not for this
-        meta_graph = tf.compat.v1.saved_model.loader.load(session, [SERVE_TAG], path)
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), path)
     signature_defs = dict(meta_graph.signature_def)
     signatures = {
         key: predict.Signature(key, definition, _session_callable(session, definition))
@@ -146,10 +148,12 @@ def _session_callable(session: tf.compat.v1.Session, definition: meta_graph_pb2.
     return run
 
 
-def replay_warmup(version: LoadedVersion, limits: predict.Limits) -> int:
+def replay_warmup(version: LoadedVersion, limits: predict.Limits, iterations: int = 1) -> int:
     """Run the version's warmup records, as TF Serving does before a version takes traffic.
 
-    Any failing record fails the load. Returns the number of requests replayed.
+    Predict, Classify, Regress and MultiInference logs are replayed, each
+    ``iterations`` times (``--num_request_iterations_for_warmup``). Any failing
+    record fails the load. Returns the number of records replayed.
     """
     path = Path(version.path, *WARMUP_PATH)
     if not path.is_file():
@@ -159,14 +163,29 @@ def replay_warmup(version: LoadedVersion, limits: predict.Limits) -> int:
         count += 1
         if count > MAX_WARMUP_RECORDS:
             raise ValueError(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
-        log_entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        if log_entry.WhichOneof("log_type") != "predict_log":
-            raise ValueError(f"Unsupported log_type for warmup: {log_entry.WhichOneof('log_type')}")
-        request = log_entry.predict_log.request
+        runs = _warmup_runs(version, prediction_log_pb2.PredictionLog.FromString(record.numpy()), limits)
+        for _ in range(iterations):
+            for signature, inputs in runs:
+                signature.run(inputs)
+    return count
+
+
+def _warmup_runs(
+    version: LoadedVersion, entry: prediction_log_pb2.PredictionLog, limits: predict.Limits
+) -> list[tuple[predict.Signature, dict[str, np.ndarray]]]:
+    """The (signature, inputs) calls one warmup record stands for."""
+    kind = entry.WhichOneof("log_type")
+    if kind == "predict_log":
+        request = entry.predict_log.request
         signature = predict.find_signature(version.signatures, request.model_spec.signature_name)
         inputs, _ = predict.prepare(signature, request, limits)
-        signature.run(inputs)
-    return count
+        return [(signature, inputs)]
+    if kind in ("classify_log", "regress_log", "multi_inference_log"):
+        request = getattr(entry, kind).request
+        specs = [task.model_spec for task in request.tasks] if kind == "multi_inference_log" else [request.model_spec]
+        examples = {inference.INPUTS: inference.serialized_examples(request.input)}
+        return [(inference.find_signature(version.signatures, spec.signature_name), examples) for spec in specs]
+    raise ValueError(f"Unsupported log_type for warmup: {kind}")
 
 
 def version_folders(base_path: str) -> dict[int, str]:

@@ -39,8 +39,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
-    inference_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_pb2,
     model_service_pb2_grpc,
@@ -51,7 +51,6 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from fmnist import names
-
 from serving import batching, inference, metrics, models, predict, protos
 from serving.predict import ServingError
 
@@ -98,6 +97,8 @@ class ServerConfig:
     allow_version_labels_for_unavailable_models: bool = False
     enable_signature_method_name_check: bool = False
     enable_model_warmup: bool = True  # replay assets.extra/tf_serving_warmup_requests before serving
+    num_request_iterations_for_warmup: int = 1  # times each warmup record is replayed
+    saved_model_tags: str = models.SERVE_TAG  # comma-separated tags of the meta graph to load
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -527,13 +528,18 @@ def start(
         monitor.set_versions(model, versions)
 
     if warmup is None:
-        warmup = models.replay_warmup if config.enable_model_warmup else _no_warmup
+        warmup = (
+            functools.partial(models.replay_warmup, iterations=config.num_request_iterations_for_warmup)
+            if config.enable_model_warmup
+            else _no_warmup
+        )
     if loader is None:
         loader = functools.partial(
             models.load_saved_model,
             intra_op_threads=config.tensorflow_intra_op_parallelism,
             inter_op_threads=config.tensorflow_inter_op_parallelism,
             mixed_precision=config.mixed_precision,
+            tags=tuple(tag.strip() for tag in config.saved_model_tags.split(",") if tag.strip()),
         )
     manager = models.ModelManager(
         loader=loader,
@@ -655,6 +661,8 @@ _REAL_FLAGS = (
     "allow_version_labels_for_unavailable_models",
     "enable_signature_method_name_check",
     "enable_model_warmup",
+    "num_request_iterations_for_warmup",
+    "saved_model_tags",
 ) + tuple(_HINT_FLAGS)
 
 
@@ -705,6 +713,10 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
         tf_flags.add_argument(f"--{flag}", nargs="?", const=True, default=False, type=_bool_flag, metavar="BOOL", help=help_text)
     tf_flags.add_argument("--enable_model_warmup", nargs="?", const=True, default=True, type=_bool_flag, metavar="BOOL",
                           help="replay assets.extra/tf_serving_warmup_requests before a version serves (default true)")
+    tf_flags.add_argument("--num_request_iterations_for_warmup", type=int, default=1, metavar="N",
+                          help="replay each warmup record N times")
+    tf_flags.add_argument("--saved_model_tags", default=models.SERVE_TAG, metavar="TAGS",
+                          help="comma-separated tags of the meta graph to load (default serve)")
     for flag, meaning in _HINT_FLAGS.items():
         tf_flags.add_argument(f"--{flag}", metavar="VALUE", help=f"accepted and ignored: {meaning}")
     tf_flags.add_argument("--mixed_precision", default="", choices=models.MIXED_PRECISION_MODES, metavar="MODE",

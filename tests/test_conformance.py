@@ -846,8 +846,75 @@ def test_new_flags_pass_through_to_the_real_binary(tmp_path):
     flags = ["--port=9000", "--model_base_path=/models/m", "--ssl_config_file=/c/ssl.config",
              "--grpc_socket_path=/tmp/tf.sock", "--grpc_channel_arguments=grpc.max_connection_age_ms=2000",
              "--rest_api_timeout_in_ms=5000", "--allow_version_labels_for_unavailable_models=true",
-             "--enable_signature_method_name_check=true", "--enable_model_warmup=false", "--num_load_threads=4"]
+             "--enable_signature_method_name_check=true", "--enable_model_warmup=false",
+             "--num_request_iterations_for_warmup=2", "--saved_model_tags=serve,tpu", "--num_load_threads=4"]
     done = subprocess.run([sys.executable, "-m", "fmnist.cli", "serve", *flags], capture_output=True, timeout=120,
                           env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "tensorflow_model_server.args").read_text().split() == flags
+
+
+def _write_warmup(version_dir: Path, entries) -> None:
+    import tensorflow as tf
+
+    (version_dir / "assets.extra").mkdir()
+    with tf.io.TFRecordWriter(str(version_dir / "assets.extra" / "tf_serving_warmup_requests")) as writer:
+        for entry in entries:
+            writer.write(entry.SerializeToString())
+
+
+def test_num_request_iterations_for_warmup(tfs_models, tmp_path):
+    """saved_model_warmup_test: each warmup record runs --num_request_iterations_for_warmup times
+    before the version serves (the counter counts them)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    base = tmp_path / "counter"
+    shutil.copytree(tfs_models.counter, base)
+    entry = prediction_log_pb2.PredictionLog()
+    entry.predict_log.request.model_spec.signature_name = "incr_counter"
+    _write_warmup(base / "1", [entry])
+    server = start(base, num_request_iterations_for_warmup=3)
+    try:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "default"
+        request.model_spec.signature_name = "get_counter"
+        assert stubs(server).predictions.Predict(request, RPC_TIMEOUT).outputs["output"].float_val == [3.0]
+    finally:
+        server.stop()
+
+
+def test_classify_regress_and_multi_inference_warmup_records(tfs_models, tmp_path):
+    """saved_model_warmup_test: Classify, Regress and MultiInference logs replay too; a record the
+    model fails fails the load."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    good, bad = prediction_log_pb2.PredictionLog(), prediction_log_pb2.PredictionLog()
+    good.classify_log.request.model_spec.signature_name = "classify_x_to_y"
+    example_input(good.classify_log.request)
+    regress = prediction_log_pb2.PredictionLog()
+    regress.regress_log.request.model_spec.signature_name = "regress_x_to_y"
+    example_input(regress.regress_log.request)
+    multi = prediction_log_pb2.PredictionLog()
+    multi.multi_inference_log.request.tasks.add(method_name="tensorflow/serving/regress").model_spec.signature_name = "regress_x_to_y2"
+    example_input(multi.multi_inference_log.request)
+    bad.regress_log.request.model_spec.signature_name = "regress_x_to_y"
+    example_input(bad.regress_log.request, feature="not_x")  # x is a required feature
+    for name, entries, state in (("good", [good, regress, multi], State.AVAILABLE), ("bad", [good, bad], State.END)):
+        base = tmp_path / name
+        shutil.copytree(tfs_models.half_plus_two, base)
+        _write_warmup(base / "00000123", entries)
+        server = start(base)
+        try:
+            assert _status(server, "default") == {123: state}
+        finally:
+            server.stop()
+
+
+def test_saved_model_tags(tfs_models):
+    """--saved_model_tags picks the meta graph: the default serve loads; serve,gpu (absent) fails the load."""
+    for tags, state in (("serve", State.AVAILABLE), ("serve,gpu", State.END)):
+        server = start(tfs_models.half_plus_two, saved_model_tags=tags)
+        try:
+            assert _status(server, "default") == {123: state}
+        finally:
+            server.stop()
