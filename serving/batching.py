@@ -25,7 +25,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Hashable, Mapping
 
 import grpc
@@ -108,6 +107,10 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
         proto = text_format.Parse(text, _BatchingParametersProto())
     except text_format.ParseError as error:
         raise ValueError(f"bad batching parameters: {error}") from None
+    return _parameters(proto)
+
+
+def _parameters(proto) -> BatchingParameters:
     values = {
         name: getattr(proto, name).value
         for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
@@ -132,11 +135,8 @@ def _is_set(proto, name: str) -> bool:
 
 
 def read_batching_parameters(path: str | os.PathLike) -> BatchingParameters:
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ValueError(f"cannot read batching parameters file {path}: {error}") from None
-    return parse_batching_parameters(text)
+    """``--batching_parameters_file``; ValueError naming the problem."""
+    return _parameters(protos.parse_text_file(path, _BatchingParametersProto()))
 
 
 @dataclass

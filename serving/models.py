@@ -34,13 +34,12 @@ from typing import Callable, Iterator, Mapping
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import inference, predict
+from serving import inference, predict, protos
 from serving.predict import ServingError
 
 log = logging.getLogger(__name__)
@@ -237,10 +236,7 @@ def single_model_config(name: str, base_path: str) -> model_server_config_pb2.Mo
 
 def read_config_file(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
     """Parse a text-format ModelServerConfig file (``--model_config_file``); ValueError if bad."""
-    try:
-        return text_format.Parse(Path(path).read_text(), model_server_config_pb2.ModelServerConfig())
-    except (OSError, text_format.ParseError) as error:
-        raise ValueError(f"Invalid protobuf file: '{path}': {error}") from None  # TF Serving's words
+    return protos.parse_text_file(path, model_server_config_pb2.ModelServerConfig())
 
 
 def validate_config(config: model_server_config_pb2.ModelServerConfig) -> None:
@@ -366,18 +362,20 @@ class ModelManager:
             for name, model in models.items():
                 model.config = entries[name]
             removed = [m for name, m in self._models.items() if name not in models]
-            self._models = models
-            for model in removed:
-                self._unload(model, list(model.loaded))
-                self._on_change(model.config.name, [])
+            # New models load while removed ones still serve, as in ServerCore (new routes first).
+            self._models = {**{m.config.name: m for m in removed}, **models}
+            for model in models.values():
+                self._sync(model)
             # As TF Serving's state monitor, a model dropped from the config still reports its
             # versions, in END; one added back starts afresh.
             self._removed = {
                 **{name: m for name, m in self._removed.items() if name not in models},
                 **{m.config.name: m for m in removed},
             }
-            for model in models.values():
-                self._sync(model)
+            self._models = models
+            for model in removed:
+                self._unload(model, list(model.loaded))
+                self._on_change(model.config.name, [])
             for model in models.values():
                 self._apply_labels(model)
 

@@ -108,10 +108,10 @@ def _model_spec(match: re.Match) -> model_pb2.ModelSpec:
     return spec
 
 
-def parse_json(body: bytes) -> Any:
+def _parse_json(body: bytes) -> Any:
     """The request body as JSON, or INVALID_ARGUMENT in rapidjson's words, as TF Serving reports it."""
     if not body.strip():
-        raise predict.invalid("JSON Parse error: The document is empty")
+        raise predict.invalid("JSON Parse error: The document is empty. at offset: 0")
     try:
         return json.loads(body)
     except json.JSONDecodeError as error:
@@ -381,8 +381,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str, path: str) -> tuple[model_pb2.ModelSpec, str]:
         """(model spec, action) of a /v1/ path, as TF Serving's ParseModelInfo reads it."""
-        pattern = _POST_PATH if method == "POST" else _GET_PATH
-        match = pattern.fullmatch(path)
+        pattern = {"POST": _POST_PATH, "GET": _GET_PATH}.get(method)
+        match = pattern.fullmatch(path) if pattern is not None else None
         if match is None:
             raise predict.invalid(f"Malformed request: {method} {path}")
         return _model_spec(match), (match["action"] or "status").lower()
@@ -398,7 +398,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {method} {path}")
             spec, action = self._route(method, path)
             model = spec.name
-            if method == "GET":
+            if method == "GET":  # _route let only GET and POST through
                 handler = self.rest.metadata if action == "metadata" else self.rest.status
                 self._json(HTTPStatus.OK, handler(spec))
             else:
@@ -419,10 +419,17 @@ class _Handler(BaseHTTPRequestHandler):
         if length > self.rest.max_body_bytes:
             self.close_connection = True
             raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"Request body of {length} bytes exceeds the limit of {self.rest.max_body_bytes}")
-        return parse_json(self.rfile.read(length))
+        return _parse_json(self.rfile.read(length))
 
     def do_GET(self) -> None:
         self._answer("GET")
 
     def do_POST(self) -> None:
         self._answer("POST")
+
+    # TF Serving's handler answers every other method on /v1/ paths as a malformed request.
+    def do_PUT(self) -> None:
+        self._answer("PUT")
+
+    def do_DELETE(self) -> None:
+        self._answer("DELETE")

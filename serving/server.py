@@ -34,7 +34,6 @@ from typing import Callable
 
 import grpc
 import numpy as np
-from google.protobuf import text_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -173,10 +172,7 @@ SSLConfig = protos.message_class(_SSL_SCHEMA, "tensorflow.serving.SSLConfig")
 
 def read_ssl_config(path: str | os.PathLike):
     """Parse a text-format SSLConfig (``--ssl_config_file``); ValueError naming the problem."""
-    try:
-        return text_format.Parse(Path(path).read_text(), SSLConfig())
-    except (OSError, text_format.ParseError) as error:
-        raise ValueError(f"Invalid protobuf file: '{path}': {error}") from None
+    return protos.parse_text_file(path, SSLConfig())
 
 
 def _channel_arguments(text: str) -> list[tuple[str, int | str]]:

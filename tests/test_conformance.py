@@ -27,7 +27,6 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 from conformance_models import ConformanceModels, build_all
 from google.protobuf import text_format
@@ -412,10 +411,12 @@ def test_tf2_and_keras_saved_models(tfs_models, model):
     ("POST", "/v1/models/foo/label/some_label:regress", "Malformed request"),
     ("POST", "/v1/models/foo/versions/50/labels/some_label:regress", "Malformed request"),
     ("POST", "/v1/models/foo/versions/some_label:regress", "Malformed request"),
+    ("PUT", "/v1/models/foo:predict", "Malformed request"),
+    ("DELETE", "/v1/models/foo", "Malformed request"),
 ])
 def test_unsupported_api_calls(default_server, method, path, message):
     """REST UnsupportedApiCalls: malformed paths are INVALID_ARGUMENT (400), never 404 or 500."""
-    status, body = rest(default_server, path, method=method, raw=b"" if method == "POST" else None)
+    status, body = rest(default_server, path, method=method, raw=b"" if method in ("POST", "PUT") else None)
     assert status == 400 and message in body["error"]
 
 
@@ -918,3 +919,55 @@ def test_saved_model_tags(tfs_models):
             assert _status(server, "default") == {123: state}
         finally:
             server.stop()
+
+
+def test_get_model_status_impl(default_server):
+    """get_model_status_impl_test: Missing ModelSpec, unknown model, unknown version (NOT_FOUND with
+    TF Serving's words), all versions and one version."""
+    status = stubs(default_server).models.GetModelStatus
+    error = rpc_error(status, get_model_status_pb2.GetModelStatusRequest(), RPC_TIMEOUT)
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "nonexistent"
+    error = rpc_error(status, request, RPC_TIMEOUT)
+    assert (error.code(), error.details()) == (grpc.StatusCode.NOT_FOUND, "Could not find any versions of model nonexistent")
+    request.model_spec.name = "default"
+    request.model_spec.version.value = 999
+    error = rpc_error(status, request, RPC_TIMEOUT)
+    assert (error.code(), error.details()) == (grpc.StatusCode.NOT_FOUND, "Could not find version 999 of model default")
+    request.model_spec.version.value = 123
+    assert [(s.version, s.state) for s in status(request, RPC_TIMEOUT).model_version_status] == [(123, State.AVAILABLE)]
+
+
+def test_get_model_metadata(default_server):
+    """TMS testGetModelMetadata: the gRPC response packs the same signature defs the REST JSON shows."""
+    from google.protobuf import json_format
+
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "default"
+    response = stubs(default_server).predictions.GetModelMetadata(request, RPC_TIMEOUT)
+    signature_defs = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(signature_defs)
+    assert (response.model_spec.name, response.model_spec.version.value) == ("default", 123)
+    as_json = json_format.MessageToDict(
+        signature_defs, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    assert as_json == expected_half_plus_two_metadata("default")["metadata"]["signature_def"]
+
+
+def test_model_config_reload(tfs_models, tmp_path):
+    """TMS testModelConfigReload: with --model_config_file_poll_wait_seconds an edited config file is
+    applied: half_plus_two goes (its version END), half_plus_three serves."""
+    config = tmp_path / "models.config"
+    entry = 'model_config_list { config { name: "%s" base_path: "%s" model_platform: "tensorflow" } }'
+    config.write_text(entry % ("half_plus_two", tfs_models.half_plus_two))
+    server = start(model_config_file=str(config), model_config_file_poll_wait_seconds=0.2)
+    try:
+        verify_predict(stubs(server), 3.0, 123, model="half_plus_two")
+        config.write_text(entry % ("half_plus_three", tfs_models.half_plus_three))
+        deadline = time.monotonic() + 20
+        while _status(server, "half_plus_two") != {123: State.END} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        verify_predict(stubs(server), 4.0, 123, model="half_plus_three")
+        assert _status(server, "half_plus_two") == {123: State.END}
+    finally:
+        server.stop()
