@@ -356,6 +356,9 @@ class ModelManager:
         ServerCore::ReloadConfig waits for them. Raises ServingError.
         """
         validate_config(config)
+        for entry in config.model_config_list.config:
+            if entry.HasField("logging_config"):  # TF Serving samples requests into a log collector
+                log.warning("Model %s: request logging (logging_config) is not implemented; ignored", entry.name)
         with self._sync_lock:
             entries = {entry.name: entry for entry in config.model_config_list.config}
             models = {name: self._models.get(name) or _Model(entry) for name, entry in entries.items()}

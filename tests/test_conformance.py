@@ -374,7 +374,7 @@ def test_prometheus_endpoint(tfs_models, tmp_path):
         verify_predict(stubs(server), 3.0, 123)
         with urllib.request.urlopen(f"http://localhost:{server.rest_port}/monitoring/prometheus/metrics") as response:
             text = response.read().decode()
-        assert ":tensorflow:serving:request_count" in text
+        assert "# TYPE" in text and ":tensorflow:serving:request_count" in text
     finally:
         server.stop()
 
@@ -971,3 +971,21 @@ def test_model_config_reload(tfs_models, tmp_path):
         assert _status(server, "half_plus_two") == {123: State.END}
     finally:
         server.stop()
+
+
+def test_logging_config_is_accepted(tfs_models, tmp_path, caplog):
+    """A ModelConfig with logging_config (TF Serving's request logging) loads and serves; the
+    embedded server, which has no log collector, says once that it ignores it."""
+    config = tmp_path / "models.config"
+    config.write_text(
+        f'model_config_list {{ config {{ name: "default" base_path: "{tfs_models.half_plus_two}" model_platform: "tensorflow" '
+        'logging_config { sampling_config { sampling_rate: 1.0 } } } }'
+    )
+    with caplog.at_level("WARNING", logger="serving.models"):
+        server = start(model_config_file=str(config))
+    try:
+        verify_predict(stubs(server), 3.0, 123)
+    finally:
+        server.stop()
+    assert [r.getMessage() for r in caplog.records if "logging_config" in r.getMessage()] == [
+        "Model default: request logging (logging_config) is not implemented; ignored"]
