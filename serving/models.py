@@ -112,7 +112,6 @@ def load_saved_model(
     return LoadedVersion(name, version, path, signature_defs, signatures, session)
 
 
-
 @contextlib.contextmanager
 def _tf_warnings_off() -> Iterator[None]:
     logger = tf.get_logger()
@@ -260,11 +259,11 @@ def validate_config(config: model_server_config_pb2.ModelServerConfig) -> None:
                 f"Expected model {entry.name} to have an absolute path or URI; got base_path()={entry.base_path}"
             )
     for entry in config.model_config_list.config:
-        _platform(entry)
+        _check_platform(entry)
 
 
-def _platform(entry: model_server_config_pb2.ModelConfig) -> str:
-    """The entry's platform, with ServerCore's GetPlatform checks of the deprecated ``model_type``."""
+def _check_platform(entry: model_server_config_pb2.ModelConfig) -> None:
+    """ServerCore's GetPlatform checks: TensorFlow, named by ``model_platform`` or the deprecated ``model_type``."""
     if entry.model_type != model_server_config_pb2.MODEL_TYPE_UNSPECIFIED:
         if entry.model_platform:
             raise predict.invalid(
@@ -272,14 +271,13 @@ def _platform(entry: model_server_config_pb2.ModelConfig) -> str:
             )
         if entry.model_type != model_server_config_pb2.TENSORFLOW:
             raise predict.invalid(f"ModelServerConfig::model_type choice {entry.model_type} not supported.")
-        return TENSORFLOW_PLATFORM
+        return
     if not entry.model_platform:
         raise predict.invalid(
             "Illegal setting neither ModelServerConfig::model_type (deprecated) nor ModelServerConfig::model_platform."
         )
     if entry.model_platform != TENSORFLOW_PLATFORM:
         raise predict.invalid(f"Model {entry.name} has unsupported model_platform '{entry.model_platform}'")
-    return TENSORFLOW_PLATFORM
 
 
 def _load_error_code(error: Exception) -> grpc.StatusCode:

@@ -495,7 +495,7 @@ def test_rest_keep_alive_answers_without_delayed_ack_stalls(default_server):
             connection.request("POST", "/v1/models/default:predict", body)
             response = connection.getresponse()
             assert json.loads(response.read()) == {"predictions": [3.0]}
-        assert time.perf_counter() - started < 20 * 0.040 / 2
+        assert time.perf_counter() - started < 20 * 0.040 * 0.75  # stalls alone would take 0.8 s
     finally:
         connection.close()
 
