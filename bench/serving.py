@@ -14,7 +14,10 @@ measures its worst case) it measures, side by side in one run:
   can approach; and prints served ÷ direct;
 - the same calls to a server that runs no model (bench/_floor_server.py):
   what the client, gRPC and protobuf alone cost, the floor under any
-  Python-served number.
+  Python-served number;
+- one image through REST ``:predict`` on kept-alive connections (the way
+  HTTP clients call it): p50/p99 on one connection, images/s on 1 and 16
+  (batching off).
 
 The server runs in a child process (``python -m serving.server``) so client
 and server do not share a GIL; both share the machine's cores, as on a
@@ -33,6 +36,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import tempfile
 import threading
 import time
@@ -95,6 +100,23 @@ def throughput(call: Callable[[], int], concurrency: int, seconds: float) -> flo
     if errors:
         raise errors[0]
     return sum(done) / (max(finished) - window["start"])
+
+
+def rest_predict(port: int, model: str, body: bytes) -> Callable[[], int]:
+    """One REST :predict per call, on a kept-alive connection of the calling thread's own."""
+    local = threading.local()
+
+    def call() -> int:
+        if not hasattr(local, "connection"):
+            local.connection = http.client.HTTPConnection("127.0.0.1", port)
+        local.connection.request("POST", f"/v1/models/{model}:predict", body, {"Content-Type": "application/json"})
+        response = local.connection.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"REST predict failed: {response.status} {payload[:200]!r}")
+        return 1
+
+    return call
 
 
 def latencies(call: Callable[[], object], count: int) -> list[float]:
@@ -181,10 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         row["floor"] = floor_rates[row["images"], row["concurrency"]]
         row["floor_ratio"] = row["floor"] / row["direct"]  # the best served ÷ direct a Python server could show
 
-    server_rss = {}
+    server_rss, rest_rows = {}, []
     for batching in (False, True):
         mode = "batching" if batching else "no batching"
-        flags = ["--model_config_file", str(work / "models.config"), "--file_system_poll_wait_seconds", "0"]
+        rest_port = _common.free_port()
+        flags = ["--model_config_file", str(work / "models.config"), "--file_system_poll_wait_seconds", "0",
+                 "--rest_api_port", str(rest_port)]
         if batching:
             flags += ["--enable_batching", "--batching_parameters_file", str(work / "batching.config")]
         server = _common.ServerProcess(flags, profiles[0], work / f"server-{int(batching)}.log")
@@ -204,6 +228,16 @@ def main(argv: list[str] | None = None) -> int:
                         key = "served_batching" if batching else "served"
                         row[key], row[key + "_ratio"] = rate, rate / row["direct"]
                         print(f"  {profile} {mode} {n} img x {c}: {rate:,.0f} images/s", flush=True)
+                if not batching:
+                    body = json.dumps({"instances": pixels[:1].tolist()}).encode()
+                    rest_ms = latencies(rest_predict(rest_port, profile, body), args.requests)
+                    row = {"profile": profile, "p50_ms": _common.percentile(rest_ms, 50),
+                           "p99_ms": _common.percentile(rest_ms, 99)}
+                    for connections in (1, 16):
+                        row[f"images_s_{connections}_conn"] = throughput(
+                            rest_predict(rest_port, profile, body), connections, args.seconds)
+                    rest_rows.append(row)
+                    print(f"  {profile} REST keep-alive: p50 {row['p50_ms']:.2f} ms", flush=True)
         finally:
             server_rss[mode] = server.stop()
 
@@ -213,10 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     columns = ["profile", "images", "concurrency", "direct", "floor", "floor_ratio", "served", "served_ratio", "served_batching",
                "served_batching_ratio"]
     print(_common.table(rows, columns))
+    print("\nREST :predict, one image, kept-alive connections, batching off\n")
+    print(_common.table(rest_rows, ["profile", "p50_ms", "p99_ms", "images_s_1_conn", "images_s_16_conn"]))
     print("\nfloor: the same calls to a server that runs no model (bench/_floor_server.py)")
     print(f"server peak RSS (MiB): {', '.join(f'{k} {v:.0f}' for k, v in server_rss.items())}")
     path = _common.write_results("serving", {
-        "args": {k: str(v) for k, v in vars(args).items()}, "batching_parameters": BATCHING, "latency": latency_rows, "throughput": rows,
+        "args": {k: str(v) for k, v in vars(args).items()}, "batching_parameters": BATCHING, "latency": latency_rows, "throughput": rows, "rest_keep_alive": rest_rows,
         "server_peak_rss_mib": server_rss,
     })
     print(f"wrote {path}")

@@ -2,10 +2,12 @@
 
 Server side: ``serving.server`` (``fmnist serve``; start/run/main) over
 ``models`` (versions, policies, polling, loading, warmup), ``predict``
-(validation, tensors, TF Serving's errors), ``batching`` (BatchingParameters),
-``rest`` and ``metrics``. Client side: ``client`` (the library) and
-``classify`` (``fmnist classify``), over ``apis``: TF Serving's protos
-without TensorFlow's runtime. ``models.config``, ``batching.config`` and
+(validation, tensors, TF Serving's errors), ``inference`` (Classify, Regress,
+MultiInference), ``batching`` (BatchingParameters), ``request_log``
+(logging_config: PredictionLog files), ``rest`` and ``metrics``. Client side:
+``client`` (the library), ``classify`` (``fmnist classify``) and ``label``
+(``fmnist label``), over ``apis`` (TF Serving's protos without TensorFlow's
+runtime) and ``tensors``. ``models.config``, ``batching.config`` and
 ``monitoring.config`` are for the real tensorflow/serving image.
 
 Usage: ``from serving.server import ServerConfig, start``

@@ -25,7 +25,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Hashable, Mapping
 
 import grpc
@@ -38,7 +37,8 @@ from serving.predict import ServingError
 log = logging.getLogger(__name__)
 
 
-# tensorflow.serving.BatchingParameters (session_bundle_config.proto), the fields supported here.
+# tensorflow.serving.BatchingParameters (session_bundle_config.proto), every field, so any file
+# the real server reads parses here too.
 _SCHEMA = """
 name: "fmnist/batching_parameters.proto" package: "tensorflow.serving" syntax: "proto3"
 dependency: "google/protobuf/wrappers.proto"
@@ -50,8 +50,28 @@ message_type {
   field { name: "num_batch_threads" number: 4 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
   field { name: "allowed_batch_sizes" number: 6 label: LABEL_REPEATED type: TYPE_INT64 }
   field { name: "pad_variable_length_inputs" number: 7 label: LABEL_OPTIONAL type: TYPE_BOOL }
+  field { name: "thread_pool_name" number: 5 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.StringValue" }
+  field { name: "enable_large_batch_splitting" number: 8 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.BoolValue" }
+  field { name: "max_execution_batch_size" number: 9 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
+  field { name: "low_priority_max_batch_size" number: 10 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
+  field { name: "low_priority_batch_timeout_micros" number: 11 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
+  field { name: "low_priority_max_enqueued_batches" number: 12 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
+  field { name: "low_priority_allowed_batch_sizes" number: 13 label: LABEL_REPEATED type: TYPE_INT64 }
+  field { name: "mixed_priority_batching_policy" number: 14 label: LABEL_OPTIONAL type: TYPE_STRING }
 }
 """
+# Fields TF Serving uses to split oversized requests and to schedule low-priority traffic: the
+# embedded server has neither (a request above max_batch_size is refused; every request is high
+# priority), so they are accepted and their being ignored is logged.
+_NOT_HONOURED = (
+    "enable_large_batch_splitting",
+    "max_execution_batch_size",
+    "low_priority_max_batch_size",
+    "low_priority_batch_timeout_micros",
+    "low_priority_max_enqueued_batches",
+    "low_priority_allowed_batch_sizes",
+    "mixed_priority_batching_policy",
+)
 _BatchingParametersProto = protos.message_class(_SCHEMA, "tensorflow.serving.BatchingParameters")
 
 
@@ -65,6 +85,7 @@ class BatchingParameters:
     num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     allowed_batch_sizes: tuple[int, ...] = ()
     pad_variable_length_inputs: bool = False
+    thread_pool_name: str = "batch_threads"  # names the batch threads
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
@@ -86,24 +107,36 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
         proto = text_format.Parse(text, _BatchingParametersProto())
     except text_format.ParseError as error:
         raise ValueError(f"bad batching parameters: {error}") from None
+    return _parameters(proto)
+
+
+def _parameters(proto) -> BatchingParameters:
     values = {
         name: getattr(proto, name).value
         for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
         if proto.HasField(name)
     }
+    ignored = [name for name in _NOT_HONOURED if _is_set(proto, name)]
+    if ignored:
+        log.warning("Batching parameters the embedded server does not implement are ignored: %s", ", ".join(ignored))
     return BatchingParameters(
         **values,
         allowed_batch_sizes=tuple(proto.allowed_batch_sizes),
         pad_variable_length_inputs=proto.pad_variable_length_inputs,
+        **({"thread_pool_name": proto.thread_pool_name.value} if proto.HasField("thread_pool_name") else {}),
     )
 
 
+def _is_set(proto, name: str) -> bool:
+    field = proto.DESCRIPTOR.fields_by_name[name]
+    if field.label == field.LABEL_REPEATED:
+        return bool(getattr(proto, name))
+    return proto.HasField(name) if field.message_type is not None else bool(getattr(proto, name))
+
+
 def read_batching_parameters(path: str | os.PathLike) -> BatchingParameters:
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ValueError(f"cannot read batching parameters file {path}: {error}") from None
-    return parse_batching_parameters(text)
+    """``--batching_parameters_file``; ValueError naming the problem."""
+    return _parameters(protos.parse_text_file(path, _BatchingParametersProto()))
 
 
 @dataclass
@@ -125,9 +158,12 @@ class _Queue:
 
 
 def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:
-    sizes = {array.shape[0] if array.ndim else -1 for array in inputs.values()}
-    if len(sizes) != 1 or -1 in sizes:
-        raise predict.invalid("Batching session Run() input tensors must have equal 0th-dimension size")
+    """The rows of a request, with batching_session.cc's checks and messages."""
+    if any(array.ndim == 0 for array in inputs.values()):
+        raise predict.invalid("Batching Run() input tensors must have at least one dimension")
+    sizes = {array.shape[0] for array in inputs.values()}
+    if len(sizes) != 1:
+        raise predict.invalid("Batching Run() input tensors must have equal 0th-dimension size")
     return sizes.pop()
 
 
@@ -172,7 +208,8 @@ class BatchScheduler:
         self._queues: dict[Hashable, _Queue] = {}
         self._closed = False
         self._workers = [
-            threading.Thread(target=self._work, name=f"batch-{i}", daemon=True) for i in range(params.num_batch_threads)
+            threading.Thread(target=self._work, name=f"{params.thread_pool_name}-{i}", daemon=True)
+            for i in range(params.num_batch_threads)
         ]
         for worker in self._workers:
             worker.start()

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import prometheus_client
-from google.protobuf import text_format
 
 from serving import protos
 
@@ -48,11 +46,7 @@ class MonitoringConfig:
 
 def read_monitoring_config(path: str | os.PathLike) -> MonitoringConfig:
     """Parse a text-format MonitoringConfig; ValueError naming the problem."""
-    try:
-        proto = text_format.Parse(Path(path).read_text(), _MonitoringConfigProto())
-    except (OSError, text_format.ParseError) as error:
-        raise ValueError(f"cannot read monitoring config file {path}: {error}") from None
-    prometheus = proto.prometheus_config
+    prometheus = protos.parse_text_file(path, _MonitoringConfigProto()).prometheus_config
     return MonitoringConfig(prometheus.enable, prometheus.path or DEFAULT_PATH)
 
 

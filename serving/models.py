@@ -34,13 +34,12 @@ from typing import Callable, Iterator, Mapping
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import text_format
 from google.protobuf.message import DecodeError
-from tensorflow.core.protobuf import meta_graph_pb2, rewriter_config_pb2
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import predict
+from serving import inference, predict, protos
 from serving.predict import ServingError
 
 log = logging.getLogger(__name__)
@@ -49,6 +48,8 @@ State = get_model_status_pb2.ModelVersionStatus.State
 SERVE_TAG = "serve"
 WARMUP_PATH = ("assets.extra", "tf_serving_warmup_requests")  # where TF Serving looks
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+FILE_SCHEME = "file://"
+TENSORFLOW_PLATFORM = "tensorflow"
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ MIXED_PRECISION_MODES = ("", "bfloat16")  # TF Serving's --mixed_precision value
 
 def load_saved_model(
     name: str, version: int, path: str, *, intra_op_threads: int = 0, inter_op_threads: int = 0,
-    mixed_precision: str = "",
+    mixed_precision: str = "", tags: tuple[str, ...] = (SERVE_TAG,),
 ) -> LoadedVersion:
     """The real loader: the ``serve`` meta graph in a session of its own, as TF Serving loads a SavedModel.
 
@@ -82,6 +83,8 @@ def load_saved_model(
     still use the intra-op threads. The session closes when the last request
     holding this version lets go of it. The thread counts are TF Serving's
     ``--tensorflow_intra_op_parallelism`` and ``--tensorflow_inter_op_parallelism`` (0: TF picks).
+
+    ``tags`` pick the meta graph (``--saved_model_tags``, default ``serve``).
 
     ``mixed_precision="bfloat16"`` is TF Serving's ``--mixed_precision=bfloat16``:
     TF's oneDNN auto-mixed-precision rewrite runs the float32 graph's matmuls
@@ -99,7 +102,7 @@ def load_saved_model(
         config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
     session = tf.compat.v1.Session(graph=graph, config=config)
     with graph.as_default(), _tf_warnings_off():  # the v1 loader is "deprecated" for training code, not for this
-        meta_graph = tf.compat.v1.saved_model.loader.load(session, [SERVE_TAG], path)
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), path)
     signature_defs = dict(meta_graph.signature_def)
     signatures = {
         key: predict.Signature(key, definition, _session_callable(session, definition))
@@ -107,9 +110,6 @@ def load_saved_model(
         if not key.startswith("__")  # __saved_model_init_op: run by the loader, not callable
     }
     return LoadedVersion(name, version, path, signature_defs, signatures, session)
-
-
-_INLINE = tf.compat.v1.RunOptions(inter_op_thread_pool=-1)
 
 
 @contextlib.contextmanager
@@ -124,23 +124,34 @@ def _tf_warnings_off() -> Iterator[None]:
 
 
 def _session_callable(session: tf.compat.v1.Session, definition: meta_graph_pb2.SignatureDef) -> predict.Function:
+    """The signature as one session callable, fed and fetched by tensor name, run inline.
+
+    Built from CallableOptions, as TF Serving's session runs it: the feeds go to the C++
+    session as they are, which refuses a wrong dtype ("Expects arg[0] to be float but string
+    is provided") and leaves shapes to the graph. (``Session.make_callable`` with a feed list
+    would go through ``Session.run``, which casts feeds and refuses shapes the placeholder
+    does not declare, unlike TF Serving.)
+    """
     inputs, outputs = sorted(definition.inputs), sorted(definition.outputs)
-    call = session.make_callable(
-        [definition.outputs[alias].name for alias in outputs],
-        feed_list=[definition.inputs[alias].name for alias in inputs],
-        accept_options=True,
+    options = config_pb2.CallableOptions(
+        feed=[definition.inputs[alias].name for alias in inputs],
+        fetch=[definition.outputs[alias].name for alias in outputs],
     )
+    options.run_options.inter_op_thread_pool = -1
+    call = session._make_callable_from_options(options)  # the public make_callable's fetch-only path
 
     def run(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(outputs, call(*(arrays[alias] for alias in inputs), options=_INLINE)))
+        return dict(zip(outputs, call(*(arrays[alias] for alias in inputs))))
 
     return run
 
 
-def replay_warmup(version: LoadedVersion, limits: predict.Limits) -> int:
+def replay_warmup(version: LoadedVersion, limits: predict.Limits, iterations: int = 1) -> int:
     """Run the version's warmup records, as TF Serving does before a version takes traffic.
 
-    Any failing record fails the load. Returns the number of requests replayed.
+    Predict, Classify, Regress and MultiInference logs are replayed, each
+    ``iterations`` times (``--num_request_iterations_for_warmup``). Any failing
+    record fails the load. Returns the number of records replayed.
     """
     path = Path(version.path, *WARMUP_PATH)
     if not path.is_file():
@@ -150,24 +161,56 @@ def replay_warmup(version: LoadedVersion, limits: predict.Limits) -> int:
         count += 1
         if count > MAX_WARMUP_RECORDS:
             raise ValueError(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
-        log_entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        if log_entry.WhichOneof("log_type") != "predict_log":
-            raise ValueError(f"Unsupported log_type for warmup: {log_entry.WhichOneof('log_type')}")
-        request = log_entry.predict_log.request
-        signature = predict.find_signature(version.signatures, request.model_spec.signature_name)
-        inputs, _ = predict.prepare(signature, request, limits)
-        signature.run(inputs)
+        runs = _warmup_runs(version, prediction_log_pb2.PredictionLog.FromString(record.numpy()), limits)
+        for _ in range(iterations):
+            for signature, inputs in runs:
+                signature.run(inputs)
     return count
 
 
-def list_versions(base_path: str) -> list[int]:
-    """Numeric sub-directories of ``base_path``; anything else (staging dirs, files) is ignored.
+def _warmup_runs(
+    version: LoadedVersion, entry: prediction_log_pb2.PredictionLog, limits: predict.Limits
+) -> list[tuple[predict.Signature, dict[str, np.ndarray]]]:
+    """The (signature, inputs) calls one warmup record stands for."""
+    kind = entry.WhichOneof("log_type")
+    if kind == "predict_log":
+        request = entry.predict_log.request
+        signature = predict.find_signature(version.signatures, request.model_spec.signature_name)
+        inputs, _ = predict.prepare(signature, request, limits)
+        return [(signature, inputs)]
+    if kind in ("classify_log", "regress_log", "multi_inference_log"):
+        request = getattr(entry, kind).request
+        specs = [task.model_spec for task in request.tasks] if kind == "multi_inference_log" else [request.model_spec]
+        examples = {inference.INPUTS: inference.serialized_examples(request.input)}
+        return [(inference.find_signature(version.signatures, spec.signature_name), examples) for spec in specs]
+    raise ValueError(f"Unsupported log_type for warmup: {kind}")
 
-    Raises OSError when ``base_path`` itself cannot be listed: a missing base
-    path is not an empty one, and must not unload what is serving.
+
+def version_folders(base_path: str) -> dict[int, str]:
+    """Version → folder name for the numeric sub-directories of ``base_path``, oldest first.
+
+    A folder name is parsed as a number, as TF Serving's file-system source
+    does, so ``00000123`` is version 123 (and is loaded from ``00000123``);
+    anything else (staging dirs, files) is ignored. Raises OSError when
+    ``base_path`` itself cannot be listed: a missing base path is not an
+    empty one, and must not unload what is serving.
     """
-    with os.scandir(base_path) as entries:
-        return sorted(int(e.name) for e in entries if e.name.isdigit() and e.is_dir())
+    folders: dict[int, str] = {}
+    with os.scandir(local_path(base_path)) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name.isascii() and entry.name.isdigit() and entry.is_dir():
+                folders.setdefault(int(entry.name), entry.name)
+    return dict(sorted(folders.items()))
+
+
+def local_path(base_path: str) -> str:
+    """A base path as a local path: TF Serving takes ``file://`` URIs for local directories."""
+    return base_path[len(FILE_SCHEME):] if base_path.startswith(FILE_SCHEME) else base_path
+
+
+def _is_relative(base_path: str) -> bool:
+    """TF Serving's UriIsRelativePath: no scheme, no host and not an absolute path."""
+    return "://" not in base_path and not os.path.isabs(base_path)
 
 
 def aspired_versions(config: model_server_config_pb2.ModelConfig, present: list[int]) -> set[int]:
@@ -186,16 +229,13 @@ def single_model_config(name: str, base_path: str) -> model_server_config_pb2.Mo
     """The config ``--model_name``/``--model_base_path`` stand for."""
     config = model_server_config_pb2.ModelServerConfig()
     entry = config.model_config_list.config.add()
-    entry.name, entry.base_path, entry.model_platform = name, base_path, "tensorflow"
+    entry.name, entry.base_path, entry.model_platform = name, base_path, TENSORFLOW_PLATFORM
     return config
 
 
 def read_config_file(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
     """Parse a text-format ModelServerConfig file (``--model_config_file``); ValueError if bad."""
-    try:
-        return text_format.Parse(Path(path).read_text(), model_server_config_pb2.ModelServerConfig())
-    except (OSError, text_format.ParseError) as error:
-        raise ValueError(f"cannot read model config file {path}: {error}") from None
+    return protos.parse_text_file(path, model_server_config_pb2.ModelServerConfig())
 
 
 def validate_config(config: model_server_config_pb2.ModelServerConfig) -> None:
@@ -214,8 +254,30 @@ def validate_config(config: model_server_config_pb2.ModelServerConfig) -> None:
         seen.add(entry.name)
         if not entry.base_path:
             raise predict.invalid(f"Model {entry.name} has no base_path")
-        if entry.model_platform not in ("", "tensorflow"):
-            raise predict.invalid(f"Model {entry.name} has unsupported model_platform '{entry.model_platform}'")
+        if _is_relative(entry.base_path):
+            raise predict.invalid(
+                f"Expected model {entry.name} to have an absolute path or URI; got base_path()={entry.base_path}"
+            )
+    for entry in config.model_config_list.config:
+        _check_platform(entry)
+
+
+def _check_platform(entry: model_server_config_pb2.ModelConfig) -> None:
+    """ServerCore's GetPlatform checks: TensorFlow, named by ``model_platform`` or the deprecated ``model_type``."""
+    if entry.model_type != model_server_config_pb2.MODEL_TYPE_UNSPECIFIED:
+        if entry.model_platform:
+            raise predict.invalid(
+                "Illegal setting both ModelServerConfig::model_type (deprecated) and ModelServerConfig::model_platform."
+            )
+        if entry.model_type != model_server_config_pb2.TENSORFLOW:
+            raise predict.invalid(f"ModelServerConfig::model_type choice {entry.model_type} not supported.")
+        return
+    if not entry.model_platform:
+        raise predict.invalid(
+            "Illegal setting neither ModelServerConfig::model_type (deprecated) nor ModelServerConfig::model_platform."
+        )
+    if entry.model_platform != TENSORFLOW_PLATFORM:
+        raise predict.invalid(f"Model {entry.name} has unsupported model_platform '{entry.model_platform}'")
 
 
 def _load_error_code(error: Exception) -> grpc.StatusCode:
@@ -248,6 +310,7 @@ class _Model:
     labels: Mapping[str, int] = field(default_factory=dict)
     statuses: dict[int, VersionStatus] = field(default_factory=dict)
     failed: set[int] = field(default_factory=set)  # retries used up: not loaded again while their directory stays
+    folders: Mapping[int, str] = field(default_factory=dict)  # version → its folder's name, from the last scan
     scan_problem: str | None = None  # what the last scan of base_path found wrong, logged once per spell
 
 
@@ -263,9 +326,12 @@ class ModelManager:
         on_change: Callable[[str, list[int]], None] = lambda name, versions: None,
         max_num_load_retries: int = 5,
         load_retry_interval_micros: int = 60_000_000,
+        allow_version_labels_for_unavailable_models: bool = False,
     ):
-        """``max_num_load_retries`` and ``load_retry_interval_micros`` mean what TF Serving's flags
-        of those names mean, with the same defaults (5 retries, one minute apart; negative: no wait)."""
+        """``max_num_load_retries``, ``load_retry_interval_micros`` and
+        ``allow_version_labels_for_unavailable_models`` mean what TF Serving's flags of those
+        names mean, with the same defaults (5 retries, one minute apart; negative: no wait)."""
+        self._labels_for_unavailable = allow_version_labels_for_unavailable_models
         self._loader = loader
         self._max_num_load_retries = max(max_num_load_retries, 0)
         self._load_retry_interval = max(load_retry_interval_micros, 0) / 1e6
@@ -273,6 +339,7 @@ class ModelManager:
         self._limits = limits
         self._on_change = on_change
         self._models: Mapping[str, _Model] = {}
+        self._removed: Mapping[str, _Model] = {}  # dropped from the config; kept for their statuses
         self._sync_lock = threading.Lock()  # one reload/poll at a time
         self._status_lock = threading.Lock()  # statuses, read by GetModelStatus
         self._stop = threading.Event()
@@ -287,18 +354,29 @@ class ModelManager:
         ServerCore::ReloadConfig waits for them. Raises ServingError.
         """
         validate_config(config)
+        for entry in config.model_config_list.config:
+            if entry.HasField("logging_config"):  # TF Serving samples requests into a log collector
+                log.warning("Model %s: request logging (logging_config) is not implemented; ignored", entry.name)
         with self._sync_lock:
             entries = {entry.name: entry for entry in config.model_config_list.config}
             models = {name: self._models.get(name) or _Model(entry) for name, entry in entries.items()}
             for name, model in models.items():
                 model.config = entries[name]
             removed = [m for name, m in self._models.items() if name not in models]
+            # New models load while removed ones still serve, as in ServerCore (new routes first).
+            self._models = {**{m.config.name: m for m in removed}, **models}
+            for model in models.values():
+                self._sync(model)
+            # As TF Serving's state monitor, a model dropped from the config still reports its
+            # versions, in END; one added back starts afresh.
+            self._removed = {
+                **{name: m for name, m in self._removed.items() if name not in models},
+                **{m.config.name: m for m in removed},
+            }
             self._models = models
             for model in removed:
                 self._unload(model, list(model.loaded))
                 self._on_change(model.config.name, [])
-            for model in models.values():
-                self._sync(model)
             for model in models.values():
                 self._apply_labels(model)
 
@@ -338,7 +416,8 @@ class ModelManager:
     def _sync(self, model: _Model) -> None:
         name, base_path = model.config.name, model.config.base_path
         try:
-            present = list_versions(base_path)
+            model.folders = version_folders(base_path)
+            present = list(model.folders)
             problem = None if present else f"No versions of servable {name} found under base path {base_path}"
         except OSError as error:
             present, problem = None, f"Could not find base path {base_path} for servable {name} with error {error}"
@@ -360,7 +439,8 @@ class ModelManager:
             self._on_change(name, sorted(model.loaded))
 
     def _load(self, model: _Model, version: int) -> bool:
-        name, path = model.config.name, os.path.join(model.config.base_path, str(version))
+        folder = model.folders.get(version, str(version))
+        name, path = model.config.name, os.path.join(local_path(model.config.base_path), folder)
         self._set_status(model, version, VersionStatus(State.LOADING))
         log.info("Loading servable: {name: %s version: %d} from %s", name, version, path)
         loaded: LoadedVersion | None = None
@@ -394,7 +474,7 @@ class ModelManager:
         """Whether a failing version is still worth retrying: TF Serving cancels the retries of a
         version its source no longer aspires (its directory went, or a newer one displaced it)."""
         try:
-            return version in aspired_versions(model.config, list_versions(model.config.base_path))
+            return version in aspired_versions(model.config, list(version_folders(model.config.base_path)))
         except OSError:  # an unlistable base path aspires nothing new, and withdraws nothing either
             return True
 
@@ -407,9 +487,13 @@ class ModelManager:
             log.info("Unloaded servable {name: %s version: %d}", model.config.name, version)
 
     def _apply_labels(self, model: _Model) -> None:
+        """Labels must name available versions; with ``allow_version_labels_for_unavailable_models``
+        a label not yet in use may name one still to come (TF Serving's rule: moving a label in
+        use to an unavailable version would send its traffic nowhere)."""
         labels = dict(model.config.version_labels)
         for label, version in labels.items():
-            if version not in model.loaded:
+            new_label = label not in model.labels
+            if version not in model.loaded and not (self._labels_for_unavailable and new_label):
                 raise ServingError(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"Request to assign label to version {version} of model {model.config.name}, "
@@ -421,6 +505,8 @@ class ModelManager:
 
     def resolve(self, spec: model_pb2.ModelSpec) -> LoadedVersion:
         """The loaded version a ModelSpec names: explicit version, label, or the latest."""
+        if not spec.name:
+            raise predict.invalid("ModelSpec has no name specified.")
         model = self._models.get(spec.name)
         choice = spec.WhichOneof("version_choice")
         if choice == "version_label":
@@ -439,7 +525,7 @@ class ModelManager:
 
     def statuses(self, name: str, version: int | None = None) -> list[tuple[int, VersionStatus]]:
         """(version, status) newest first, as GetModelStatus lists them; NOT_FOUND as TF Serving."""
-        model = self._models.get(name)
+        model = self._models.get(name) or self._removed.get(name)
         with self._status_lock:
             statuses = dict(model.statuses) if model is not None else {}
         if version is not None:

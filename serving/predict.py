@@ -51,6 +51,10 @@ def invalid(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+def failed_precondition(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Limits on what a request may make the server allocate or decode."""
@@ -111,7 +115,7 @@ def find_signature(signatures: Mapping[str, Signature], signature_name: str) -> 
     """The signature a request names ('' is serving_default); FAILED_PRECONDITION if absent."""
     key = signature_name or DEFAULT_SIGNATURE
     if key not in signatures:
-        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
+        raise failed_precondition(f'Serving signature key "{key}" not found.')
     return signatures[key]
 
 
@@ -167,24 +171,27 @@ def array_to_tensor(array: np.ndarray, proto: tensor_pb2.TensorProto) -> None:
     getattr(proto, field).extend(values.tolist())
 
 
-def _shape_text(dims: Sequence[int]) -> str:
-    return "[" + ",".join(str(d) for d in dims) + "]"
+PREDICT_METHODS = (
+    tf.saved_model.PREDICT_METHOD_NAME,
+    tf.saved_model.CLASSIFY_METHOD_NAME,
+    tf.saved_model.REGRESS_METHOD_NAME,
+)
 
 
-def _check_input(alias: str, array: np.ndarray, info: meta_graph_pb2.TensorInfo, proto_dtype: int) -> None:
-    if proto_dtype != info.dtype:
-        raise invalid(
-            f"input '{alias}' has dtype {types_pb2.DataType.Name(proto_dtype)} "
-            f"but the signature expects {types_pb2.DataType.Name(info.dtype)}"
+def check_method_name(definition: meta_graph_pb2.SignatureDef) -> None:
+    """``--enable_signature_method_name_check``: Predict runs predict, classify and regress
+    signatures only (INTERNAL, as TF Serving's VerifySignature answers)."""
+    if definition.method_name not in PREDICT_METHODS:
+        raise ServingError(
+            grpc.StatusCode.INTERNAL,
+            f"Expected prediction signature method_name to be one of {{{', '.join(PREDICT_METHODS)}}}. "
+            f"Was: {definition.method_name}",
         )
-    if info.tensor_shape.unknown_rank:
-        return
-    expected = [d.size for d in info.tensor_shape.dim]
-    if len(expected) != array.ndim or any(e >= 0 and e != a for e, a in zip(expected, array.shape)):
-        raise invalid(
-            f"input '{alias}' has shape {_shape_text(array.shape)} "
-            f"but the signature expects {_shape_text(expected)} (-1: any size)"
-        )
+
+
+def dtype_text(dtype: int) -> str:
+    """TensorFlow's DataTypeString: DT_FLOAT → float, DT_INT32 → int32, DT_STRING → string."""
+    return types_pb2.DataType.Name(dtype)[len("DT_"):].lower()
 
 
 def _header_size(value: bytes) -> tuple[int, int] | None:
@@ -239,7 +246,8 @@ def _check_images(alias: str, array: np.ndarray, limits: Limits) -> None:
 def prepare(
     signature: Signature, request: predict_pb2.PredictRequest, limits: Limits
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Validated input arrays and the output aliases to return, or INVALID_ARGUMENT."""
+    """Input arrays and the output aliases to return, or INVALID_ARGUMENT for what TF Serving checks
+    before running: input and output aliases, tensor parsing, and (ours) image and tensor sizes."""
     definition = signature.definition
     if len(request.inputs) != len(definition.inputs):
         sent, wanted = set(request.inputs), set(definition.inputs)
@@ -260,7 +268,14 @@ def prepare(
             array = tensor_to_array(proto, limits.max_tensor_bytes)
         except Exception as error:
             raise invalid(f"tensor parsing error: {alias}: {error}") from None
-        _check_input(alias, array, definition.inputs[alias], proto.dtype)
+        # Shapes are not checked against the signature, as in TF Serving's predict_util.cc: the
+        # graph decides (a [-1, 1] input fed [1] runs). A dtype the session would refuse is
+        # refused here in the session's words, as TF Serving reports it.
+        if proto.dtype != definition.inputs[alias].dtype:
+            raise invalid(
+                f"Expects arg[{sorted(definition.inputs).index(alias)}] to be "
+                f"{dtype_text(definition.inputs[alias].dtype)} but {dtype_text(proto.dtype)} is provided"
+            )
         if proto.dtype == types_pb2.DT_STRING:
             _check_images(alias, array, limits)
         inputs[alias] = array

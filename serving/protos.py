@@ -5,12 +5,22 @@
 server; building the same messages from a schema here gives the same text
 format and the same parse errors, without vendoring generated code.
 
-Usage: ``Cls = message_class(SCHEMA, "tensorflow.serving.MonitoringConfig")``
+Usage::
+
+    Cls = message_class(SCHEMA, "tensorflow.serving.MonitoringConfig")
+    config = parse_text_file("monitoring.config", Cls())
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import TypeVar
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+from google.protobuf.message import Message
+
+M = TypeVar("M", bound=Message)
 
 
 def message_class(schema: str, full_name: str) -> type:
@@ -23,3 +33,12 @@ def message_class(schema: str, full_name: str) -> type:
     pool.Add(descriptor_pb2.FileDescriptorProto.FromString(wrappers_pb2.DESCRIPTOR.serialized_pb))
     pool.Add(text_format.Parse(schema, descriptor_pb2.FileDescriptorProto()))
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(full_name))
+
+
+def parse_text_file(path: str | os.PathLike, message: M) -> M:
+    """``message`` filled from the text-format file ``path``; ValueError in TF Serving's words
+    ("Invalid protobuf file: '<path>'", as its ParseProtoTextFile reports every config file), with why."""
+    try:
+        return text_format.Parse(Path(path).read_text(), message)
+    except (OSError, text_format.ParseError) as error:
+        raise ValueError(f"Invalid protobuf file: '{path}': {error}") from None

@@ -39,16 +39,18 @@ from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 from tensorflow_serving.config import model_server_config_pb2
 
 from fmnist import names
-from serving import batching, classification, metrics, models, predict
+from serving import batching, inference, metrics, models, predict, protos
 from serving.predict import ServingError
 
 log = logging.getLogger(__name__)
@@ -87,10 +89,22 @@ class ServerConfig:
     max_tensor_bytes: int = predict.DEFAULT_MAX_TENSOR_BYTES
     tls_cert: str | None = None  # PEM files; both or neither
     tls_key: str | None = None
+    ssl_config_file: str | None = None  # text-format SSLConfig: TF Serving's way to TLS (and mutual TLS)
+    grpc_socket_path: str = ""  # also serve gRPC on this Unix socket
+    grpc_channel_arguments: str = ""  # "key=value,...": gRPC server arguments, ints where they parse
+    rest_api_timeout_in_ms: int = 30_000  # REST requests' deadline; <= 0: none
+    allow_version_labels_for_unavailable_models: bool = False
+    enable_signature_method_name_check: bool = False
+    enable_model_warmup: bool = True  # replay assets.extra/tf_serving_warmup_requests before serving
+    num_request_iterations_for_warmup: int = 1  # times each warmup record is replayed
+    saved_model_tags: str = models.SERVE_TAG  # comma-separated tags of the meta graph to load
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_cert and self.ssl_config_file:
+            raise ValueError("--ssl_config_file and --tls-cert/--tls-key are alternatives; give one")
+        _channel_arguments(self.grpc_channel_arguments)  # refuse a malformed list before anything starts
         for name in ("port", "rest_api_port"):
             if not 0 <= getattr(self, name) < 65536:
                 raise ValueError(f"--{name} must be between 0 and 65535")
@@ -121,11 +135,66 @@ class ServerConfig:
     def limits(self) -> predict.Limits:
         return predict.Limits(self.max_image_bytes, self.max_image_pixels, self.max_tensor_bytes)
 
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS for the gRPC port from --ssl_config_file or --tls-cert/--tls-key; None: plaintext.
+
+        With SSLConfig's ``client_verify`` a client must present a certificate signed by ``custom_ca``.
+        """
+        if self.tls_cert:
+            key, cert = Path(self.tls_key).read_bytes(), Path(self.tls_cert).read_bytes()
+            return grpc.ssl_server_credentials([(key, cert)])
+        if not self.ssl_config_file:
+            return None
+        ssl = read_ssl_config(self.ssl_config_file)
+        try:
+            return grpc.ssl_server_credentials(
+                [(ssl.server_key.encode(), ssl.server_cert.encode())],
+                root_certificates=ssl.custom_ca.encode() or None,
+                require_client_auth=ssl.client_verify,
+            )
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"bad SSL config {self.ssl_config_file}: {error}") from None
+
+
+# tensorflow.serving.SSLConfig (ssl_config.proto), which tensorflow-serving-api does not ship.
+_SSL_SCHEMA = """
+name: "fmnist/ssl_config.proto" package: "tensorflow.serving" syntax: "proto3"
+message_type {
+  name: "SSLConfig"
+  field { name: "server_key" number: 1 label: LABEL_OPTIONAL type: TYPE_STRING }
+  field { name: "server_cert" number: 2 label: LABEL_OPTIONAL type: TYPE_STRING }
+  field { name: "custom_ca" number: 3 label: LABEL_OPTIONAL type: TYPE_STRING }
+  field { name: "client_verify" number: 4 label: LABEL_OPTIONAL type: TYPE_BOOL }
+}
+"""
+SSLConfig = protos.message_class(_SSL_SCHEMA, "tensorflow.serving.SSLConfig")
+
+
+def read_ssl_config(path: str | os.PathLike):
+    """Parse a text-format SSLConfig (``--ssl_config_file``); ValueError naming the problem."""
+    return protos.parse_text_file(path, SSLConfig())
+
+
+def _channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """``--grpc_channel_arguments``: comma-separated key=value pairs; a value that parses as an
+    int is passed as one, as TF Serving does, and gRPC ignores keys it does not know."""
+    arguments = []
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--grpc_channel_arguments: expected key=value, got {item!r}")
+        try:
+            arguments.append((key.strip(), int(value)))
+        except ValueError:
+            arguments.append((key.strip(), value))
+    return arguments
+
 
 class ServingCore:
     """The protocol-independent request handlers behind both the gRPC and the REST front end.
 
     Each raises ServingError with TF Serving's code and message.
+    ``check_method_names`` is ``--enable_signature_method_name_check``.
     """
 
     def __init__(
@@ -134,11 +203,13 @@ class ServingCore:
         limits: predict.Limits,
         scheduler: batching.BatchScheduler | None,
         monitor: metrics.Metrics,
+        check_method_names: bool = False,
     ):
         self.manager = manager
         self.limits = limits
         self.scheduler = scheduler
         self.metrics = monitor
+        self.check_method_names = check_method_names
 
     def _resolve(self, spec: model_pb2.ModelSpec, timeout: float | None) -> models.LoadedVersion:
         if timeout is not None and timeout <= 0:
@@ -154,8 +225,11 @@ class ServingCore:
         return self.scheduler.run((version.name, version.version), signature, inputs, timeout)
 
     def predict(self, request: predict_pb2.PredictRequest, timeout: float | None) -> predict_pb2.PredictResponse:
+        _require_model_spec(request)
         version = self._resolve(request.model_spec, timeout)
         signature = predict.find_signature(version.signatures, request.model_spec.signature_name)
+        if self.check_method_names:
+            predict.check_method_name(signature.definition)
         inputs, aliases = predict.prepare(signature, request, self.limits)
         outputs = self._run(version, signature, inputs, timeout)
         return predict.make_response(request.model_spec.name, version.version, signature.key, outputs, aliases)
@@ -163,15 +237,76 @@ class ServingCore:
     def classify(
         self, request: classification_pb2.ClassificationRequest, timeout: float | None
     ) -> classification_pb2.ClassificationResponse:
+        _require_model_spec(request)
         version = self._resolve(request.model_spec, timeout)
-        signature = classification.find_signature(version.signatures, request.model_spec.signature_name)
-        examples = classification.serialized_examples(request.input)
-        outputs = self._run(version, signature, {classification.INPUTS: examples}, timeout)
-        return classification.make_response(request, version.version, outputs, len(examples))
+        signature = inference.find_signature(version.signatures, request.model_spec.signature_name)
+        inference.check_classification(signature.definition, self.check_method_names)
+        examples = inference.serialized_examples(request.input)
+        outputs = self._run(version, signature, {inference.INPUTS: examples}, timeout)
+        response = classification_pb2.ClassificationResponse()
+        inference.model_spec(request.model_spec.name, signature.key, version.version, response.model_spec)
+        inference.classification_result(outputs, len(examples), response.result)
+        return response
+
+    def regress(self, request: regression_pb2.RegressionRequest, timeout: float | None) -> regression_pb2.RegressionResponse:
+        _require_model_spec(request)
+        version = self._resolve(request.model_spec, timeout)
+        signature = inference.find_signature(version.signatures, request.model_spec.signature_name)
+        inference.check_regression(signature.definition, self.check_method_names)
+        examples = inference.serialized_examples(request.input)
+        outputs = self._run(version, signature, {inference.INPUTS: examples}, timeout)
+        response = regression_pb2.RegressionResponse()
+        inference.model_spec(request.model_spec.name, signature.key, version.version, response.model_spec)
+        inference.regression_result(outputs, len(examples), response.result)
+        return response
+
+    def multi_inference(
+        self, request: inference_pb2.MultiInferenceRequest, timeout: float | None
+    ) -> inference_pb2.MultiInferenceResponse:
+        """Classify and regress tasks on one model over the same examples (multi_inference.cc's checks).
+
+        Each task's signature runs as its own call over the shared examples, where TF Serving
+        fetches the union of their outputs in one session run: the same answers for any
+        stateless graph.
+        """
+        first = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+        version = self._resolve(first, timeout)
+        checks = {inference.CLASSIFY_METHOD: inference.check_classification, inference.REGRESS_METHOD: inference.check_regression}
+        plan, keys, input_tensor = [], set(), None
+        for task in request.tasks:
+            if not task.model_spec.name:
+                raise predict.invalid("Found ModelSpec with an empty model name.")
+            if task.model_spec.name != first.name:
+                raise predict.invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+            key = task.model_spec.signature_name or predict.DEFAULT_SIGNATURE
+            if key in keys:
+                raise predict.invalid(f"Duplicate evaluation of signature: {key}")
+            keys.add(key)
+            if key not in version.signatures:
+                raise predict.invalid(f"Requested signature not found in model graph: {key}")
+            if task.method_name not in checks:
+                raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}")
+            signature = version.signatures[key]
+            checks[task.method_name](signature.definition, self.check_method_names)
+            tensor = signature.definition.inputs[inference.INPUTS].name
+            if input_tensor not in (None, tensor):
+                raise predict.invalid("Input tensor must be the same for all Signatures.")
+            input_tensor = tensor
+            plan.append((task, signature))
+        examples = inference.serialized_examples(request.input)
+        response = inference_pb2.MultiInferenceResponse()
+        for task, signature in plan:
+            outputs = self._run(version, signature, {inference.INPUTS: examples}, timeout)
+            result = response.results.add()
+            inference.model_spec(task.model_spec.name, signature.key, version.version, result.model_spec)
+            if task.method_name == inference.CLASSIFY_METHOD:
+                inference.classification_result(outputs, len(examples), result.classification_result)
+            else:
+                inference.regression_result(outputs, len(examples), result.regression_result)
+        return response
 
     def metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        if not request.HasField("model_spec"):
-            raise predict.invalid("Missing ModelSpec")
+        _require_model_spec(request)
         if not request.metadata_field:
             raise predict.invalid("GetModelMetadataRequest must specify at least one metadata_field")
         for field in request.metadata_field:
@@ -188,8 +323,7 @@ class ServingCore:
         return response
 
     def status(self, request: get_model_status_pb2.GetModelStatusRequest) -> get_model_status_pb2.GetModelStatusResponse:
-        if not request.HasField("model_spec"):
-            raise predict.invalid("Missing ModelSpec")
+        _require_model_spec(request)
         spec = request.model_spec
         choice = spec.WhichOneof("version_choice")
         if choice == "version":
@@ -208,6 +342,12 @@ class ServingCore:
     def reload(self, request: model_management_pb2.ReloadConfigRequest) -> model_management_pb2.ReloadConfigResponse:
         self.manager.reload(request.config)
         return model_management_pb2.ReloadConfigResponse()
+
+
+def _require_model_spec(request) -> None:
+    """Every TF Serving API but MultiInference refuses a request without a ModelSpec first."""
+    if not request.HasField("model_spec"):
+        raise predict.invalid("Missing ModelSpec")
 
 
 def _serve(api: str, model_of: Callable, handler: Callable) -> Callable:
@@ -237,6 +377,12 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     Predict = _serve("Predict", lambda r: r.model_spec.name, lambda core, r, ctx: core.predict(r, ctx.time_remaining()))
     Classify = _serve("Classify", lambda r: r.model_spec.name, lambda core, r, ctx: core.classify(r, ctx.time_remaining()))
+    Regress = _serve("Regress", lambda r: r.model_spec.name, lambda core, r, ctx: core.regress(r, ctx.time_remaining()))
+    MultiInference = _serve(
+        "MultiInference",
+        lambda r: r.tasks[0].model_spec.name if r.tasks else "",
+        lambda core, r, ctx: core.multi_inference(r, ctx.time_remaining()),
+    )
     GetModelMetadata = _serve("GetModelMetadata", lambda r: r.model_spec.name, lambda core, r, ctx: core.metadata(r))
 
 
@@ -304,13 +450,16 @@ def _address(host: str, port: int) -> str:
 
 
 def _bind(server: grpc.Server, config: ServerConfig) -> int:
+    """Bind the gRPC port (TLS if configured) and, with --grpc_socket_path, a Unix socket."""
     address = _address(config.host, config.port)
+    credentials = config.server_credentials()
     try:
-        if config.tls_cert:
-            key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
-            port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+        if credentials is not None:
+            port = server.add_secure_port(address, credentials)
         else:
             port = server.add_insecure_port(address)
+        if config.grpc_socket_path:  # local clients only, so plaintext, as in TF Serving
+            server.add_insecure_port(f"unix:{config.grpc_socket_path}")
     except RuntimeError as error:
         raise OSError(f"cannot bind gRPC to {address}: {error}") from None
     if not port:
@@ -342,12 +491,13 @@ def start(
     config: ServerConfig,
     *,
     loader: models.Loader | None = None,
-    warmup: Callable[[models.LoadedVersion, predict.Limits], int] = models.replay_warmup,
+    warmup: Callable[[models.LoadedVersion, predict.Limits], int] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Server:
     """Load the initial versions, then start serving; returns the running Server.
 
-    ``loader`` defaults to :func:`models.load_saved_model` with the config's thread settings.
+    ``loader`` defaults to :func:`models.load_saved_model` with the config's thread settings,
+    ``warmup`` to :func:`models.replay_warmup` (none with ``enable_model_warmup`` off).
 
     Raises ValueError for a bad configuration and OSError when a port cannot be bound.
     A version that fails to load does not stop the start: its status says why.
@@ -373,12 +523,19 @@ def start(
         health_servicer.set(model, serving)
         monitor.set_versions(model, versions)
 
+    if warmup is None:
+        warmup = (
+            functools.partial(models.replay_warmup, iterations=config.num_request_iterations_for_warmup)
+            if config.enable_model_warmup
+            else _no_warmup
+        )
     if loader is None:
         loader = functools.partial(
             models.load_saved_model,
             intra_op_threads=config.tensorflow_intra_op_parallelism,
             inter_op_threads=config.tensorflow_inter_op_parallelism,
             mixed_precision=config.mixed_precision,
+            tags=tuple(tag.strip() for tag in config.saved_model_tags.split(",") if tag.strip()),
         )
     manager = models.ModelManager(
         loader=loader,
@@ -387,6 +544,7 @@ def start(
         on_change=on_change,
         max_num_load_retries=config.max_num_load_retries,
         load_retry_interval_micros=config.load_retry_interval_micros,
+        allow_version_labels_for_unavailable_models=config.allow_version_labels_for_unavailable_models,
     )
     for entry in initial.model_config_list.config:
         health_servicer.set(entry.name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -396,9 +554,9 @@ def start(
         manager.stop()
         raise ValueError(error.message) from None
     scheduler = batching.BatchScheduler(params, clock=clock, on_batch=monitor.observe_batch) if params else None
-    core = ServingCore(manager, config.limits(), scheduler, monitor)
+    core = ServingCore(manager, config.limits(), scheduler, monitor, config.enable_signature_method_name_check)
 
-    options = [
+    options = _channel_arguments(config.grpc_channel_arguments) + [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
@@ -413,7 +571,10 @@ def start(
         if config.rest_api_port:
             from serving import rest  # only servers with REST pay for it
 
-            rest_server = rest.RestServer(core, config.host, config.rest_api_port, monitoring, config.max_message_bytes)
+            timeout = config.rest_api_timeout_in_ms / 1000 if config.rest_api_timeout_in_ms > 0 else None
+            rest_server = rest.RestServer(
+                core, config.host, config.rest_api_port, monitoring, config.max_message_bytes, timeout
+            )
     except (OSError, ValueError):
         grpc_server.stop(None)
         if scheduler is not None:
@@ -436,6 +597,10 @@ def start(
     return server
 
 
+def _no_warmup(version: models.LoadedVersion, limits: predict.Limits) -> int:
+    return 0
+
+
 def run(config: ServerConfig) -> int:
     """Serve until SIGTERM/SIGINT, then stop gracefully; returns 0."""
     server = start(config)
@@ -452,6 +617,20 @@ def run(config: ServerConfig) -> int:
 
 
 # -- command line ---------------------------------------------------------------
+
+# tensorflow_model_server's tuning hints: how many threads, caches, GPU memory. The embedded
+# server has nothing they would tune, so it takes them (one command line serves both) and logs
+# once that it ignores them.
+_HINT_FLAGS = {
+    "rest_api_num_threads": "threads of the REST server (here: one per connection)",
+    "num_load_threads": "threads loading versions (here: one load at a time)",
+    "num_unload_threads": "threads unloading versions",
+    "flush_filesystem_caches": "flush file-system caches after the initial load",
+    "tensorflow_session_parallelism": "both TensorFlow thread pools at once (use the intra/inter_op flags)",
+    "per_process_gpu_memory_fraction": "GPU memory share (the embedded server runs on the CPU)",
+    "remove_unused_fields_from_bundle_metagraph": "memory saved by trimming the loaded MetaGraphDef",
+    "xla_cpu_compilation_enabled": "XLA JIT on the CPU",
+}
 
 # Flags that tensorflow_model_server itself understands, passed through to it as given.
 _REAL_FLAGS = (
@@ -471,7 +650,16 @@ _REAL_FLAGS = (
     "tensorflow_intra_op_parallelism",
     "tensorflow_inter_op_parallelism",
     "mixed_precision",
-)
+    "ssl_config_file",
+    "grpc_socket_path",
+    "grpc_channel_arguments",
+    "rest_api_timeout_in_ms",
+    "allow_version_labels_for_unavailable_models",
+    "enable_signature_method_name_check",
+    "enable_model_warmup",
+    "num_request_iterations_for_warmup",
+    "saved_model_tags",
+) + tuple(_HINT_FLAGS)
 
 
 def _bool_flag(text: str) -> bool:
@@ -509,6 +697,24 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
                           help="threads one op may use (0: TensorFlow picks; 1 suits small models under concurrent load)")
     tf_flags.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0, metavar="N",
                           help="threads for independent ops of a graph (0: TensorFlow picks)")
+    tf_flags.add_argument("--rest_api_timeout_in_ms", type=int, default=30_000, help="REST request deadline (<= 0: none)")
+    tf_flags.add_argument("--grpc_socket_path", default="", help="also serve gRPC on this Unix socket")
+    tf_flags.add_argument("--grpc_channel_arguments", default="", metavar="K=V,...",
+                          help="gRPC server arguments, e.g. grpc.max_connection_age_ms=2000")
+    tf_flags.add_argument("--ssl_config_file", help="text-format SSLConfig: server_key, server_cert, custom_ca, client_verify")
+    for flag, help_text in (
+        ("allow_version_labels_for_unavailable_models", "a new version label may name a version not yet loaded"),
+        ("enable_signature_method_name_check", "Predict/Classify/Regress check the signature's method_name"),
+    ):
+        tf_flags.add_argument(f"--{flag}", nargs="?", const=True, default=False, type=_bool_flag, metavar="BOOL", help=help_text)
+    tf_flags.add_argument("--enable_model_warmup", nargs="?", const=True, default=True, type=_bool_flag, metavar="BOOL",
+                          help="replay assets.extra/tf_serving_warmup_requests before a version serves (default true)")
+    tf_flags.add_argument("--num_request_iterations_for_warmup", type=int, default=1, metavar="N",
+                          help="replay each warmup record N times")
+    tf_flags.add_argument("--saved_model_tags", default=models.SERVE_TAG, metavar="TAGS",
+                          help="comma-separated tags of the meta graph to load (default serve)")
+    for flag, meaning in _HINT_FLAGS.items():
+        tf_flags.add_argument(f"--{flag}", metavar="VALUE", help=f"accepted and ignored: {meaning}")
     tf_flags.add_argument("--mixed_precision", default="", choices=models.MIXED_PRECISION_MODES, metavar="MODE",
                           help="bfloat16: run matmuls and convolutions in bfloat16 (pays on CPUs with "
                           "AVX512-BF16 or AMX: about 1.5x the cnn's throughput here); default off")
@@ -554,6 +760,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         command = _tf_serving_argv(binary, args, parser)
         log.info("Running %s", " ".join(command))
         os.execv(binary, command)
+    for flag in _HINT_FLAGS:
+        if getattr(args, flag) is not None:
+            log.info("--%s is a tuning hint of %s; the embedded server ignores it", flag, TF_SERVING_BINARY)
     try:
         return run(_config_from(args))
     except (ValueError, OSError) as error:

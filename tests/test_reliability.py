@@ -460,13 +460,21 @@ NAN_PIXELS[0, 0, 0], NAN_PIXELS[1], NAN_PIXELS[2, 5] = np.nan, np.inf, -np.inf
 
 # case → (request, expected code, text the details must contain, or rows the answer must have)
 BAD_INPUT = {
-    "rank 2: one image without its batch dimension": (pixels(np.zeros((28, 28))), INVALID, "[28,28]"),
-    "rank 2: flattened images": (pixels(np.zeros((2, 784))), INVALID, "[2,784]"),
-    "rank 4: a channel dimension": (pixels(np.zeros((1, 28, 28, 1))), INVALID, "[1,28,28,1]"),
-    "a scalar string for the image batch": (
-        with_tensor(names.INPUT_IMAGE_BYTES, tf.make_tensor_proto(GOOD_PNG), names.PREDICT_IMAGES), INVALID, "[]",
+    # As in TF Serving, shapes are the graph's to judge, not the signature's: rows of 784 pixels in
+    # any layout run; a [28, 28] "image" is 28 rows, over this server's max_batch_size.
+    "rank 2: one image without its batch dimension": (
+        pixels(np.zeros((28, 28))), INVALID, f"Task size 28 is larger than maximum input batch size {MAX_BATCH}",
     ),
-    "strings for the pixel input": (with_tensor(names.INPUT_IMAGES, tf.make_tensor_proto([b"x"])), INVALID, "DT_STRING"),
+    "rank 2: flattened images, answered": (pixels(np.zeros((2, 784))), OK, 2),
+    "rank 4: a channel dimension, answered": (pixels(np.zeros((1, 28, 28, 1))), OK, 1),
+    "a scalar string for the image batch": (
+        with_tensor(names.INPUT_IMAGE_BYTES, tf.make_tensor_proto(GOOD_PNG), names.PREDICT_IMAGES),
+        INVALID,
+        "Batching Run() input tensors must have at least one dimension",
+    ),
+    "strings for the pixel input": (
+        with_tensor(names.INPUT_IMAGES, tf.make_tensor_proto([b"x"])), INVALID, "Expects arg[0] to be float but string is provided",
+    ),
     # TF Serving runs an empty batch and answers OK with empty outputs; so does the batching path here.
     "empty batch of pixels": (pixels(np.zeros((0, 28, 28))), OK, 0),
     "empty batch of image bytes": (image_bytes([]), OK, 0),
@@ -483,7 +491,7 @@ BAD_INPUT = {
     f"{MAX_BATCH + 1} encoded images, over max_batch_size": (
         image_bytes([GOOD_PNG] * (MAX_BATCH + 1)), INVALID, f"larger than maximum input batch size {MAX_BATCH}",
     ),
-    "no model name": (request_for(np.zeros((1, 28, 28)), name=""), grpc.StatusCode.NOT_FOUND, "Latest()"),
+    "no model name": (request_for(np.zeros((1, 28, 28)), name=""), INVALID, "ModelSpec has no name specified."),
 }
 
 
