@@ -83,6 +83,12 @@ class Metrics:
             "Rows added to reach an allowed batch size.",
             registry=self.registry,
         )
+        self._log_dropped = prometheus_client.Counter(
+            ":tensorflow:serving:request_log_dropped",
+            "Sampled requests not logged (queue full, disk refused), per model.",
+            ["model_name"],
+            registry=self.registry,
+        )
         self._versions = prometheus_client.Gauge(
             ":tensorflow:serving:loaded_versions",
             "Versions loaded and available, per model.",
@@ -97,6 +103,9 @@ class Metrics:
     def observe_batch(self, rows: int, padded: int) -> None:
         self._batches.observe(rows)
         self._padding.inc(padded - rows)
+
+    def observe_log_dropped(self, model: str) -> None:
+        self._log_dropped.labels(model).inc()
 
     def set_versions(self, model: str, versions: list[int]) -> None:
         self._versions.labels(model).set(len(versions))

@@ -39,7 +39,7 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import inference, predict, protos
+from serving import inference, predict, protos, request_log
 from serving.predict import ServingError
 
 log = logging.getLogger(__name__)
@@ -327,11 +327,14 @@ class ModelManager:
         max_num_load_retries: int = 5,
         load_retry_interval_micros: int = 60_000_000,
         allow_version_labels_for_unavailable_models: bool = False,
+        request_logs: request_log.RequestLogs | None = None,
     ):
         """``max_num_load_retries``, ``load_retry_interval_micros`` and
         ``allow_version_labels_for_unavailable_models`` mean what TF Serving's flags of those
-        names mean, with the same defaults (5 retries, one minute apart; negative: no wait)."""
+        names mean, with the same defaults (5 retries, one minute apart; negative: no wait).
+        ``request_logs`` follows each config's ``logging_config``s."""
         self._labels_for_unavailable = allow_version_labels_for_unavailable_models
+        self.request_logs = request_logs or request_log.RequestLogs()
         self._loader = loader
         self._max_num_load_retries = max(max_num_load_retries, 0)
         self._load_retry_interval = max(load_retry_interval_micros, 0) / 1e6
@@ -354,9 +357,7 @@ class ModelManager:
         ServerCore::ReloadConfig waits for them. Raises ServingError.
         """
         validate_config(config)
-        for entry in config.model_config_list.config:
-            if entry.HasField("logging_config"):  # TF Serving samples requests into a log collector
-                log.warning("Model %s: request logging (logging_config) is not implemented; ignored", entry.name)
+        self.request_logs.configure(config)  # before anything changes: a bad logging_config refuses the whole config
         with self._sync_lock:
             entries = {entry.name: entry for entry in config.model_config_list.config}
             models = {name: self._models.get(name) or _Model(entry) for name, entry in entries.items()}

@@ -66,15 +66,15 @@ class Rotation:
 class _Writer:
     """One model's queue and the thread that turns its entries into TFRecord files."""
 
-    def __init__(self, model_name: str, config, rotation: Rotation, queue_size: int, dropped: Counter,
-                 clock: Callable[[], float]):
+    def __init__(self, model_name: str, config, rotation: Rotation, queue_size: int,
+                 on_drop: Callable[[str], None], clock: Callable[[], float]):
         self.model_name = model_name
         self.config_key = config.SerializeToString()  # an unchanged config keeps its writer across reloads
         self.rate = config.sampling_config.sampling_rate
         self._prefix = config.log_collector_config.filename_prefix
         self._sampling = config.sampling_config
         self._rotation = rotation
-        self._dropped = dropped
+        self._on_drop = on_drop
         self._clock = clock
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._file: tf.io.TFRecordWriter | None = None
@@ -88,7 +88,7 @@ class _Writer:
         try:
             self._queue.put_nowait(entry)
         except queue.Full:
-            self._dropped[self.model_name] += 1
+            self._on_drop(self.model_name)
 
     def close(self) -> None:
         self._queue.put(_STOP)  # after everything queued before it
@@ -99,7 +99,7 @@ class _Writer:
             try:
                 self._write(self._record(*entry))
             except (OSError, tf.errors.OpError) as error:  # a full or vanished disk: drop, count, go on
-                self._dropped[self.model_name] += 1
+                self._on_drop(self.model_name)
                 log.warning("request log for %s: record dropped: %s", self.model_name, error)
                 self._close_file()
         self._close_file()
@@ -108,7 +108,8 @@ class _Writer:
         field, log_type = _LOGS[kind]
         record = prediction_log_pb2.PredictionLog()
         metadata = record.log_metadata
-        metadata.model_spec.CopyFrom(response.model_spec if kind != "multi_inference" else request.tasks[0].model_spec)
+        # the spec of the version that answered (a MultiInference response has one per task, all of one version)
+        metadata.model_spec.CopyFrom(response.results[0].model_spec if kind == "multi_inference" else response.model_spec)
         metadata.sampling_config.CopyFrom(self._sampling)
         metadata.saved_model_tags.append(tf.saved_model.SERVING)
         metadata.timestamp_secs = int(self._clock())
@@ -143,7 +144,8 @@ class RequestLogs:
     """The request loggers of every model whose config has a ``logging_config``."""
 
     def __init__(self, *, rotation: Rotation = Rotation(), queue_size: int = 10_000,
-                 clock: Callable[[], float] = time.time, sample: Callable[[], float] = random.random):
+                 clock: Callable[[], float] = time.time, sample: Callable[[], float] = random.random,
+                 on_drop: Callable[[str], None] = lambda model: None):
         self._rotation = rotation
         self._queue_size = queue_size
         self._clock = clock
@@ -151,6 +153,7 @@ class RequestLogs:
         self._writers: dict[str, _Writer] = {}
         self._lock = threading.Lock()
         self.dropped: Counter = Counter()  # model name → records dropped (queue full, disk refused)
+        self._on_drop = on_drop
 
     def configure(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         """Start, keep or stop each model's logger as ``config`` says; an unknown collector is INVALID_ARGUMENT."""
@@ -172,10 +175,14 @@ class RequestLogs:
                 if same is not None and same.config_key == logging_config.SerializeToString():
                     self._writers[name] = old.pop(name)
                 else:
-                    self._writers[name] = _Writer(name, logging_config, self._rotation, self._queue_size, self.dropped,
-                                                  self._clock)
+                    self._writers[name] = _Writer(name, logging_config, self._rotation, self._queue_size,
+                                                  self._dropped, self._clock)
         for writer in old.values():
             writer.close()
+
+    def _dropped(self, model: str) -> None:
+        self.dropped[model] += 1
+        self._on_drop(model)
 
     def log(self, kind: str, request, response) -> None:
         """Sample and queue one answered request; costs the caller a dict lookup and a random draw."""

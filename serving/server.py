@@ -50,7 +50,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from fmnist import names
-from serving import batching, inference, metrics, models, predict, protos
+from serving import batching, inference, metrics, models, predict, protos, request_log
 from serving.predict import ServingError
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,9 @@ class ServingCore:
             predict.check_method_name(signature.definition)
         inputs, aliases = predict.prepare(signature, request, self.limits)
         outputs = self._run(version, signature, inputs, timeout)
-        return predict.make_response(request.model_spec.name, version.version, signature.key, outputs, aliases)
+        response = predict.make_response(request.model_spec.name, version.version, signature.key, outputs, aliases)
+        self.manager.request_logs.log("predict", request, response)
+        return response
 
     def classify(
         self, request: classification_pb2.ClassificationRequest, timeout: float | None
@@ -246,6 +248,7 @@ class ServingCore:
         response = classification_pb2.ClassificationResponse()
         inference.model_spec(request.model_spec.name, signature.key, version.version, response.model_spec)
         inference.classification_result(outputs, len(examples), response.result)
+        self.manager.request_logs.log("classify", request, response)
         return response
 
     def regress(self, request: regression_pb2.RegressionRequest, timeout: float | None) -> regression_pb2.RegressionResponse:
@@ -258,6 +261,7 @@ class ServingCore:
         response = regression_pb2.RegressionResponse()
         inference.model_spec(request.model_spec.name, signature.key, version.version, response.model_spec)
         inference.regression_result(outputs, len(examples), response.result)
+        self.manager.request_logs.log("regress", request, response)
         return response
 
     def multi_inference(
@@ -303,6 +307,7 @@ class ServingCore:
                 inference.classification_result(outputs, len(examples), result.classification_result)
             else:
                 inference.regression_result(outputs, len(examples), result.regression_result)
+        self.manager.request_logs.log("multi_inference", request, response)
         return response
 
     def metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -430,6 +435,7 @@ class Server:
             if self.core.scheduler is not None:
                 self.core.scheduler.stop()
             self.core.manager.stop()
+            self.core.manager.request_logs.close()  # after the last request: every sampled one is written
             self._stopped.set()
         if self.config_watcher is not None:
             self.config_watcher.join()
@@ -538,6 +544,7 @@ def start(
             tags=tuple(tag.strip() for tag in config.saved_model_tags.split(",") if tag.strip()),
         )
     manager = models.ModelManager(
+        request_logs=request_log.RequestLogs(on_drop=monitor.observe_log_dropped),
         loader=loader,
         warmup=warmup,
         limits=config.limits(),

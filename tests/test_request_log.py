@@ -127,3 +127,30 @@ def test_fmnist_batch_replays_logged_requests_through_the_model(tmp_path, _pushe
     records = [json.loads(line) for shard in (tmp_path / "out").glob("predictions-*") for line in shard.read_text().splitlines()]
     assert all("#" in r["path"] and r["path"].endswith(tuple(f"-{n}" for n in range(4))) for r in records)
     assert sorted(r["class_id"] for r in records) == sorted(logged.values())  # the same model, the same answers
+
+
+def test_the_server_logs_as_its_model_config_says_and_flushes_on_stop(tmp_path, _pushed_once, dataset):
+    from conftest import encode_png
+
+    from fmnist import names
+    from serving.client import PredictionClient
+    from serving.server import ServerConfig, start
+
+    prefix = tmp_path / "logs" / names.MODEL_NAME
+    config_file = tmp_path / "models.config"
+    config_file.write_text(
+        f'model_config_list {{ config {{ name: "{names.MODEL_NAME}" base_path: "{_pushed_once / names.MODEL_NAME}" '
+        f'model_platform: "tensorflow" logging_config {{ sampling_config {{ sampling_rate: 1.0 }} '
+        f'log_collector_config {{ type: "file" filename_prefix: "{prefix}" }} }} }} }}')
+    server = start(ServerConfig(port=0, model_config_file=str(config_file)))
+    try:
+        with PredictionClient(f"127.0.0.1:{server.port}") as client:
+            answers = [client.predict_encoded([encode_png(dataset.test.images[i])]).class_ids[0] for i in range(5)]
+        metrics = server.core.metrics.exposition().decode()
+    finally:
+        server.stop()  # writes what is still queued
+    records = _records(prefix)
+    assert len(records) == 5
+    assert [int(tensors.to_ndarray(r.predict_log.response.outputs[names.OUTPUT_CLASS_IDS])[0]) for r in records] == answers
+    assert {r.log_metadata.model_spec.version.value for r in records} == {1}
+    assert "request_log_dropped" in metrics  # the metric exists; nothing was dropped here
