@@ -24,6 +24,7 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
+from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2, regression_pb2
 
@@ -78,6 +79,14 @@ def check_regression(definition: meta_graph_pb2.SignatureDef, check_method_name:
         raise predict.failed_precondition(f"No regression inputs found in SignatureDef: {definition}")
     if OUTPUTS not in definition.outputs:
         raise predict.failed_precondition(f"No regression outputs found in SignatureDef: {definition}")
+
+
+def check_examples_input(definition: meta_graph_pb2.SignatureDef) -> None:
+    """Serialized examples feed a string input; any other is refused as TF Serving's session
+    refuses it (a signature such as classify_x2_to_y3 takes floats)."""
+    dtype = definition.inputs[INPUTS].dtype
+    if dtype != types_pb2.DT_STRING:
+        raise predict.invalid(f"Expects arg[0] to be {predict.dtype_text(dtype)} but string is provided")
 
 
 def serialized_examples(request_input: input_pb2.Input) -> np.ndarray:

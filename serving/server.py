@@ -244,6 +244,7 @@ class ServingCore:
         signature = inference.find_signature(version.signatures, request.model_spec.signature_name)
         inference.check_classification(signature.definition, self.check_method_names)
         examples = inference.serialized_examples(request.input)
+        inference.check_examples_input(signature.definition)
         outputs = self._run(version, signature, {inference.INPUTS: examples}, timeout)
         response = classification_pb2.ClassificationResponse()
         inference.model_spec(request.model_spec.name, signature.key, version.version, response.model_spec)
@@ -257,6 +258,7 @@ class ServingCore:
         signature = inference.find_signature(version.signatures, request.model_spec.signature_name)
         inference.check_regression(signature.definition, self.check_method_names)
         examples = inference.serialized_examples(request.input)
+        inference.check_examples_input(signature.definition)
         outputs = self._run(version, signature, {inference.INPUTS: examples}, timeout)
         response = regression_pb2.RegressionResponse()
         inference.model_spec(request.model_spec.name, signature.key, version.version, response.model_spec)
@@ -298,6 +300,7 @@ class ServingCore:
             input_tensor = tensor
             plan.append((task, signature))
         examples = inference.serialized_examples(request.input)
+        inference.check_examples_input(plan[0][1].definition)  # every task shares this input
         response = inference_pb2.MultiInferenceResponse()
         for task, signature in plan:
             outputs = self._run(version, signature, {inference.INPUTS: examples}, timeout)

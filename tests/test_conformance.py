@@ -605,6 +605,11 @@ def test_classify_and_regress_errors(default_server):
     classify.model_spec.signature_name = "classify_x_to_y"
     error = rpc_error(target.Classify, classify, RPC_TIMEOUT)
     assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
+    classify.model_spec.signature_name = "classify_x2_to_y3"  # its input is x2, a float, not the examples
+    example_input(classify)
+    error = rpc_error(target.Classify, classify, RPC_TIMEOUT)
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "Expects arg[0] to be float but string is provided")
     regress.model_spec.signature_name = "classify_x_to_y"  # outputs "scores", not "outputs"
     error = rpc_error(target.Regress, regress, RPC_TIMEOUT)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
