@@ -978,19 +978,16 @@ def test_model_config_reload(tfs_models, tmp_path):
         server.stop()
 
 
-def test_logging_config_is_accepted(tfs_models, tmp_path, caplog):
-    """A ModelConfig with logging_config (TF Serving's request logging) loads and serves; the
-    embedded server, which has no log collector, says once that it ignores it."""
+def test_logging_config_needs_a_collector_this_server_has(tfs_models, tmp_path):
+    """TF Serving refuses a logging_config it has no log collector for ("No request-logger-creator
+    provided" in the open-source build, which has none); this server has one, type "file"
+    (tests/test_request_log.py), and refuses the others the same way, at start."""
     config = tmp_path / "models.config"
     config.write_text(
         f'model_config_list {{ config {{ name: "default" base_path: "{tfs_models.half_plus_two}" model_platform: "tensorflow" '
-        'logging_config { sampling_config { sampling_rate: 1.0 } } } }'
+        'logging_config { sampling_config { sampling_rate: 1.0 } log_collector_config { type: "bigquery" } } } }'
     )
-    with caplog.at_level("WARNING", logger="serving.models"):
-        server = start(model_config_file=str(config))
-    try:
-        verify_predict(stubs(server), 3.0, 123)
-    finally:
-        server.stop()
-    assert [r.getMessage() for r in caplog.records if "logging_config" in r.getMessage()] == [
-        "Model default: request logging (logging_config) is not implemented; ignored"]
+    with pytest.raises(ValueError, match="unsupported log collector type 'bigquery'"):
+        start(model_config_file=str(config))
+
+
