@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -212,3 +213,52 @@ def write_results(name: str, payload: dict) -> Path:
     path.write_text(json.dumps({"machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **payload},
                                indent=2))
     return path
+
+
+def throughput(call: Callable[[], int], concurrency: int, seconds: float) -> float:
+    """Images per second of ``call`` (returns images done) from ``concurrency`` threads over ``seconds``.
+
+    Each thread makes one untimed call first, so connection set-up and first-call costs are excluded.
+    """
+    done = [0] * concurrency
+    window: dict[str, float] = {}
+
+    def begin() -> None:
+        window["start"] = time.perf_counter()
+        window["deadline"] = window["start"] + seconds
+
+    barrier = threading.Barrier(concurrency, action=begin)
+    finished = [0.0] * concurrency
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        try:
+            call()
+            barrier.wait()
+            while time.perf_counter() < window["deadline"]:
+                done[index] += call()
+        except BaseException as error:  # a failed request must fail the benchmark, not thin it out
+            errors.append(error)
+            barrier.abort()
+        finished[index] = time.perf_counter()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return sum(done) / (max(finished) - window["start"])
+
+
+def latencies(call: Callable[[], object], count: int) -> list[float]:
+    """Milliseconds of ``count`` sequential calls, after 20 untimed ones."""
+    for _ in range(20):
+        call()
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return times

@@ -40,7 +40,6 @@ import http.client
 import json
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,43 +64,6 @@ def _models_config(base: Path, profiles: list[str]) -> str:
     return f"model_config_list {{\n{entries}}}\n"
 
 
-def throughput(call: Callable[[], int], concurrency: int, seconds: float) -> float:
-    """Images per second of ``call`` (returns images done) from ``concurrency`` threads over ``seconds``.
-
-    Each thread makes one untimed call first, so connection set-up and first-call costs are excluded.
-    """
-    done = [0] * concurrency
-    window: dict[str, float] = {}
-
-    def begin() -> None:
-        window["start"] = time.perf_counter()
-        window["deadline"] = window["start"] + seconds
-
-    barrier = threading.Barrier(concurrency, action=begin)
-    finished = [0.0] * concurrency
-    errors: list[BaseException] = []
-
-    def worker(index: int) -> None:
-        try:
-            call()
-            barrier.wait()
-            while time.perf_counter() < window["deadline"]:
-                done[index] += call()
-        except BaseException as error:  # a failed request must fail the benchmark, not thin it out
-            errors.append(error)
-            barrier.abort()
-        finished[index] = time.perf_counter()
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return sum(done) / (max(finished) - window["start"])
-
-
 def rest_predict(port: int, model: str, body: bytes) -> Callable[[], int]:
     """One REST :predict per call, on a kept-alive connection of the calling thread's own."""
     local = threading.local()
@@ -117,18 +79,6 @@ def rest_predict(port: int, model: str, body: bytes) -> Callable[[], int]:
         return 1
 
     return call
-
-
-def latencies(call: Callable[[], object], count: int) -> list[float]:
-    """Milliseconds of ``count`` sequential calls, after 20 untimed ones."""
-    for _ in range(20):
-        call()
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000)
-    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
             outputs = signature(**{names.INPUT_IMAGES: tf.constant(pixels[:n])})
             return len(outputs[names.OUTPUT_PROBABILITIES].numpy())
 
-        direct_ms = latencies(lambda: run_direct(1), args.requests)
+        direct_ms = _common.latencies(lambda: run_direct(1), args.requests)
         latency_rows.append({"profile": profile, "path": "direct", "p50_ms": _common.percentile(direct_ms, 50),
                              "p99_ms": _common.percentile(direct_ms, 99)})
         for n in sizes:
             for c in concurrencies:
-                rate = throughput(lambda: run_direct(n), c, args.seconds)
+                rate = _common.throughput(lambda: run_direct(n), c, args.seconds)
                 rows.append({"profile": profile, "images": n, "concurrency": c, "direct": rate})
                 print(f"  {profile} direct {n} img x {c}: {rate:,.0f} images/s", flush=True)
 
@@ -189,13 +139,13 @@ def main(argv: list[str] | None = None) -> int:
                                   program=[str(Path(__file__).with_name("_floor_server.py"))])
     try:
         with PredictionClient(floor.target, model_name=profiles[0]) as client:
-            floor_ms = latencies(lambda: client.predict(pixels[:1]), args.requests)
+            floor_ms = _common.latencies(lambda: client.predict(pixels[:1]), args.requests)
             latency_rows.insert(0, {"profile": "any", "path": "gRPC floor (no model)",
                                     "p50_ms": _common.percentile(floor_ms, 50), "p99_ms": _common.percentile(floor_ms, 99)})
             floor_rates = {}
             for n in sizes:
                 for c in concurrencies:
-                    floor_rates[n, c] = throughput(lambda: len(client.predict(pixels[:n])), c, args.seconds)
+                    floor_rates[n, c] = _common.throughput(lambda: len(client.predict(pixels[:n])), c, args.seconds)
                     print(f"  floor {n} img x {c}: {floor_rates[n, c]:,.0f} images/s", flush=True)
     finally:
         floor.stop()
@@ -216,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             for profile in profiles:
                 with PredictionClient(server.target, model_name=profile) as client:
                     client.wait_until_available()
-                    served_ms = latencies(lambda: client.predict(pixels[:1]), args.requests)
+                    served_ms = _common.latencies(lambda: client.predict(pixels[:1]), args.requests)
                     latency_rows.append({"profile": profile, "path": f"served, {mode}",
                                          "p50_ms": _common.percentile(served_ms, 50),
                                          "p99_ms": _common.percentile(served_ms, 99)})
@@ -224,17 +174,17 @@ def main(argv: list[str] | None = None) -> int:
                         if row["profile"] != profile:
                             continue
                         n, c = row["images"], row["concurrency"]
-                        rate = throughput(lambda: len(client.predict(pixels[:n])), c, args.seconds)
+                        rate = _common.throughput(lambda: len(client.predict(pixels[:n])), c, args.seconds)
                         key = "served_batching" if batching else "served"
                         row[key], row[key + "_ratio"] = rate, rate / row["direct"]
                         print(f"  {profile} {mode} {n} img x {c}: {rate:,.0f} images/s", flush=True)
                 if not batching:
                     body = json.dumps({"instances": pixels[:1].tolist()}).encode()
-                    rest_ms = latencies(rest_predict(rest_port, profile, body), args.requests)
+                    rest_ms = _common.latencies(rest_predict(rest_port, profile, body), args.requests)
                     row = {"profile": profile, "p50_ms": _common.percentile(rest_ms, 50),
                            "p99_ms": _common.percentile(rest_ms, 99)}
                     for connections in (1, 16):
-                        row[f"images_s_{connections}_conn"] = throughput(
+                        row[f"images_s_{connections}_conn"] = _common.throughput(
                             rest_predict(rest_port, profile, body), connections, args.seconds)
                     rest_rows.append(row)
                     print(f"  {profile} REST keep-alive: p50 {row['p50_ms']:.2f} ms", flush=True)
