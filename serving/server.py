@@ -239,31 +239,25 @@ class ServingCore:
     def classify(
         self, request: classification_pb2.ClassificationRequest, timeout: float | None
     ) -> classification_pb2.ClassificationResponse:
-        _require_model_spec(request)
-        version = self._resolve(request.model_spec, timeout)
-        signature = inference.find_signature(version.signatures, request.model_spec.signature_name)
-        inference.check_classification(signature.definition, self.check_method_names)
-        examples = inference.serialized_examples(request.input)
-        inference.check_examples_input(signature.definition)
-        outputs = self._run(version, signature, {inference.INPUTS: examples}, timeout)
-        response = classification_pb2.ClassificationResponse()
-        inference.model_spec(request.model_spec.name, signature.key, version.version, response.model_spec)
-        inference.classification_result(outputs, len(examples), response.result)
-        self.manager.request_logs.log("classify", request, response)
-        return response
+        return self._on_examples("classify", request, timeout, inference.check_classification,
+                                 classification_pb2.ClassificationResponse(), inference.classification_result)
 
     def regress(self, request: regression_pb2.RegressionRequest, timeout: float | None) -> regression_pb2.RegressionResponse:
+        return self._on_examples("regress", request, timeout, inference.check_regression,
+                                 regression_pb2.RegressionResponse(), inference.regression_result)
+
+    def _on_examples(self, kind: str, request, timeout: float | None, check: Callable, response, fill: Callable):
+        """Classify or Regress: one signature over tf.Examples, its outputs into ``response.result``."""
         _require_model_spec(request)
         version = self._resolve(request.model_spec, timeout)
         signature = inference.find_signature(version.signatures, request.model_spec.signature_name)
-        inference.check_regression(signature.definition, self.check_method_names)
+        check(signature.definition, self.check_method_names)
         examples = inference.serialized_examples(request.input)
         inference.check_examples_input(signature.definition)
         outputs = self._run(version, signature, {inference.INPUTS: examples}, timeout)
-        response = regression_pb2.RegressionResponse()
         inference.model_spec(request.model_spec.name, signature.key, version.version, response.model_spec)
-        inference.regression_result(outputs, len(examples), response.result)
-        self.manager.request_logs.log("regress", request, response)
+        fill(outputs, len(examples), response.result)
+        self.manager.request_logs.log(kind, request, response)
         return response
 
     def multi_inference(

@@ -69,10 +69,15 @@ def _half_plus(path: Path, b: float) -> None:
             "regress_x2_to_y3": sig({"inputs": info(x2)}, {"outputs": info(y3)}, regress),
             "classify_x2_to_y3": sig({"inputs": info(x2)}, {"scores": info(y3)}, classify),
         }
-        session.run(tf.compat.v1.global_variables_initializer())
-        builder = tf.compat.v1.saved_model.Builder(str(path))
-        builder.add_meta_graph_and_variables(session, [tf.saved_model.SERVING], signature_def_map=signatures)
-        builder.save()
+        _save_v1(session, path, signatures)
+
+
+def _save_v1(session, path: Path, signatures: dict) -> None:
+    """A TF1 SavedModel of ``session``'s graph with ``signatures``, as TF Serving's export scripts write theirs."""
+    session.run(tf.compat.v1.global_variables_initializer())
+    builder = tf.compat.v1.saved_model.Builder(str(path))
+    builder.add_meta_graph_and_variables(session, [tf.saved_model.SERVING], signature_def_map=signatures)
+    builder.save()
 
 
 def _counter(path: Path) -> None:
@@ -90,10 +95,7 @@ def _counter(path: Path) -> None:
             "incr_counter_by": sig({"delta": info(delta)}, {"output": info(tf.compat.v1.assign_add(counter, delta))}, predict),
             "reset_counter": sig({}, {"output": info(tf.compat.v1.assign(counter, 0.0))}, predict),
         }
-        session.run(tf.compat.v1.global_variables_initializer())
-        builder = tf.compat.v1.saved_model.Builder(str(path))
-        builder.add_meta_graph_and_variables(session, [tf.saved_model.SERVING], signature_def_map=signatures)
-        builder.save()
+        _save_v1(session, path, signatures)
 
 
 def _no_shape(path: Path) -> None:
@@ -103,9 +105,7 @@ def _no_shape(path: Path) -> None:
         x = tf.compat.v1.placeholder(tf.float32, shape=None, name="x")
         y = tf.add(tf.multiply(0.5, x), 2.0, name="y")
         signature = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def({"x": x}, {"y": y})
-        builder = tf.compat.v1.saved_model.Builder(str(path))
-        builder.add_meta_graph_and_variables(session, [tf.saved_model.SERVING], signature_def_map={"serving_default": signature})
-        builder.save()
+        _save_v1(session, path, {"serving_default": signature})
 
 
 class _HalfPlusTwo(tf.Module):

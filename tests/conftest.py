@@ -62,6 +62,24 @@ def _pushed_once(tmp_path_factory, dataset) -> Path:
     return models_dir
 
 
+@pytest.fixture(scope="module")
+def model_base(tmp_path_factory, _pushed_once) -> Path:
+    """A module's own copy of the pushed model's base path (``fashion_mnist/1``), for its server and in-process runs."""
+    target = tmp_path_factory.mktemp("served") / "models"
+    shutil.copytree(_pushed_once, target)
+    return target / names.MODEL_NAME
+
+
+@pytest.fixture(scope="module")
+def server(model_base) -> str:
+    """``127.0.0.1:PORT`` of an embedded server of ``model_base``, for the module."""
+    from serving.server import ServerConfig, start
+
+    running = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(model_base)))
+    yield f"127.0.0.1:{running.port}"
+    running.stop()
+
+
 @pytest.fixture
 def models_dir(_pushed_once, tmp_path) -> Path:
     """A private copy of a models directory holding ``fashion_mnist/1``."""

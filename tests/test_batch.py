@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -87,21 +86,6 @@ def tree(tmp_path_factory, dataset) -> Path:
     (root / "notes/huge.png").write_bytes(png_claiming(100_000, 100_000))
     Image.new("RGB", (28, 28)).save(root / "notes/scan.tiff")
     return root
-
-
-@pytest.fixture(scope="module")
-def model_base(tmp_path_factory, _pushed_once) -> Path:
-    """A module's own copy of the pushed model base path, for the module's server and in-process runs."""
-    target = tmp_path_factory.mktemp("served") / "models"
-    shutil.copytree(_pushed_once, target)
-    return target / names.MODEL_NAME
-
-
-@pytest.fixture(scope="module")
-def server(model_base):
-    running = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(model_base)))
-    yield f"127.0.0.1:{running.port}"
-    running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -40,13 +40,6 @@ def _start_server(models: Path):
 
 
 @pytest.fixture(scope="module")
-def server(_pushed_once):
-    running = _start_server(_pushed_once)
-    yield f"127.0.0.1:{running.port}"
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory, dataset) -> Path:
     """FILES_PER_CLASS PNGs in each class folder, and two directly in the root folder."""
     root = tmp_path_factory.mktemp("images")

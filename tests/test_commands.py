@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import encode_png, png_claiming
+from conftest import png_claiming
 from PIL import Image
 
-from fmnist import imagefile, names
+from fmnist import imagefile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,22 +76,6 @@ def hook(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("hook")
     (folder / "sitecustomize.py").write_text(_WATCH)
     return folder
-
-
-@pytest.fixture(scope="module")
-def model_base(tmp_path_factory, _pushed_once) -> Path:
-    target = tmp_path_factory.mktemp("commands") / "models"
-    shutil.copytree(_pushed_once, target)
-    return target / names.MODEL_NAME
-
-
-@pytest.fixture(scope="module")
-def server(model_base):
-    from serving.server import ServerConfig, start
-
-    running = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(model_base)))
-    yield f"127.0.0.1:{running.port}"
-    running.stop()
 
 
 def _encoded(pixels: np.ndarray, fmt: str) -> bytes:

@@ -24,20 +24,13 @@ IMAGES = 24
 
 
 @pytest.fixture(scope="module")
-def served(_pushed_once):
-    running = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(_pushed_once / names.MODEL_NAME)))
-    yield f"127.0.0.1:{running.port}"
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def encoded(dataset) -> list[bytes]:
     return [encode_png(image) for image in dataset.test.images[:IMAGES]]
 
 
 @pytest.fixture(scope="module")
-def expected(served, encoded) -> list[int]:
-    with PredictionClient(served) as client:
+def expected(server, encoded) -> list[int]:
+    with PredictionClient(server) as client:
         return client.predict_encoded(encoded).class_ids.tolist()
 
 
@@ -51,11 +44,11 @@ def _pipeline() -> test_pipeline.TestPipeline:
     return test_pipeline.TestPipeline(runner="FnApiRunner")
 
 
-def test_run_inference_over_encoded_bytes_gives_every_output_row_and_the_answering_version(served, encoded, expected):
+def test_run_inference_over_encoded_bytes_gives_every_output_row_and_the_answering_version(server, encoded, expected):
     with _pipeline() as pipeline:
         results = (pipeline | beam.Create(list(enumerate(encoded)))
                    | beam.MapTuple(lambda i, data: data)  # plain examples, not keyed
-                   | RunInference(_handler(served)))
+                   | RunInference(_handler(server)))
         rows = results | beam.Map(lambda r: (r.example, int(r.inference[names.OUTPUT_CLASS_IDS]),
                                              r.inference[names.OUTPUT_CLASS_NAMES].decode(),
                                              round(float(r.inference[names.OUTPUT_PROBABILITIES].sum()), 4), r.model_id))
@@ -63,8 +56,8 @@ def test_run_inference_over_encoded_bytes_gives_every_output_row_and_the_answeri
         assert_that(rows, equal_to(want))
 
 
-def test_keyed_examples_and_numeric_input_with_an_output_filter(served, dataset, expected):
-    handler = KeyedModelHandler(_handler(served, signature_name=names.SERVING_DEFAULT, input_alias=names.INPUT_IMAGES,
+def test_keyed_examples_and_numeric_input_with_an_output_filter(server, dataset, expected):
+    handler = KeyedModelHandler(_handler(server, signature_name=names.SERVING_DEFAULT, input_alias=names.INPUT_IMAGES,
                                          output_aliases=[names.OUTPUT_CLASS_IDS]))
     keyed = [(f"image-{i}", image.astype(np.float32)) for i, image in enumerate(dataset.test.images[:IMAGES])]
     with _pipeline() as pipeline:
@@ -74,11 +67,11 @@ def test_keyed_examples_and_numeric_input_with_an_output_filter(served, dataset,
         assert_that(rows, equal_to([(f"image-{i}", [names.OUTPUT_CLASS_IDS], c) for i, c in enumerate(expected)]))
 
 
-def test_a_rejected_batch_goes_to_the_dead_letter_output_and_the_others_are_classified(served, encoded, expected):
+def test_a_rejected_batch_goes_to_the_dead_letter_output_and_the_others_are_classified(server, encoded, expected):
     broken = encoded[0][:40]
     with _pipeline() as pipeline:
         main, other = (pipeline | beam.Create([broken, *encoded[1:4]])
-                       | RunInference(_handler(served, max_batch_size=1, min_batch_size=1)).with_exception_handling())
+                       | RunInference(_handler(server, max_batch_size=1, min_batch_size=1)).with_exception_handling())
         assert_that(main | beam.Map(lambda r: int(r.inference[names.OUTPUT_CLASS_IDS])), equal_to(expected[1:4]),
                     label="classified")
         # (the batch, (exception type, message, traceback)): the server's verdict, not retried
