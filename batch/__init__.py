@@ -6,8 +6,11 @@ classifies them in batches through the served model or in-process with
 ``errors`` output and a summary (:mod:`batch.summary`).
 :class:`TFServingModelHandler` (:mod:`batch.tfserving`) is a RunInference
 model handler for any model behind TF Serving's gRPC API, usable on its own.
+``fmnist compare`` (:mod:`batch.compare`) is the same kind of job sending
+every batch to two served versions and comparing their answers.
 
 Usage: ``fmnist batch --input images/ --output out/ --server localhost:8500``;
+``fmnist compare --input images/ --output cmp/ --server localhost:8500 --baseline 1 --candidate 2``;
 ``from batch import TFServingModelHandler``
 """
 

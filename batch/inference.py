@@ -53,6 +53,10 @@ class Scores:
     model_name: str
     model_version: int
 
+    @classmethod
+    def of(cls, prediction: Prediction) -> Scores:
+        return cls(prediction.probabilities, prediction.model_name, prediction.version)
+
 
 Predict = Callable[[list[bytes]], Scores]
 
@@ -213,15 +217,13 @@ class ServedClassify(beam.DoFn):
             except ServingError:
                 pass  # redone below, with retries and bisection
             else:
-                scores = Scores(prediction.probabilities, prediction.model_name, prediction.version)
-                return sent.failed + _answered(sent.images, scores, self._clock() - sent.started)
+                return sent.failed + _answered(sent.images, Scores.of(prediction), self._clock() - sent.started)
         return sent.failed + classify(
-            sent.images, self._predict, _is_rejected_request, max_request_bytes=self._max_request_bytes
+            sent.images, self._predict, is_rejected_request, max_request_bytes=self._max_request_bytes
         )
 
     def _predict(self, encoded: list[bytes]) -> Scores:
-        prediction = self._client.predict_encoded(encoded)
-        return Scores(prediction.probabilities, prediction.model_name, prediction.version)
+        return Scores.of(self._client.predict_encoded(encoded))
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,8 @@ class _InFlight:
     started: float
 
 
-def _is_rejected_request(error: Exception) -> bool:
+def is_rejected_request(error: Exception) -> bool:
+    """The server refused the request's input (a file it cannot decode), not the request itself."""
     return isinstance(error, ServingError) and error.code == grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -10,6 +10,9 @@ the launcher writes ``summary.json``, ``report.html`` (:mod:`batch.report`),
 Beam's pipeline options (any other is refused), so the same job runs on Flink,
 Spark or Dataflow. An ``--output`` holding an earlier run's results is refused
 unless ``--overwrite``; an interrupted run's scratch files go with the next run.
+Its steps (matching and reading files, tallies, the output-folder rule, the
+CLI boundary) are public for ``fmnist compare`` (:mod:`batch.compare`), which
+is the same kind of job.
 
 Usage::
 
@@ -33,9 +36,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 import apache_beam as beam
 import grpc
@@ -57,14 +60,16 @@ from fmnist import names, quiet
 from serving.client import PredictionClient, ServingError
 
 _LOG = logging.getLogger(__name__)
+R = TypeVar("R")  # what a command's work returns to its finish (run_cli)
 _ERRORS = "errors"
 _TALLIES = "tallies"
 _COUNTS_FILE = "_counts.jsonl"  # the pipeline's tallies, read and removed by the launcher
 _GALLERY_FILE = "_gallery.json"  # the report's gallery candidates, read and removed by the launcher
-# A run's results in --output (replaced only with --overwrite); see _clear_output for its scratch.
+# A run's results in --output (replaced only with --overwrite); see clear_output for its scratch.
 _RESULTS = ("predictions-*", "errors-*", summary.SUMMARY_FILE, summary.CONFUSION_FILE, report.REPORT_FILE, io.SUCCESS)
 # Codes meaning "the server, not this input": the hint for what to do says so.
 _SERVER_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+_INTERRUPT_GRACE = 5.0  # seconds a Ctrl-C'd job may take to wind down before the process leaves anyway
 _NOT_FOUND_GRACE = 3.0  # seconds a server that answers may say NOT_FOUND for the model (still loading it)
 
 
@@ -109,48 +114,17 @@ def _positive(text: str) -> int:
 
 def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConfig, list[str]]:
     """(config, Beam pipeline arguments); an option that is neither this job's nor Beam's is an error."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        allow_abbrev=False,  # "--dir..." must not swallow a Beam option that merely starts alike
-        description="Classify image files in bulk with Apache Beam. Besides the options below it takes "
-        "Beam's pipeline options (--runner, --direct_num_workers, --project, ...); without --runner the "
-        "job runs locally.",
-    )
-    parser.add_argument("--input", action="append", required=True, metavar="PATTERN_OR_DIR",
-                        help="a folder (every file below it), a glob (* and ? within a folder name, ** across "
-                        "folders: 'imgs/**/*.png' matches imgs/a.png and imgs/x/y/b.png), or a file; repeatable; "
-                        "any Beam file system")
-    parser.add_argument("--output", required=True, metavar="DIR",
-                        help="where records, errors and the summary go; refused if it holds another run's "
-                        "results, unless --overwrite")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="remove an earlier run's results from --output first (other files there are kept)")
+    parser = beam_command_parser(prog, "Classify image files in bulk with Apache Beam.",
+                                 "where records, errors and the summary go")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--server", metavar="HOST:PORT", help="TF Serving gRPC address of the served model")
     source.add_argument("--in-process", metavar="MODEL_DIR",
                         help="run this SavedModel (a version dir, or a base path of versions) with RunInference instead")
-    parser.add_argument("--model-name", default=names.MODEL_NAME)
     parser.add_argument("--signature", default=names.PREDICT_IMAGES, choices=[names.PREDICT_IMAGES],
                         help="the signature that takes encoded image bytes")
     parser.add_argument("--format", default="jsonl", choices=io.FORMATS, dest="file_format")
-    parser.add_argument("--batch-size", type=_positive, default=64, help="images per request (default 64)")
     parser.add_argument("--top-k", type=_positive, default=3, help="classes listed per record (default 3)")
-    parser.add_argument("--timeout", type=float, default=30.0,
-                        help="deadline of each request, and the longest wait for the server at start, seconds (default 30)")
-    parser.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE/DEADLINE_EXCEEDED (default 3)")
-    parser.add_argument("--max-image-pixels", type=_positive, default=names.MAX_IMAGE_PIXELS, metavar="N",
-                        help="refuse an image whose header claims more pixels, as the server does (default 4096x4096)")
-    parser.add_argument("--verbose", action="store_true", help="show Beam's own logs, worker tracebacks included")
-    parser.add_argument("--progress-seconds", type=float, default=10.0, metavar="SECONDS",
-                        help="without a terminal, log the job's progress this often (on a terminal: a progress "
-                        "bar); default 10")
-    args, beam_args = parser.parse_known_args(argv)
-    unknown = _not_beam_options(beam_args)
-    if unknown:
-        ours = [option for option in parser._option_string_actions if option.startswith("--")]
-        guesses = difflib.get_close_matches(unknown[0].split("=")[0], ours, n=1)
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (neither an option of this command nor a "
-                     f"Beam pipeline option{f'; did you mean {guesses[0]}?' if guesses else ''})")
+    args, beam_args = parse_with_beam_options(parser, argv)
     if args.top_k > names.NUM_CLASSES:
         parser.error(f"--top-k: at most {names.NUM_CLASSES}")
     server = args.server and ServerSettings(args.server, args.model_name, timeout=args.timeout, retries=args.retries)
@@ -169,6 +143,48 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConf
         verbose=args.verbose,
     )
     return config, beam_args
+
+
+def beam_command_parser(prog: str | None, description: str, output_help: str) -> argparse.ArgumentParser:
+    """A parser with the options every Beam command over image files shares (inputs, output, calls, display)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        allow_abbrev=False,  # "--dir..." must not swallow a Beam option that merely starts alike
+        description=description + " Besides the options below it takes Beam's pipeline options (--runner, "
+        "--direct_num_workers, --project, ...); without --runner the job runs locally.",
+    )
+    parser.add_argument("--input", action="append", required=True, metavar="PATTERN_OR_DIR",
+                        help="a folder (every file below it), a glob (* and ? within a folder name, ** across "
+                        "folders: 'imgs/**/*.png' matches imgs/a.png and imgs/x/y/b.png), or a file; repeatable; "
+                        "any Beam file system")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help=f"{output_help}; refused if it holds another run's results, unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="remove an earlier run's results from --output first (other files there are kept)")
+    parser.add_argument("--model-name", default=names.MODEL_NAME)
+    parser.add_argument("--batch-size", type=_positive, default=64, help="images per request (default 64)")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="deadline of each request, and the longest wait for the server at start, seconds (default 30)")
+    parser.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE/DEADLINE_EXCEEDED (default 3)")
+    parser.add_argument("--max-image-pixels", type=_positive, default=names.MAX_IMAGE_PIXELS, metavar="N",
+                        help="refuse an image whose header claims more pixels, as the server does (default 4096x4096)")
+    parser.add_argument("--verbose", action="store_true", help="show Beam's own logs, worker tracebacks included")
+    parser.add_argument("--progress-seconds", type=float, default=10.0, metavar="SECONDS",
+                        help="without a terminal, log the job's progress this often (on a terminal: a progress "
+                        "bar); default 10")
+    return parser
+
+
+def parse_with_beam_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """(this command's arguments, Beam's); an option that is neither is a usage error, with a guess."""
+    args, beam_args = parser.parse_known_args(argv)
+    unknown = _not_beam_options(beam_args)
+    if unknown:
+        ours = [option for option in parser._option_string_actions if option.startswith("--")]
+        guesses = difflib.get_close_matches(unknown[0].split("=")[0], ours, n=1)
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (neither an option of this command nor a "
+                     f"Beam pipeline option{f'; did you mean {guesses[0]}?' if guesses else ''})")
+    return args, beam_args
 
 
 def _not_beam_options(beam_args: list[str]) -> list[str]:
@@ -280,54 +296,78 @@ def build(
     logged image, batched the same way. Workers report files done to
     ``progress_address`` (a :class:`progress.Progress`).
     """
-    patterns = [p for p in _patterns(config) if not io.is_request_log(p)]
-    logs = [p for p in _patterns(config) if io.is_request_log(p)]
-    # min = max: full batches; BatchElements would otherwise start at 1 and grow slowly. The batches, not
-    # the files, are spread over the workers: one shuffle per batch.
-    batching = dict(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
-    inputs, read = [], []
-    if patterns:
-        files = (
+    counted, batches = read_inputs(pipeline, config.inputs, config.batch_size, config.limits)
+    outcomes = batches | _classify(config, client_factory)
+    routed = outcomes | "Account" >> beam.ParDo(_Account(config.top_k, progress_address)).with_outputs(
+        _ERRORS, _TALLIES, main="records"
+    )
+    gallery = outcomes | "GalleryCandidates" >> beam.Map(report.candidates) | "Gallery" >> beam.CombineGlobally(report.Gallery())
+    write_gallery(gallery, config.output)
+    routed.records | "WritePredictions" >> io.Write(config.output, "predictions", config.file_format, io.PREDICTION_SCHEMA)
+    routed[_ERRORS] | "WriteErrors" >> io.Write(config.output, "errors", config.file_format, io.ERROR_SCHEMA)
+    write_tallies(counted, routed[_TALLIES], config.output)
+
+
+def read_inputs(
+    pipeline: beam.Pipeline, inputs: Sequence[str], batch_size: int, limits: io.Limits
+) -> tuple[list[beam.PCollection], beam.PCollection]:
+    """(what to count as inputs, lists of ``batch_size`` :class:`Image` or :class:`Failed` spread over the workers).
+
+    Image files are matched (each distinct file once, even where ``--input``s
+    overlap), batched as (path, size), and read on the workers; request logs
+    (``--input`` ending in ``.tfrecord``) give one element per logged image,
+    batched the same way. min = max: full batches, where BatchElements would
+    otherwise start at 1 and grow slowly. The batches, not the files, are
+    spread over the workers: one shuffle per batch.
+    """
+    patterns = _patterns(inputs)
+    files, logs = [p for p in patterns if not io.is_request_log(p)], [p for p in patterns if io.is_request_log(p)]
+    batching = dict(min_batch_size=batch_size, max_batch_size=batch_size)
+    counted, read = [], []
+    if files:
+        matched = (
             pipeline
-            | "Inputs" >> beam.Create(patterns)
+            | "Inputs" >> beam.Create(files)
             | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
             | "PathAndSize" >> beam.Map(_path_and_size)
         )
-        if len(patterns) > 1:  # one glob matches a file once; overlapping ones must not classify it twice
-            files = files | "Deduplicate" >> beam.CombinePerKey(_any)
-        inputs.append(files)
-        batches = files | "Batch" >> beam.BatchElements(**batching) | "Spread" >> beam.Reshuffle()
-        read.append(batches | "Read" >> beam.ParDo(io.ReadImages(config.limits)))
+        if len(files) > 1:  # one glob matches a file once; overlapping ones must not classify it twice
+            matched = matched | "Deduplicate" >> beam.CombinePerKey(_any)
+        counted.append(matched)
+        batches = matched | "Batch" >> beam.BatchElements(**batching) | "Spread" >> beam.Reshuffle()
+        read.append(batches | "Read" >> beam.ParDo(io.ReadImages(limits)))
     if logs:
         logged = (
             pipeline
             | "Logs" >> beam.Create(logs)
             | "ReadLogs" >> beam.io.ReadAllFromTFRecord(with_filename=True)
-            | "LoggedImages" >> beam.ParDo(io.LoggedImages(config.limits))
+            | "LoggedImages" >> beam.ParDo(io.LoggedImages(limits))
         )
-        inputs.append(logged)
+        counted.append(logged)
         read.append(logged | "BatchLogged" >> beam.BatchElements(**batching) | "SpreadLogged" >> beam.Reshuffle())
-    outcomes = tuple(read) | "AllRead" >> beam.Flatten() | _classify(config, client_factory)
-    routed = outcomes | "Account" >> beam.ParDo(_Account(config.top_k, progress_address)).with_outputs(
-        _ERRORS, _TALLIES, main="records"
-    )
-    (
-        outcomes
-        | "GalleryCandidates" >> beam.Map(report.candidates)
-        | "Gallery" >> beam.CombineGlobally(report.Gallery())
-        | "GalleryAsJson" >> beam.Map(json.dumps)
-        | "WriteGallery" >> beam.io.WriteToText(FileSystems.join(config.output, _GALLERY_FILE), shard_name_template="")
-    )
-    routed.records | "WritePredictions" >> io.Write(config.output, "predictions", config.file_format, io.PREDICTION_SCHEMA)
-    routed[_ERRORS] | "WriteErrors" >> io.Write(config.output, "errors", config.file_format, io.ERROR_SCHEMA)
+    return counted, tuple(read) | "AllRead" >> beam.Flatten()
+
+
+def write_tallies(counted: Sequence[beam.PCollection], tallies: beam.PCollection, output: str) -> None:
+    """Sum (key, count) tallies with one ``summary.INPUT`` per element of ``counted`` into the scratch
+    :func:`read_counts` reads."""
     (
         # Inputs are counted as matched, apart from the outcomes, so a file lost on the way shows in the summary.
-        (*(found | f"InputCounts{i}" >> beam.Map(lambda _: (summary.INPUT, 1)) for i, found in enumerate(inputs)),
-         routed[_TALLIES])
+        (*(found | f"InputCounts{i}" >> beam.Map(lambda _: (summary.INPUT, 1)) for i, found in enumerate(counted)),
+         tallies)
         | "Tallies" >> beam.Flatten()
         | "Count" >> beam.CombinePerKey(sum)
         | "CountsAsJson" >> beam.MapTuple(lambda key, n: json.dumps([list(key), n]))
-        | "WriteCounts" >> beam.io.WriteToText(FileSystems.join(config.output, _COUNTS_FILE), shard_name_template="")
+        | "WriteCounts" >> beam.io.WriteToText(FileSystems.join(output, _COUNTS_FILE), shard_name_template="")
+    )
+
+
+def write_gallery(gallery: beam.PCollection, output: str) -> None:
+    """The report's one gallery element (JSON-ready) into the scratch :func:`read_gallery` reads."""
+    (
+        gallery
+        | "GalleryAsJson" >> beam.Map(json.dumps)
+        | "WriteGallery" >> beam.io.WriteToText(FileSystems.join(output, _GALLERY_FILE), shard_name_template="")
     )
 
 
@@ -335,7 +375,12 @@ def _check_source(config: JobConfig, client_factory: Callable[..., PredictionCli
     """Fail before launching when the model cannot answer; returns how the summary names the source."""
     if config.in_process:
         return f"in-process {config.in_process.path}"
-    server = config.server
+    wait_for_server(config.server, client_factory)
+    return f"server {config.server.target}"
+
+
+def wait_for_server(server: ServerSettings, client_factory: Callable[..., PredictionClient]) -> None:
+    """Wait up to the server's timeout for it to serve ``server.model_name``; :class:`JobError` naming it otherwise."""
     client = server.connect(client_factory)
     try:
         client.wait_until_available(timeout=server.timeout, not_found_grace=min(_NOT_FOUND_GRACE, server.timeout))
@@ -348,25 +393,35 @@ def _check_source(config: JobConfig, client_factory: Callable[..., PredictionCli
         raise JobError(f"the server at {server.target} did not answer: {error}") from error
     finally:
         client.close()
-    return f"server {server.target}"
 
 
-def _patterns(config: JobConfig) -> list[str]:
-    return sorted({pattern for spec in config.inputs for pattern in io.input_patterns(spec)})
+def _patterns(inputs: Sequence[str]) -> list[str]:
+    return sorted({pattern for spec in inputs for pattern in io.input_patterns(spec)})
 
 
-def _matched_files(config: JobConfig) -> tuple[int, int]:
+def count_matches(inputs: Sequence[str]) -> tuple[int, int]:
     """(image files, request logs) the inputs match now: the progress display's total, and a clear error for none."""
     files, logs = set(), set()
-    for pattern in _patterns(config):
+    for pattern in _patterns(inputs):
         try:
             found = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
         except BeamIOError as error:
             raise JobError(f"cannot list {pattern}: {_last_line(error)}") from error
         (logs if io.is_request_log(pattern) else files).update(found)
     if not files and not logs:
-        raise JobError(f"no file matches {', '.join(config.inputs)}")
+        raise JobError(f"no file matches {', '.join(inputs)}")
     return len(files), len(logs)
+
+
+def describe_matches(inputs: Sequence[str]) -> tuple[str, int | None]:
+    """("N files and M request logs", the progress total: None with logs, whose images are counted as read)."""
+    files, logs = count_matches(inputs)
+    return f"{files:,} files" + (f" and {logs:,} request logs" if logs else ""), None if logs else files
+
+
+def written(output: str, result_patterns: Sequence[str]) -> tuple[str, ...]:
+    """Every result file in ``output``, sorted: what a finished run lists."""
+    return tuple(sorted(path for pattern in result_patterns for path in _listed(output, pattern)))
 
 
 def _listed(output: str, pattern: str) -> list[str]:
@@ -376,17 +431,17 @@ def _listed(output: str, pattern: str) -> list[str]:
         return []
 
 
-def _check_output(config: JobConfig) -> list[str]:
-    """An earlier run's results in ``config.output``; refused (:class:`OutputInUse`) unless overwriting."""
-    results = [path for pattern in _RESULTS for path in _listed(config.output, pattern)]
-    if results and not config.overwrite:
+def check_output(output: str, overwrite: bool, result_patterns: Sequence[str] = _RESULTS) -> list[str]:
+    """An earlier run's results in ``output``; refused (:class:`OutputInUse`) unless overwriting."""
+    results = [path for pattern in result_patterns for path in _listed(output, pattern)]
+    if results and not overwrite:
         shown = ", ".join(FileSystems.split(path)[1] for path in sorted(results)[:3])
-        raise OutputInUse(f"--output {config.output} holds another run's results ({shown}{', ...' if len(results) > 3 else ''}); "
+        raise OutputInUse(f"--output {output} holds another run's results ({shown}{', ...' if len(results) > 3 else ''}); "
                           "choose another folder, or add --overwrite to replace them")
     return results
 
 
-def _clear_output(output: str, results: list[str]) -> None:
+def clear_output(output: str, results: list[str]) -> None:
     """Remove ``results`` (being overwritten) and the scratch an interrupted run left.
 
     Scratch (Beam's ``beam-temp-*`` folders, the tallies) always goes: it is
@@ -403,15 +458,45 @@ def _clear_output(output: str, results: list[str]) -> None:
                 shutil.rmtree(os.path.join(output, name), ignore_errors=True)
 
 
-def _read_file(path: str) -> bytes:
+def read_file(path: str) -> bytes:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
         return file.read()
 
 
-def _read_counts(path: str) -> dict[tuple, int]:
+def read_counts(output: str) -> dict[tuple, int]:
+    """The tallies :func:`write_tallies` summed, removing their scratch file."""
+    path = FileSystems.join(output, _COUNTS_FILE)
     with FileSystems.open(path) as file:
         rows = [json.loads(line) for line in file.read().decode().splitlines() if line]
+    FileSystems.delete([path])
     return {tuple(key): n for key, n in rows}
+
+
+def read_gallery(output: str) -> dict | list:
+    """The gallery :func:`write_gallery` wrote, removing its scratch file."""
+    path = FileSystems.join(output, _GALLERY_FILE)
+    with FileSystems.open(path) as file:
+        gallery = json.loads(file.read())
+    FileSystems.delete([path])
+    return gallery
+
+
+def execute(
+    pipeline: beam.Pipeline,
+    build_into: Callable[[beam.Pipeline, tuple[str, int]], None],
+    total: int,
+    *,
+    progress_seconds: float,
+    stream: TextIO,
+) -> PipelineResult:
+    """Build the job with ``build_into(pipeline, progress_address)`` and run it to the end, showing its progress."""
+    with progress.Progress(total, every=progress_seconds, stream=stream) as shown:
+        build_into(pipeline, shown.address)
+        result = pipeline.run()
+        state = result.wait_until_finish()
+    if state != PipelineState.DONE:
+        raise JobError(f"the pipeline ended {state}")
+    return result
 
 
 def run(
@@ -443,35 +528,25 @@ def run_config(
     """:func:`run` for parsed arguments. Progress goes to ``stream`` (standard error by default): a bar
     on a terminal, a line every ``--progress-seconds`` otherwise."""
     stream = stream or sys.stderr
-    results = _check_output(config)
+    results = check_output(config.output, config.overwrite)
     source = _check_source(config, client_factory)
-    files, logs = _matched_files(config)
-    _clear_output(config.output, results)
-    matched = f"{files:,} files" + (f" and {logs:,} request logs" if logs else "")
+    matched, total = describe_matches(config.inputs)
+    clear_output(config.output, results)
     print(f"matched {matched}; classifying them via {source}", file=stream, flush=True)
-    total = None if logs else files  # how many images a log holds is known once it is read
-    pipeline = test_pipeline or make_pipeline(beam_args)
     started = clock()
-    with progress.Progress(total, every=config.progress_seconds, stream=stream) as shown:
-        build(pipeline, config, client_factory=client_factory, progress_address=shown.address)
-        result = pipeline.run()
-        state = result.wait_until_finish()
-    if state != PipelineState.DONE:
-        raise JobError(f"the pipeline ended {state}")
-    counts_path = FileSystems.join(config.output, _COUNTS_FILE)
-    result_summary = summary.summarize(_read_counts(counts_path), clock() - started, source)
-    FileSystems.delete([counts_path])
+    result = execute(
+        test_pipeline or make_pipeline(beam_args),
+        lambda pipeline, address: build(pipeline, config, client_factory=client_factory, progress_address=address),
+        total, progress_seconds=config.progress_seconds, stream=stream,
+    )
+    result_summary = summary.summarize(read_counts(config.output), clock() - started, source)
     io.write_bytes(FileSystems.join(config.output, summary.SUMMARY_FILE), summary.to_json(result_summary).encode())
     if result_summary.evaluation:
         io.write_bytes(FileSystems.join(config.output, summary.CONFUSION_FILE), summary.confusion_png(result_summary))
-    gallery_path = FileSystems.join(config.output, _GALLERY_FILE)
-    with FileSystems.open(gallery_path) as file:
-        gallery = json.loads(file.read())
-    FileSystems.delete([gallery_path])
-    page = report.render(result_summary, gallery, read=_read_file)
+    page = report.render(result_summary, read_gallery(config.output), read=read_file)
     io.write_bytes(FileSystems.join(config.output, report.REPORT_FILE), page.encode())
     io.write_bytes(FileSystems.join(config.output, io.SUCCESS), b"")
-    return JobResult(result_summary, result, tuple(sorted(p for pattern in _RESULTS for p in _listed(config.output, pattern))))
+    return JobResult(result_summary, result, written(config.output, _RESULTS))
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -483,35 +558,74 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     standard error show with ``--verbose`` only; otherwise standard error has
     the job's progress and, on failure, one line saying why.
     """
+    prog = prog or "batch"
+    config, beam_args = parse_args(argv, prog)  # usage errors (exit 2) before standard error is redirected
+
+    def finish(result: JobResult) -> int:
+        print(summary.render(result.summary))
+        print_outputs(result.files)
+        return 0
+
+    return run_cli(prog, config.verbose, lambda stream: run_config(config, beam_args, stream=stream), finish)
+
+
+def run_cli(prog: str, verbose: bool, work: Callable[[TextIO], R], finish: Callable[[R], int]) -> int:
+    """A Beam command's CLI boundary: ``work(progress_stream)``, then ``finish(result)`` gives the exit code.
+
+    On failure one line on stderr and 1 (2 for :class:`OutputInUse`). Ctrl-C
+    ends the process with one line and 130, even where a Beam worker thread
+    caught the KeyboardInterrupt and carried on, or left threads that would
+    keep the interpreter from exiting: if the job has not wound down
+    ``_INTERRUPT_GRACE`` seconds later, or at a second Ctrl-C, it leaves
+    anyway (an interrupted run's scratch goes with the next run). Without
+    ``verbose`` Beam's logs and whatever worker processes write to standard
+    error are hidden.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("batch").setLevel(logging.INFO)
-    prog = prog or "batch"
     interrupted = threading.Event()
+    stderr = os.dup(2)  # the terminal, even while descriptor 2 is hushed
+    leaving = threading.Lock()
+
+    def leave() -> None:
+        if leaving.acquire(blocking=False):  # one line, whoever gets here first
+            os.write(stderr, f"\n{prog}: interrupted\n".encode())
+            os._exit(130)
 
     def note_interrupt(signum, frame):
+        if interrupted.is_set():
+            leave()
         interrupted.set()
+        timer = threading.Timer(_INTERRUPT_GRACE, leave)
+        timer.daemon = True
+        timer.start()
         signal.default_int_handler(signum, frame)
 
-    config, beam_args = parse_args(argv, prog)  # usage errors (exit 2) before standard error is redirected
-    verbose = config.verbose
     logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.CRITICAL)
     previous = signal.signal(signal.SIGINT, note_interrupt)
     try:
         with contextlib.nullcontext(sys.stderr) if verbose else quiet.stderr_silenced() as stream:
-            result = run_config(config, beam_args, stream=stream)
+            result = work(stream)
     except OutputInUse as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    except Exception as error:  # the CLI boundary: one clear line, not a worker's traceback
+    except BaseException as error:  # the CLI boundary: one clear line, not a worker's traceback
         if interrupted.is_set():
-            raise KeyboardInterrupt from None
+            leave()
+        if not isinstance(error, Exception):
+            raise
         print(f"{prog}: error: {_explained(_last_line(error))}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGINT, previous)
-    print(summary.render(result.summary))
-    print("outputs:\n" + "\n".join(f"  {path}" for path in result.files))
-    return 0
+    if interrupted.is_set():  # Beam swallowed the interrupt and finished: the user still asked to stop
+        leave()
+    os.close(stderr)
+    return finish(result)
+
+
+def print_outputs(files: Sequence[str]) -> None:
+    print("outputs:\n" + "\n".join(f"  {path}" for path in files))
 
 
 def _explained(line: str) -> str:

@@ -89,19 +89,15 @@ def _thumbnail(data: bytes) -> str:
 
 def render(summary: summary_lib.Summary, gallery: dict[str, list[dict]], read: Callable[[str], bytes]) -> str:
     """The report page; ``read(path)`` returns a gallery file's bytes (through Beam's file systems)."""
-    e = html.escape
     models = ", ".join(f"{m['model_name']} v{m['model_version']} ({m['files']:,} files)" for m in summary.models)
     facts = [("Files", f"{summary.inputs:,}"), ("Classified", f"{summary.classified:,}"),
              ("Errors", f"{summary.errors:,}"), ("Files/s", f"{summary.files_per_second:,.1f}"),
              ("Elapsed", f"{summary.elapsed_seconds:.1f} s"), ("Source", summary.source), ("Model versions", models)]
     if summary.evaluation:
         facts.append(("Accuracy", f"{summary.evaluation.accuracy:.2%} on {summary.evaluation.files:,} labelled files"))
-    parts = ["<h2>Summary</h2><table id='summary'>"
-             + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts) + "</table>"]
+    parts = ["<h2>Summary</h2>" + facts_table("summary", facts)]
     if summary.errors_by_reason:
-        parts.append("<h2>Errors by reason</h2><table id='errors'>" + "".join(
-            f"<tr><th>{e(reason)}</th><td>{n:,}</td></tr>" for reason, n in summary.errors_by_reason.items())
-            + "</table><p>Each one, with its path and detail, is in <code>errors-*</code>.</p>")
+        parts.append(errors_section(summary.errors_by_reason))
     parts.append(_per_class(summary))
     if summary.evaluation:
         parts.append("<h2>Confusion matrix</h2><img class='matrix' alt='confusion matrix' src='"
@@ -111,13 +107,31 @@ def render(summary: summary_lib.Summary, gallery: dict[str, list[dict]], read: C
         if gallery.get(key):
             parts.append(f"<h2>{title}</h2><div class='gallery' id='{key}'>"
                          + "".join(_card(entry, read) for entry in gallery[key]) + "</div>")
+    return page("fmnist batch report", parts)
+
+
+def page(title: str, parts: Iterable[str]) -> str:
+    """A whole self-contained page: ``title`` as its heading, then ``parts`` (HTML) in order."""
     style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
              ".gallery{display:flex;flex-wrap:wrap;gap:1em}.card{width:12em;font-size:.85em}"
              ".card img{width:84px;height:84px;image-rendering:pixelated;background:#000}"
              ".path{word-break:break-all;color:#555}img.matrix{max-width:100%}")
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fmnist batch report</title>"
-            f"<style>{style}</style></head><body><h1>fmnist batch report</h1>" + "".join(parts) + "</body></html>\n")
+    title = html.escape(title)
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{style}</style></head><body><h1>{title}</h1>" + "".join(parts) + "</body></html>\n")
+
+
+def facts_table(table_id: str, facts: Iterable[tuple[str, str]]) -> str:
+    """(name, value) rows as a two-column table."""
+    e = html.escape
+    return f"<table id='{table_id}'>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts) + "</table>"
+
+
+def errors_section(errors_by_reason: dict[str, int]) -> str:
+    """Errors by reason, pointing at the ``errors-*`` records."""
+    return ("<h2>Errors by reason</h2>" + facts_table("errors", ((r, f"{n:,}") for r, n in errors_by_reason.items()))
+            + "<p>Each one, with its path and detail, is in <code>errors-*</code>.</p>")
 
 
 def _per_class(summary: summary_lib.Summary) -> str:
@@ -136,8 +150,13 @@ def _per_class(summary: summary_lib.Summary) -> str:
 def _card(entry: dict, read: Callable[[str], bytes]) -> str:
     top = "<br>".join(f"{html.escape(names.CLASS_NAMES[i])} {p:.1%}" for i, p in entry["top3"])
     label = "" if entry["label"] is None else f"<br>folder: {html.escape(names.CLASS_NAMES[entry['label']])}"
+    return card(entry["path"], top + label, read)
+
+
+def card(path: str, caption: str, read: Callable[[str], bytes]) -> str:
+    """One gallery card: the file's thumbnail (read now), ``caption`` (HTML) and its path."""
     try:
-        picture = f"<img alt='{html.escape(entry['path'])}' src='{_thumbnail(read(entry['path']))}'>"
+        picture = f"<img alt='{html.escape(path)}' src='{_thumbnail(read(path))}'>"
     except (OSError, ValueError) as error:  # changed or gone since the job read it; PIL's errors are OSErrors
         picture = f"<p>(cannot show it now: {html.escape(str(error))})</p>"
-    return f"<div class='card'>{picture}<div>{top}{label}</div><div class='path'>{html.escape(entry['path'])}</div></div>"
+    return f"<div class='card'>{picture}<div>{caption}</div><div class='path'>{html.escape(path)}</div></div>"

@@ -4,7 +4,7 @@ Each subcommand is the ``main(argv, prog)`` of the module that does the work,
 imported only when chosen, so ``fmnist classify`` never pays for importing
 training code and ``fmnist --help`` answers at once.
 
-Usage: ``fmnist {train,images,serve,classify,batch,label,demo} --help``
+Usage: ``fmnist {train,images,serve,classify,batch,compare,label,demo} --help``
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serving.server", "serve models over TF Serving's gRPC API (embedded, or the real binary)"),
     "classify": ("serving.classify", "classify image files through a running server"),
     "batch": ("batch.job", "classify folders of images in bulk with Apache Beam"),
+    "compare": ("batch.compare", "compare two served versions on the same images before promoting one"),
     "label": ("serving.label", "point a version label (stable, canary) at a version, in a config file and a server"),
     "demo": ("fmnist.demo", "train → push → serve → batch on sample images, end to end"),
 }

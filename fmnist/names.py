@@ -76,3 +76,8 @@ def class_id_from_folder(folder: str) -> int | None:
         if folder_name(class_id) == folder:
             return class_id
     return None
+
+# The two sides of ``fmnist compare``: keys of its tallies, records and comparison.json.
+BASELINE = "baseline"
+CANDIDATE = "candidate"
+SIDES = (BASELINE, CANDIDATE)

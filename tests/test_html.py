@@ -8,48 +8,15 @@ its temp dir.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
-import pytest
+from browser import browser  # noqa: F401  (a fixture, found by its name)
+from browser import facts, images_on_page, needs_chromium, screenshot, table_rows
 
 from batch import job, report
 from fmnist import names
 from pipeline import evaluator, exporter, model_card, trainer
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="Debian's chromium and chromium-driver are not installed; .ci/run installs them")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for a driver online: it is given one
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,2400"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    yield driver
-    driver.quit()
-
-
-def _images(browser) -> dict[str, bool]:
-    """src → loaded, for every <img> of the page."""
-    return dict(browser.execute_script(
-        "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])"))
-
-
-def _table_rows(browser, heading: str) -> list[list[str]]:
-    from selenium.webdriver.common.by import By
-
-    table = browser.find_element(By.XPATH, f"//h2[text()='{heading}']/following-sibling::table[1]")
-    return [[cell.text for cell in row.find_elements(By.XPATH, "./td")] for row in table.find_elements(By.TAG_NAME, "tr")[1:]]
+pytestmark = needs_chromium
 
 
 def test_the_model_card_shows_its_figures_and_the_versions_own_numbers(browser, tmp_path, dataset):
@@ -62,23 +29,15 @@ def test_the_model_card_shows_its_figures_and_the_versions_own_numbers(browser, 
 
     browser.get((extra / model_card.HTML_FILE).as_uri())
     assert browser.title == f"Model card: {names.MODEL_NAME} version 7"
-    images = _images(browser)
+    images = images_on_page(browser)
     assert set(images) == {p.name for p in extra.glob("*.png")} and all(images.values()), images
-    rows = {row[0]: row[1:] for row in _table_rows(browser, "Performance on held-out data")}
+    rows = {row[0]: row[1:] for row in table_rows(browser, "Performance on held-out data")}
     for name, m in metrics["per_class"].items():
         assert rows[name] == [f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['support']:,}"], name
     assert rows["all classes: accuracy"][0] == f"{metrics['accuracy']:.4f}"
-    signatures = {row[0] for row in _table_rows(browser, "Signatures (from saved_model.pb)")}
+    signatures = {row[0] for row in table_rows(browser, "Signatures (from saved_model.pb)")}
     assert signatures == set(names.SIGNATURES)
-    _screenshot(browser, tmp_path / "model_card.png")
-
-
-def _screenshot(browser, path: Path) -> None:
-    """Saved under the test's temp dir, and under $FMNIST_SCREENSHOTS too when set (to look at them)."""
-    assert browser.save_screenshot(str(path))
-    if os.environ.get("FMNIST_SCREENSHOTS"):
-        Path(os.environ["FMNIST_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(os.environ["FMNIST_SCREENSHOTS"]) / path.name)
+    screenshot(browser, tmp_path / "model_card.png")
 
 
 def test_the_batch_report_shows_the_summarys_numbers_and_every_image(browser, tmp_path, models_dir, dataset):
@@ -96,14 +55,13 @@ def test_the_batch_report_shows_the_summarys_numbers_and_every_image(browser, tm
     summary = json.loads((output / "summary.json").read_text())
 
     browser.get((output / report.REPORT_FILE).as_uri())
-    images_shown = _images(browser)
+    images_shown = images_on_page(browser)
     assert images_shown and all(images_shown.values()), images_shown
     from selenium.webdriver.common.by import By
 
-    facts = {row.find_element(By.TAG_NAME, "th").text: row.find_element(By.TAG_NAME, "td").text
-             for row in browser.find_elements(By.CSS_SELECTOR, "#summary tr")}
-    assert facts["Files"] == f"{summary['inputs']:,}" and facts["Errors"] == f"{summary['errors']:,}"
-    assert facts["Accuracy"].startswith(f"{summary['evaluation']['accuracy']:.2%}")
+    shown = facts(browser, "summary")
+    assert shown["Files"] == f"{summary['inputs']:,}" and shown["Errors"] == f"{summary['errors']:,}"
+    assert shown["Accuracy"].startswith(f"{summary['evaluation']['accuracy']:.2%}")
     per_class = {cells[0].text: [c.text for c in cells[1:]]
                  for cells in (row.find_elements(By.TAG_NAME, "td") for row in browser.find_elements(By.CSS_SELECTOR, "#per-class tr"))
                  if cells}
@@ -115,4 +73,4 @@ def test_the_batch_report_shows_the_summarys_numbers_and_every_image(browser, tm
     mistakes = summary["evaluation"]["files"] - round(summary["evaluation"]["accuracy"] * summary["evaluation"]["files"])
     assert len(browser.find_elements(By.CSS_SELECTOR, "#surest_mistakes .card")) == min(mistakes, report.GALLERY_SIZE)
     assert result.summary.inputs == 41
-    _screenshot(browser, tmp_path / "batch_report.png")
+    screenshot(browser, tmp_path / "batch_report.png")
