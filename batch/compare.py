@@ -185,6 +185,7 @@ class _CompareBatch(beam.DoFn):
         self._versions = (config.baseline, config.candidate)
         self._max_request_bytes = config.max_request_bytes
         self._client_factory = client_factory
+        self._client: PredictionClient | None = None
 
     def setup(self) -> None:
         self._client = self._server.connect(self._client_factory)
@@ -199,7 +200,9 @@ class _CompareBatch(beam.DoFn):
         yield list(zip(baseline, candidate, strict=True))
 
     def teardown(self) -> None:
-        self._client.close()
+        if self._client is not None:  # None: setup failed, and that error is the one to see
+            self._client.close()
+            self._client = None
 
 
 def _error_record(pair: tuple[Outcome, Outcome]) -> dict:
