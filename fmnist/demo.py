@@ -58,12 +58,14 @@ def _write_samples(split, count: int, out: Path) -> Path:
 
 
 def _wait_for_version(client, version: int, timeout: float) -> dict[int, str]:
-    """Poll GetModelStatus until ``version`` is AVAILABLE; returns every version's state name."""
+    """Poll GetModelStatus until ``version`` is AVAILABLE and every other version has gone to END (the
+    latest-version policy unloads the old one only after the new one serves); returns every version's state."""
     deadline = time.monotonic() + timeout
     while True:
         states = {s.version: get_model_status_pb2.ModelVersionStatus.State.Name(s.state)
                   for s in client.status().model_version_status}
-        if states.get(version) == "AVAILABLE" or time.monotonic() > deadline:
+        swapped = states.get(version) == "AVAILABLE" and all(s == "END" for v, s in states.items() if v != version)
+        if swapped or time.monotonic() > deadline:
             return states
         time.sleep(0.2)
 

@@ -86,3 +86,16 @@ def models_dir(_pushed_once, tmp_path) -> Path:
     target = tmp_path / "models"
     shutil.copytree(_pushed_once, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def labelled_tree(tmp_path_factory, dataset) -> Path:
+    """40 test images in folders named by class, a truncated PNG and a text file: two errors."""
+    root = tmp_path_factory.mktemp("labelled")
+    for i in range(40):
+        folder = root / names.folder_name(int(dataset.test.labels[i]))
+        folder.mkdir(exist_ok=True)
+        (folder / f"{i}.png").write_bytes(encode_png(dataset.test.images[i]))
+    (root / "truncated.png").write_bytes(encode_png(dataset.test.images[0])[:60])
+    (root / "notes.txt").write_text("not an image")
+    return root
