@@ -1,24 +1,28 @@
-"""Engine benchmark: ``fmnist batch`` on Beam's FnApiRunner (the job's default) and on Prism, same files.
+"""Engine benchmark: ``fmnist batch`` on Beam's FnApiRunner (the job's default), Prism, Spark and Flink, same files.
 
 Prism is Beam's portable local runner (a Go binary): built here with
 ``go install github.com/apache/beam/sdks/v2/go/cmd/prism@v2.77.0`` and passed by
-``--prism_location``, so nothing is downloaded. Both runs classify the same
-folder through the same served model (an untrained mlp: its speed does not
-depend on its weights), each job in a process of its own as in
+``--prism_location``, so nothing is downloaded. Spark is a standalone cluster
+of two workers and Flink a MiniCluster, each behind Beam's job server
+(:mod:`engines.cluster`, as tests/test_engines.py starts them); the clusters
+are started before the timed job, so their start-up is not in its figures,
+but each job's own start (staging, SDK workers) is. Every run classifies the
+same folder through the same served model (an untrained mlp: its speed does
+not depend on its weights), each job in a process of its own as in
 ``bench/batch.py``; images/s is the job's own rate (pipeline start to finish),
-wall seconds include interpreter and TensorFlow start-up. Spark and Flink are
-measured by ``tests/test_engines.py``'s logs, not here (see README, "Running
-on a cluster").
+wall seconds include interpreter start-up. On 2 cores no engine can be faster
+than one process: the figures are each engine's overhead.
 
 Usage::
 
-    python bench/engines.py                          # 10,000 files, ~/go/bin/prism
-    python bench/engines.py --count 2000 --prism ~/go/bin/prism --images-dir /tmp/pngs
+    python bench/engines.py                          # 10,000 files; every runner whose parts are here
+    python bench/engines.py --count 2000 --runners default,spark --images-dir /tmp/pngs
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +30,15 @@ from pathlib import Path
 import _common  # first: fixes sys.path so "batch" is the package, not bench/batch.py
 
 from bench.batch import run_job, subset, write_images
+from engines import cluster
 from fmnist import names
+
+
+@contextlib.contextmanager
+def _options(start, folder: Path):
+    """The Beam options of an engine started by ``start(folder)`` (stopped on exit)."""
+    with start(folder) as running:
+        yield running.options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,9 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prism", type=Path, default=Path.home() / "go" / "bin" / "prism",
                         help="the prism binary (default ~/go/bin/prism, where go install puts it)")
     parser.add_argument("--images-dir", type=Path, help="where the PNGs go (kept and reused); default a temp dir")
+    parser.add_argument("--runners", default="default,prism,spark,flink",
+                        help="which of default, prism, spark, flink (default all; one whose parts are missing is "
+                        "skipped with the reason)")
     args = parser.parse_args(argv)
-    if not args.prism.exists():
-        parser.error(f"no prism at {args.prism}: go install github.com/apache/beam/sdks/v2/go/cmd/prism@v2.77.0")
+    wanted = args.runners.split(",")
+    missing = {"prism": None if args.prism.exists() else
+               f"no prism at {args.prism}: go install github.com/apache/beam/sdks/v2/go/cmd/prism@v2.77.0",
+               **{engine: cluster.missing(engine) for engine in cluster.ENGINES}}
+    for runner in wanted:
+        if missing.get(runner):
+            print(f"  {runner} skipped: {missing[runner]}", flush=True)
     _common.warn_if_busy()
 
     work = Path(tempfile.mkdtemp(prefix="fmnist-bench-engines-"))
@@ -48,15 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     _common.export_untrained("mlp", model_base)
     server = _common.ServerProcess(["--model_name", names.MODEL_NAME, "--model_base_path", str(model_base)],
                                    names.MODEL_NAME, work / "server.log")
-    runners = {
-        "FnApiRunner (default)": [],
-        "Prism": ["--runner=PrismRunner", f"--prism_location={args.prism}"],
+    started = {  # runner → (label, a context manager giving its Beam options)
+        "default": ("FnApiRunner (default)", contextlib.nullcontext([])),
+        "prism": ("Prism", contextlib.nullcontext(["--runner=PrismRunner", f"--prism_location={args.prism}"])),
+        "spark": ("Spark, 2 workers", _options(cluster.spark_cluster, work / "spark")),
+        "flink": ("Flink MiniCluster", _options(cluster.flink_cluster, work / "flink")),
     }
+    rows = []
     try:
-        # The default runner twice, first untimed in effect: its first request pays the server's graph warm-up.
+        # The default runner once untimed: its first request pays the server's graph warm-up.
         run_job("warm-up", every, args.count, ["--server", server.target], None, work)
-        rows = [run_job(label, every, args.count, ["--server", server.target, *options], None, work)
-                for label, options in runners.items()]
+        for runner in (r for r in wanted if not missing.get(r)):
+            label, context = started[runner]
+            with context as options:
+                rows.append(run_job(label, every, args.count, ["--server", server.target, *options], None, work))
     finally:
         server.stop()
     print(_common.table(rows, ["mode", "files", "seconds", "images_per_s", "wall_s", "peak_rss_mib"]))

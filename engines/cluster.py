@@ -20,14 +20,19 @@ Usage (a job server in the foreground, as README's "Running on a cluster" starts
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import time
+import urllib.request
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from engines.processes import environment
+from engines.processes import environment, free_port, started, wait_for_port
 
 ENGINES = ("spark", "flink")
 BEAM_JAVA = "2.62.0"
@@ -131,6 +136,65 @@ def beam_options(job_port: int) -> list[str]:
     """
     return ["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}", "--environment_type=PROCESS",
             f"--environment_config={json.dumps({'command': str(SDK_WORKER)})}", "--environment_cache_millis=60000"]
+
+
+@dataclass(frozen=True)
+class Running:
+    """A started engine: the job's Beam options, and for Spark the master's web UI port and the workers' dirs."""
+
+    options: list[str]
+    master_ui: int | None = None
+    work_dirs: tuple[Path, ...] = ()
+
+
+@contextlib.contextmanager
+def spark_cluster(folder: Path, workers: int = 2) -> Iterator[Running]:
+    """A Spark master, ``workers`` workers and Beam's Spark job server on loopback, stopped on exit."""
+    logs, jar = folder / "logs", classpath_jar("spark", folder)
+    logs.mkdir(parents=True, exist_ok=True)
+    master_port, master_ui, job_port = free_port(), free_port(), free_port()
+    master_url = f"spark://127.0.0.1:{master_port}"
+    work_dirs = tuple(folder / f"worker-{n}" for n in range(1, workers + 1))
+    commands = {
+        "master": spark_master(master_port, master_ui),
+        **{f"worker-{n}": spark_worker(master_url, free_port(), work) for n, work in enumerate(work_dirs, start=1)},
+        "job-server": spark_job_server(job_port, master_url, jar),
+    }
+    with started(commands, logs, environment(SPARK_LOCAL_IP="127.0.0.1")) as processes:
+        wait_for_port(master_port, processes["master"])
+        _wait_for_workers(master_ui, workers)
+        wait_for_port(job_port, processes["job-server"], timeout=120)
+        yield Running(beam_options(job_port), master_ui, work_dirs)
+
+
+@contextlib.contextmanager
+def flink_cluster(folder: Path) -> Iterator[Running]:
+    """Beam's Flink job server with a MiniCluster inside, on loopback, stopped on exit."""
+    logs = folder / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    job_port = free_port()
+    with started({"job-server": flink_job_server(job_port, classpath_jar("flink", folder))}, logs,
+                 environment()) as processes:
+        wait_for_port(job_port, processes["job-server"], timeout=120)
+        yield Running(beam_options(job_port))
+
+
+def master_state(webui_port: int) -> dict:
+    """The Spark master's own JSON view: workers, running and completed applications."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{webui_port}/json/", timeout=10) as response:
+        return json.load(response)
+
+
+def _wait_for_workers(webui_port: int, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if master_state(webui_port)["aliveworkers"] >= count:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"fewer than {count} Spark workers registered after {timeout}s")
 
 
 def finished_tasks(work_dir: Path) -> int:
