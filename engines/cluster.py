@@ -150,8 +150,9 @@ class Running:
 @contextlib.contextmanager
 def spark_cluster(folder: Path, workers: int = 2) -> Iterator[Running]:
     """A Spark master, ``workers`` workers and Beam's Spark job server on loopback, stopped on exit."""
-    logs, jar = folder / "logs", classpath_jar("spark", folder)
+    logs = folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    jar = classpath_jar("spark", folder)
     master_port, master_ui, job_port = free_port(), free_port(), free_port()
     master_url = f"spark://127.0.0.1:{master_port}"
     work_dirs = tuple(folder / f"worker-{n}" for n in range(1, workers + 1))
