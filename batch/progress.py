@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 _SEND_EVERY = 0.25  # seconds between a worker's datagrams, at most 4 a second
 _MAX_DATAGRAM = 32
+_UNIT = "file"  # what is counted, in the bar and in the lines alike
 
 
 class Reporter:
@@ -72,7 +73,7 @@ class Progress:
     """The launcher's side: listens on loopback and shows the sum of what every worker reported (of ``total``,
     when it is known)."""
 
-    def __init__(self, total: int | None, *, every: float = 10.0, stream: TextIO | None = None, unit: str = "file"):
+    def __init__(self, total: int | None, *, every: float = 10.0, stream: TextIO | None = None):
         self.total = total
         self.done = 0
         self._every = every
@@ -81,7 +82,7 @@ class Progress:
         self._socket.bind(("127.0.0.1", 0))
         self._socket.settimeout(0.2)
         self._stopped = threading.Event()
-        self._bar = tqdm(total=total, unit=unit, unit_scale=False, file=self._stream, dynamic_ncols=True,
+        self._bar = tqdm(total=total, unit=_UNIT, unit_scale=False, file=self._stream, dynamic_ncols=True,
                          smoothing=0.1, disable=not self._stream.isatty())
         self._started = self._logged = time.monotonic()
         self._thread = threading.Thread(target=self._listen, name="progress", daemon=True)
@@ -128,5 +129,5 @@ class Progress:
     def _write_line(self) -> None:
         """done/total, elapsed, time left and rate, in tqdm's words."""
         self._logged = time.monotonic()
-        meter = tqdm.format_meter(self.done, self.total, self._logged - self._started, unit="file", ascii=True)
+        meter = tqdm.format_meter(self.done, self.total, self._logged - self._started, unit=_UNIT, ascii=True)
         print(f"progress: {meter}", file=self._stream, flush=True)

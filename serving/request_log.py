@@ -199,11 +199,11 @@ class RequestLogs:
                     self._writers[name] = old.pop(name)
                 else:
                     self._writers[name] = _Writer(name, logging_config, self._rotation, self._queue_size,
-                                                  self._dropped, self._clock)
+                                                  self._count_drop, self._clock)
         for writer in old.values():
             writer.close()
 
-    def _dropped(self, model: str) -> None:
+    def _count_drop(self, model: str) -> None:
         self.dropped[model] += 1
         self._on_drop(model)
 
