@@ -43,7 +43,7 @@ from apache_beam.runners.runner import PipelineResult
 from PIL import Image as PILImage
 
 from batch import io, job, progress, report, summary
-from batch.inference import NAMESPACE, Predict, Scores, ServerSettings, classify_read, is_rejected_request
+from batch.inference import NAMESPACE, Predict, Scores, ServerSettings, classify_read, is_rejected_input
 from batch.outcomes import Classified, Failed, Image, Outcome
 from fmnist import names
 from serving.client import PredictionClient, ServingError
@@ -193,7 +193,7 @@ class _CompareBatch(beam.DoFn):
 
     def process(self, batch: list[Image | Failed]) -> Iterator[list[tuple[Outcome, Outcome]]]:
         baseline, candidate = (
-            classify_read(batch, predict, is_rejected_request, max_request_bytes=self._max_request_bytes)
+            classify_read(batch, predict, is_rejected_input, max_request_bytes=self._max_request_bytes)
             for predict in self._predict
         )
         # classify_read keeps the batch's order within read failures and images alike, so the sides line up
@@ -310,7 +310,7 @@ def build(
     routed.records | "WriteDisagreements" >> io.Write(config.output, "disagreements", "jsonl", DISAGREEMENT_SCHEMA)
     routed[_ERRORS] | "WriteErrors" >> io.Write(config.output, "errors", "jsonl", io.ERROR_SCHEMA)
     job.write_gallery(routed[_GALLERY] | "Gallery" >> beam.CombineGlobally(_Gallery()), config.output)
-    job.write_tallies(counted, routed[_TALLIES], config.output)
+    job.write_tallies(counted, (routed[_TALLIES],), config.output)
 
 
 def _probe_png() -> bytes:

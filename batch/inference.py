@@ -1,40 +1,46 @@
-"""Classify batches of encoded images: through the served model, or in-process with ``RunInference``.
+"""Classify batches of encoded images with ``RunInference``: through the served model, or in-process.
 
-Both paths share :func:`classify`. A batch goes out as one request (several
+Both paths are one ``RunInference(ImageBatches(handler)).with_exception_handling()``
+over the job's read batches; ``handler`` is Beam's kind of model handler for
+encoded images: :class:`~batch.tfserving.TFServingModelHandler` for the
+served model, :class:`SignatureHandler` for a SavedModel in the worker. Every
+batch goes through :func:`classify`. A batch goes out as one request (several
 if its bytes exceed ``max_request_bytes``). When the model rejects a request
 as a whole (INVALID_ARGUMENT: one file in it cannot be decoded), the batch is
 bisected until the bad files are isolated, so a corrupt file costs about
-2·log2(batch) extra calls and its neighbours are still classified. Any other
-failure (server down after retries, wrong model name) fails the job, because
-it is about the server, not about a file. Only the in-process path imports
+2·log2(batch) extra calls and its neighbours are still classified. A batch
+that fails otherwise goes to the dead-letter output and becomes error records
+(:func:`dead_letters`); a server lost after retries, or one that does not know
+the model, fails the job, naming it. Only the in-process path imports
 TensorFlow, when it gets there (:func:`fmnist.quiet.import_tensorflow`): the
 served path needs the client's protos alone, so its launcher and each
 worker take about 160 MiB instead of 680 (bench/README.md, "Start-up").
 
 Usage::
 
-    read_batches | beam.ParDo(ServedClassify(ServerSettings("host:8500")))
-    read_batches | RunInference(SavedModelHandler(LocalModel.resolve("models/fashion_mnist"), max_request_bytes=...))
+    handler = ImageBatches(ServerSettings("host:8500").handler(), max_request_bytes=32 << 20)
+    outcomes, failed = read_batches | RunInference(handler).with_exception_handling(exc_class=BatchFailed)
+    dead = failed.failed_inferences | beam.Map(dead_letters)
 """
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import apache_beam as beam
 import grpc
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler
-from apache_beam.transforms.window import GlobalWindows
-from apache_beam.utils.windowed_value import WindowedValue
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from batch.outcomes import Classified, Failed, Image, Outcome, Reason
+from batch.tfserving import TFServingModelHandler
 from fmnist import names, quiet
 from serving.client import Prediction, PredictionClient, ServingError
 
@@ -128,7 +134,12 @@ def _chunks(images: Sequence[Image], max_bytes: int) -> Iterator[Sequence[Image]
 
 def _detail(error: Exception) -> str:
     """The line of a rejection that names the problem, as the server reduces it (TF pads it with node traces)."""
-    text = error.details if isinstance(error, ServingError) else getattr(error, "message", str(error))
+    if isinstance(error, ServingError):
+        text = error.details
+    elif isinstance(error, grpc.RpcError):
+        text = error.details()
+    else:
+        text = getattr(error, "message", str(error))
     lines = [line for line in str(text).splitlines() if not _TF_NOISE.match(line)]
     text = " ".join((lines[-1] if lines else str(text)).split())
     return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"
@@ -142,7 +153,19 @@ class ServerSettings:
     model_name: str = names.MODEL_NAME
     timeout: float = 30.0  # deadline of each attempt, seconds
     retries: int = 3
-    backoff: float = 0.5  # seconds before the first retry, doubling after
+    backoff: float = 0.5  # seconds before the client's first retry, doubling after (the handler: Beam's backoff)
+
+    def handler(self) -> TFServingModelHandler:
+        """The ``RunInference`` handler of ``predict_images`` on this server (retrying the handler's transient codes)."""
+        return TFServingModelHandler(
+            self.target,
+            model_name=self.model_name,
+            signature_name=names.PREDICT_IMAGES,
+            input_alias=names.INPUT_IMAGE_BYTES,
+            output_aliases=(names.OUTPUT_PROBABILITIES,),
+            timeout=self.timeout,
+            num_retries=self.retries,
+        )
 
     def connect(self, client_factory: Callable[..., PredictionClient] = PredictionClient) -> PredictionClient:
         """A client with these settings, retrying the transient codes (:data:`RETRY_CODES`)."""
@@ -156,87 +179,101 @@ class ServerSettings:
         )
 
 
-class ServedClassify(beam.DoFn):
-    """A read batch (list of :class:`Image` or :class:`Failed`) → its list of outcomes, through one gRPC channel per worker.
+class BatchFailed(Exception):
+    """A batch the model failed on for a reason of its own (not a rejected file, not the server's availability).
 
-    One request stays in flight: a batch is sent, then the previous batch's
-    answer is collected, so the server decodes and runs one batch while this
-    worker reads and writes the next. A request that fails is redone through
-    :func:`classify`, which retries, bisects rejected batches, or fails the
-    job. The client is made in ``setup()`` and closed in ``teardown()``, so a
-    worker reuses its connection across bundles; only the settings and the
-    factory (a class, picklable by reference) travel to workers.
+    ``RunInference(...).with_exception_handling`` catches exactly this class,
+    so such a batch becomes error records and the job goes on; any other
+    exception (the server lost after retries, the model unknown) fails the job.
     """
 
-    def __init__(
-        self,
-        server: ServerSettings,
-        *,
-        max_request_bytes: int,
-        client_factory: Callable[..., PredictionClient] = PredictionClient,
-        clock: Callable[[], float] = time.perf_counter,
-    ):
-        self._server = server
+
+# Codes about the server or the model's identity, not about the batch: the job fails, naming the server.
+SERVER_CODES = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.CANCELLED,
+})
+
+
+class ImageBatches(ModelHandler[list[Image | Failed], list[Outcome], Any]):
+    """``RunInference`` handler for the job's elements, one read batch each, over a handler of encoded images.
+
+    ``images`` is any handler whose ``run_inference`` takes encoded images and
+    returns one ``PredictionResult`` per image with a ``probabilities`` row and
+    ``model_id`` = ``name:version``: :class:`~batch.tfserving.TFServingModelHandler`
+    for the served model (Beam's retries with backoff and client-side
+    throttling included), :class:`SignatureHandler` in-process. Each batch
+    goes through :func:`classify`: requests capped at ``max_request_bytes``,
+    and a batch the model rejects (INVALID_ARGUMENT: a file it cannot decode)
+    bisected down to its bad files. Other failures raise :class:`BatchFailed`
+    (the dead-letter output's) or, when about the server, a
+    :class:`~serving.client.ServingError` naming it.
+    """
+
+    def __init__(self, images: ModelHandler, *, max_request_bytes: int):
+        super().__init__(min_batch_size=1, max_batch_size=1)  # the elements are batches already
+        self._images = images
         self._max_request_bytes = max_request_bytes
-        self._client_factory = client_factory
-        self._clock = clock
-        self._client: PredictionClient | None = None
 
-    def setup(self) -> None:
-        self._client = self._server.connect(self._client_factory)
+    def load_model(self) -> Any:
+        return self._images.load_model()
 
-    def start_bundle(self) -> None:
-        self._in_flight: _InFlight | None = None
-
-    def process(self, batch: list[Image | Failed]) -> Iterator[list[Outcome]]:
-        previous, self._in_flight = self._in_flight, self._send(batch)
-        if previous is not None:
-            yield self._collect(previous)
-
-    def finish_bundle(self) -> Iterator[WindowedValue]:
-        if self._in_flight is not None:
-            last, self._in_flight = self._in_flight, None
-            yield GlobalWindows.windowed_value(self._collect(last))
-
-    def teardown(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def _send(self, batch: list[Image | Failed]) -> _InFlight:
-        images, failed = _partition(batch)
-        if not images or sum(len(image.data) for image in images) > self._max_request_bytes:
-            return _InFlight(images, failed, None, 0.0)  # nothing to send, or several requests: in _collect
-        answer = self._client.predict_encoded_async([image.data for image in images])
-        return _InFlight(images, failed, answer, self._clock())
-
-    def _collect(self, sent: _InFlight) -> list[Outcome]:
-        if sent.answer is not None:
+    def run_inference(
+        self, batch: Sequence[list[Image | Failed]], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> list[list[Outcome]]:
+        predict = functools.partial(self._scores, model)
+        outcomes = []
+        for items in batch:
             try:
-                prediction = sent.answer()
-            except ServingError:
-                pass  # redone below, with retries and bisection
-            else:
-                return sent.failed + _answered(sent.images, Scores.of(prediction), self._clock() - sent.started)
-        return sent.failed + classify(
-            sent.images, self._predict, is_rejected_request, max_request_bytes=self._max_request_bytes
-        )
+                outcomes.append(classify_read(items, predict, is_rejected_input, max_request_bytes=self._max_request_bytes))
+            except grpc.RpcError as error:
+                if error.code() in SERVER_CODES:
+                    raise ServingError(error.code(), error.details(), getattr(self._images, "target", "?")) from error
+                raise BatchFailed(f"{error.code().name}: {_detail(error)}") from error
+            except Exception as error:
+                raise BatchFailed(f"{type(error).__name__}: {_detail(error)}") from error
+        return outcomes
 
-    def _predict(self, encoded: list[bytes]) -> Scores:
-        return Scores.of(self._client.predict_encoded(encoded))
+    def _scores(self, model: Any, encoded: list[bytes]) -> Scores:
+        results = list(self._images.run_inference(encoded, model))
+        name, _, version = results[0].model_id.rpartition(":")
+        probabilities = np.stack([result.inference[names.OUTPUT_PROBABILITIES] for result in results])
+        return Scores(probabilities, name, int(version))
+
+    def get_num_bytes(self, batch: Sequence[list[Image | Failed]]) -> int:
+        return sum(len(item.data) for items in batch for item in items if isinstance(item, Image))
+
+    def get_metrics_namespace(self) -> str:
+        return NAMESPACE
+
+    def __repr__(self) -> str:
+        return f"ImageBatches({self._images!r})"
 
 
-@dataclass(frozen=True)
-class _InFlight:
-    images: list[Image]  # the batch's images and failures, as _partition splits it
-    failed: list[Outcome]
-    answer: Callable[[], Prediction] | None  # None: not sent ahead
-    started: float
+def dead_letters(failed: tuple[list[list[Image | Failed]], tuple[type, str, list[str]]]) -> list[Outcome]:
+    """A batch ``RunInference`` gave up on (``with_exception_handling``'s output) → an outcome per file.
+
+    Beam hands over the exception as (class, repr, formatted traceback); the
+    traceback's last line is "module.Class: message", and the message says why.
+    """
+    batches, (_, _, trace) = failed
+    detail = _detail(RuntimeError(trace[-1].split(": ", 1)[-1]))
+    return [
+        item if isinstance(item, Failed) else Failed(item.path, Reason.INFERENCE_FAILED, detail)
+        for items in batches for item in items
+    ]
 
 
-def is_rejected_request(error: Exception) -> bool:
-    """The server refused the request's input (a file it cannot decode), not the request itself."""
-    return isinstance(error, ServingError) and error.code == grpc.StatusCode.INVALID_ARGUMENT
+def is_rejected_input(error: Exception) -> bool:
+    """The model refused the request's input (a file it cannot decode), not the request itself: INVALID_ARGUMENT
+    from the server (through the client or a raw stub) or from TensorFlow in-process."""
+    if isinstance(error, ServingError):
+        return error.code == grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, grpc.RpcError):
+        return error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    tf = sys.modules.get("tensorflow")  # loaded already wherever TensorFlow raised ``error``
+    return tf is not None and isinstance(error, tf.errors.InvalidArgumentError)
 
 
 @dataclass(frozen=True)
@@ -270,51 +307,45 @@ class LocalModel:
 
 
 class _LoadedSignature:
-    """A SavedModel signature as a :data:`Predict`; holds the loaded object so its variables stay alive."""
+    """A SavedModel signature as a callable of one input; holds the loaded object so its variables stay alive."""
 
-    def __init__(self, model: LocalModel, signature: str):
+    def __init__(self, path: str, signature: str):
         tf = quiet.import_tensorflow()  # a worker's first use of TensorFlow: its banner stays off stderr
         self._tf = tf
-        self._model = model
-        self._loaded = tf.saved_model.load(model.path)
+        self._loaded = tf.saved_model.load(path)
         self._function = self._loaded.signatures[signature]
 
-    def __call__(self, encoded: list[bytes]) -> Scores:
-        outputs = self._function(**{names.INPUT_IMAGE_BYTES: self._tf.constant(encoded, self._tf.string)})
-        return Scores(outputs[names.OUTPUT_PROBABILITIES].numpy(), self._model.model_name, self._model.version)
+    def __call__(self, alias: str, inputs: Sequence[Any]) -> dict[str, np.ndarray]:
+        dtype = self._tf.string if inputs and isinstance(inputs[0], bytes) else None
+        return {k: v.numpy() for k, v in self._function(**{alias: self._tf.constant(list(inputs), dtype)}).items()}
 
 
-def _is_rejected_input(error: Exception) -> bool:
-    import tensorflow as tf  # loaded by the model that raised ``error``
-
-    return isinstance(error, tf.errors.InvalidArgumentError)
-
-
-class SavedModelHandler(ModelHandler[list[Image | Failed], list[Outcome], _LoadedSignature]):
-    """``RunInference`` handler running the served graph's ``predict_images`` signature in the worker.
+class SignatureHandler(ModelHandler[Any, PredictionResult, _LoadedSignature]):
+    """``RunInference`` handler running one signature of a SavedModel in the worker; the in-process twin of
+    :class:`~batch.tfserving.TFServingModelHandler`, with the same results (a ``PredictionResult`` per example,
+    ``model_id`` = ``name:version``).
 
     Beam's TF handlers feed tensors to a model's ``__call__``; this model's
-    decoding lives in a signature that takes encoded bytes, so a small handler
-    calling that signature keeps both modes on exactly the same graph. Its
-    elements are batches already (as :class:`~batch.io.ReadImages` reads
-    them), so RunInference passes them on one at a time.
+    decoding lives in a signature that takes encoded bytes, so the job's two
+    paths run exactly the same graph.
     """
 
-    def __init__(self, model: LocalModel, *, signature: str = names.PREDICT_IMAGES, max_request_bytes: int):
-        super().__init__(min_batch_size=1, max_batch_size=1)
+    def __init__(self, model: LocalModel, *, signature: str = names.PREDICT_IMAGES, input_alias: str = names.INPUT_IMAGE_BYTES):
+        super().__init__()
         self._model = model
         self._signature = signature
-        self._max_request_bytes = max_request_bytes
+        self._input_alias = input_alias
 
     def load_model(self) -> _LoadedSignature:
-        return _LoadedSignature(self._model, self._signature)
+        return _LoadedSignature(self._model.path, self._signature)
 
     def run_inference(
-        self, batch: Sequence[list[Image | Failed]], model: _LoadedSignature, inference_args: dict[str, Any] | None = None
-    ) -> list[list[Outcome]]:
-        return [
-            classify_read(items, model, _is_rejected_input, max_request_bytes=self._max_request_bytes) for items in batch
-        ]
+        self, batch: Sequence[Any], model: _LoadedSignature, inference_args: dict[str, Any] | None = None
+    ) -> list[PredictionResult]:
+        outputs = model(self._input_alias, batch)
+        model_id = f"{self._model.model_name}:{self._model.version}"
+        return [PredictionResult(example, {alias: rows[i] for alias, rows in outputs.items()}, model_id)
+                for i, example in enumerate(batch)]
 
-    def get_num_bytes(self, batch: Sequence[list[Image | Failed]]) -> int:
-        return sum(len(item.data) for items in batch for item in items if isinstance(item, Image))
+    def __repr__(self) -> str:
+        return f"SignatureHandler({self._model.path!r}, signature={self._signature!r})"

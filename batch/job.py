@@ -46,7 +46,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import RunInference
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.portability.api import beam_provision_api_pb2
 from apache_beam.runners.portability.fn_api_runner import fn_runner
@@ -54,7 +54,8 @@ from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from batch import io, progress, report, summary
-from batch.inference import NAMESPACE, LocalModel, SavedModelHandler, ServedClassify, ServerSettings
+from batch.inference import (NAMESPACE, BatchFailed, ImageBatches, LocalModel, ServerSettings, SignatureHandler,
+                             dead_letters)
 from batch.outcomes import Classified, Outcome
 from fmnist import names, quiet
 from serving.client import PredictionClient, ServingError
@@ -273,19 +274,33 @@ class _Account(beam.DoFn):
         self._progress.close()
 
 
-def _classify(config: JobConfig, client_factory: Callable[..., PredictionClient]) -> beam.PTransform:
+def images_handler(config: JobConfig) -> ModelHandler:
+    """The handler of encoded images the job's ``RunInference`` calls: the served model's, or the local SavedModel's."""
     if config.in_process:
-        handler = SavedModelHandler(config.in_process, signature=config.signature, max_request_bytes=config.max_request_bytes)
-        return "RunInference" >> RunInference(handler)
-    served = ServedClassify(config.server, max_request_bytes=config.max_request_bytes, client_factory=client_factory)
-    return "Served" >> beam.ParDo(served)
+        return SignatureHandler(config.in_process, signature=config.signature)
+    return config.server.handler()
+
+
+def classify(
+    batches: beam.PCollection, handler: ModelHandler, max_request_bytes: int
+) -> tuple[beam.PCollection, beam.PCollection]:
+    """Read batches → (their lists of outcomes, the lists of :class:`Failed` of the batches ``RunInference`` gave up on).
+
+    The two stay apart: Beam's local runner executes a Flatten of several
+    inputs itself, holding everything that reaches it, so merging them here
+    would keep every outcome of the job in memory before accounting began.
+    """
+    outcomes, failed = batches | "RunInference" >> RunInference(
+        ImageBatches(handler, max_request_bytes=max_request_bytes)
+    ).with_exception_handling(exc_class=BatchFailed)
+    return outcomes, failed.failed_inferences | "DeadLetters" >> beam.Map(dead_letters)
 
 
 def build(
     pipeline: beam.Pipeline,
     config: JobConfig,
     *,
-    client_factory: Callable[..., PredictionClient] = PredictionClient,
+    handler: ModelHandler | None = None,
     progress_address: tuple[str, int] | None = None,
 ) -> None:
     """Add the job's transforms to ``pipeline``; outputs land under ``config.output``.
@@ -293,19 +308,24 @@ def build(
     Files are elements only until they are batched (match, de-duplicate);
     from reading to writing, one element is one batch of ``batch_size`` files.
     Request logs (``--input`` ending in ``.tfrecord``) give one element per
-    logged image, batched the same way. Workers report files done to
-    ``progress_address`` (a :class:`progress.Progress`).
+    logged image, batched the same way. ``handler`` (a Beam model handler of
+    encoded images) replaces :func:`images_handler`'s. Workers report files
+    done to ``progress_address`` (a :class:`progress.Progress`).
     """
     counted, batches = read_inputs(pipeline, config.inputs, config.batch_size, config.limits)
-    outcomes = batches | _classify(config, client_factory)
-    routed = outcomes | "Account" >> beam.ParDo(_Account(config.top_k, progress_address)).with_outputs(
-        _ERRORS, _TALLIES, main="records"
+    outcomes, dead = classify(batches, handler or images_handler(config), config.max_request_bytes)
+    routed, dead_routed = (
+        found | f"Account{name}" >> beam.ParDo(_Account(config.top_k, progress_address)).with_outputs(
+            _ERRORS, _TALLIES, main="records")
+        for name, found in (("", outcomes), ("DeadLetters", dead))
     )
     gallery = outcomes | "GalleryCandidates" >> beam.Map(report.candidates) | "Gallery" >> beam.CombineGlobally(report.Gallery())
     write_gallery(gallery, config.output)
     routed.records | "WritePredictions" >> io.Write(config.output, "predictions", config.file_format, io.PREDICTION_SCHEMA)
-    routed[_ERRORS] | "WriteErrors" >> io.Write(config.output, "errors", config.file_format, io.ERROR_SCHEMA)
-    write_tallies(counted, routed[_TALLIES], config.output)
+    # Dead letters hold no records; their errors join the others' after accounting, where a Flatten holds only errors.
+    errors = (routed[_ERRORS], dead_routed[_ERRORS]) | "AllErrors" >> beam.Flatten()
+    errors | "WriteErrors" >> io.Write(config.output, "errors", config.file_format, io.ERROR_SCHEMA)
+    write_tallies(counted, (routed[_TALLIES], dead_routed[_TALLIES]), config.output)
 
 
 def read_inputs(
@@ -348,13 +368,13 @@ def read_inputs(
     return counted, tuple(read) | "AllRead" >> beam.Flatten()
 
 
-def write_tallies(counted: Sequence[beam.PCollection], tallies: beam.PCollection, output: str) -> None:
+def write_tallies(counted: Sequence[beam.PCollection], tallies: Sequence[beam.PCollection], output: str) -> None:
     """Sum (key, count) tallies with one ``summary.INPUT`` per element of ``counted`` into the scratch
     :func:`read_counts` reads."""
     (
         # Inputs are counted as matched, apart from the outcomes, so a file lost on the way shows in the summary.
         (*(found | f"InputCounts{i}" >> beam.Map(lambda _: (summary.INPUT, 1)) for i, found in enumerate(counted)),
-         tallies)
+         *tallies)
         | "Tallies" >> beam.Flatten()
         | "Count" >> beam.CombinePerKey(sum)
         | "CountsAsJson" >> beam.MapTuple(lambda key, n: json.dumps([list(key), n]))
@@ -505,15 +525,18 @@ def run(
     *,
     prog: str | None = None,
     client_factory: Callable[..., PredictionClient] = PredictionClient,
+    handler: ModelHandler | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> JobResult:
     """Run the job to completion and write its summary; raises :class:`JobError` when it cannot.
 
     ``test_pipeline`` (a ``TestPipeline``, say) replaces the pipeline built
     from the Beam arguments in ``argv``, as in Beam's own examples.
+    ``client_factory`` makes the client the launcher checks the server with;
+    ``handler`` replaces the model handler the workers classify with.
     """
     config, beam_args = parse_args(argv, prog)
-    return run_config(config, beam_args, test_pipeline, client_factory=client_factory, clock=clock)
+    return run_config(config, beam_args, test_pipeline, client_factory=client_factory, handler=handler, clock=clock)
 
 
 def run_config(
@@ -522,6 +545,7 @@ def run_config(
     test_pipeline: beam.Pipeline | None = None,
     *,
     client_factory: Callable[..., PredictionClient] = PredictionClient,
+    handler: ModelHandler | None = None,
     clock: Callable[[], float] = time.monotonic,
     stream: TextIO | None = None,
 ) -> JobResult:
@@ -536,7 +560,7 @@ def run_config(
     started = clock()
     result = execute(
         test_pipeline or make_pipeline(beam_args),
-        lambda pipeline, address: build(pipeline, config, client_factory=client_factory, progress_address=address),
+        lambda pipeline, address: build(pipeline, config, handler=handler, progress_address=address),
         total, progress_seconds=config.progress_seconds, stream=stream,
     )
     result_summary = summary.summarize(read_counts(config.output), clock() - started, source)

@@ -10,9 +10,11 @@ bytes, so the job is checked against the graph, not against itself.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.testing import test_pipeline as beam_testing
 from conftest import encode_png, png_claiming
 from hypothesis import given, settings
@@ -28,13 +31,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from batch import job
-from batch.inference import Scores, ServedClassify, ServerSettings, classify
+from batch.inference import BatchFailed, ImageBatches, Scores, classify
 from batch.io import _read_at_most as read_at_most
 from batch.io import input_patterns
 from batch.outcomes import Classified, Failed, Reason
 from batch.outcomes import Image as Encoded
 from fmnist import names
-from serving.client import Prediction, ServingError
+from serving.client import ServingError
 from serving.server import ServerConfig, start
 
 GOOD = 48  # labelled test images
@@ -263,36 +266,15 @@ def test_no_runner_given_never_starts_prism_and_progress_is_shown(tree, model_ba
     assert type(job.make_pipeline(["--runner", "BundleBasedDirectRunner"]).runner).__name__ == "BundleBasedDirectRunner"
 
 
-class _LostServer:
-    """A client whose server passes the start check, then refuses every request (after the client's retries)."""
-
-    made: list[tuple[str, dict]] = []
-
-    def __init__(self, target: str, **settings):
-        self.target = target
-        self.made.append((target, settings))
-
-    def wait_until_available(self, timeout: float, not_found_grace: float | None = None) -> int:
-        return 1
-
-    def predict_encoded(self, encoded):
-        raise ServingError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses", self.target)
-
-    def predict_encoded_async(self, encoded):
-        return lambda: self.predict_encoded(encoded)
-
-    def close(self) -> None:
-        pass
-
-
 def test_server_lost_during_the_job_fails_it_naming_the_server(tree, tmp_path):
-    argv = ["--input", f"{tree}/Coat", "--output", str(tmp_path), "--server", "gone:8500", "--retries", "5"]
-    with pytest.raises(Exception, match="gone:8500: UNAVAILABLE"):
-        job.run(argv, client_factory=_LostServer)
+    """The launcher's check passes (a client that says the model is there), then every worker request is refused."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{probe.getsockname()[1]}"
+    argv = ["--input", f"{tree}/Coat", "--output", str(tmp_path), "--server", target, "--retries", "0", "--timeout", "2"]
+    with pytest.raises(Exception, match=f"{target}: UNAVAILABLE"):
+        job.run(argv, client_factory=_AlwaysReady)
     assert not (tmp_path / "_SUCCESS").exists()
-    target, settings = _LostServer.made[-1]  # the worker's client: retries both transient codes
-    assert target == "gone:8500" and settings["retries"] == 5
-    assert settings["retry_codes"] >= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 @pytest.mark.slow
@@ -366,45 +348,89 @@ def test_requests_are_split_by_bytes_and_other_errors_fail_the_job():
         classify(images, down, _rejected, max_request_bytes=1 << 20)
 
 
-class _Recording:
-    """A client that logs when each batch is sent and when its answer is awaited; b"bad" is rejected."""
+class _RpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+class _Images(ModelHandler):
+    """A handler of encoded images that logs each request; b"bad" is rejected, b"boom" fails the model, b"gone" the server."""
+
+    target = "host:1"
 
     def __init__(self):
-        self.events: list[tuple[str, bytes]] = []
+        super().__init__()
+        self.requests: list[list[bytes]] = []
 
-    def predict_encoded_async(self, encoded):
-        self.events.append(("send", encoded[0]))
+    def load_model(self):
+        return _Images  # anything RunInference can hold a weak reference to
 
-        def answer():
-            self.events.append(("await", encoded[0]))
-            return self.predict_encoded(encoded, log=False)
+    def run_inference(self, batch, model, inference_args=None):
+        self.requests.append(list(batch))
+        for marker, code in ((b"bad", grpc.StatusCode.INVALID_ARGUMENT), (b"boom", grpc.StatusCode.INTERNAL),
+                             (b"gone", grpc.StatusCode.UNAVAILABLE)):
+            if marker in batch:
+                raise _RpcError(code, f"{code.name.lower()} here")
+        return [PredictionResult(e, {names.OUTPUT_PROBABILITIES: np.eye(10)[len(e) % 10]}, "m:3") for e in batch]
 
-        return answer
 
-    def predict_encoded(self, encoded, log=True):
-        if log:
-            self.events.append(("sync", encoded[0]))
-        if b"bad" in encoded:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Invalid PNG data", "host:1")
-        rows = np.eye(names.NUM_CLASSES, dtype=np.float32)[[len(e) % 10 for e in encoded]]
-        return Prediction(rows, rows.argmax(1), ["x"] * len(encoded), "m", 3)
+def test_image_batches_bisect_a_rejected_batch_and_keep_read_failures_in_order():
+    images = _Images()
+    handler = ImageBatches(images, max_request_bytes=1 << 20)
+    unreadable = Failed("u", Reason.UNREADABLE, "gone")
+    batch = [Encoded("a", b"a", None), unreadable, Encoded("b", b"bad", None), Encoded("c", b"cc", None)]
+    [outcomes] = handler.run_inference([batch], _Images)
+    assert images.requests == [[b"a", b"bad", b"cc"], [b"a"], [b"bad", b"cc"], [b"bad"], [b"cc"]]
+    assert [o.path for o in outcomes] == ["u", "a", "b", "c"]
+    assert outcomes[0] is unreadable and outcomes[2].reason == Reason.REJECTED and outcomes[2].detail == "invalid_argument here"
+    assert (outcomes[1].class_id, outcomes[1].model_name, outcomes[1].model_version, outcomes[3].class_id) == (1, "m", 3, 2)
+
+
+def test_image_batches_tell_a_failed_batch_from_a_lost_server():
+    handler = ImageBatches(_Images(), max_request_bytes=1 << 20)
+    with pytest.raises(BatchFailed, match="INTERNAL: internal here"):
+        handler.run_inference([[Encoded("a", b"boom", None)]], _Images)
+    with pytest.raises(ServingError, match="host:1: UNAVAILABLE: unavailable here"):
+        handler.run_inference([[Encoded("a", b"gone", None)]], _Images)
+
+
+def test_a_batch_the_model_fails_on_goes_to_the_errors_output_and_the_job_goes_on(tree, tmp_path):
+    """RunInference's dead-letter output: each file of the failed batch becomes an error record; nothing is lost."""
+    coat = tree / "Coat"
+    files = sorted(str(p) for p in coat.iterdir() if p.is_file())
+    images = _Images()
+    images.run_inference = functools.partial(_failing_on, images, Path(files[0]).read_bytes())
+    argv = ["--input", str(coat), "--output", str(tmp_path), "--server", "h:1", "--batch-size", "2"]
+    result = job.run(argv, client_factory=_AlwaysReady, handler=images)
+    errors = [json.loads(line) for shard in tmp_path.glob("errors-*") for line in shard.read_text().splitlines()]
+    failed = [e for e in errors if e["reason"] == Reason.INFERENCE_FAILED]
+    assert 1 <= len(failed) <= 2 and {e["detail"] for e in failed} == {"RuntimeError: the model crashed"}
+    assert files[0] in {e["path"] for e in failed}
+    assert result.summary.inputs == len(files) == result.summary.classified + result.summary.errors
+    assert result.summary.errors_by_reason[Reason.INFERENCE_FAILED] == len(failed)
+
+
+def _failing_on(images, poison, batch, model, inference_args=None):
+    if poison in batch:
+        raise RuntimeError("the model crashed")
+    return _Images.run_inference(images, batch, model, inference_args)
+
+
+class _AlwaysReady:
+    def __init__(self, target, **settings):
+        pass
+
+    def wait_until_available(self, timeout, not_found_grace=None):
+        return 1
 
     def close(self):
         pass
-
-
-def test_served_batches_keep_one_request_in_flight_and_a_failed_one_is_redone_with_bisection():
-    client = _Recording()
-    served = ServedClassify(ServerSettings("host:1"), max_request_bytes=1 << 20, client_factory=lambda *a, **k: client)
-    batches = [[Encoded("a", b"a", None)], [Encoded("b", b"bad", None), Encoded("c", b"cc", None)], [Encoded("d", b"d", None)]]
-    served.setup()
-    served.start_bundle()
-    outputs = [outcomes for batch in batches for outcomes in served.process(batch)]
-    outputs += [windowed.value for windowed in served.finish_bundle()]
-    assert client.events[:4] == [("send", b"a"), ("send", b"bad"), ("await", b"a"), ("send", b"d")]
-    assert client.events[4:] == [("await", b"bad"), ("sync", b"bad"), ("sync", b"bad"), ("sync", b"cc"), ("await", b"d")]
-    assert [[o.path for o in outcomes] for outcomes in outputs] == [["a"], ["b", "c"], ["d"]]
-    assert isinstance(outputs[1][0], Failed) and outputs[1][1].class_id == 2 and outputs[2][0].model_version == 3
 
 
 def test_reading_stops_one_byte_past_the_limit_and_follows_a_file_that_grew_since_matched():
@@ -442,6 +468,6 @@ def test_cli_error_line_drops_beams_worker_decoration():
     beam_error = RuntimeError(
         "Traceback (most recent call last):\n  File ...\n"
         "serving.client.ServingError: 127.0.0.1:5: UNAVAILABLE: failed to connect "
-        "[while running 'Served/ParDo(ServedClassify)']"
+        "[while running 'RunInference/BeamML_RunInference']"
     )
     assert _last_line(beam_error) == "127.0.0.1:5: UNAVAILABLE: failed to connect"

@@ -42,7 +42,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 from test_server import TIMEOUT, Client, State, push_copy, request_for, rpc_error, start_server, wait_for
 
-from batch import job
+from batch import TFServingModelHandler, job
 from fmnist import names
 from serving import models
 from serving import server as serving_server
@@ -304,41 +304,21 @@ def test_a_server_started_before_its_model_directory_serves_once_it_appears(mode
 # -- the server killed during a batch job ------------------------------------------------
 
 
-class _KillsTheServer(PredictionClient):
-    """A real client that stops ``victim`` at once (no grace) after the first answered batch,
-    and records the backoffs of its retries."""
+class _KillsTheServer(TFServingModelHandler):
+    """The job's real handler, which stops ``victim`` at once (no grace) after the first answered request,
+    and counts the requests sent after that (the retries)."""
 
     victim: ClassVar[serving_server.Server | None] = None
-    backoffs: ClassVar[list[float]] = []
+    after_kill: ClassVar[int] = 0
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, sleep=self._backoff, **kwargs)
-
-    @classmethod
-    def _backoff(cls, seconds: float) -> None:
-        cls.backoffs.append(seconds)
-        time.sleep(seconds)
-
-    def predict_encoded(self, encoded, **kwargs):
-        prediction = super().predict_encoded(encoded, **kwargs)
-        self._kill()
-        return prediction
-
-    def predict_encoded_async(self, encoded, **kwargs):
-        answer = super().predict_encoded_async(encoded, **kwargs)
-
-        def answer_then_kill():
-            prediction = answer()
-            self._kill()
-            return prediction
-
-        return answer_then_kill
-
-    @classmethod
-    def _kill(cls) -> None:
-        victim, cls.victim = cls.victim, None
+    def request(self, batch, model, inference_args=None):
+        if _KillsTheServer.victim is None:
+            _KillsTheServer.after_kill += 1
+        results = super().request(batch, model, inference_args)
+        victim, _KillsTheServer.victim = _KillsTheServer.victim, None
         if victim is not None:
             victim.stop(grace=0)
+        return results
 
 
 @pytest.mark.slow
@@ -359,13 +339,15 @@ def test_a_batch_job_whose_server_dies_fails_naming_it_and_a_rerun_accounts_for_
     server = start_server(base, file_system_poll_wait_seconds=0)
     target = f"127.0.0.1:{server.port}"
     argv = ["--input", str(images), "--output", str(output), "--server", target, "--batch-size", "4", "--retries", "2", "--timeout", "5"]
-    _KillsTheServer.victim, _KillsTheServer.backoffs = server, []
-    monkeypatch.setattr(job, "run_config", functools.partial(job.run_config, client_factory=_KillsTheServer))
+    _KillsTheServer.victim, _KillsTheServer.after_kill = server, 0
+    killer = _KillsTheServer(target, model_name=names.MODEL_NAME, signature_name=names.PREDICT_IMAGES,
+                             input_alias=names.INPUT_IMAGE_BYTES, timeout=5, num_retries=2)
+    monkeypatch.setattr(job, "run_config", functools.partial(job.run_config, handler=killer))
     assert job.main(argv, prog="fmnist batch") == 1
     monkeypatch.undo()
     error = capsys.readouterr().err.strip()
     assert error.startswith("fmnist batch: error:") and f"{target}: UNAVAILABLE" in error and "\n" not in error
-    assert _KillsTheServer.backoffs[:2] == [0.5, 1.0]  # retried with backoff before giving up
+    assert _KillsTheServer.after_kill == 3  # the failing request, then Beam's 2 retries with backoff, before giving up
     assert not (output / "_SUCCESS").exists()
 
     restarted = start_server(base, port=server.port, file_system_poll_wait_seconds=0)
