@@ -331,14 +331,17 @@ def build(
 def read_inputs(
     pipeline: beam.Pipeline, inputs: Sequence[str], batch_size: int, limits: io.Limits
 ) -> tuple[list[beam.PCollection], beam.PCollection]:
-    """(what to count as inputs, lists of ``batch_size`` :class:`Image` or :class:`Failed` spread over the workers).
+    """(the batches to count as inputs, lists of ``batch_size`` :class:`Image` or :class:`Failed` spread over the workers).
 
     Image files are matched (each distinct file once, even where ``--input``s
     overlap), batched as (path, size), and read on the workers; request logs
     (``--input`` ending in ``.tfrecord``) give one element per logged image,
     batched the same way. min = max: full batches, where BatchElements would
     otherwise start at 1 and grow slowly. The batches, not the files, are
-    spread over the workers: one shuffle per batch.
+    spread over the workers: one shuffle per batch. Inputs are counted as
+    batched, before the shuffle, a count per batch: one per file sent every
+    file through the tallies' Flatten, which Beam's local runner executes
+    itself (in ``multi_processing`` mode, over its data plane).
     """
     patterns = _patterns(inputs)
     files, logs = [p for p in patterns if not io.is_request_log(p)], [p for p in patterns if io.is_request_log(p)]
@@ -353,9 +356,9 @@ def read_inputs(
         )
         if len(files) > 1:  # one glob matches a file once; overlapping ones must not classify it twice
             matched = matched | "Deduplicate" >> beam.CombinePerKey(_any)
-        counted.append(matched)
-        batches = matched | "Batch" >> beam.BatchElements(**batching) | "Spread" >> beam.Reshuffle()
-        read.append(batches | "Read" >> beam.ParDo(io.ReadImages(limits)))
+        batches = matched | "Batch" >> beam.BatchElements(**batching)
+        counted.append(batches)
+        read.append(batches | "Spread" >> beam.Reshuffle() | "Read" >> beam.ParDo(io.ReadImages(limits)))
     if logs:
         logged = (
             pipeline
@@ -363,17 +366,18 @@ def read_inputs(
             | "ReadLogs" >> beam.io.ReadAllFromTFRecord(with_filename=True)
             | "LoggedImages" >> beam.ParDo(io.LoggedImages(limits))
         )
-        counted.append(logged)
-        read.append(logged | "BatchLogged" >> beam.BatchElements(**batching) | "SpreadLogged" >> beam.Reshuffle())
+        logged_batches = logged | "BatchLogged" >> beam.BatchElements(**batching)
+        counted.append(logged_batches)
+        read.append(logged_batches | "SpreadLogged" >> beam.Reshuffle())
     return counted, tuple(read) | "AllRead" >> beam.Flatten()
 
 
 def write_tallies(counted: Sequence[beam.PCollection], tallies: Sequence[beam.PCollection], output: str) -> None:
-    """Sum (key, count) tallies with one ``summary.INPUT`` per element of ``counted`` into the scratch
-    :func:`read_counts` reads."""
+    """Sum (key, count) tallies with ``summary.INPUT`` counting the items of each batch in ``counted`` into
+    the scratch :func:`read_counts` reads."""
     (
         # Inputs are counted as matched, apart from the outcomes, so a file lost on the way shows in the summary.
-        (*(found | f"InputCounts{i}" >> beam.Map(lambda _: (summary.INPUT, 1)) for i, found in enumerate(counted)),
+        (*(found | f"InputCounts{i}" >> beam.Map(lambda batch: (summary.INPUT, len(batch))) for i, found in enumerate(counted)),
          *tallies)
         | "Tallies" >> beam.Flatten()
         | "Count" >> beam.CombinePerKey(sum)
