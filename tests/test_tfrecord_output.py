@@ -188,6 +188,30 @@ def test_in_process_runs_write_the_same_prediction_logs(labelled_tree, model_bas
     assert _jsonl(tmp_path, "errors").keys() == _jsonl(tfrecord_run[0], "errors").keys()
 
 
+def _readme_readers() -> list[str]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    return [b for b in blocks if "predictions-*.tfrecord" in b and "PredictionLog.FromString" in b]
+
+
+def test_the_readmes_readers_read_every_record(tfrecord_run, labelled_tree, tmp_path, monkeypatch, capsys):
+    readers = _readme_readers()
+    assert len(readers) == 2  # with TensorFlow, and without its runtime
+    (tmp_path / "out").symlink_to(tfrecord_run[0])
+    monkeypatch.chdir(tmp_path)  # the examples read out/predictions-*.tfrecord
+    classes = {log.log_metadata.request_origin: log.predict_log.response.outputs[names.OUTPUT_CLASS_IDS].int64_val[0]
+               for log in _logs(tfrecord_run[0])}
+    with_tf, without_tf = readers
+    exec(compile(with_tf, "README.md", "exec"), {})  # path, class name, confidence, version
+    rows = [re.fullmatch(r"(.+\.png) (.+) (\S+) (\d+)", line).groups() for line in capsys.readouterr().out.splitlines()]
+    assert {path: name for path, name, _, _ in rows} == {p: names.CLASS_NAMES[c] for p, c in classes.items()}
+    assert len(rows) == len(classes) and all(0.1 <= float(c) <= 1 and v == "1" for _, _, c, v in rows)
+    exec(compile(without_tf, "README.md", "exec"), {})  # path, class id
+    rows = [line.rsplit(" ", 1) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == len(classes) and {path: int(class_id) for path, class_id in rows} == classes
+    assert set(classes) == set(_good_files(labelled_tree))
+
+
 # --- units -----------------------------------------------------------------------------------------
 
 
