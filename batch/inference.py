@@ -98,7 +98,7 @@ def _answered(images: Sequence[Image], scores: Scores, seconds: float) -> list[O
     Metrics.distribution(NAMESPACE, "batch_latency_ms").update(int(seconds * 1000))
     Metrics.counter(NAMESPACE, "requests").inc()
     return [
-        Classified(image.path, image.label, tuple(map(float, row)), scores.model_name, scores.model_version)
+        Classified(image.path, image.label, tuple(map(float, row)), scores.model_name, scores.model_version, image.data)
         for image, row in zip(images, scores.probabilities, strict=True)  # a short answer must not lose files
     ]
 

@@ -4,8 +4,9 @@ Files matched by ``--input`` (folders recursively, globs where ``**/`` also
 matches no folder, any Beam file system) are read and header-checked on workers, sent in fixed-size batches to
 the served model (``predict_images``: encoded bytes, decoded in the graph), or
 run in-process through ``RunInference`` with ``--in-process MODEL_DIR``.
-Records go to sharded ``predictions-*`` files, failures to ``errors-*``, and
-the launcher writes ``summary.json``, ``report.html`` (:mod:`batch.report`),
+Records go to sharded ``predictions-*`` files (JSONL, CSV, Parquet, or TFRecords
+of TF Serving ``PredictionLog``s), failures to ``errors-*``, and the launcher
+writes ``summary.json``, ``report.html`` (:mod:`batch.report`),
 ``confusion_matrix.png`` for labelled folders, and ``_SUCCESS``. Besides its own options the job takes
 Beam's pipeline options (any other is refused), so the same job runs on Flink,
 Spark or Dataflow. An ``--output`` holding an earlier run's results is refused
@@ -16,7 +17,7 @@ is the same kind of job.
 
 Usage::
 
-    fmnist batch --input images/ --output out/ --server localhost:8500 [--format parquet]
+    fmnist batch --input images/ --output out/ --server localhost:8500 [--format parquet|tfrecord]
     fmnist batch --input 'gs://b/imgs/*.png' --output gs://b/out --server 10.0.0.2:8500 \\
         --runner DataflowRunner --project p --region r --temp_location gs://b/tmp
 """
@@ -123,8 +124,13 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConf
                         help="run this SavedModel (a version dir, or a base path of versions) with RunInference instead")
     parser.add_argument("--signature", default=names.PREDICT_IMAGES, choices=[names.PREDICT_IMAGES],
                         help="the signature that takes encoded image bytes")
-    parser.add_argument("--format", default="jsonl", choices=io.FORMATS, dest="file_format")
-    parser.add_argument("--top-k", type=_positive, default=3, help="classes listed per record (default 3)")
+    parser.add_argument("--format", default="jsonl", choices=io.FORMATS, dest="file_format",
+                        help="of predictions-*: jsonl, csv or parquet rows (errors-* in the same format), or tfrecord: "
+                        "one TF Serving PredictionLog per classified file, its replayable Predict request and the "
+                        "response, with the file's path in log_metadata.request_origin (errors-* stay jsonl); "
+                        "default jsonl")
+    parser.add_argument("--top-k", type=_positive, default=3,
+                        help="classes listed per record (default 3); a tfrecord response holds every probability")
     args, beam_args = parse_with_beam_options(parser, argv)
     if args.top_k > names.NUM_CLASSES:
         parser.error(f"--top-k: at most {names.NUM_CLASSES}")
@@ -236,13 +242,14 @@ def _any(copies):
 
 
 class _Account(beam.DoFn):
-    """Lists of outcomes → lists of output records (main) and of error records (``errors``), and
-    the tallies of the summary (``tallies``: (key, count) per batch); counts files for Beam's metrics
-    and for the launcher's progress display (:mod:`batch.progress`).
+    """Lists of outcomes → lists of output records (main: ``to_record`` of each classified file, a row or
+    a serialized PredictionLog) and of error records (``errors``), and the tallies of the summary
+    (``tallies``: (key, count) per batch); counts files for Beam's metrics and for the launcher's
+    progress display (:mod:`batch.progress`).
     """
 
-    def __init__(self, top_k: int, progress_address: tuple[str, int] | None):
-        self._top_k = top_k
+    def __init__(self, to_record: Callable[[Classified], dict | bytes], progress_address: tuple[str, int] | None):
+        self._to_record = to_record
         self._progress_address = progress_address
         self._images = Metrics.counter(NAMESPACE, "images")
         self._errors = Metrics.counter(NAMESPACE, "errors")
@@ -250,12 +257,12 @@ class _Account(beam.DoFn):
     def setup(self) -> None:
         self._progress = progress.Reporter(self._progress_address)
 
-    def process(self, outcomes: list[Outcome]) -> Iterator[list[dict] | beam.pvalue.TaggedOutput]:
+    def process(self, outcomes: list[Outcome]) -> Iterator[list[dict | bytes] | beam.pvalue.TaggedOutput]:
         records, errors, tallies = [], [], Counter()
         for outcome in outcomes:
             tallies.update(summary.tally(outcome))
             if isinstance(outcome, Classified):
-                records.append(io.prediction_record(outcome, self._top_k))
+                records.append(self._to_record(outcome))
             else:
                 errors.append(io.error_record(outcome))
                 Metrics.counter(NAMESPACE, f"errors_{outcome.reason}").inc()
@@ -314,8 +321,9 @@ def build(
     """
     counted, batches = read_inputs(pipeline, config.inputs, config.batch_size, config.limits)
     outcomes, dead = classify(batches, handler or images_handler(config), config.max_request_bytes)
+    to_record = io.output_record(config.file_format, config.top_k, config.signature)
     routed, dead_routed = (
-        found | f"Account{name}" >> beam.ParDo(_Account(config.top_k, progress_address)).with_outputs(
+        found | f"Account{name}" >> beam.ParDo(_Account(to_record, progress_address)).with_outputs(
             _ERRORS, _TALLIES, main="records")
         for name, found in (("", outcomes), ("DeadLetters", dead))
     )
@@ -324,7 +332,8 @@ def build(
     routed.records | "WritePredictions" >> io.Write(config.output, "predictions", config.file_format, io.PREDICTION_SCHEMA)
     # Dead letters hold no records; their errors join the others' after accounting, where a Flatten holds only errors.
     errors = (routed[_ERRORS], dead_routed[_ERRORS]) | "AllErrors" >> beam.Flatten()
-    errors | "WriteErrors" >> io.Write(config.output, "errors", config.file_format, io.ERROR_SCHEMA)
+    errors_format = io.errors_format(config.file_format)  # JSONL beside TFRecords: errors are no predictions
+    errors | "WriteErrors" >> io.Write(config.output, "errors", errors_format, io.ERROR_SCHEMA)
     write_tallies(counted, (routed[_TALLIES], dead_routed[_TALLIES]), config.output)
 
 

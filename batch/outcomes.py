@@ -10,7 +10,7 @@ Usage: ``Failed(path, Reason.EMPTY, "0 bytes")``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fmnist import imagefile, names
 
@@ -39,13 +39,20 @@ class Image:
 
 @dataclass(frozen=True)
 class Classified:
-    """One file's class probabilities and the model version that produced them."""
+    """One file's class probabilities and the model version that produced them.
+
+    ``data`` is the encoded image the model was given, where the classifier
+    kept it: ``--format tfrecord`` needs it for the replayable Predict request
+    of each PredictionLog. It is the same bytes object the file was read into
+    (no copy), and it is left out of equality and ``repr``.
+    """
 
     path: str
     label: int | None
     probabilities: tuple[float, ...]
     model_name: str
     model_version: int
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def class_id(self) -> int:
