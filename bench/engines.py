@@ -1,4 +1,9 @@
-"""Engine benchmark: ``fmnist batch`` on Beam's FnApiRunner (the job's default), Prism, Spark and Flink, same files.
+"""Engine benchmark: ``fmnist batch`` on Beam's FnApiRunner (the job's default), its portable path, Prism, Spark
+and Flink, same files.
+
+The portable path is Beam's own local job service and an external SDK
+worker pool, each a process of its own (:func:`engines.cluster.portable_local`):
+the job API and Fn API the cluster runners use, without an engine.
 
 Prism is Beam's portable local runner (a Go binary): built here with
 ``go install github.com/apache/beam/sdks/v2/go/cmd/prism@v2.77.0`` and passed by
@@ -48,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prism", type=Path, default=Path.home() / "go" / "bin" / "prism",
                         help="the prism binary (default ~/go/bin/prism, where go install puts it)")
     parser.add_argument("--images-dir", type=Path, help="where the PNGs go (kept and reused); default a temp dir")
-    parser.add_argument("--runners", default="default,prism,spark,flink",
-                        help="which of default, prism, spark, flink (default all; one whose parts are missing is "
-                        "skipped with the reason)")
+    parser.add_argument("--runners", default="default,portable,prism,spark,flink",
+                        help="which of default, portable, prism, spark, flink (default all; one whose parts are "
+                        "missing is skipped with the reason)")
     args = parser.parse_args(argv)
     wanted = args.runners.split(",")
     missing = {"prism": None if args.prism.exists() else
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                                    names.MODEL_NAME, work / "server.log")
     started = {  # runner → (label, a context manager giving its Beam options)
         "default": ("FnApiRunner (default)", contextlib.nullcontext([])),
+        "portable": ("Portable (job service + worker pool)", _options(cluster.portable_local, work / "portable")),
         "prism": ("Prism", contextlib.nullcontext(["--runner=PrismRunner", f"--prism_location={args.prism}"])),
         "spark": ("Spark, 2 workers", _options(cluster.spark_cluster, work / "spark")),
         "flink": ("Flink MiniCluster", _options(cluster.flink_cluster, work / "flink")),
@@ -84,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(run_job(label, every, args.count, ["--server", server.target, *options], None, work))
     finally:
         server.stop()
-    print(_common.table(rows, ["mode", "files", "seconds", "images_per_s", "wall_s", "peak_rss_mib"]))
+    baseline = next((row["images_per_s"] for row in rows if row["mode"] == started["default"][0]), None)
+    for row in rows:
+        row["vs_default"] = row["images_per_s"] / baseline if baseline else None
+    print(_common.table(rows, ["mode", "files", "seconds", "images_per_s", "vs_default", "wall_s", "peak_rss_mib"]))
     print(f"results: {_common.write_results('engines', {'count': args.count, 'rows': rows})}")
     return 0
 

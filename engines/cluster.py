@@ -1,4 +1,5 @@
-"""Commands that start Beam's Spark and Flink job servers and a Spark standalone cluster on loopback.
+"""Commands that start Beam's Spark and Flink job servers and a Spark standalone cluster on loopback,
+and Beam's own local job service with an external SDK worker pool (the portable path without an engine).
 
 Maven Central, as this project reaches it, serves neither
 ``beam-runners-spark-3-job-server`` nor ``beam-runners-flink-1.19-job-server``
@@ -25,6 +26,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import time
 import urllib.request
 import zipfile
@@ -178,6 +180,30 @@ def flink_cluster(folder: Path) -> Iterator[Running]:
                  environment()) as processes:
         wait_for_port(job_port, processes["job-server"], timeout=120)
         yield Running(beam_options(job_port))
+
+
+@contextlib.contextmanager
+def portable_local(folder: Path) -> Iterator[Running]:
+    """Beam's local job service and an external SDK worker pool, each a process of its own, stopped on exit.
+
+    The job is submitted as a pipeline proto over the job API and run by the
+    pool's workers over the Fn API, as Flink, Spark and Dataflow run Python.
+    Each process runs in a session of its own, so stopping it stops the workers it forked.
+    """
+    logs = folder / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    job_port, pool_port = free_port(), free_port()
+    commands = {
+        "job-service": [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+                        "--port", str(job_port)],
+        "worker-pool": [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
+                        "--service_port", str(pool_port)],
+    }
+    with started(commands, logs, environment()) as processes:
+        wait_for_port(job_port, processes["job-service"])
+        wait_for_port(pool_port, processes["worker-pool"])
+        yield Running(["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
+                       "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}"])
 
 
 def master_state(webui_port: int) -> dict:

@@ -17,7 +17,7 @@ import pytest
 from test_batch import _assert_same_outputs
 
 from batch import job
-from engines.processes import environment, free_port, started, wait_for_port
+from engines import cluster
 from fmnist import names
 from serving.server import ServerConfig, start
 
@@ -27,20 +27,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def portable(tmp_path_factory) -> list[str]:
     """A job service and a worker pool in processes of their own; yields the Beam options that reach them."""
-    logs = tmp_path_factory.mktemp("portable-logs")
-    job_port, pool_port = free_port(), free_port()
-    commands = {
-        "job-service": [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-                        "--port", str(job_port)],
-        "worker-pool": [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                        "--service_port", str(pool_port)],
-    }
-    # Each in a session of its own, so stopping it stops the workers it forked.
-    with started(commands, logs, environment()) as processes:
-        wait_for_port(job_port, processes["job-service"])
-        wait_for_port(pool_port, processes["worker-pool"])
-        yield ["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}", "--environment_type=EXTERNAL",
-               f"--environment_config=localhost:{pool_port}"]
+    with cluster.portable_local(tmp_path_factory.mktemp("portable")) as running:
+        yield running.options
 
 
 def assert_same_as_default_runner(beam_args: list[str], tree: Path, pushed: Path, output: Path) -> None:
