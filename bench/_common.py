@@ -94,6 +94,14 @@ def copy_pushed(model_dir: Path, base_path: Path, version: int = 1) -> Path:
     return path
 
 
+def extract_tree(rev: str, into: Path) -> Path:
+    """The tree of ``rev``, read-only from git (``git archive``): no checkout, stash or worktree changes."""
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -30,6 +30,7 @@ Usage::
     python bench/batch.py --profile cnn  # the convolutional model served instead of the mlp
     python bench/batch.py --profile cnn --mixed-precision   # and a bfloat16 server beside it
     python bench/batch.py --model-dir models/fashion_mnist/1764115200   # a trained, pushed version
+    python bench/batch.py --baseline d21308a   # and the served job of that commit, alternating with this one
 
 The mlp's speed does not depend on its weights. The cnn's does: it runs its
 mirror pass only for images it is unsure of, and fresh weights are unsure of
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -83,14 +85,16 @@ def subset(paths: list[Path], count: int, root: Path) -> Path:
     return target
 
 
-def run_job(label: str, input_dir: Path, files: int, source: list[str], batch_size: int | None, work: Path) -> dict:
-    """One ``python -m batch.job`` run: its summary's rate, wall time and peak RSS."""
+def run_job(label: str, input_dir: Path, files: int, source: list[str], batch_size: int | None, work: Path,
+            tree: Path = _common.ROOT) -> dict:
+    """One ``python -m batch.job`` run of the checkout at ``tree``: its summary's rate, wall time and peak RSS."""
     slug = f"{label.replace(', ', '-').replace(' ', '-')}-{files}"
     output = work / f"out-{slug}"
     argv = [sys.executable, "-m", "batch.job", "--input", str(input_dir), "--output", str(output), *source]
     if batch_size:
         argv += ["--batch-size", str(batch_size)]
-    code, wall, rss = _common.run_child(argv, work / f"{slug}.log")
+    env = None if tree == _common.ROOT else {**os.environ, "PYTHONPATH": str(tree)}
+    code, wall, rss = _common.run_child(argv, work / f"{slug}.log", cwd=tree, env=env)
     if code != 0:
         raise RuntimeError(f"{label} job failed ({code}); see {work / f'{slug}.log'}")
     summary = json.loads((output / "summary.json").read_text())
@@ -131,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the served model, exported with fresh weights (default mlp)")
     parser.add_argument("--model-dir", type=Path,
                         help="serve this pushed version directory instead (its profile is read from its config)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run the served job of this commit (git archive) on all the files, alternating "
+                        "with this checkout's, and print this checkout's rate ÷ its")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="also serve with --mixed_precision=bfloat16 and run the job against that server")
     args = parser.parse_args(argv)
@@ -166,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
                                 args.batch_size, work))
         rows.append(run_job("served, 2 workers", every, args.count, ["--server", server.target, *TWO_WORKERS],
                             args.batch_size, work))
+        if args.baseline:
+            tree = _common.extract_tree(args.baseline, work / "baseline")
+            for n in (1, 2):  # alternating with this checkout's, on the same server
+                rows.append(run_job(f"served at {args.baseline[:10]} #{n}", every, args.count,
+                                    ["--server", server.target], args.batch_size, work, tree))
+                rows.append(run_job(f"served #{n + 1}", every, args.count, ["--server", server.target],
+                                    args.batch_size, work))
     finally:
         server_rss = server.stop()
     if args.mixed_precision:
@@ -190,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         "fixed seconds per job (served)": fixed,
         "peak RSS growth, smallest to largest run (MiB)": served[-1]["peak_rss_mib"] - served[0]["peak_rss_mib"],
     }
+    two_workers = next(r for r in rows if r["mode"] == "served, 2 workers")
+    ratios["served, 2 workers / served"] = two_workers["images_per_s"] / full["images_per_s"]
+    if args.baseline:
+        ours = [r["images_per_s"] for r in rows if r["mode"].startswith("served #") or r is full]
+        theirs = [r["images_per_s"] for r in rows if r["mode"].startswith("served at ")]
+        ratios[f"served / served at {args.baseline[:10]} (means)"] = np.mean(ours) / np.mean(theirs)
     if args.mixed_precision:
         bfloat16 = next(r for r in rows if r["mode"] == "served, bfloat16 server")
         ratios["served, bfloat16 server / served"] = bfloat16["images_per_s"] / full["images_per_s"]

@@ -34,14 +34,6 @@ _IMPORT_CLIENT = (
 _WORKERS = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
 
 
-def _extract(rev: str, into: Path) -> Path:
-    """The tree of ``rev``, read-only from git (``git archive``): no checkout, stash or worktree changes."""
-    into.mkdir()
-    archive = subprocess.run(["git", "-C", str(_common.ROOT), "archive", rev], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def _write_pngs(folder: Path, count: int) -> Path:
     """``count`` random 28 x 28 grey PNGs: what ``fmnist images`` writes, without loading the data set."""
     folder.mkdir(parents=True)
@@ -127,7 +119,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="fmnist-startup-") as tmp:
         work = Path(tmp)
-        trees = {"before": _extract(args.baseline, work / "before"), "after": _common.ROOT}
+        trees = {"before": _common.extract_tree(args.baseline, work / "before"), "after": _common.ROOT}
         images = _write_pngs(work / "images", args.files)
         one_image = next(images.iterdir())
         _common.export_untrained("mlp", work / "models")
