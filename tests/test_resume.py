@@ -266,6 +266,32 @@ def test_the_lost_server_line_says_to_resume_for_batch_and_to_overwrite_for_comp
     assert job._explained(line).endswith("then run the job again with --overwrite")
 
 
+def test_a_run_stopped_after_its_pipeline_ended_is_finished_without_classifying_anything(
+        tmp_path, server, labelled_tree, monkeypatch):
+    argv = ["--input", str(labelled_tree), "--output", str(tmp_path), "--server", server, "--batch-size", "4"]
+
+    def stopped(output):
+        raise RuntimeError("stopped before the report")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(job, "read_gallery", stopped)
+        with pytest.raises(RuntimeError, match="stopped before the report"):
+            job.run(argv)
+    written = _by_path(_read(tmp_path, "predictions"))  # the pipeline had finished its outputs
+    assert len(written) == 40 and not (tmp_path / "_SUCCESS").exists()
+    assert len(_checkpointed(tmp_path)) == 42
+
+    _Counting.sent.clear()
+    result, shown = _run_resumed(argv, client_factory=_Counting)
+    assert "resuming: 42 of 42 files already classified" in shown and "progress: " in shown
+    assert _Counting.sent == []
+    records = _by_path(_read(tmp_path, "predictions"))  # written again, once
+    assert records == written
+    assert len(_read(tmp_path, "errors")) == 2 and (tmp_path / "_SUCCESS").exists()
+    assert (result.summary.inputs, result.summary.resumed) == (42, 42)
+    assert not (tmp_path / job.CHECKPOINTS).exists()
+
+
 # --- request logs --------------------------------------------------------------------------------
 
 

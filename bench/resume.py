@@ -1,0 +1,133 @@
+"""What ``fmnist batch``'s checkpoints cost, and what ``--resume`` saves.
+
+Every run saves each classified batch's outcomes as a checkpoint (``_resume/``
+in ``--output``) so that ``--resume`` can finish it after an interruption.
+This times the served job on ``--count`` PNGs (10,000) with the checkpoint
+writes and without them (the same code, ``batch.io.write_checkpoint`` replaced
+by a no-op in the job's process: only the writes differ), alternating,
+``--repeat`` times each; then the launcher's reading of one run's worth of
+checkpoints (what ``--resume`` does before it starts), and a resumed run of
+an output whose checkpoints hold half of the files.
+
+Usage::
+
+    python bench/resume.py                      # 10,000 files, 3 runs each way
+    python bench/resume.py --count 2000 --repeat 1 --images-dir /tmp/pngs
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io as text_io
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common  # first: fixes sys.path so "batch" is the package, not this file
+
+from fmnist import names
+
+# The job's entry, optionally without checkpoint writes; run as its own process.
+_CHILD = """
+import sys
+from batch import io, job
+if sys.argv[1] == "off":
+    io.write_checkpoint = lambda folder, outcomes: ""
+sys.exit(job.main(sys.argv[2:]))
+"""
+
+
+def run(label: str, checkpoints: bool, argv: list[str], log: Path) -> float:
+    """The job's own seconds (summary.json), pipeline start to finish."""
+    code, wall, rss = _common.run_child([sys.executable, "-c", _CHILD, "on" if checkpoints else "off", *argv], log)
+    if code != 0:
+        raise RuntimeError(f"{label} failed ({code}); see {log}")
+    output = Path(argv[argv.index("--output") + 1])
+    seconds = json.loads((output / "summary.json").read_text())["elapsed_seconds"]
+    print(f"  {label}: {seconds:.2f} s (wall {wall:.1f} s, peak {rss:.0f} MiB)", flush=True)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=10_000, help="PNG files (default 10,000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs with and without checkpoints (default 3 each)")
+    parser.add_argument("--batch-size", type=int, default=64, help="the job's --batch-size (default 64)")
+    parser.add_argument("--images-dir", type=Path, help="where the PNGs go (kept and reused); default a temp dir")
+    args = parser.parse_args(argv)
+    _common.warn_if_busy()
+    load_before = os.getloadavg()
+
+    from batch import io, job
+    from batch.outcomes import Classified
+
+    spec = importlib.util.spec_from_file_location("bench_batch", Path(__file__).with_name("batch.py"))
+    bench_batch = importlib.util.module_from_spec(spec)  # bench/batch.py: "batch" is the package's name
+    spec.loader.exec_module(bench_batch)
+
+    work = Path(tempfile.mkdtemp(prefix="fmnist-bench-resume-"))
+    root = args.images_dir or work / "images"
+    paths = bench_batch.write_images(root, args.count)
+    every = bench_batch.subset(paths, args.count, root)
+    model_base = work / "models" / names.MODEL_NAME
+    _common.export_untrained("mlp", model_base)
+    server = _common.ServerProcess(["--model_name", names.MODEL_NAME, "--model_base_path", str(model_base),
+                                    "--file_system_poll_wait_seconds", "0"], names.MODEL_NAME, work / "server.log")
+    rows = {"with checkpoints": [], "without": []}
+    try:
+        common = ["--input", str(every), "--server", server.target, "--batch-size", str(args.batch_size)]
+        run("warm-up", True, [*common, "--output", str(work / "warm")], work / "warm.log")
+        for n in range(args.repeat):
+            for label, on in (("with checkpoints", True), ("without", False)) if n % 2 == 0 else (
+                    ("without", False), ("with checkpoints", True)):
+                output = work / f"out-{label.replace(' ', '-')}-{n}"
+                rows[label].append(run(f"{label} #{n + 1}", on, [*common, "--output", str(output)],
+                                       work / f"{output.name}.log"))
+                shutil.rmtree(output)
+
+        # One run's checkpoints, as an interrupted run leaves them, read back as --resume does.
+        output = work / "resumable"
+        files, logs = job.match_inputs([str(every)])
+        records = [Classified(path, None, (0.1,) * 10, names.MODEL_NAME, 1) for path in sorted(files)]
+        for start in range(0, len(records), args.batch_size):
+            io.write_checkpoint(str(output / job.CHECKPOINTS), records[start:start + args.batch_size])
+        started = time.perf_counter()
+        plan = job.plan_resumption(str(output), files, logs, text_io.StringIO())
+        read_seconds = time.perf_counter() - started
+        print(f"  reading {len(plan.checkpoints)} checkpoints ({plan.done:,} outcomes): {read_seconds:.2f} s")
+        shutil.rmtree(output / job.CHECKPOINTS)
+        half = records[: len(records) // 2]
+        for start in range(0, len(half), args.batch_size):
+            io.write_checkpoint(str(output / job.CHECKPOINTS), half[start:start + args.batch_size])
+        resumed = run("resumed, half done", True, [*common, "--output", str(output), "--resume"], work / "resumed.log")
+    finally:
+        server.stop()
+    load_after = os.getloadavg()
+
+    with_, without = statistics.median(rows["with checkpoints"]), statistics.median(rows["without"])
+    result = {
+        "files": args.count, "batch_size": args.batch_size, "runs": rows,
+        "median_seconds_with": with_, "median_seconds_without": without,
+        "checkpoint_cost_us_per_file": (with_ - without) / args.count * 1e6,
+        "checkpoint_cost_fraction": with_ / without - 1,
+        "launcher_read_seconds": read_seconds, "resumed_half_seconds": resumed,
+        "load_average_before": load_before, "load_average_after": load_after,
+    }
+    print(f"\nServed job, {args.count:,} PNGs, --batch-size {args.batch_size}: median {with_:.2f} s with "
+          f"checkpoints, {without:.2f} s without ({result['checkpoint_cost_fraction']:+.1%}, "
+          f"{result['checkpoint_cost_us_per_file']:.1f} us per file)")
+    print(f"launcher reading a whole run's checkpoints: {read_seconds:.2f} s; resumed run of half: {resumed:.2f} s")
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    print(f"wrote {_common.write_results('resume', result)}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
