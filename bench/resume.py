@@ -33,25 +33,42 @@ import _common  # first: fixes sys.path so "batch" is the package, not this file
 
 from fmnist import names
 
-# The job's entry, optionally without checkpoint writes; run as its own process.
+# The job's entry, optionally without checkpoint writes; run as its own process. It writes the CPU
+# seconds its pipeline took (every thread of the process, from its start to its end) to argv[2].
 _CHILD = """
-import sys
+import resource, sys
 from batch import io, job
+
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
 if sys.argv[1] == "off":
     io.write_checkpoint = lambda folder, outcomes: ""
-sys.exit(job.main(sys.argv[2:]))
+execute = job.execute
+def timed(*args, **kwargs):
+    started = cpu()
+    try:
+        return execute(*args, **kwargs)
+    finally:
+        open(sys.argv[2], "w").write(str(cpu() - started))
+job.execute = timed
+sys.exit(job.main(sys.argv[3:]))
 """
 
 
-def run(label: str, checkpoints: bool, argv: list[str], log: Path) -> float:
-    """The job's own seconds (summary.json), pipeline start to finish."""
-    code, wall, rss = _common.run_child([sys.executable, "-c", _CHILD, "on" if checkpoints else "off", *argv], log)
+def run(label: str, checkpoints: bool, argv: list[str], log: Path) -> tuple[float, float]:
+    """(the job's own seconds (summary.json), pipeline start to finish; its CPU seconds in that time)."""
+    cpu_file = log.with_suffix(".cpu")
+    code, wall, rss = _common.run_child(
+        [sys.executable, "-c", _CHILD, "on" if checkpoints else "off", str(cpu_file), *argv], log)
     if code != 0:
         raise RuntimeError(f"{label} failed ({code}); see {log}")
     output = Path(argv[argv.index("--output") + 1])
     seconds = json.loads((output / "summary.json").read_text())["elapsed_seconds"]
-    print(f"  {label}: {seconds:.2f} s (wall {wall:.1f} s, peak {rss:.0f} MiB)", flush=True)
-    return seconds
+    cpu = float(cpu_file.read_text())
+    print(f"  {label}: {seconds:.2f} s, {cpu:.2f} CPU s (wall {wall:.1f} s, peak {rss:.0f} MiB)", flush=True)
+    return seconds, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,23 +123,33 @@ def main(argv: list[str] | None = None) -> int:
         for start in range(0, len(half), args.batch_size):
             io.write_checkpoint(str(output / job.CHECKPOINTS), half[start:start + args.batch_size])
         resumed = run("resumed, half done", True, [*common, "--output", str(output), "--resume"], work / "resumed.log")
+        taken = json.loads((output / "summary.json").read_text())["resumed"]
+        if taken != len(half):
+            raise RuntimeError(f"the resumed run took {taken} outcomes from the checkpoints, not {len(half)}")
     finally:
         server.stop()
     load_after = os.getloadavg()
 
-    with_, without = statistics.median(rows["with checkpoints"]), statistics.median(rows["without"])
+    def median(label: str, column: int) -> float:
+        return statistics.median(row[column] for row in rows[label])
+
+    with_, without = median("with checkpoints", 0), median("without", 0)
+    cpu_with, cpu_without = median("with checkpoints", 1), median("without", 1)
     result = {
         "files": args.count, "batch_size": args.batch_size, "runs": rows,
         "median_seconds_with": with_, "median_seconds_without": without,
+        "median_cpu_seconds_with": cpu_with, "median_cpu_seconds_without": cpu_without,
         "checkpoint_cost_us_per_file": (with_ - without) / args.count * 1e6,
-        "checkpoint_cost_fraction": with_ / without - 1,
-        "launcher_read_seconds": read_seconds, "resumed_half_seconds": resumed,
+        "checkpoint_cpu_us_per_file": (cpu_with - cpu_without) / args.count * 1e6,
+        "launcher_read_seconds": read_seconds, "resumed_half_seconds": resumed[0],
         "load_average_before": load_before, "load_average_after": load_after,
     }
-    print(f"\nServed job, {args.count:,} PNGs, --batch-size {args.batch_size}: median {with_:.2f} s with "
-          f"checkpoints, {without:.2f} s without ({result['checkpoint_cost_fraction']:+.1%}, "
-          f"{result['checkpoint_cost_us_per_file']:.1f} us per file)")
-    print(f"launcher reading a whole run's checkpoints: {read_seconds:.2f} s; resumed run of half: {resumed:.2f} s")
+    print(f"\nServed job, {args.count:,} PNGs, --batch-size {args.batch_size}, median of {args.repeat}: "
+          f"{with_:.2f} s with checkpoints, {without:.2f} s without "
+          f"({result['checkpoint_cost_us_per_file']:+.1f} us per file); the job's CPU {cpu_with:.2f} s with, "
+          f"{cpu_without:.2f} s without ({result['checkpoint_cpu_us_per_file']:+.1f} us per file)")
+    print(f"launcher reading a whole run's checkpoints: {read_seconds:.2f} s; resumed run of half: "
+          f"{resumed[0]:.2f} s, {resumed[1]:.2f} CPU s")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print(f"wrote {_common.write_results('resume', result)}")
     shutil.rmtree(work, ignore_errors=True)
