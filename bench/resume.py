@@ -2,16 +2,17 @@
 
 Every run saves each classified batch's outcomes as a checkpoint (``_resume/``
 in ``--output``) so that ``--resume`` can finish it after an interruption.
-This times the served job on ``--count`` PNGs (10,000) with the checkpoint
-writes and without them (the same code, ``batch.io.write_checkpoint`` replaced
-by a no-op in the job's process: only the writes differ), alternating,
-``--repeat`` times each; then the launcher's reading of one run's worth of
-checkpoints (what ``--resume`` does before it starts), and a resumed run of
-an output whose checkpoints hold half of the files.
+This times the served job on ``--count`` PNGs (10,000) three ways, in turn,
+``--repeat`` times each: with the checkpoint writes, without them (the same
+code, ``batch.io.write_checkpoint`` replaced by a no-op in the job's process:
+only the writes differ), and resumed (``--resume``) on an output whose
+checkpoints hold half of the files; each job's own seconds (summary.json) and
+its process's CPU seconds over the pipeline run. Then the launcher's reading
+of a whole run's checkpoints (what ``--resume`` does before it starts).
 
 Usage::
 
-    python bench/resume.py                      # 10,000 files, 3 runs each way
+    python bench/resume.py                      # 10,000 files, 3 rounds
     python bench/resume.py --count 2000 --repeat 1 --images-dir /tmp/pngs
 """
 
@@ -74,7 +75,7 @@ def run(label: str, checkpoints: bool, argv: list[str], log: Path) -> tuple[floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=10_000, help="PNG files (default 10,000)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs with and without checkpoints (default 3 each)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the three runs (default 3)")
     parser.add_argument("--batch-size", type=int, default=64, help="the job's --batch-size (default 64)")
     parser.add_argument("--images-dir", type=Path, help="where the PNGs go (kept and reused); default a temp dir")
     args = parser.parse_args(argv)
@@ -96,36 +97,42 @@ def main(argv: list[str] | None = None) -> int:
     _common.export_untrained("mlp", model_base)
     server = _common.ServerProcess(["--model_name", names.MODEL_NAME, "--model_base_path", str(model_base),
                                     "--file_system_poll_wait_seconds", "0"], names.MODEL_NAME, work / "server.log")
-    rows = {"with checkpoints": [], "without": []}
+    rows = {"with checkpoints": [], "without": [], "resumed, half done": []}
     try:
         common = ["--input", str(every), "--server", server.target, "--batch-size", str(args.batch_size)]
-        run("warm-up", True, [*common, "--output", str(work / "warm")], work / "warm.log")
-        for n in range(args.repeat):
-            for label, on in (("with checkpoints", True), ("without", False)) if n % 2 == 0 else (
-                    ("without", False), ("with checkpoints", True)):
-                output = work / f"out-{label.replace(' ', '-')}-{n}"
-                rows[label].append(run(f"{label} #{n + 1}", on, [*common, "--output", str(output)],
-                                       work / f"{output.name}.log"))
-                shutil.rmtree(output)
-
-        # One run's checkpoints, as an interrupted run leaves them, read back as --resume does.
-        output = work / "resumable"
         files, logs = job.match_inputs([str(every)])
         records = [Classified(path, None, (0.1,) * 10, names.MODEL_NAME, 1) for path in sorted(files)]
-        for start in range(0, len(records), args.batch_size):
-            io.write_checkpoint(str(output / job.CHECKPOINTS), records[start:start + args.batch_size])
+        half = records[: len(records) // 2]
+
+        def saved(output: Path, outcomes: list) -> None:
+            """Checkpoints of ``outcomes``, as an interrupted run leaves them."""
+            for start in range(0, len(outcomes), args.batch_size):
+                io.write_checkpoint(str(output / job.CHECKPOINTS), outcomes[start:start + args.batch_size])
+
+        run("warm-up", True, [*common, "--output", str(work / "warm")], work / "warm.log")
+        kinds = list(rows)
+        for n in range(args.repeat):
+            for label in kinds[n % 3:] + kinds[: n % 3]:  # each kind first, second and last in turn
+                output = work / f"out-{label.replace(' ', '-').replace(',', '')}-{n}"
+                argv = [*common, "--output", str(output)]
+                if label.startswith("resumed"):
+                    saved(output, half)
+                    argv.append("--resume")
+                rows[label].append(run(f"{label} #{n + 1}", label != "without", argv, work / f"{output.name}.log"))
+                if label.startswith("resumed"):
+                    taken = json.loads((output / "summary.json").read_text())["resumed"]
+                    if taken != len(half):
+                        raise RuntimeError(f"the resumed run took {taken} outcomes from checkpoints, not {len(half)}")
+                shutil.rmtree(output)
+
+        # A whole run's checkpoints read back, as --resume does before it starts.
+        output = work / "resumable"
+        saved(output, records)
         started = time.perf_counter()
         plan = job.plan_resumption(str(output), files, logs, text_io.StringIO())
         read_seconds = time.perf_counter() - started
         print(f"  reading {len(plan.checkpoints)} checkpoints ({plan.done:,} outcomes): {read_seconds:.2f} s")
-        shutil.rmtree(output / job.CHECKPOINTS)
-        half = records[: len(records) // 2]
-        for start in range(0, len(half), args.batch_size):
-            io.write_checkpoint(str(output / job.CHECKPOINTS), half[start:start + args.batch_size])
-        resumed = run("resumed, half done", True, [*common, "--output", str(output), "--resume"], work / "resumed.log")
-        taken = json.loads((output / "summary.json").read_text())["resumed"]
-        if taken != len(half):
-            raise RuntimeError(f"the resumed run took {taken} outcomes from the checkpoints, not {len(half)}")
+        size = sum(f.stat().st_size for f in (output / job.CHECKPOINTS).iterdir())
     finally:
         server.stop()
     load_after = os.getloadavg()
@@ -133,23 +140,24 @@ def main(argv: list[str] | None = None) -> int:
     def median(label: str, column: int) -> float:
         return statistics.median(row[column] for row in rows[label])
 
-    with_, without = median("with checkpoints", 0), median("without", 0)
-    cpu_with, cpu_without = median("with checkpoints", 1), median("without", 1)
+    with_, without, resumed = (median(label, 0) for label in kinds)
+    cpu_with, cpu_without, cpu_resumed = (median(label, 1) for label in kinds)
     result = {
         "files": args.count, "batch_size": args.batch_size, "runs": rows,
-        "median_seconds_with": with_, "median_seconds_without": without,
+        "median_seconds_with": with_, "median_seconds_without": without, "median_seconds_resumed_half": resumed,
         "median_cpu_seconds_with": cpu_with, "median_cpu_seconds_without": cpu_without,
+        "median_cpu_seconds_resumed_half": cpu_resumed,
         "checkpoint_cost_us_per_file": (with_ - without) / args.count * 1e6,
         "checkpoint_cpu_us_per_file": (cpu_with - cpu_without) / args.count * 1e6,
-        "launcher_read_seconds": read_seconds, "resumed_half_seconds": resumed[0],
+        "checkpoint_bytes": size, "launcher_read_seconds": read_seconds,
         "load_average_before": load_before, "load_average_after": load_after,
     }
-    print(f"\nServed job, {args.count:,} PNGs, --batch-size {args.batch_size}, median of {args.repeat}: "
+    print(f"\nServed job, {args.count:,} PNGs, --batch-size {args.batch_size}, medians of {args.repeat}: "
           f"{with_:.2f} s with checkpoints, {without:.2f} s without "
           f"({result['checkpoint_cost_us_per_file']:+.1f} us per file); the job's CPU {cpu_with:.2f} s with, "
           f"{cpu_without:.2f} s without ({result['checkpoint_cpu_us_per_file']:+.1f} us per file)")
-    print(f"launcher reading a whole run's checkpoints: {read_seconds:.2f} s; resumed run of half: "
-          f"{resumed[0]:.2f} s, {resumed[1]:.2f} CPU s")
+    print(f"resumed with half done: {resumed:.2f} s, {cpu_resumed:.2f} CPU s; a whole run's checkpoints: "
+          f"{size / 1e6:.1f} MB, read by the launcher in {read_seconds:.2f} s")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print(f"wrote {_common.write_results('resume', result)}")
     shutil.rmtree(work, ignore_errors=True)
