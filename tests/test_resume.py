@@ -115,6 +115,7 @@ def _assert_whole(output: Path, reference: dict[str, dict], images: Path, *, res
     assert summary["classified"] == len(records) and summary["errors_by_reason"] == {r: 1 for r in BAD.values()}
     assert summary["evaluation"]["files"] == 2 * DISTINCT
     assert summary["resumed"] == resumed
+    assert f"{resumed:,} files done by an interrupted run" in (output / "report.html").read_text()
     assert (output / "_SUCCESS").exists() and not (output / job.CHECKPOINTS).exists()
     assert not list(output.glob("beam-temp-*"))
 
