@@ -155,9 +155,10 @@ class ServerSettings:
     retries: int = 3
     backoff: float = 0.5  # seconds before the client's first retry, doubling after (the handler: Beam's backoff)
 
-    def handler(self) -> TFServingModelHandler:
-        """The ``RunInference`` handler of ``predict_images`` on this server (retrying the handler's transient codes)."""
-        return TFServingModelHandler(
+    def handler(self, handler_class: type[TFServingModelHandler] = TFServingModelHandler) -> TFServingModelHandler:
+        """The ``RunInference`` handler of ``predict_images`` on this server (retrying the handler's transient
+        codes); ``handler_class`` may be a subclass (one that counts or fails requests, say)."""
+        return handler_class(
             self.target,
             model_name=self.model_name,
             signature_name=names.PREDICT_IMAGES,

@@ -4,7 +4,9 @@ Reading checks each file locally before anything is sent, with the check
 ``fmnist classify`` makes (:func:`fmnist.imagefile.check`: its size, and its
 header without decoding pixels), so empty files, non-images, unsupported
 formats and decompression bombs become error records here rather than
-failed requests. Everything goes through Beam's ``FileSystems``, so
+failed requests. Checkpoints (:func:`write_checkpoint`) keep each classified
+batch's outcomes as the job goes, so ``--resume`` can finish an interrupted
+run. Everything goes through Beam's ``FileSystems``, so
 ``gs://``, ``s3://`` and the others work wherever their Beam extra is installed.
 
 Usage::
@@ -13,6 +15,7 @@ Usage::
     read = batches_of_paths_and_sizes | beam.ParDo(ReadImages(limits))
     lists_of_records | Write(output_dir, "predictions", "jsonl", PREDICTION_SCHEMA)
     lists_of_serialized_prediction_logs | Write(output_dir, "predictions", "tfrecord")
+    write_checkpoint(folder, outcomes); read_checkpoint(path) == outcomes
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO
 
 import apache_beam as beam
@@ -37,7 +41,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
-from batch.outcomes import Classified, Failed, Image, Reason
+from batch.outcomes import Classified, Failed, Image, Outcome, Reason, from_json, to_json
 from fmnist import imagefile, names
 from fmnist.imagefile import Limits  # what a file may be; job.JobConfig holds one
 from serving.apis import prediction_log_pb2, types_pb2  # the protos alone (no TensorFlow runtime)
@@ -45,6 +49,9 @@ from serving.apis import prediction_log_pb2, types_pb2  # the protos alone (no T
 TFRECORD = "tfrecord"  # predictions as TF Serving PredictionLogs, what TFX's BulkInferrer writes
 FORMATS = ("jsonl", "csv", "parquet", TFRECORD)
 SUCCESS = "_SUCCESS"
+CHECKPOINT_SUFFIX = ".jsonl"
+CHECKPOINT_TEMP_PREFIX = "tmp-"  # a checkpoint being written: never read, removed by the next --resume
+_CHECKPOINT_NAME = re.compile(r"^[0-9a-f]{32}" + re.escape(CHECKPOINT_SUFFIX) + "$")
 _WILDCARD = re.compile(r"[*?\[]")
 
 _TOP_K = pa.struct([("class_id", pa.int64()), ("class_name", pa.string()), ("probability", pa.float64())])
@@ -358,3 +365,44 @@ def write_bytes(path: str, data: bytes) -> None:
     """Write a whole file through Beam's FileSystems (local or remote)."""
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
         file.write(data)
+
+
+def checkpoint_name(paths: Iterable[str]) -> str:
+    """A batch's checkpoint file name: a digest of its sorted paths, so a retried batch rewrites the same file."""
+    return hashlib.sha256(json.dumps(sorted(paths)).encode()).hexdigest()[:32] + CHECKPOINT_SUFFIX
+
+
+def is_checkpoint(name: str) -> bool:
+    """Whether a file name in the checkpoint folder is a complete checkpoint's (not one being written)."""
+    return bool(_CHECKPOINT_NAME.match(name))
+
+
+def write_checkpoint(folder: str, outcomes: Sequence[Outcome], with_data: bool = False) -> str:
+    """Save a batch's outcomes under ``folder`` as one JSON line each (:func:`batch.outcomes.to_json`, with the
+    images' bytes ``with_data``); returns the path.
+
+    Written whole under a temporary name in the same folder, then renamed, so
+    the checkpoint's name never stands for half a file; on object stores the
+    rename is a copy of the whole object. The name is :func:`checkpoint_name`.
+    """
+    path = FileSystems.join(folder, checkpoint_name(outcome.path for outcome in outcomes))
+    temporary = FileSystems.join(folder, f"{CHECKPOINT_TEMP_PREFIX}{uuid.uuid4().hex}")
+    write_bytes(temporary, "".join(to_json(outcome, with_data) + "\n" for outcome in outcomes).encode())
+    FileSystems.rename([temporary], [path])
+    return path
+
+
+def read_checkpoint(path: str) -> list[Outcome]:
+    """The outcomes :func:`write_checkpoint` saved in ``path``; ``ValueError`` for a damaged one.
+
+    Every line must be an outcome, and the paths must give the file's own
+    name back, so a file cut short (even at a line's end) or edited is refused.
+    """
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
+        text = file.read().decode()
+    outcomes = [from_json(line) for line in text.splitlines()]
+    paths = [outcome.path for outcome in outcomes]
+    name = FileSystems.split(path)[1]
+    if not outcomes or len(set(paths)) < len(paths) or checkpoint_name(paths) != name:
+        raise ValueError(f"{name} does not hold the outcomes it was written with")
+    return outcomes

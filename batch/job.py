@@ -11,6 +11,9 @@ writes ``summary.json``, ``report.html`` (:mod:`batch.report`),
 Beam's pipeline options (any other is refused), so the same job runs on Flink,
 Spark or Dataflow. An ``--output`` holding an earlier run's results is refused
 unless ``--overwrite``; an interrupted run's scratch files go with the next run.
+Each classified batch's outcomes are saved as the job goes (``_resume/`` in
+``--output``, removed when the run finishes), so ``--resume`` finishes an
+interrupted run without classifying those files again.
 Its steps (matching and reading files, tallies, the output-folder rule, the
 CLI boundary) are public for ``fmnist compare`` (:mod:`batch.compare`), which
 is the same kind of job.
@@ -18,6 +21,7 @@ is the same kind of job.
 Usage::
 
     fmnist batch --input images/ --output out/ --server localhost:8500 [--format parquet|tfrecord]
+    fmnist batch --input images/ --output out/ --server localhost:8500 --resume   # after an interrupted run
     fmnist batch --input 'gs://b/imgs/*.png' --output gs://b/out --server 10.0.0.2:8500 \\
         --runner DataflowRunner --project p --region r --temp_location gs://b/tmp
 """
@@ -38,6 +42,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TextIO, TypeVar
 
@@ -57,7 +62,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 from batch import io, progress, report, summary
 from batch.inference import (NAMESPACE, BatchFailed, ImageBatches, LocalModel, ServerSettings, SignatureHandler,
                              dead_letters)
-from batch.outcomes import Classified, Outcome
+from batch.outcomes import Classified, Failed, Image, Outcome
 from fmnist import names, quiet
 from serving.client import PredictionClient, ServingError
 
@@ -67,6 +72,10 @@ _ERRORS = "errors"
 _TALLIES = "tallies"
 _COUNTS_FILE = "_counts.jsonl"  # the pipeline's tallies, read and removed by the launcher
 _GALLERY_FILE = "_gallery.json"  # the report's gallery candidates, read and removed by the launcher
+# Each classified batch's outcomes, one checkpoint file per batch (io.write_checkpoint): what --resume
+# takes from an interrupted run. Removed once the run's _SUCCESS is written.
+CHECKPOINTS = "_resume"
+_CHECKPOINT_READERS = 16  # threads reading checkpoints in the launcher (object stores answer slowly, in parallel)
 # A run's results in --output (replaced only with --overwrite); see clear_output for its scratch.
 _RESULTS = ("predictions-*", "errors-*", summary.SUMMARY_FILE, summary.CONFUSION_FILE, report.REPORT_FILE, io.SUCCESS)
 # Codes meaning "the server, not this input": the hint for what to do says so.
@@ -97,14 +106,24 @@ class JobConfig:
     max_request_bytes: int = 32 << 20  # half the client's 64 MiB message limit
     progress_seconds: float = 10.0
     overwrite: bool = False  # replace an earlier run's results in output
+    resume: bool = False  # finish the interrupted run in output, keeping what its checkpoints hold
     verbose: bool = False  # the CLI shows Beam's own logs and its workers' standard error
 
 
 @dataclass(frozen=True)
 class JobResult:
-    summary: summary.Summary
-    pipeline: PipelineResult  # for Beam metrics: pipeline.metrics().query()
+    summary: summary.Summary | None  # None: --resume found the run in output finished, and ran nothing
+    pipeline: PipelineResult | None  # for Beam metrics: pipeline.metrics().query()
     files: tuple[str, ...]  # every result file written, sorted
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """What ``--resume`` takes from an interrupted run: its checkpoints, each with the paths in it not to take
+    (another checkpoint's later outcome for the same file, or a file no longer among the inputs), normally none."""
+
+    checkpoints: tuple[tuple[str, tuple[str, ...]], ...]
+    done: int  # inputs whose outcome they hold: not classified again
 
 
 def _positive(text: str) -> int:
@@ -131,9 +150,14 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConf
                         "default jsonl")
     parser.add_argument("--top-k", type=_positive, default=3,
                         help="classes listed per record (default 3); a tfrecord response holds every probability")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"finish the interrupted run in --output: the files its checkpoints ({CHECKPOINTS}/) "
+                        "hold are not classified again, and the results cover every input once")
     args, beam_args = parse_with_beam_options(parser, argv)
     if args.top_k > names.NUM_CLASSES:
         parser.error(f"--top-k: at most {names.NUM_CLASSES}")
+    if args.resume and args.overwrite:
+        parser.error("--resume keeps what an interrupted run did, --overwrite removes it: give one of them")
     server = args.server and ServerSettings(args.server, args.model_name, timeout=args.timeout, retries=args.retries)
     config = JobConfig(
         inputs=tuple(args.input),
@@ -147,6 +171,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConf
         limits=io.Limits(max_pixels=args.max_image_pixels),
         progress_seconds=args.progress_seconds,
         overwrite=args.overwrite,
+        resume=args.resume,
         verbose=args.verbose,
     )
     return config, beam_args
@@ -244,18 +269,13 @@ def _any(copies):
 class _Account(beam.DoFn):
     """Lists of outcomes → lists of output records (main: ``to_record`` of each classified file, a row or
     a serialized PredictionLog) and of error records (``errors``), and the tallies of the summary
-    (``tallies``: (key, count) per batch); counts files for Beam's metrics and for the launcher's
-    progress display (:mod:`batch.progress`).
+    (``tallies``: (key, count) per batch); counts files for Beam's metrics.
     """
 
-    def __init__(self, to_record: Callable[[Classified], dict | bytes], progress_address: tuple[str, int] | None):
+    def __init__(self, to_record: Callable[[Classified], dict | bytes]):
         self._to_record = to_record
-        self._progress_address = progress_address
         self._images = Metrics.counter(NAMESPACE, "images")
         self._errors = Metrics.counter(NAMESPACE, "errors")
-
-    def setup(self) -> None:
-        self._progress = progress.Reporter(self._progress_address)
 
     def process(self, outcomes: list[Outcome]) -> Iterator[list[dict | bytes] | beam.pvalue.TaggedOutput]:
         records, errors, tallies = [], [], Counter()
@@ -272,6 +292,26 @@ class _Account(beam.DoFn):
         yield beam.pvalue.TaggedOutput(_ERRORS, errors)
         for key, count in tallies.items():
             yield beam.pvalue.TaggedOutput(_TALLIES, (key, count))
+
+
+class _Checkpoint(beam.DoFn):
+    """Lists of outcomes just classified, passed on once saved: each list as one checkpoint in ``folder``
+    (:func:`io.write_checkpoint`), what ``--resume`` takes if this run does not finish. Counts the files
+    for the launcher's progress display (:mod:`batch.progress`): files done are files saved.
+    """
+
+    def __init__(self, folder: str, progress_address: tuple[str, int] | None, with_data: bool = False):
+        self._folder = folder
+        self._progress_address = progress_address
+        self._with_data = with_data  # keep the images' bytes: the output (PredictionLogs) holds them
+
+    def setup(self) -> None:
+        self._progress = progress.Reporter(self._progress_address)
+
+    def process(self, outcomes: list[Outcome]) -> Iterator[list[Outcome]]:
+        if outcomes:
+            io.write_checkpoint(self._folder, outcomes, self._with_data)
+        yield outcomes
         self._progress.add(len(outcomes))
 
     def finish_bundle(self) -> None:
@@ -279,6 +319,45 @@ class _Account(beam.DoFn):
 
     def teardown(self) -> None:
         self._progress.close()
+
+
+def _resumed_outcomes(checkpoint: tuple[str, tuple[str, ...]]) -> Iterator[list[Outcome]]:
+    """A checkpoint's outcomes as one list, as the classification step emits them, less the paths not to take."""
+    path, left_out = checkpoint
+    outcomes = io.read_checkpoint(path)
+    if left_out:
+        dropped = set(left_out)
+        outcomes = [outcome for outcome in outcomes if outcome.path not in dropped]
+    if outcomes:
+        yield outcomes
+
+
+class _Paths(beam.CombineFn):
+    """Lists of outcomes → the set of their paths (the files resumed, which the job does not read again)."""
+
+    def create_accumulator(self) -> set[str]:
+        return set()
+
+    def add_input(self, paths: set[str], outcomes: list[Outcome]) -> set[str]:
+        paths.update(outcome.path for outcome in outcomes)
+        return paths
+
+    def merge_accumulators(self, accumulators) -> set[str]:
+        merged = set()
+        for paths in accumulators:
+            merged |= paths
+        return merged
+
+    def extract_output(self, paths: set[str]) -> frozenset[str]:
+        return frozenset(paths)
+
+
+def _file_not_done(path_and_size: tuple[str, int], done: frozenset[str]) -> bool:
+    return path_and_size[0] not in done
+
+
+def _image_not_done(item: Image | Failed, done: frozenset[str]) -> bool:
+    return item.path not in done
 
 
 def images_handler(config: JobConfig) -> ModelHandler:
@@ -309,6 +388,7 @@ def build(
     *,
     handler: ModelHandler | None = None,
     progress_address: tuple[str, int] | None = None,
+    resumption: Resumption | None = None,
 ) -> None:
     """Add the job's transforms to ``pipeline``; outputs land under ``config.output``.
 
@@ -316,15 +396,39 @@ def build(
     from reading to writing, one element is one batch of ``batch_size`` files.
     Request logs (``--input`` ending in ``.tfrecord``) give one element per
     logged image, batched the same way. ``handler`` (a Beam model handler of
-    encoded images) replaces :func:`images_handler`'s. Workers report files
-    done to ``progress_address`` (a :class:`progress.Progress`).
+    encoded images) replaces :func:`images_handler`'s. Each classified batch
+    is saved as a checkpoint under ``config.output``/``_resume`` before it is
+    accounted for. Workers report files done to ``progress_address`` (a
+    :class:`progress.Progress`).
+
+    With a ``resumption``, its checkpoints' outcomes are read back (one list
+    per checkpoint, as classification gives them), their files are still
+    counted as inputs but neither read nor classified, and both kinds of
+    outcome are accounted for together: the results cover every input once.
+    (Beam's local runner holds what reaches a Flatten of several inputs, so a
+    resumed run keeps its new outcomes in memory until accounting.)
     """
-    counted, batches = read_inputs(pipeline, config.inputs, config.batch_size, config.limits)
-    outcomes, dead = classify(batches, handler or images_handler(config), config.max_request_bytes)
+    resumed = skip = None
+    if resumption and resumption.checkpoints:
+        resumed = (
+            pipeline
+            | "Checkpoints" >> beam.Create(resumption.checkpoints)
+            | "ReadCheckpoints" >> beam.FlatMap(_resumed_outcomes)
+        )
+        skip = beam.pvalue.AsSingleton(resumed | "ResumedPaths" >> beam.CombineGlobally(_Paths()))
+    counted, batches = read_inputs(pipeline, config.inputs, config.batch_size, config.limits, skip=skip)
+    checkpoints = FileSystems.join(config.output, CHECKPOINTS)
+    keep_data = config.file_format == io.TFRECORD  # a PredictionLog's request holds the image
+    classified, dead = classify(batches, handler or images_handler(config), config.max_request_bytes)
+    outcomes, dead = (
+        found | f"Checkpoint{name}" >> beam.ParDo(_Checkpoint(checkpoints, progress_address, keep_data))
+        for name, found in (("", classified), ("DeadLetters", dead))
+    )
+    if resumed is not None:
+        outcomes = (outcomes, resumed) | "WithResumed" >> beam.Flatten()
     to_record = io.output_record(config.file_format, config.top_k, config.signature)
     routed, dead_routed = (
-        found | f"Account{name}" >> beam.ParDo(_Account(to_record, progress_address)).with_outputs(
-            _ERRORS, _TALLIES, main="records")
+        found | f"Account{name}" >> beam.ParDo(_Account(to_record)).with_outputs(_ERRORS, _TALLIES, main="records")
         for name, found in (("", outcomes), ("DeadLetters", dead))
     )
     gallery = outcomes | "GalleryCandidates" >> beam.Map(report.candidates) | "Gallery" >> beam.CombineGlobally(report.Gallery())
@@ -338,7 +442,12 @@ def build(
 
 
 def read_inputs(
-    pipeline: beam.Pipeline, inputs: Sequence[str], batch_size: int, limits: io.Limits
+    pipeline: beam.Pipeline,
+    inputs: Sequence[str],
+    batch_size: int,
+    limits: io.Limits,
+    *,
+    skip: beam.pvalue.AsSideInput | None = None,
 ) -> tuple[list[beam.PCollection], beam.PCollection]:
     """(the batches to count as inputs, lists of ``batch_size`` :class:`Image` or :class:`Failed` spread over the workers).
 
@@ -348,9 +457,12 @@ def read_inputs(
     batched the same way. min = max: full batches, where BatchElements would
     otherwise start at 1 and grow slowly. The batches, not the files, are
     spread over the workers: one shuffle per batch. Inputs are counted as
-    batched, before the shuffle, a count per batch: one per file sent every
-    file through the tallies' Flatten, which Beam's local runner executes
-    itself (in ``multi_processing`` mode, over its data plane).
+    matched, by a combiner (a partial count per bundle), not one element per
+    file: those went through the tallies' Flatten, which Beam's local runner
+    executes itself. Paths in ``skip`` (a side input of one set: the files a
+    resumed run has outcomes for) are counted but left out of the batches:
+    image files before they are read, logged images once their log is read
+    (which names them).
     """
     patterns = _patterns(inputs)
     files, logs = [p for p in patterns if not io.is_request_log(p)], [p for p in patterns if io.is_request_log(p)]
@@ -365,9 +477,11 @@ def read_inputs(
         )
         if len(files) > 1:  # one glob matches a file once; overlapping ones must not classify it twice
             matched = matched | "Deduplicate" >> beam.CombinePerKey(_any)
-        batches = matched | "Batch" >> beam.BatchElements(**batching)
-        counted.append(batches)
-        read.append(batches | "Spread" >> beam.Reshuffle() | "Read" >> beam.ParDo(io.ReadImages(limits)))
+        counted.append(matched)
+        if skip is not None:
+            matched = matched | "NotDone" >> beam.Filter(_file_not_done, skip)
+        batches = matched | "Batch" >> beam.BatchElements(**batching) | "Spread" >> beam.Reshuffle()
+        read.append(batches | "Read" >> beam.ParDo(io.ReadImages(limits)))
     if logs:
         logged = (
             pipeline
@@ -375,18 +489,20 @@ def read_inputs(
             | "ReadLogs" >> beam.io.ReadAllFromTFRecord(with_filename=True)
             | "LoggedImages" >> beam.ParDo(io.LoggedImages(limits))
         )
-        logged_batches = logged | "BatchLogged" >> beam.BatchElements(**batching)
-        counted.append(logged_batches)
-        read.append(logged_batches | "SpreadLogged" >> beam.Reshuffle())
+        counted.append(logged)
+        if skip is not None:
+            logged = logged | "LoggedNotDone" >> beam.Filter(_image_not_done, skip)
+        read.append(logged | "BatchLogged" >> beam.BatchElements(**batching) | "SpreadLogged" >> beam.Reshuffle())
     return counted, tuple(read) | "AllRead" >> beam.Flatten()
 
 
 def write_tallies(counted: Sequence[beam.PCollection], tallies: Sequence[beam.PCollection], output: str) -> None:
-    """Sum (key, count) tallies with ``summary.INPUT`` counting the items of each batch in ``counted`` into
-    the scratch :func:`read_counts` reads."""
+    """Sum (key, count) tallies with ``summary.INPUT`` counting the elements of ``counted`` into the scratch
+    :func:`read_counts` reads."""
     (
         # Inputs are counted as matched, apart from the outcomes, so a file lost on the way shows in the summary.
-        (*(found | f"InputCounts{i}" >> beam.Map(lambda batch: (summary.INPUT, len(batch))) for i, found in enumerate(counted)),
+        (*(found | f"InputCounts{i}" >> beam.combiners.Count.Globally()
+           | f"AsInputCount{i}" >> beam.Map(lambda n: (summary.INPUT, n)) for i, found in enumerate(counted)),
          *tallies)
         | "Tallies" >> beam.Flatten()
         | "Count" >> beam.CombinePerKey(sum)
@@ -432,8 +548,8 @@ def _patterns(inputs: Sequence[str]) -> list[str]:
     return sorted({pattern for spec in inputs for pattern in io.input_patterns(spec)})
 
 
-def count_matches(inputs: Sequence[str]) -> tuple[int, int]:
-    """(image files, request logs) the inputs match now: the progress display's total, and a clear error for none."""
+def match_inputs(inputs: Sequence[str]) -> tuple[set[str], set[str]]:
+    """(image files, request logs) the inputs match now, as the pipeline will name them; a clear error for none."""
     files, logs = set(), set()
     for pattern in _patterns(inputs):
         try:
@@ -443,13 +559,23 @@ def count_matches(inputs: Sequence[str]) -> tuple[int, int]:
         (logs if io.is_request_log(pattern) else files).update(found)
     if not files and not logs:
         raise JobError(f"no file matches {', '.join(inputs)}")
+    return files, logs
+
+
+def count_matches(inputs: Sequence[str]) -> tuple[int, int]:
+    """(image files, request logs) the inputs match now: the progress display's total, and a clear error for none."""
+    files, logs = match_inputs(inputs)
     return len(files), len(logs)
+
+
+def _describe(files: int, logs: int) -> str:
+    return f"{files:,} files" + (f" and {logs:,} request logs" if logs else "")
 
 
 def describe_matches(inputs: Sequence[str]) -> tuple[str, int | None]:
     """("N files and M request logs", the progress total: None with logs, whose images are counted as read)."""
     files, logs = count_matches(inputs)
-    return f"{files:,} files" + (f" and {logs:,} request logs" if logs else ""), None if logs else files
+    return _describe(files, logs), None if logs else files
 
 
 def written(output: str, result_patterns: Sequence[str]) -> tuple[str, ...]:
@@ -489,6 +615,95 @@ def clear_output(output: str, results: list[str]) -> None:
         for name in os.listdir(output):
             if name.startswith("beam-temp-"):
                 shutil.rmtree(os.path.join(output, name), ignore_errors=True)
+
+
+def _check_job_output(config: JobConfig) -> tuple[list[str], bool]:
+    """(an earlier run's results to remove before this run, whether this run resumes an interrupted one).
+
+    An interrupted run is one whose checkpoints are there without its
+    ``_SUCCESS``: refused unless ``--resume`` (its results, if it got as far
+    as writing some, are written again, whole) or ``--overwrite``.
+    """
+    saved = _listed(config.output, f"{CHECKPOINTS}/*")
+    if saved and not _listed(config.output, io.SUCCESS) and not config.overwrite:
+        if not config.resume:
+            count = sum(io.is_checkpoint(FileSystems.split(path)[1]) for path in saved)
+            raise OutputInUse(f"--output {config.output} holds an interrupted run ({count:,} checkpoints in "
+                              f"{CHECKPOINTS}/); add --resume to finish it, or --overwrite to start again")
+        return [path for pattern in _RESULTS for path in _listed(config.output, pattern)], True
+    try:
+        return check_output(config.output, config.overwrite), False
+    except OutputInUse as error:
+        if config.resume:
+            raise OutputInUse(f"{error}; --resume has nothing to finish there (no {CHECKPOINTS}/)") from error
+        raise
+
+
+def _checkpoint_paths(path: str) -> list[str] | ValueError:
+    """The paths a checkpoint holds outcomes for, or why it is damaged."""
+    try:
+        return [outcome.path for outcome in io.read_checkpoint(path)]
+    except ValueError as error:
+        return error
+
+
+def plan_resumption(output: str, files: set[str], logs: set[str], stream: TextIO) -> Resumption:
+    """Read the checkpoints in ``output`` for ``--resume``: which outcomes to take, and how many inputs they cover.
+
+    A file in several checkpoints (a batch redone with other companions) is
+    taken from the newest; one no longer among the inputs (``files``, or a
+    ``logs`` file's images) is left out. Checkpoints being written when the
+    run stopped, and damaged ones, are removed: their files are classified again.
+    """
+    folder = FileSystems.join(output, CHECKPOINTS)
+    try:
+        listed = FileSystems.match([FileSystems.join(folder, "*")])[0].metadata_list
+    except BeamIOError:
+        listed = []
+    temporary = [m.path for m in listed if FileSystems.split(m.path)[1].startswith(io.CHECKPOINT_TEMP_PREFIX)]
+    saved = sorted((m for m in listed if io.is_checkpoint(FileSystems.split(m.path)[1])),
+                   key=lambda m: (m.last_updated_in_seconds, m.path))
+    with ThreadPoolExecutor(_CHECKPOINT_READERS) as pool:
+        contents = list(pool.map(_checkpoint_paths, [m.path for m in saved]))
+    damaged = []
+    owner: dict[str, int] = {}  # path → the checkpoint its outcome is taken from: the newest holding it
+    for i, (metadata, paths) in enumerate(zip(saved, contents, strict=True)):
+        if isinstance(paths, ValueError):
+            print(f"ignoring a damaged checkpoint, {metadata.path}: {paths}; its files are classified again",
+                  file=stream, flush=True)
+            damaged.append(metadata.path)
+            continue
+        owner.update(dict.fromkeys(paths, i))
+
+    def is_input(path: str) -> bool:
+        log, hash_sign, _ = path.rpartition("#")
+        return path in files or bool(hash_sign) and log in logs
+
+    checkpoints, done = [], 0
+    for i, (metadata, paths) in enumerate(zip(saved, contents, strict=True)):
+        if isinstance(paths, ValueError):
+            continue
+        left_out = tuple(path for path in paths if owner[path] != i or not is_input(path))
+        if len(left_out) < len(paths):
+            checkpoints.append((metadata.path, left_out))
+            done += len(paths) - len(left_out)
+    gone = sum(not is_input(path) for path in owner)
+    if gone:
+        print(f"resuming: {gone:,} files the checkpoints hold are no longer among the inputs: left out",
+              file=stream, flush=True)
+    if temporary or damaged:
+        FileSystems.delete(temporary + damaged)
+    return Resumption(tuple(checkpoints), done)
+
+
+def _remove_checkpoints(output: str) -> None:
+    """Remove the checkpoint folder: the run finished, or is being overwritten."""
+    saved = _listed(output, f"{CHECKPOINTS}/*")
+    if saved:
+        FileSystems.delete(saved)
+    folder = os.path.join(output, CHECKPOINTS)
+    if os.path.isdir(folder):  # a local folder outlives its files
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_file(path: str) -> bytes:
@@ -565,24 +780,38 @@ def run_config(
     """:func:`run` for parsed arguments. Progress goes to ``stream`` (standard error by default): a bar
     on a terminal, a line every ``--progress-seconds`` otherwise."""
     stream = stream or sys.stderr
-    results = check_output(config.output, config.overwrite)
+    if config.resume and _listed(config.output, io.SUCCESS):
+        print(f"nothing to resume: --output {config.output} holds a finished run", file=stream, flush=True)
+        return JobResult(None, None, written(config.output, _RESULTS))
+    results, resuming = _check_job_output(config)
     source = _check_source(config, client_factory)
-    matched, total = describe_matches(config.inputs)
+    files, logs = match_inputs(config.inputs)
+    resumption = plan_resumption(config.output, files, logs, stream) if resuming else None
+    if config.overwrite:
+        _remove_checkpoints(config.output)
     clear_output(config.output, results)
-    print(f"matched {matched}; classifying them via {source}", file=stream, flush=True)
+    print(f"matched {_describe(len(files), len(logs))}; classifying them via {source}", file=stream, flush=True)
+    total = None if logs else len(files)  # with logs, their images are counted as read
+    done = resumption.done if resumption else 0
+    if resumption:
+        of = f" of {len(files):,} files" if total is not None else " of the files and logged images"
+        print(f"resuming: {done:,}{of} already classified", file=stream, flush=True)
+        total = total and total - done
     started = clock()
     result = execute(
         test_pipeline or make_pipeline(beam_args),
-        lambda pipeline, address: build(pipeline, config, handler=handler, progress_address=address),
+        lambda pipeline, address: build(pipeline, config, handler=handler, progress_address=address,
+                                        resumption=resumption),
         total, progress_seconds=config.progress_seconds, stream=stream,
     )
-    result_summary = summary.summarize(read_counts(config.output), clock() - started, source)
+    result_summary = summary.summarize(read_counts(config.output), clock() - started, source, resumed=done)
     io.write_bytes(FileSystems.join(config.output, summary.SUMMARY_FILE), summary.to_json(result_summary).encode())
     if result_summary.evaluation:
         io.write_bytes(FileSystems.join(config.output, summary.CONFUSION_FILE), summary.confusion_png(result_summary))
     page = report.render(result_summary, read_gallery(config.output), read=read_file)
     io.write_bytes(FileSystems.join(config.output, report.REPORT_FILE), page.encode())
     io.write_bytes(FileSystems.join(config.output, io.SUCCESS), b"")
+    _remove_checkpoints(config.output)  # the run is whole: nothing left to resume
     return JobResult(result_summary, result, written(config.output, _RESULTS))
 
 
@@ -599,17 +828,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     config, beam_args = parse_args(argv, prog)  # usage errors (exit 2) before standard error is redirected
 
     def finish(result: JobResult) -> int:
-        print(summary.render(result.summary))
+        if result.summary is not None:  # None: --resume found nothing to do
+            print(summary.render(result.summary))
         print_outputs(result.files)
         return 0
 
-    return run_cli(prog, config.verbose, lambda stream: run_config(config, beam_args, stream=stream), finish)
+    return run_cli(prog, config.verbose, lambda stream: run_config(config, beam_args, stream=stream), finish,
+                   rerun="--resume")
 
 
-def run_cli(prog: str, verbose: bool, work: Callable[[TextIO], R], finish: Callable[[R], int]) -> int:
+def run_cli(
+    prog: str, verbose: bool, work: Callable[[TextIO], R], finish: Callable[[R], int], *, rerun: str = "--overwrite"
+) -> int:
     """A Beam command's CLI boundary: ``work(progress_stream)``, then ``finish(result)`` gives the exit code.
 
-    On failure one line on stderr and 1 (2 for :class:`OutputInUse`). Ctrl-C
+    On failure one line on stderr and 1 (2 for :class:`OutputInUse`); when the server was lost, the line
+    says to run the job again with ``rerun`` (the option that lets it reuse its ``--output``). Ctrl-C
     ends the process with one line and 130, even where a Beam worker thread
     caught the KeyboardInterrupt and carried on, or left threads that would
     keep the interpreter from exiting: if the job has not wound down
@@ -651,7 +885,7 @@ def run_cli(prog: str, verbose: bool, work: Callable[[TextIO], R], finish: Calla
             leave()
         if not isinstance(error, Exception):
             raise
-        print(f"{prog}: error: {_explained(_last_line(error))}", file=sys.stderr)
+        print(f"{prog}: error: {_explained(_last_line(error), rerun)}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -665,11 +899,11 @@ def print_outputs(files: Sequence[str]) -> None:
     print("outputs:\n" + "\n".join(f"  {path}" for path in files))
 
 
-def _explained(line: str) -> str:
+def _explained(line: str, rerun: str = "--overwrite") -> str:
     """The error line, with what to do when it is about the server rather than the input."""
     if any(f": {code}:" in f": {line}" for code in _SERVER_CODES) and "did not answer" not in line:
         return (f"lost the server: {line}; check that it is running and reachable, then run the job "
-                "again with --overwrite")
+                f"again with {rerun}")
     return line
 
 

@@ -5,11 +5,17 @@ Every matched file ends as exactly one :class:`Classified` or one
 The types are plain frozen dataclasses of str/bytes/int/float so any runner
 can pickle them between workers.
 
-Usage: ``Failed(path, Reason.EMPTY, "0 bytes")``
+Outcomes also travel as JSON lines (:func:`to_json`, :func:`from_json`): the
+job's checkpoints, which let ``fmnist batch --resume`` skip files an
+interrupted run had already classified, hold them that way.
+
+Usage: ``Failed(path, Reason.EMPTY, "0 bytes")``; ``from_json(to_json(outcome)) == outcome``
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass, field
 
 from fmnist import imagefile, names
@@ -82,3 +88,46 @@ class Failed:
 
 
 Outcome = Classified | Failed
+
+
+_CLASSIFIED_KEYS = frozenset({"path", "label", "probabilities", "model_name", "model_version"})
+_FAILED_KEYS = frozenset({"path", "reason", "detail"})
+
+
+def to_json(outcome: Outcome, with_data: bool = False) -> str:
+    """One line of JSON holding every field of ``outcome`` (probabilities as written, so they read back bit-equal);
+    a classified file's bytes too (base64) ``with_data``, for outputs that hold them (PredictionLogs)."""
+    if isinstance(outcome, Classified):
+        fields = {"path": outcome.path, "label": outcome.label, "probabilities": list(outcome.probabilities),
+                  "model_name": outcome.model_name, "model_version": outcome.model_version}
+        if with_data and outcome.data is not None:
+            fields["data"] = base64.b64encode(outcome.data).decode()
+        return json.dumps(fields)
+    if isinstance(outcome, Failed):
+        return json.dumps({"path": outcome.path, "reason": outcome.reason, "detail": outcome.detail})
+    raise TypeError(f"not an outcome: {outcome!r}")
+
+
+def from_json(line: str) -> Outcome:
+    """The outcome :func:`to_json` wrote; ``ValueError`` for anything else (a damaged line, other fields, wrong types)."""
+    fields = json.loads(line)  # json.JSONDecodeError is a ValueError
+    if not isinstance(fields, dict):
+        raise ValueError(f"not an outcome: {line[:80]!r}")
+    keys = fields.keys()
+    if keys == _FAILED_KEYS and all(isinstance(fields[k], str) for k in _FAILED_KEYS):
+        return Failed(fields["path"], fields["reason"], fields["detail"])
+    data = fields.pop("data", None)
+    if data is not None and not isinstance(data, str):
+        raise ValueError(f"not an outcome: {line[:80]!r}")
+    if (keys == _CLASSIFIED_KEYS and isinstance(fields["path"], str) and isinstance(fields["model_name"], str)
+            and _is_int(fields["model_version"]) and (fields["label"] is None or _is_int(fields["label"]))
+            and isinstance(fields["probabilities"], list) and fields["probabilities"]
+            and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in fields["probabilities"])):
+        return Classified(fields["path"], fields["label"], tuple(map(float, fields["probabilities"])),
+                          fields["model_name"], fields["model_version"],
+                          None if data is None else base64.b64decode(data, validate=True))
+    raise ValueError(f"not an outcome: {line[:80]!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

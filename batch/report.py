@@ -93,6 +93,8 @@ def render(summary: summary_lib.Summary, gallery: dict[str, list[dict]], read: C
     facts = [("Files", f"{summary.inputs:,}"), ("Classified", f"{summary.classified:,}"),
              ("Errors", f"{summary.errors:,}"), ("Files/s", f"{summary.files_per_second:,.1f}"),
              ("Elapsed", f"{summary.elapsed_seconds:.1f} s"), ("Source", summary.source), ("Model versions", models)]
+    if summary.resumed:
+        facts.insert(4, ("Resumed", f"{summary.resumed:,} files done by an interrupted run (Files/s counts the rest)"))
     if summary.evaluation:
         facts.append(("Accuracy", f"{summary.evaluation.accuracy:.2%} on {summary.evaluation.files:,} labelled files"))
     parts = ["<h2>Summary</h2>" + facts_table("summary", facts)]

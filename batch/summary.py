@@ -57,12 +57,17 @@ class Summary:
     models: list[dict]  # {"model_name", "model_version", "files"}: which versions answered
     source: str  # "server HOST:PORT" or "in-process PATH"
     elapsed_seconds: float
-    files_per_second: float
+    files_per_second: float  # of the files this run classified (or found bad), not those resumed
     evaluation: Evaluation | None  # None unless some input folder is labelled
+    resumed: int = 0  # inputs whose outcome an interrupted run had saved (``--resume``); counted in the rest too
 
 
-def summarize(counts: Mapping[tuple, int], elapsed: float, source: str) -> Summary:
-    """A :class:`Summary` from the pipeline's tallies; raises if outputs + errors ≠ inputs."""
+def summarize(counts: Mapping[tuple, int], elapsed: float, source: str, resumed: int = 0) -> Summary:
+    """A :class:`Summary` from the pipeline's tallies; raises if outputs + errors ≠ inputs.
+
+    ``resumed`` of the inputs had their outcomes from an interrupted run's checkpoints: they count
+    everywhere but in the rate, which is this run's.
+    """
     by_kind: dict[str, dict[tuple, int]] = {}
     for key, count in counts.items():
         by_kind.setdefault(key[0], {})[key[1:]] = count
@@ -85,8 +90,9 @@ def summarize(counts: Mapping[tuple, int], elapsed: float, source: str) -> Summa
         models=models,
         source=source,
         elapsed_seconds=round(elapsed, 3),
-        files_per_second=round(inputs / elapsed, 1) if elapsed > 0 else 0.0,
+        files_per_second=round((inputs - resumed) / elapsed, 1) if elapsed > 0 else 0.0,
         evaluation=_evaluate(by_kind.get("pair", {})),
+        resumed=resumed,
     )
 
 
@@ -121,7 +127,8 @@ def render(summary: Summary) -> str:
     """The summary as a few lines for a terminal."""
     lines = [
         f"{summary.inputs} files: {summary.classified} classified, {summary.errors} errors "
-        f"in {summary.elapsed_seconds:.1f}s ({summary.files_per_second:.1f} files/s) via {summary.source}",
+        f"in {summary.elapsed_seconds:.1f}s ({summary.files_per_second:.1f} files/s) via {summary.source}"
+        + (f"; {summary.resumed} of them resumed from an interrupted run" if summary.resumed else ""),
     ]
     if summary.evaluation:
         labelled = summary.evaluation.labelled_per_class

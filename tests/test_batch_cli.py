@@ -163,7 +163,7 @@ def test_a_server_lost_mid_job_is_one_line_naming_it_and_what_to_do(tmp_path, _p
     assert process.returncode == 1
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"fmnist batch: error: lost the server: {target}: UNAVAILABLE")
-    assert "check that it is running" in last
+    assert "check that it is running" in last and last.endswith("then run the job again with --resume")
     assert "Traceback" not in err
     assert not (tmp_path / "_SUCCESS").exists()
 
