@@ -8,7 +8,6 @@ Beam's local runner. An uninterrupted run of the same files is the reference.
 
 from __future__ import annotations
 
-import csv
 import io as bytes_io
 import json
 import os
@@ -20,9 +19,9 @@ import time
 from pathlib import Path
 
 import grpc
-import pyarrow.parquet as pq
 import pytest
 from conftest import encode_png
+from test_batch import _by_path, _read
 
 from batch import TFServingModelHandler, io, job
 from batch.outcomes import Classified, Failed, from_json, to_json
@@ -72,26 +71,6 @@ def reference(images, server, tmp_path_factory) -> dict[str, dict]:
     output = tmp_path_factory.mktemp("reference")
     job.run(["--input", str(images), "--output", str(output), "--server", server, "--batch-size", "16"])
     return _by_path(_read(output, "predictions"))
-
-
-def _read(output: Path, name: str) -> list[dict]:
-    """Rows of every ``name-*`` shard, whatever the format."""
-    rows = []
-    for shard in sorted(output.glob(f"{name}-*")):
-        if shard.suffix == ".parquet":
-            rows += pq.read_table(shard).to_pylist()
-        elif shard.suffix == ".csv":
-            rows += [{k: json.loads(v) if k in ("class_id", "confidence", "top_k", "model_version") else v
-                      for k, v in row.items()} for row in csv.DictReader(shard.open(newline=""))]
-        else:
-            rows += [json.loads(line) for line in shard.read_text().splitlines()]
-    return rows
-
-
-def _by_path(rows: list[dict]) -> dict[str, dict]:
-    by_path = {row["path"]: row for row in rows}
-    assert len(by_path) == len(rows), "a file was written twice"
-    return by_path
 
 
 def _checkpointed(output: Path) -> dict[str, object]:
