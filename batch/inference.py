@@ -40,13 +40,16 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from batch.outcomes import Classified, Failed, Image, Outcome, Reason
-from batch.tfserving import TFServingModelHandler
+from batch.tfserving import TRANSIENT_CODES, TFServingModelHandler
 from fmnist import names, quiet
 from serving.client import Prediction, PredictionClient, ServingError
 
 NAMESPACE = "fmnist.batch"  # Beam metrics namespace of everything the job counts
 # UNAVAILABLE: the server is restarting; DEADLINE_EXCEEDED: it was too slow this once.
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# The job also retries CANCELLED: a server that stops cancels the calls it is answering, and the
+# retry then finds another replica, or UNAVAILABLE, which names the problem.
+_JOB_RETRY_CODES = TRANSIENT_CODES | {grpc.StatusCode.CANCELLED}
 _MAX_DETAIL = 300  # characters of a model's error message kept in an error record
 _TF_NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces unavailable>|\s*\[\[|\s*$)")
 
@@ -166,6 +169,7 @@ class ServerSettings:
             output_aliases=(names.OUTPUT_PROBABILITIES,),
             timeout=self.timeout,
             num_retries=self.retries,
+            retry_codes=_JOB_RETRY_CODES,
         )
 
     def connect(self, client_factory: Callable[..., PredictionClient] = PredictionClient) -> PredictionClient:

@@ -79,7 +79,7 @@ _CHECKPOINT_READERS = 16  # threads reading checkpoints in the launcher (object 
 # A run's results in --output (replaced only with --overwrite); see clear_output for its scratch.
 _RESULTS = ("predictions-*", "errors-*", summary.SUMMARY_FILE, summary.CONFUSION_FILE, report.REPORT_FILE, io.SUCCESS)
 # Codes meaning "the server, not this input": the hint for what to do says so.
-_SERVER_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+_SERVER_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED")
 _INTERRUPT_GRACE = 5.0  # seconds a Ctrl-C'd job may take to wind down before the process leaves anyway
 _NOT_FOUND_GRACE = 3.0  # seconds a server that answers may say NOT_FOUND for the model (still loading it)
 
@@ -197,7 +197,8 @@ def beam_command_parser(prog: str | None, description: str, output_help: str) ->
     parser.add_argument("--batch-size", type=_positive, default=64, help="images per request (default 64)")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="deadline of each request, and the longest wait for the server at start, seconds (default 30)")
-    parser.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE/DEADLINE_EXCEEDED (default 3)")
+    parser.add_argument("--retries", type=int, default=3, help="retries, with backoff, of a request the server could not answer (UNAVAILABLE, "
+                        "DEADLINE_EXCEEDED, ...; default 3)")
     parser.add_argument("--max-image-pixels", type=_positive, default=names.MAX_IMAGE_PIXELS, metavar="N",
                         help="refuse an image whose header claims more pixels, as the server does (default 4096x4096)")
     parser.add_argument("--verbose", action="store_true", help="show Beam's own logs, worker tracebacks included")
