@@ -45,11 +45,10 @@ from fmnist import names, quiet
 from serving.client import Prediction, PredictionClient, ServingError
 
 NAMESPACE = "fmnist.batch"  # Beam metrics namespace of everything the job counts
-# UNAVAILABLE: the server is restarting; DEADLINE_EXCEEDED: it was too slow this once.
-RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-# The job also retries CANCELLED: a server that stops cancels the calls it is answering, and the
-# retry then finds another replica, or UNAVAILABLE, which names the problem.
-_JOB_RETRY_CODES = TRANSIENT_CODES | {grpc.StatusCode.CANCELLED}
+# What the jobs retry: the handler's transient codes (the server restarting, too slow this once, shedding
+# load) and CANCELLED: a server that stops cancels the calls it is answering, and the retry then finds
+# another replica, or UNAVAILABLE, which names the problem.
+RETRY_CODES = TRANSIENT_CODES | {grpc.StatusCode.CANCELLED}
 _MAX_DETAIL = 300  # characters of a model's error message kept in an error record
 _TF_NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces unavailable>|\s*\[\[|\s*$)")
 
@@ -101,8 +100,9 @@ def _answered(images: Sequence[Image], scores: Scores, seconds: float) -> list[O
     Metrics.distribution(NAMESPACE, "batch_latency_ms").update(int(seconds * 1000))
     Metrics.counter(NAMESPACE, "requests").inc()
     return [
-        Classified(image.path, image.label, tuple(map(float, row)), scores.model_name, scores.model_version, image.data)
-        for image, row in zip(images, scores.probabilities, strict=True)  # a short answer must not lose files
+        Classified(image.path, image.label, tuple(row), scores.model_name, scores.model_version, image.data)
+        # tolist: Python floats for the whole answer at once; strict: a short answer must not lose files
+        for image, row in zip(images, scores.probabilities.tolist(), strict=True)
     ]
 
 
@@ -159,8 +159,8 @@ class ServerSettings:
     backoff: float = 0.5  # seconds before the client's first retry, doubling after (the handler: Beam's backoff)
 
     def handler(self, handler_class: type[TFServingModelHandler] = TFServingModelHandler) -> TFServingModelHandler:
-        """The ``RunInference`` handler of ``predict_images`` on this server (retrying the handler's transient
-        codes); ``handler_class`` may be a subclass (one that counts or fails requests, say)."""
+        """The ``RunInference`` handler of ``predict_images`` on this server (retrying :data:`RETRY_CODES`);
+        ``handler_class`` may be a subclass (one that counts or fails requests, say)."""
         return handler_class(
             self.target,
             model_name=self.model_name,
@@ -169,11 +169,11 @@ class ServerSettings:
             output_aliases=(names.OUTPUT_PROBABILITIES,),
             timeout=self.timeout,
             num_retries=self.retries,
-            retry_codes=_JOB_RETRY_CODES,
+            retry_codes=RETRY_CODES,
         )
 
     def connect(self, client_factory: Callable[..., PredictionClient] = PredictionClient) -> PredictionClient:
-        """A client with these settings, retrying the transient codes (:data:`RETRY_CODES`)."""
+        """A client with these settings, retrying :data:`RETRY_CODES` as the job's handler does."""
         return client_factory(
             self.target,
             model_name=self.model_name,

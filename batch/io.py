@@ -20,7 +20,6 @@ Usage::
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import functools
 import hashlib
@@ -30,6 +29,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import apache_beam as beam
@@ -38,9 +38,8 @@ from apache_beam import coders
 from apache_beam.io import tfrecordio
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.window import GlobalWindows
-from apache_beam.utils.windowed_value import WindowedValue
 
+from batch.behind import OneBehind
 from batch.outcomes import Classified, Failed, Image, Outcome, Reason, from_json, to_json
 from fmnist import imagefile, names
 from fmnist.imagefile import Limits  # what a file may be; job.JobConfig holds one
@@ -146,42 +145,27 @@ def _label_of_folder(folder: str) -> int | None:
     return names.class_id_from_folder(FileSystems.split(folder)[1])
 
 
-class ReadImages(beam.DoFn):
+class ReadImages(OneBehind):
     """A batch of (path, matched size) → one list holding each file's :class:`Image` or :class:`Failed`.
 
     From here to the writers a batch, not a file, is the element: Beam's
     per-element work in the Python SDK (a few microseconds per step) was
     most of the job's time per file. One batch is read ahead, in a thread of
-    its own: while the batch before it is classified downstream (RunInference
-    waits for the model's answer, the GIL released), the next batch's files
-    are opened and read, so the worker's reading and the model's work overlap.
+    its own (:class:`~batch.behind.OneBehind`): while the batch before it is
+    classified downstream (RunInference waits for the model's answer, the GIL
+    released), the next batch's files are opened and read, so the worker's
+    reading and the model's work overlap.
     """
 
     def __init__(self, limits: Limits):
         self._limits = limits
 
     def setup(self) -> None:
+        super().setup()
         self._file_systems: dict[str | None, FileSystem] = {}
-        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
 
-    def start_bundle(self) -> None:
-        self._ahead: concurrent.futures.Future | None = None
-
-    def process(self, batch: list[tuple[str, int]]) -> Iterator[list[Image | Failed]]:
-        previous, self._ahead = self._ahead, self._reader.submit(self._read_all, batch)
-        if previous is not None:
-            yield previous.result()
-
-    def finish_bundle(self) -> Iterator[WindowedValue]:
-        if self._ahead is not None:
-            last, self._ahead = self._ahead, None
-            yield GlobalWindows.windowed_value(last.result())
-
-    def teardown(self) -> None:
-        self._reader.shutdown()
-
-    def _read_all(self, batch: list[tuple[str, int]]) -> list[Image | Failed]:
-        return [self._read(path, size) for path, size in batch]
+    def work(self, batch: list[tuple[str, int]]) -> list[list[Image | Failed]]:
+        return [[self._read(path, size) for path, size in batch]]
 
     def _file_system(self, path: str) -> FileSystem:
         """One file system per scheme: ``FileSystems`` makes a new one for every call (a tenth of the job's time)."""
@@ -305,38 +289,63 @@ def _csv_line(record: dict, columns: list[str]) -> str:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class Blocks:
+    """How :class:`Write`'s sink in ``file_format`` takes a non-empty list of records: as lines of text
+    (jsonl, csv), one Arrow table (parquet), or the list of serialized records itself (tfrecord)."""
+
+    file_format: str
+    schema: pa.Schema | None = None
+
+    def __call__(self, records: list) -> str | pa.Table | list[bytes]:
+        if self.file_format == TFRECORD:
+            return records
+        if self.file_format == "parquet":
+            return pa.Table.from_pylist(records, schema=self.schema)
+        if self.file_format == "csv":
+            columns = self.schema.names
+            return "\n".join(_csv_line(record, columns) for record in records)
+        return "\n".join(map(json.dumps, records))
+
+
 class Write(beam.PTransform):
     """Lists of dict records → sharded ``<output>/<name>-SSSSS-of-NNNNN.<format>`` files.
 
-    Each list is formatted and handed to the sink as one piece (a block of
-    lines, or one Arrow table), so the per-element cost is paid per batch.
-    ``tfrecord`` takes lists of serialized records instead (no schema), one
-    TFRecord each, and writes a list at a time too (:class:`_TFRecordBatchSink`).
+    Each list is formatted and handed to the sink as one piece (:class:`Blocks`:
+    a block of lines, or one Arrow table), so the per-element cost is paid per
+    batch. ``tfrecord`` takes lists of serialized records instead (no schema),
+    one TFRecord each, and writes a list at a time too (:class:`_TFRecordBatchSink`).
+    ``formatted``: the elements are blocks already, none empty, made by
+    ``Blocks(file_format, schema)`` where the records were (the job makes
+    them in a thread of its own).
     """
 
-    def __init__(self, output: str, name: str, file_format: str, schema: pa.Schema | None = None):
+    def __init__(self, output: str, name: str, file_format: str, schema: pa.Schema | None = None, *, formatted: bool = False):
         super().__init__()
         self._prefix = FileSystems.join(output, name)
-        self._format = file_format
-        self._schema = schema
+        self._blocks = Blocks(file_format, schema)
+        self._formatted = formatted
+
+    @classmethod
+    def formatted_by(cls, blocks: Blocks, output: str, name: str) -> Write:
+        """A Write taking the blocks ``blocks`` made (``formatted``)."""
+        return cls(output, name, blocks.file_format, blocks.schema, formatted=True)
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        suffix = "." + self._format
-        batches = batches | "NonEmpty" >> beam.Filter(bool)  # an empty block would be a blank line
-        if self._format == TFRECORD:
-            return batches | beam.io.Write(_TFRecordBatchSink(self._prefix, suffix))
-        if self._format == "parquet":
-            return (
+        file_format, schema = self._blocks.file_format, self._blocks.schema
+        suffix = "." + file_format
+        if not self._formatted:
+            batches = (
                 batches
-                | beam.Map(_arrow_table, self._schema)
-                | beam.io.WriteToParquetBatched(self._prefix, self._schema, file_name_suffix=suffix)
+                | "NonEmpty" >> beam.Filter(bool)  # an empty block would be a blank line
+                | "Format" >> beam.Map(self._blocks)
             )
-        if self._format == "csv":
-            columns = self._schema.names
-            lines = batches | beam.Map(lambda records: "\n".join(_csv_line(r, columns) for r in records))
-            return lines | beam.io.WriteToText(self._prefix, file_name_suffix=suffix, header=",".join(columns))
-        lines = batches | beam.Map(lambda records: "\n".join(map(json.dumps, records)))
-        return lines | beam.io.WriteToText(self._prefix, file_name_suffix=suffix)
+        if file_format == TFRECORD:
+            return batches | beam.io.Write(_TFRecordBatchSink(self._prefix, suffix))
+        if file_format == "parquet":
+            return batches | beam.io.WriteToParquetBatched(self._prefix, schema, file_name_suffix=suffix)
+        header = ",".join(schema.names) if file_format == "csv" else None
+        return batches | beam.io.WriteToText(self._prefix, file_name_suffix=suffix, header=header)
 
 
 class _TFRecordBatchSink(tfrecordio._TFRecordSink):
@@ -355,10 +364,6 @@ class _TFRecordBatchSink(tfrecordio._TFRecordSink):
     def write_record(self, file_handle, value: list[bytes]) -> None:
         for record in value:
             self.write_encoded_record(file_handle, record)
-
-
-def _arrow_table(records: list[dict], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pylist(records, schema=schema)
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -60,6 +60,7 @@ from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from batch import io, progress, report, summary
+from batch.behind import OneBehind
 from batch.inference import (NAMESPACE, BatchFailed, ImageBatches, LocalModel, ServerSettings, SignatureHandler,
                              dead_letters)
 from batch.outcomes import Classified, Failed, Image, Outcome
@@ -70,6 +71,7 @@ _LOG = logging.getLogger(__name__)
 R = TypeVar("R")  # what a command's work returns to its finish (run_cli)
 _ERRORS = "errors"
 _TALLIES = "tallies"
+_GALLERY = "gallery"
 _COUNTS_FILE = "_counts.jsonl"  # the pipeline's tallies, read and removed by the launcher
 _GALLERY_FILE = "_gallery.json"  # the report's gallery candidates, read and removed by the launcher
 # Each classified batch's outcomes, one checkpoint file per batch (io.write_checkpoint): what --resume
@@ -267,18 +269,26 @@ def _any(copies):
     return next(iter(copies))
 
 
-class _Account(beam.DoFn):
-    """Lists of outcomes → lists of output records (main: ``to_record`` of each classified file, a row or
-    a serialized PredictionLog) and of error records (``errors``), and the tallies of the summary
-    (``tallies``: (key, count) per batch); counts files for Beam's metrics.
+class _Account(OneBehind):
+    """Lists of outcomes → blocks of output records (main: ``to_record`` of each classified file, a row or
+    a serialized PredictionLog, in the ``records`` :class:`~batch.io.Blocks`) and of error records
+    (``errors``, in the ``errors`` Blocks), none empty; the tallies of the summary (``tallies``: (key,
+    count) per list) and the report's gallery candidates (``gallery``, of lists with classified files);
+    counts files for Beam's metrics. The work, formatting included, runs in a thread one list behind
+    (:class:`~batch.behind.OneBehind`), while the stage waits for the model.
     """
 
-    def __init__(self, to_record: Callable[[Classified], dict | bytes]):
+    def __init__(self, to_record: Callable[[Classified], dict | bytes], records: io.Blocks, errors: io.Blocks):
         self._to_record = to_record
+        self.records = records
+        self.errors = errors
+
+    def setup(self) -> None:
+        super().setup()
         self._images = Metrics.counter(NAMESPACE, "images")
         self._errors = Metrics.counter(NAMESPACE, "errors")
 
-    def process(self, outcomes: list[Outcome]) -> Iterator[list[dict | bytes] | beam.pvalue.TaggedOutput]:
+    def work(self, outcomes: list[Outcome]) -> list:
         records, errors, tallies = [], [], Counter()
         for outcome in outcomes:
             tallies.update(summary.tally(outcome))
@@ -286,18 +296,26 @@ class _Account(beam.DoFn):
                 records.append(self._to_record(outcome))
             else:
                 errors.append(io.error_record(outcome))
-                Metrics.counter(NAMESPACE, f"errors_{outcome.reason}").inc()
-        self._images.inc(len(records))
-        self._errors.inc(len(errors))
-        yield records
-        yield beam.pvalue.TaggedOutput(_ERRORS, errors)
-        for key, count in tallies.items():
-            yield beam.pvalue.TaggedOutput(_TALLIES, (key, count))
+        outputs = [beam.pvalue.TaggedOutput(_TALLIES, tally) for tally in tallies.items()]
+        if records:
+            outputs += [self.records(records), beam.pvalue.TaggedOutput(_GALLERY, report.candidates(outcomes))]
+        if errors:
+            outputs.append(beam.pvalue.TaggedOutput(_ERRORS, self.errors(errors)))
+        return outputs
+
+    def emitted(self, outcomes: list[Outcome], outputs: list) -> None:
+        # Beam's metrics belong to the stage's thread (its state sampler), so they are counted here.
+        failed = Counter(outcome.reason for outcome in outcomes if isinstance(outcome, Failed))
+        self._images.inc(len(outcomes) - failed.total())
+        self._errors.inc(failed.total())
+        for reason, count in failed.items():
+            Metrics.counter(NAMESPACE, f"errors_{reason}").inc(count)
 
 
-class _Checkpoint(beam.DoFn):
+class _Checkpoint(OneBehind):
     """Lists of outcomes just classified, passed on once saved: each list as one checkpoint in ``folder``
-    (:func:`io.write_checkpoint`), what ``--resume`` takes if this run does not finish. Counts the files
+    (:func:`io.write_checkpoint`), what ``--resume`` takes if this run does not finish. Saved in a thread one
+    list behind (:class:`~batch.behind.OneBehind`), while the stage waits for the model. Counts the files
     for the launcher's progress display (:mod:`batch.progress`): files done are files saved.
     """
 
@@ -307,18 +325,23 @@ class _Checkpoint(beam.DoFn):
         self._with_data = with_data  # keep the images' bytes: the output (PredictionLogs) holds them
 
     def setup(self) -> None:
+        super().setup()
         self._progress = progress.Reporter(self._progress_address)
 
-    def process(self, outcomes: list[Outcome]) -> Iterator[list[Outcome]]:
+    def work(self, outcomes: list[Outcome]) -> list[list[Outcome]]:
         if outcomes:
             io.write_checkpoint(self._folder, outcomes, self._with_data)
-        yield outcomes
+        return [outcomes]
+
+    def emitted(self, outcomes: list[Outcome], outputs: list) -> None:
         self._progress.add(len(outcomes))
 
-    def finish_bundle(self) -> None:
+    def finish_bundle(self) -> Iterator:
+        yield from super().finish_bundle()
         self._progress.flush()
 
     def teardown(self) -> None:
+        super().teardown()
         self._progress.close()
 
 
@@ -428,17 +451,20 @@ def build(
     if resumed is not None:
         outcomes = (outcomes, resumed) | "WithResumed" >> beam.Flatten()
     to_record = io.output_record(config.file_format, config.top_k, config.signature)
+    account = _Account(
+        to_record,
+        io.Blocks(config.file_format, io.PREDICTION_SCHEMA),
+        io.Blocks(io.errors_format(config.file_format), io.ERROR_SCHEMA),  # JSONL beside TFRecords: errors are no predictions
+    )
     routed, dead_routed = (
-        found | f"Account{name}" >> beam.ParDo(_Account(to_record)).with_outputs(_ERRORS, _TALLIES, main="records")
+        found | f"Account{name}" >> beam.ParDo(account).with_outputs(_ERRORS, _TALLIES, _GALLERY, main="records")
         for name, found in (("", outcomes), ("DeadLetters", dead))
     )
-    gallery = outcomes | "GalleryCandidates" >> beam.Map(report.candidates) | "Gallery" >> beam.CombineGlobally(report.Gallery())
-    write_gallery(gallery, config.output)
-    routed.records | "WritePredictions" >> io.Write(config.output, "predictions", config.file_format, io.PREDICTION_SCHEMA)
+    write_gallery(routed[_GALLERY] | "Gallery" >> beam.CombineGlobally(report.Gallery()), config.output)
+    routed.records | "WritePredictions" >> io.Write.formatted_by(account.records, config.output, "predictions")
     # Dead letters hold no records; their errors join the others' after accounting, where a Flatten holds only errors.
     errors = (routed[_ERRORS], dead_routed[_ERRORS]) | "AllErrors" >> beam.Flatten()
-    errors_format = io.errors_format(config.file_format)  # JSONL beside TFRecords: errors are no predictions
-    errors | "WriteErrors" >> io.Write(config.output, "errors", errors_format, io.ERROR_SCHEMA)
+    errors | "WriteErrors" >> io.Write.formatted_by(account.errors, config.output, "errors")
     write_tallies(counted, (routed[_TALLIES], dead_routed[_TALLIES]), config.output)
 
 

@@ -1,0 +1,75 @@
+"""batch.behind.OneBehind: work in a thread of its own, outputs emitted in order from the stage's thread."""
+
+from __future__ import annotations
+
+import threading
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue
+
+from batch.behind import OneBehind
+from batch.job import local_runner
+
+
+def _pipeline() -> beam.Pipeline:
+    return beam.Pipeline(runner=local_runner(PipelineOptions()), options=PipelineOptions())
+
+
+class _Split(OneBehind):
+    """n → main: n * 10, "odd": n when odd; records in which thread work and emitted ran."""
+
+    def work(self, n: int) -> list:
+        outputs = [n * 10, threading.current_thread().name]
+        if n % 2:
+            outputs.append(beam.pvalue.TaggedOutput("odd", n))
+        return outputs
+
+    def emitted(self, n: int, outputs: list) -> None:
+        assert threading.current_thread().name != outputs[1], "emitted runs in the stage's thread, not the work's"
+
+
+def test_every_output_comes_out_once_with_its_tag_and_from_a_thread_of_its_own():
+    with _pipeline() as pipeline:
+        outputs = (
+            pipeline
+            | beam.Create(range(20), reshuffle=False)
+            | beam.ParDo(_Split()).with_outputs("odd", main="main")
+        )
+        numbers = outputs.main | "Numbers" >> beam.Filter(lambda x: isinstance(x, int))
+        threads = outputs.main | "Threads" >> beam.Filter(lambda x: isinstance(x, str)) | beam.Distinct()
+        assert_that(numbers, equal_to([n * 10 for n in range(20)]), label="main")
+        assert_that(outputs.odd, equal_to([n for n in range(20) if n % 2]), label="odd")
+        assert_that(threads, equal_to(["_Split_0"]), label="thread")
+
+
+class _Same(OneBehind):
+    def work(self, element):
+        return [element]
+
+
+def test_outputs_keep_their_elements_timestamps():
+    with _pipeline() as pipeline:
+        stamped = (
+            pipeline
+            | beam.Create([(n, 1000 + n) for n in range(5)], reshuffle=False)
+            | beam.MapTuple(lambda n, ts: TimestampedValue(n, ts))
+            | beam.ParDo(_Same())
+            | beam.Map(lambda n, ts=beam.DoFn.TimestampParam: (n, int(ts.micros // 1_000_000)))
+        )
+        assert_that(stamped, equal_to([(n, 1000 + n) for n in range(5)]))
+
+
+class _FailsOnThree(OneBehind):
+    def work(self, n: int) -> list:
+        if n == 3:
+            raise ValueError("three is refused")
+        return [n]
+
+
+def test_a_failure_in_the_work_fails_the_pipeline_with_its_message():
+    with pytest.raises(Exception, match="three is refused"):
+        with _pipeline() as pipeline:
+            _ = pipeline | beam.Create(range(6), reshuffle=False) | beam.ParDo(_FailsOnThree())
