@@ -40,7 +40,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from batch.outcomes import Classified, Failed, Image, Outcome, Reason
-from batch.tfserving import TRANSIENT_CODES, TFServingModelHandler
+from batch.tfserving import TRANSIENT_CODES, TFServingModelHandler, per_example
 from fmnist import names, quiet
 from serving.client import Prediction, PredictionClient, ServingError
 
@@ -348,9 +348,7 @@ class SignatureHandler(ModelHandler[Any, PredictionResult, _LoadedSignature]):
         self, batch: Sequence[Any], model: _LoadedSignature, inference_args: dict[str, Any] | None = None
     ) -> list[PredictionResult]:
         outputs = model(self._input_alias, batch)
-        model_id = f"{self._model.model_name}:{self._model.version}"
-        return [PredictionResult(example, {alias: rows[i] for alias, rows in outputs.items()}, model_id)
-                for i, example in enumerate(batch)]
+        return per_example(batch, outputs, f"{self._model.model_name}:{self._model.version}", self._model.path)
 
     def __repr__(self) -> str:
         return f"SignatureHandler({self._model.path!r}, signature={self._signature!r})"

@@ -144,17 +144,23 @@ class TFServingModelHandler(RemoteModelHandler[Any, PredictionResult, prediction
         tensors.fill(request.inputs[self._input_alias], _stacked(batch))
         response = model.Predict(request, timeout=self._timeout)  # grpc.RpcError: retried when transient
         outputs = {alias: tensors.to_ndarray(tensor) for alias, tensor in response.outputs.items()}
-        if short := {alias: len(rows) for alias, rows in outputs.items() if np.ndim(rows) == 0 or len(rows) != len(batch)}:
-            raise ValueError(f"{self.target}: outputs {short} do not have one row per example ({len(batch)})")
         model_id = f"{response.model_spec.name}:{response.model_spec.version.value}"
-        return [PredictionResult(example, {alias: rows[i] for alias, rows in outputs.items()}, model_id)
-                for i, example in enumerate(batch)]
+        return per_example(batch, outputs, model_id, self.target)
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         return sum(map(_size_in_bytes, batch))
 
     def __repr__(self) -> str:
         return f"TFServingModelHandler({self.target!r}, model={self._spec['name']!r}, signature={self._spec['signature_name']!r})"
+
+
+def per_example(batch: Sequence[Any], outputs: dict[str, np.ndarray], model_id: str, source: str) -> list[PredictionResult]:
+    """One ``PredictionResult`` per example of ``batch``: its row of every output, and ``model_id``; a ValueError
+    naming ``source`` when an output does not have one row per example (a short answer must not lose examples)."""
+    if short := {alias: len(rows) for alias, rows in outputs.items() if np.ndim(rows) == 0 or len(rows) != len(batch)}:
+        raise ValueError(f"{source}: outputs {short} do not have one row per example ({len(batch)})")
+    return [PredictionResult(example, {alias: rows[i] for alias, rows in outputs.items()}, model_id)
+            for i, example in enumerate(batch)]
 
 
 def _stacked(batch: Sequence[Any]) -> np.ndarray | list:
