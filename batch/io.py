@@ -40,7 +40,7 @@ from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from batch.behind import OneBehind
-from batch.outcomes import Classified, Failed, Image, Outcome, Reason, from_json, to_json
+from batch.outcomes import Classified, Failed, Image, Outcome, Reason, from_json, json_line, to_json
 from fmnist import imagefile, names
 from fmnist.imagefile import Limits  # what a file may be; job.JobConfig holds one
 from serving.apis import prediction_log_pb2, types_pb2  # the protos alone (no TensorFlow runtime)
@@ -305,7 +305,7 @@ class Blocks:
         if self.file_format == "csv":
             columns = self.schema.names
             return "\n".join(_csv_line(record, columns) for record in records)
-        return "\n".join(map(json.dumps, records))
+        return "\n".join(map(json_line, records))
 
 
 class Write(beam.PTransform):

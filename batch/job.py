@@ -530,7 +530,9 @@ def write_tallies(counted: Sequence[beam.PCollection], tallies: Sequence[beam.PC
         # Inputs are counted as matched, apart from the outcomes, so a file lost on the way shows in the summary.
         (*(found | f"InputCounts{i}" >> beam.combiners.Count.Globally()
            | f"AsInputCount{i}" >> beam.Map(lambda n: (summary.INPUT, n)) for i, found in enumerate(counted)),
-         *tallies)
+         # Summed per key where made first: Beam lifts that sum into the producing stage, so the Flatten
+         # (which the local runner materialises) gets a few sums, not every batch's dozens of keys.
+         *(found | f"Tallied{i}" >> beam.CombinePerKey(sum) for i, found in enumerate(tallies)))
         | "Tallies" >> beam.Flatten()
         | "Count" >> beam.CombinePerKey(sum)
         | "CountsAsJson" >> beam.MapTuple(lambda key, n: json.dumps([list(key), n]))

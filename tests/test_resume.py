@@ -456,6 +456,16 @@ def test_a_checkpoint_is_written_whole_under_its_batch_digest_and_read_back_exac
             from_json(bad)
 
 
+def test_outcomes_of_files_with_undecodable_or_non_ascii_names_travel_as_json_lines():
+    # Python keeps a file name's undecodable bytes as lone surrogates, which UTF-8 (and orjson) cannot hold.
+    outcomes = [Classified("caf\u00e9/\udcff.png", 1, (0.5,) * 10, "m", 2), Failed("\udcfe.png", "empty", "0 bytes")]
+    lines = [to_json(o) for o in outcomes]
+    assert [from_json(line) for line in lines] == outcomes
+    assert all(line.encode() and "\n" not in line for line in lines)  # each writable as one UTF-8 line
+    block = io.Blocks("jsonl")([io.prediction_record(outcomes[0], 3), io.error_record(outcomes[1])])
+    assert [json.loads(line)["path"] for line in block.encode().splitlines()] == [o.path for o in outcomes]
+
+
 def test_a_checkpoint_read_back_must_be_whole(tmp_path):
     outcomes = [Failed(f"f{i}", "empty", "0 bytes") for i in range(3)]
     path = Path(io.write_checkpoint(str(tmp_path), outcomes))
