@@ -10,6 +10,7 @@ RUN apt-get update \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY fmnist fmnist
+COPY common common
 COPY pipeline pipeline
 COPY serving serving
 COPY batch batch

@@ -17,4 +17,6 @@ demo: install
 	$(BIN)/fmnist demo $(ARGS)
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(ARGS)

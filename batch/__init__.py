@@ -11,9 +11,9 @@ every batch to two served versions and comparing their answers.
 
 Usage: ``fmnist batch --input images/ --output out/ --server localhost:8500``;
 ``fmnist compare --input images/ --output cmp/ --server localhost:8500 --baseline 1 --candidate 2``;
-``from batch import TFServingModelHandler``
+``from fmnist.batch import TFServingModelHandler``
 """
 
-from batch.tfserving import TFServingModelHandler
+from fmnist.batch.tfserving import TFServingModelHandler
 
 __all__ = ["TFServingModelHandler"]

@@ -70,7 +70,9 @@ class OneBehind(beam.DoFn):
     def teardown(self) -> None:
         self._thread.shutdown()
 
-    def _outputs(self, element: Any, timestamp, window, done: concurrent.futures.Future) -> Iterator[WindowedValue | TaggedOutput]:
+    def _outputs(
+        self, element: Any, timestamp, window, done: concurrent.futures.Future
+    ) -> Iterator[WindowedValue | TaggedOutput]:
         outputs = done.result()  # the work's exception, if any, is raised here, in the stage's thread
         for output in outputs:
             if isinstance(output, TaggedOutput):

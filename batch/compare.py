@@ -42,11 +42,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.runners.runner import PipelineResult
 from PIL import Image as PILImage
 
-from batch import io, job, progress, report, summary
-from batch.inference import NAMESPACE, Predict, Scores, ServerSettings, classify_read, is_rejected_input
-from batch.outcomes import Classified, Failed, Image, Outcome
-from fmnist import names
-from serving.client import PredictionClient, ServingError
+from fmnist.batch import io, job, progress, report, summary
+from fmnist.batch.inference import NAMESPACE, Predict, Scores, ServerSettings, classify_read, is_rejected_input
+from fmnist.batch.outcomes import Classified, Failed, Image, Outcome
+from fmnist.common import names
+from fmnist.common.client import PredictionClient, ServingError
 
 COMPARISON_FILE = "comparison.json"
 GALLERY_SIZE = 24  # disagreeing files drawn in the report; all of them are in disagreements-*
@@ -58,8 +58,11 @@ _GALLERY = "gallery"
 _RESULTS = ("disagreements-*", "errors-*", COMPARISON_FILE, report.REPORT_FILE, io.SUCCESS)
 DISAGREEMENT_SCHEMA = pa.schema(
     [("path", pa.string()), ("label", pa.string())]
-    + [(f"{side}_{column}", kind) for side in names.SIDES
-       for column, kind in (("class", pa.string()), ("confidence", pa.float64()), ("version", pa.int64()))]
+    + [
+        (f"{side}_{column}", kind)
+        for side in names.SIDES
+        for column, kind in (("class", pa.string()), ("confidence", pa.float64()), ("version", pa.int64()))
+    ]
 )
 
 
@@ -136,18 +139,42 @@ def _fraction(text: str) -> float:
 def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[CompareConfig, list[str]]:
     """(config, Beam pipeline arguments); an option that is neither this job's nor Beam's is an error."""
     parser = job.beam_command_parser(
-        prog, "Send the same images to two versions of the served model and compare their answers.",
-        "where comparison.json, disagreements, errors and report.html go")
-    parser.add_argument("--server", required=True, metavar="HOST:PORT", help="TF Serving gRPC address of the served model")
-    parser.add_argument("--baseline", required=True, metavar="V", type=Version.parse,
-                        help="the version serving now: a number, or a version label such as stable")
-    parser.add_argument("--candidate", required=True, metavar="V", type=Version.parse,
-                        help="the version to promote: a number, or a version label such as canary")
-    parser.add_argument("--max-disagreement", type=_fraction, default=1.0, metavar="F",
-                        help="fail (exit 3) when more than this share of compared files differ (default 1.0: no limit)")
-    parser.add_argument("--min-accuracy-delta", type=float, default=None, metavar="F",
-                        help="fail (exit 3) when, on labelled folders, candidate accuracy minus baseline accuracy "
-                        "is below this (e.g. 0, or -0.01); not checked without labelled folders")
+        prog,
+        "Send the same images to two versions of the served model and compare their answers.",
+        "where comparison.json, disagreements, errors and report.html go",
+    )
+    parser.add_argument(
+        "--server", required=True, metavar="HOST:PORT", help="TF Serving gRPC address of the served model"
+    )
+    parser.add_argument(
+        "--baseline",
+        required=True,
+        metavar="V",
+        type=Version.parse,
+        help="the version serving now: a number, or a version label such as stable",
+    )
+    parser.add_argument(
+        "--candidate",
+        required=True,
+        metavar="V",
+        type=Version.parse,
+        help="the version to promote: a number, or a version label such as canary",
+    )
+    parser.add_argument(
+        "--max-disagreement",
+        type=_fraction,
+        default=1.0,
+        metavar="F",
+        help="fail (exit 3) when more than this share of compared files differ (default 1.0: no limit)",
+    )
+    parser.add_argument(
+        "--min-accuracy-delta",
+        type=float,
+        default=None,
+        metavar="F",
+        help="fail (exit 3) when, on labelled folders, candidate accuracy minus baseline accuracy "
+        "is below this (e.g. 0, or -0.01); not checked without labelled folders",
+    )
     args, beam_args = job.parse_with_beam_options(parser, argv)
     config = CompareConfig(
         inputs=tuple(args.input),
@@ -207,7 +234,7 @@ class _CompareBatch(beam.DoFn):
 
 def _error_record(pair: tuple[Outcome, Outcome]) -> dict:
     """One ``errors`` row for a file either side could not classify, saying which side when they differ."""
-    failed = [(side, outcome) for side, outcome in zip(names.SIDES, pair) if isinstance(outcome, Failed)]
+    failed = [(side, outcome) for side, outcome in zip(names.SIDES, pair, strict=False) if isinstance(outcome, Failed)]
     if len(failed) == 2 and failed[0][1] == failed[1][1]:  # failed before any request: unreadable, not an image, ...
         return io.error_record(failed[0][1])
     detail = "; ".join(f"{side}: {outcome.detail}" for side, outcome in failed)
@@ -216,16 +243,19 @@ def _error_record(pair: tuple[Outcome, Outcome]) -> dict:
 
 def _disagreement_record(baseline: Classified, candidate: Classified) -> dict:
     record = {"path": baseline.path, "label": None if baseline.label is None else names.CLASS_NAMES[baseline.label]}
-    for side, outcome in zip(names.SIDES, (baseline, candidate)):
-        record |= {f"{side}_class": outcome.class_name, f"{side}_confidence": max(outcome.probabilities),
-                   f"{side}_version": outcome.model_version}
+    for side, outcome in zip(names.SIDES, (baseline, candidate), strict=False):
+        record |= {
+            f"{side}_class": outcome.class_name,
+            f"{side}_confidence": max(outcome.probabilities),
+            f"{side}_version": outcome.model_version,
+        }
     return record
 
 
 def _tally(baseline: Classified, candidate: Classified) -> Iterator[tuple]:
     """The keys one compared file adds 1 to."""
     yield ("pair", baseline.class_id, candidate.class_id)
-    for side, outcome in zip(names.SIDES, (baseline, candidate)):
+    for side, outcome in zip(names.SIDES, (baseline, candidate), strict=False):
         yield ("model", side, outcome.model_name, outcome.model_version)
         if outcome.label is not None:
             yield ("correct", side, outcome.label == outcome.class_id)
@@ -328,12 +358,14 @@ def _check_versions(config: CompareConfig, client_factory: Callable[..., Predict
     """
     client = config.server.connect(client_factory)
     try:
-        for side, version in zip(names.SIDES, (config.baseline, config.candidate)):
+        for side, version in zip(names.SIDES, (config.baseline, config.candidate), strict=False):
             try:
                 _predictor(client, version)([_probe_png()])
             except ServingError as error:
-                raise job.JobError(f"the server at {config.server.target} cannot answer the {side}, {version} "
-                                   f"of {config.server.model_name!r}: {error.code.name}: {error.details}") from error
+                raise job.JobError(
+                    f"the server at {config.server.target} cannot answer the {side}, {version} "
+                    f"of {config.server.model_name!r}: {error.code.name}: {error.details}"
+                ) from error
     finally:
         client.close()
 
@@ -350,11 +382,19 @@ def summarize(counts: Mapping[tuple, int], elapsed: float, config: CompareConfig
     if compared + sum(errors.values()) != files:
         raise RuntimeError(f"lost files: {files} inputs but {compared} compared + {sum(errors.values())} errors")
     agreed = sum(n for (baseline, candidate), n in pairs.items() if baseline == candidate)
-    flips = [{names.BASELINE: names.CLASS_NAMES[b], names.CANDIDATE: names.CLASS_NAMES[c], "files": n}
-             for (b, c), n in sorted(pairs.items(), key=lambda item: (-item[1], item[0])) if b != c]
-    versions = {side: [{"model_name": name, "model_version": version, "files": n}
-                       for (s, name, version), n in sorted(by_kind.get("model", {}).items()) if s == side]
-                for side in names.SIDES}
+    flips = [
+        {names.BASELINE: names.CLASS_NAMES[b], names.CANDIDATE: names.CLASS_NAMES[c], "files": n}
+        for (b, c), n in sorted(pairs.items(), key=lambda item: (-item[1], item[0]))
+        if b != c
+    ]
+    versions = {
+        side: [
+            {"model_name": name, "model_version": version, "files": n}
+            for (s, name, version), n in sorted(by_kind.get("model", {}).items())
+            if s == side
+        ]
+        for side in names.SIDES
+    }
     return Comparison(
         files=files,
         compared=compared,
@@ -376,8 +416,11 @@ def _accuracy(correct: Mapping[tuple, int]) -> dict | None:
         return None
     files = sum(n for (side, _), n in correct.items() if side == names.BASELINE)
     right = {side: correct.get((side, True), 0) for side in names.SIDES}
-    return {"files": files, **{side: round(right[side] / files, 6) for side in names.SIDES},
-            "delta": round((right[names.CANDIDATE] - right[names.BASELINE]) / files, 6)}
+    return {
+        "files": files,
+        **{side: round(right[side] / files, 6) for side in names.SIDES},
+        "delta": round((right[names.CANDIDATE] - right[names.BASELINE]) / files, 6),
+    }
 
 
 def judge(comparison: Comparison, config: CompareConfig) -> Gate:
@@ -386,16 +429,24 @@ def judge(comparison: Comparison, config: CompareConfig) -> Gate:
         if config.max_disagreement < 1.0:
             return Gate(False, "no file was answered by both versions, so disagreement is unknown")
     elif 1.0 - comparison.agreement > config.max_disagreement:
-        return Gate(False, f"disagreement {1.0 - comparison.agreement:.2%} is above --max-disagreement "
-                           f"{config.max_disagreement:.2%}")
-    checked = [f"disagreement at most {config.max_disagreement:.2%}" if config.max_disagreement < 1.0
-               else "no disagreement limit"]
+        return Gate(
+            False,
+            f"disagreement {1.0 - comparison.agreement:.2%} is above --max-disagreement {config.max_disagreement:.2%}",
+        )
+    checked = [
+        f"disagreement at most {config.max_disagreement:.2%}"
+        if config.max_disagreement < 1.0
+        else "no disagreement limit"
+    ]
     if config.min_accuracy_delta is not None:
         if comparison.accuracy is None:
             checked.append("--min-accuracy-delta not checked: no labelled folders")
         elif comparison.accuracy["delta"] < config.min_accuracy_delta:
-            return Gate(False, f"accuracy delta {comparison.accuracy['delta']:+.2%} (candidate − baseline) is below "
-                               f"--min-accuracy-delta {config.min_accuracy_delta:+.2%}")
+            return Gate(
+                False,
+                f"accuracy delta {comparison.accuracy['delta']:+.2%} (candidate − baseline) is below "
+                f"--min-accuracy-delta {config.min_accuracy_delta:+.2%}",
+            )
         else:
             checked.append(f"accuracy delta at least {config.min_accuracy_delta:+.2%}")
     return Gate(True, "; ".join(checked))
@@ -407,67 +458,97 @@ def to_json(comparison: Comparison, gate: Gate) -> str:
 
 def _answered(comparison: Comparison, side: str) -> str:
     """Who answered a side, e.g. "fashion_mnist v2 (38 files)"."""
-    answered = ", ".join(f"{m['model_name']} v{m['model_version']} ({m['files']:,} files)"
-                         for m in comparison.versions[side])
+    answered = ", ".join(
+        f"{m['model_name']} v{m['model_version']} ({m['files']:,} files)" for m in comparison.versions[side]
+    )
     return f"{comparison.requested[side]} → {answered or 'no file'}"
 
 
 def _agreement(comparison: Comparison) -> str:
     if comparison.agreement is None:
         return "none compared"
-    return f"{comparison.agreement:.2%} ({comparison.compared - sum(f['files'] for f in comparison.flips):,} of {comparison.compared:,})"
+    agreed = comparison.compared - sum(f["files"] for f in comparison.flips)
+    return f"{comparison.agreement:.2%} ({agreed:,} of {comparison.compared:,})"
 
 
 def render_html(comparison: Comparison, gate: Gate, gallery: list[dict], read: Callable[[str], bytes]) -> str:
     """``report.html``: comparison.json's numbers, the flips, and the disagreeing files with both answers."""
     e = html.escape
-    facts = [("Files", f"{comparison.files:,}"), ("Compared", f"{comparison.compared:,}"),
-             ("Errors", f"{comparison.errors:,}"), ("Agreement", _agreement(comparison)),
-             ("Baseline", _answered(comparison, names.BASELINE)),
-             ("Candidate", _answered(comparison, names.CANDIDATE))]
+    facts = [
+        ("Files", f"{comparison.files:,}"),
+        ("Compared", f"{comparison.compared:,}"),
+        ("Errors", f"{comparison.errors:,}"),
+        ("Agreement", _agreement(comparison)),
+        ("Baseline", _answered(comparison, names.BASELINE)),
+        ("Candidate", _answered(comparison, names.CANDIDATE)),
+    ]
     if comparison.accuracy:
         accuracy = comparison.accuracy
-        facts += [("Baseline accuracy", f"{accuracy[names.BASELINE]:.2%}"),
-                  ("Candidate accuracy", f"{accuracy[names.CANDIDATE]:.2%}"),
-                  ("Accuracy delta", f"{accuracy['delta']:+.2%} on {accuracy['files']:,} labelled files")]
-    facts += [("Gate", ("passed: " if gate.passed else "failed: ") + gate.reason), ("Source", comparison.source),
-              ("Elapsed", f"{comparison.elapsed_seconds:.1f} s")]
+        facts += [
+            ("Baseline accuracy", f"{accuracy[names.BASELINE]:.2%}"),
+            ("Candidate accuracy", f"{accuracy[names.CANDIDATE]:.2%}"),
+            ("Accuracy delta", f"{accuracy['delta']:+.2%} on {accuracy['files']:,} labelled files"),
+        ]
+    facts += [
+        ("Gate", ("passed: " if gate.passed else "failed: ") + gate.reason),
+        ("Source", comparison.source),
+        ("Elapsed", f"{comparison.elapsed_seconds:.1f} s"),
+    ]
     parts = ["<h2>Comparison</h2>" + report.facts_table("comparison", facts)]
     if comparison.errors_by_reason:
         parts.append(report.errors_section(comparison.errors_by_reason))
-    rows = "".join(f"<tr><td>{e(f[names.BASELINE])}</td><td>{e(f[names.CANDIDATE])}</td><td>{f['files']:,}</td></tr>"
-                   for f in comparison.flips)
-    parts.append("<h2>Flips</h2>" + (f"<table id='flips'><tr><th>baseline class</th><th>candidate class</th>"
-                                      f"<th>files</th></tr>{rows}</table>" if rows else "<p>None: every compared file agreed.</p>"))
+    rows = "".join(
+        f"<tr><td>{e(f[names.BASELINE])}</td><td>{e(f[names.CANDIDATE])}</td><td>{f['files']:,}</td></tr>"
+        for f in comparison.flips
+    )
+    parts.append(
+        "<h2>Flips</h2>"
+        + (
+            f"<table id='flips'><tr><th>baseline class</th><th>candidate class</th><th>files</th></tr>{rows}</table>"
+            if rows
+            else "<p>None: every compared file agreed.</p>"
+        )
+    )
     if gallery:
         shown = f"the {len(gallery)} where both were surest" if len(gallery) == GALLERY_SIZE else "all of them"
-        parts.append(f"<h2>Disagreements</h2><p>{shown}; every one is in <code>disagreements-*</code>.</p>"
-                     "<div class='gallery' id='disagreements'>" + "".join(_card(r, read) for r in gallery) + "</div>")
+        parts.append(
+            f"<h2>Disagreements</h2><p>{shown}; every one is in <code>disagreements-*</code>.</p>"
+            "<div class='gallery' id='disagreements'>" + "".join(_card(r, read) for r in gallery) + "</div>"
+        )
     return report.page("fmnist compare report", parts)
 
 
 def _card(record: dict, read: Callable[[str], bytes]) -> str:
-    answers = "<br>".join(f"{side} v{record[f'{side}_version']}: {html.escape(record[f'{side}_class'])} "
-                          f"{record[f'{side}_confidence']:.1%}" for side in names.SIDES)
+    answers = "<br>".join(
+        f"{side} v{record[f'{side}_version']}: {html.escape(record[f'{side}_class'])} "
+        f"{record[f'{side}_confidence']:.1%}"
+        for side in names.SIDES
+    )
     label = "" if record["label"] is None else f"<br>folder: {html.escape(record['label'])}"
     return report.card(record["path"], answers + label, read)
 
 
 def render(comparison: Comparison, gate: Gate) -> str:
     """The comparison as a few lines for a terminal."""
-    lines = [f"{comparison.files} files: {comparison.compared} compared, {comparison.errors} errors "
-             f"in {comparison.elapsed_seconds:.1f}s via {comparison.source}",
-             f"agreement {_agreement(comparison)}",
-             *(f"{side}: {_answered(comparison, side)}" for side in names.SIDES)]
+    lines = [
+        f"{comparison.files} files: {comparison.compared} compared, {comparison.errors} errors "
+        f"in {comparison.elapsed_seconds:.1f}s via {comparison.source}",
+        f"agreement {_agreement(comparison)}",
+        *(f"{side}: {_answered(comparison, side)}" for side in names.SIDES),
+    ]
     if comparison.flips:
-        lines.append("flips (baseline → candidate): " + ", ".join(
-            f"{f[names.BASELINE]} → {f[names.CANDIDATE]} {f['files']}" for f in comparison.flips))
+        lines.append(
+            "flips (baseline → candidate): "
+            + ", ".join(f"{f[names.BASELINE]} → {f[names.CANDIDATE]} {f['files']}" for f in comparison.flips)
+        )
     if comparison.errors_by_reason:
         lines.append("errors: " + ", ".join(f"{reason} {n}" for reason, n in comparison.errors_by_reason.items()))
     if comparison.accuracy:
         a = comparison.accuracy
-        lines.append(f"accuracy on {a['files']} labelled files: baseline {a[names.BASELINE]:.2%}, "
-                     f"candidate {a[names.CANDIDATE]:.2%}, delta {a['delta']:+.2%}")
+        lines.append(
+            f"accuracy on {a['files']} labelled files: baseline {a[names.BASELINE]:.2%}, "
+            f"candidate {a[names.CANDIDATE]:.2%}, delta {a['delta']:+.2%}"
+        )
     lines.append(f"gate: {'passed' if gate.passed else 'failed'}: {gate.reason}")
     return "\n".join(lines)
 
@@ -501,13 +582,19 @@ def run_config(
     _check_versions(config, client_factory)
     matched, total = job.describe_matches(config.inputs)
     job.clear_output(config.output, results)
-    print(f"matched {matched}; comparing baseline {config.baseline} with candidate {config.candidate} "
-          f"via server {config.server.target}", file=stream, flush=True)
+    print(
+        f"matched {matched}; comparing baseline {config.baseline} with candidate {config.candidate} "
+        f"via server {config.server.target}",
+        file=stream,
+        flush=True,
+    )
     started = clock()
     result = job.execute(
         test_pipeline or job.make_pipeline(beam_args),
         lambda pipeline, address: build(pipeline, config, client_factory=client_factory, progress_address=address),
-        total, progress_seconds=config.progress_seconds, stream=stream,
+        total,
+        progress_seconds=config.progress_seconds,
+        stream=stream,
     )
     comparison = summarize(job.read_counts(config.output), clock() - started, config)
     gate = judge(comparison, config)

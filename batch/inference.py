@@ -39,10 +39,10 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from batch.outcomes import Classified, Failed, Image, Outcome, Reason
-from batch.tfserving import TRANSIENT_CODES, TFServingModelHandler, per_example
-from fmnist import names, quiet
-from serving.client import Prediction, PredictionClient, ServingError
+from fmnist.batch.outcomes import Classified, Failed, Image, Outcome, Reason
+from fmnist.batch.tfserving import TRANSIENT_CODES, TFServingModelHandler, per_example
+from fmnist.common import names, quiet
+from fmnist.common.client import Prediction, PredictionClient, ServingError
 
 NAMESPACE = "fmnist.batch"  # Beam metrics namespace of everything the job counts
 # What the jobs retry: the handler's transient codes (the server restarting, too slow this once, shedding
@@ -107,7 +107,11 @@ def _answered(images: Sequence[Image], scores: Scores, seconds: float) -> list[O
 
 
 def classify_read(
-    items: Sequence[Image | Failed], predict: Predict, is_rejection: Callable[[Exception], bool], *, max_request_bytes: int
+    items: Sequence[Image | Failed],
+    predict: Predict,
+    is_rejection: Callable[[Exception], bool],
+    *,
+    max_request_bytes: int,
 ) -> list[Outcome]:
     """Outcomes of a batch as :class:`~batch.io.ReadImages` read it: files that failed to read stay failed."""
     images, failed = _partition(items)
@@ -194,11 +198,18 @@ class BatchFailed(Exception):
 
 
 # Codes about the server or the model's identity, not about the batch: the job fails, naming the server.
-SERVER_CODES = frozenset({
-    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.CANCELLED,
-})
+SERVER_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
 
 
 class ImageBatches(ModelHandler[list[Image | Failed], list[Outcome], Any]):
@@ -231,7 +242,9 @@ class ImageBatches(ModelHandler[list[Image | Failed], list[Outcome], Any]):
         outcomes = []
         for items in batch:
             try:
-                outcomes.append(classify_read(items, predict, is_rejected_input, max_request_bytes=self._max_request_bytes))
+                outcomes.append(
+                    classify_read(items, predict, is_rejected_input, max_request_bytes=self._max_request_bytes)
+                )
             except grpc.RpcError as error:
                 if error.code() in SERVER_CODES:
                     raise ServingError(error.code(), error.details(), getattr(self._images, "target", "?")) from error
@@ -266,7 +279,8 @@ def dead_letters(failed: tuple[list[list[Image | Failed]], tuple[type, str, list
     detail = _detail(RuntimeError(trace[-1].split(": ", 1)[-1]))
     return [
         item if isinstance(item, Failed) else Failed(item.path, Reason.INFERENCE_FAILED, detail)
-        for items in batches for item in items
+        for items in batches
+        for item in items
     ]
 
 
@@ -291,7 +305,10 @@ class LocalModel:
 
     @classmethod
     def resolve(cls, model_dir: str, model_name: str = names.MODEL_NAME) -> LocalModel:
-        """``model_dir`` is a version directory, or a base path whose newest numeric version is taken (as TF Serving does)."""
+        """``model_dir`` is a version directory, or a base path whose newest numeric version is taken.
+
+        The newest version is the one TF Serving's default policy would serve.
+        """
         tf = quiet.import_tensorflow()  # only the in-process mode needs TensorFlow, in the launcher or a worker
 
         def is_saved_model(path: str) -> bool:
@@ -305,7 +322,9 @@ class LocalModel:
                 if child.rstrip("/").isdigit() and is_saved_model(posixpath.join(path, child))
             ]
             if not versions:
-                raise FileNotFoundError(f"{model_dir}: neither a SavedModel nor a folder of numbered SavedModel versions")
+                raise FileNotFoundError(
+                    f"{model_dir}: neither a SavedModel nor a folder of numbered SavedModel versions"
+                )
             path = posixpath.join(path, str(max(versions)))
         base = posixpath.basename(path)
         return cls(path, model_name, int(base) if base.isdigit() else 0)
@@ -335,7 +354,9 @@ class SignatureHandler(ModelHandler[Any, PredictionResult, _LoadedSignature]):
     paths run exactly the same graph.
     """
 
-    def __init__(self, model: LocalModel, *, signature: str = names.PREDICT_IMAGES, input_alias: str = names.INPUT_IMAGE_BYTES):
+    def __init__(
+        self, model: LocalModel, *, signature: str = names.PREDICT_IMAGES, input_alias: str = names.INPUT_IMAGE_BYTES
+    ):
         super().__init__()
         self._model = model
         self._signature = signature

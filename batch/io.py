@@ -39,11 +39,11 @@ from apache_beam.io import tfrecordio
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from batch.behind import OneBehind
-from batch.outcomes import Classified, Failed, Image, Outcome, Reason, from_json, json_line, to_json
-from fmnist import imagefile, names
-from fmnist.imagefile import Limits  # what a file may be; job.JobConfig holds one
-from serving.apis import prediction_log_pb2, types_pb2  # the protos alone (no TensorFlow runtime)
+from fmnist.batch.behind import OneBehind
+from fmnist.batch.outcomes import Classified, Failed, Image, Outcome, Reason, from_json, json_line, to_json
+from fmnist.common import imagefile, names
+from fmnist.common.apis import prediction_log_pb2, types_pb2  # the protos alone (no TensorFlow runtime)
+from fmnist.common.imagefile import Limits  # what a file may be; job.JobConfig holds one
 
 TFRECORD = "tfrecord"  # predictions as TF Serving PredictionLogs, what TFX's BulkInferrer writes
 FORMATS = ("jsonl", "csv", "parquet", TFRECORD)
@@ -136,7 +136,9 @@ def _zero_or_more_folders(pattern: str) -> set[str]:
     head, globstar, tail = pattern.partition("**/")
     if not globstar:
         return {pattern}
-    return {head + rest for rest in _zero_or_more_folders(tail)} | {head + globstar + rest for rest in _zero_or_more_folders(tail)}
+    return {head + rest for rest in _zero_or_more_folders(tail)} | {
+        head + globstar + rest for rest in _zero_or_more_folders(tail)
+    }
 
 
 @functools.lru_cache(maxsize=4096)
@@ -320,7 +322,9 @@ class Write(beam.PTransform):
     them in a thread of its own).
     """
 
-    def __init__(self, output: str, name: str, file_format: str, schema: pa.Schema | None = None, *, formatted: bool = False):
+    def __init__(
+        self, output: str, name: str, file_format: str, schema: pa.Schema | None = None, *, formatted: bool = False
+    ):
         super().__init__()
         self._prefix = FileSystems.join(output, name)
         self._blocks = Blocks(file_format, schema)
@@ -358,8 +362,15 @@ class _TFRecordBatchSink(tfrecordio._TFRecordSink):
     """
 
     def __init__(self, file_path_prefix: str, file_name_suffix: str):
-        super().__init__(file_path_prefix, coders.BytesCoder(), file_name_suffix, num_shards=0,
-                         shard_name_template=None, compression_type=CompressionTypes.AUTO, triggering_frequency=None)
+        super().__init__(
+            file_path_prefix,
+            coders.BytesCoder(),
+            file_name_suffix,
+            num_shards=0,
+            shard_name_template=None,
+            compression_type=CompressionTypes.AUTO,
+            triggering_frequency=None,
+        )
 
     def write_record(self, file_handle, value: list[bytes]) -> None:
         for record in value:

@@ -59,13 +59,20 @@ from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from batch import io, progress, report, summary
-from batch.behind import OneBehind
-from batch.inference import (NAMESPACE, BatchFailed, ImageBatches, LocalModel, ServerSettings, SignatureHandler,
-                             dead_letters)
-from batch.outcomes import Classified, Failed, Image, Outcome
-from fmnist import names, quiet
-from serving.client import PredictionClient, ServingError
+from fmnist.batch import io, progress, report, summary
+from fmnist.batch.behind import OneBehind
+from fmnist.batch.inference import (
+    NAMESPACE,
+    BatchFailed,
+    ImageBatches,
+    LocalModel,
+    ServerSettings,
+    SignatureHandler,
+    dead_letters,
+)
+from fmnist.batch.outcomes import Classified, Failed, Image, Outcome
+from fmnist.common import names, quiet
+from fmnist.common.client import PredictionClient, ServingError
 
 _LOG = logging.getLogger(__name__)
 R = TypeVar("R")  # what a command's work returns to its finish (run_cli)
@@ -137,24 +144,44 @@ def _positive(text: str) -> int:
 
 def parse_args(argv: list[str] | None, prog: str | None = None) -> tuple[JobConfig, list[str]]:
     """(config, Beam pipeline arguments); an option that is neither this job's nor Beam's is an error."""
-    parser = beam_command_parser(prog, "Classify image files in bulk with Apache Beam.",
-                                 "where records, errors and the summary go")
+    parser = beam_command_parser(
+        prog, "Classify image files in bulk with Apache Beam.", "where records, errors and the summary go"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--server", metavar="HOST:PORT", help="TF Serving gRPC address of the served model")
-    source.add_argument("--in-process", metavar="MODEL_DIR",
-                        help="run this SavedModel (a version dir, or a base path of versions) with RunInference instead")
-    parser.add_argument("--signature", default=names.PREDICT_IMAGES, choices=[names.PREDICT_IMAGES],
-                        help="the signature that takes encoded image bytes")
-    parser.add_argument("--format", default="jsonl", choices=io.FORMATS, dest="file_format",
-                        help="of predictions-*: jsonl, csv or parquet rows (errors-* in the same format), or tfrecord: "
-                        "one TF Serving PredictionLog per classified file, its replayable Predict request and the "
-                        "response, with the file's path in log_metadata.request_origin (errors-* stay jsonl); "
-                        "default jsonl")
-    parser.add_argument("--top-k", type=_positive, default=3,
-                        help="classes listed per record (default 3); a tfrecord response holds every probability")
-    parser.add_argument("--resume", action="store_true",
-                        help=f"finish the interrupted run in --output: the files its checkpoints ({CHECKPOINTS}/) "
-                        "hold are not classified again, and the results cover every input once")
+    source.add_argument(
+        "--in-process",
+        metavar="MODEL_DIR",
+        help="run this SavedModel (a version dir, or a base path of versions) with RunInference instead",
+    )
+    parser.add_argument(
+        "--signature",
+        default=names.PREDICT_IMAGES,
+        choices=[names.PREDICT_IMAGES],
+        help="the signature that takes encoded image bytes",
+    )
+    parser.add_argument(
+        "--format",
+        default="jsonl",
+        choices=io.FORMATS,
+        dest="file_format",
+        help="of predictions-*: jsonl, csv or parquet rows (errors-* in the same format), or tfrecord: "
+        "one TF Serving PredictionLog per classified file, its replayable Predict request and the "
+        "response, with the file's path in log_metadata.request_origin (errors-* stay jsonl); "
+        "default jsonl",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=_positive,
+        default=3,
+        help="classes listed per record (default 3); a tfrecord response holds every probability",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"finish the interrupted run in --output: the files its checkpoints ({CHECKPOINTS}/) "
+        "hold are not classified again, and the results cover every input once",
+    )
     args, beam_args = parse_with_beam_options(parser, argv)
     if args.top_k > names.NUM_CLASSES:
         parser.error(f"--top-k: at most {names.NUM_CLASSES}")
@@ -187,38 +214,72 @@ def beam_command_parser(prog: str | None, description: str, output_help: str) ->
         description=description + " Besides the options below it takes Beam's pipeline options (--runner, "
         "--direct_num_workers, --project, ...); without --runner the job runs locally.",
     )
-    parser.add_argument("--input", action="append", required=True, metavar="PATTERN_OR_DIR",
-                        help="a folder (every file below it), a glob (* and ? within a folder name, ** across "
-                        "folders: 'imgs/**/*.png' matches imgs/a.png and imgs/x/y/b.png), or a file; repeatable; "
-                        "any Beam file system")
-    parser.add_argument("--output", required=True, metavar="DIR",
-                        help=f"{output_help}; refused if it holds another run's results, unless --overwrite")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="remove an earlier run's results from --output first (other files there are kept)")
+    parser.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="PATTERN_OR_DIR",
+        help="a folder (every file below it), a glob (* and ? within a folder name, ** across "
+        "folders: 'imgs/**/*.png' matches imgs/a.png and imgs/x/y/b.png), or a file; repeatable; "
+        "any Beam file system",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="DIR",
+        help=f"{output_help}; refused if it holds another run's results, unless --overwrite",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="remove an earlier run's results from --output first (other files there are kept)",
+    )
     parser.add_argument("--model-name", default=names.MODEL_NAME)
     parser.add_argument("--batch-size", type=_positive, default=64, help="images per request (default 64)")
-    parser.add_argument("--timeout", type=float, default=30.0,
-                        help="deadline of each request, and the longest wait for the server at start, seconds (default 30)")
-    parser.add_argument("--retries", type=int, default=3, help="retries, with backoff, of a request the server could not answer (UNAVAILABLE, "
-                        "DEADLINE_EXCEEDED, ...; default 3)")
-    parser.add_argument("--max-image-pixels", type=_positive, default=names.MAX_IMAGE_PIXELS, metavar="N",
-                        help="refuse an image whose header claims more pixels, as the server does (default 4096x4096)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="deadline of each request, and the longest wait for the server at start, seconds (default 30)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="retries, with backoff, of a request the server could not answer (UNAVAILABLE, "
+        "DEADLINE_EXCEEDED, ...; default 3)",
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=_positive,
+        default=names.MAX_IMAGE_PIXELS,
+        metavar="N",
+        help="refuse an image whose header claims more pixels, as the server does (default 4096x4096)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show Beam's own logs, worker tracebacks included")
-    parser.add_argument("--progress-seconds", type=float, default=10.0, metavar="SECONDS",
-                        help="without a terminal, log the job's progress this often (on a terminal: a progress "
-                        "bar); default 10")
+    parser.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="without a terminal, log the job's progress this often (on a terminal: a progress bar); default 10",
+    )
     return parser
 
 
-def parse_with_beam_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+def parse_with_beam_options(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> tuple[argparse.Namespace, list[str]]:
     """(this command's arguments, Beam's); an option that is neither is a usage error, with a guess."""
     args, beam_args = parser.parse_known_args(argv)
     unknown = _not_beam_options(beam_args)
     if unknown:
         ours = [option for option in parser._option_string_actions if option.startswith("--")]
         guesses = difflib.get_close_matches(unknown[0].split("=")[0], ours, n=1)
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (neither an option of this command nor a "
-                     f"Beam pipeline option{f'; did you mean {guesses[0]}?' if guesses else ''})")
+        parser.error(
+            f"unrecognized arguments: {' '.join(unknown)} (neither an option of this command nor a "
+            f"Beam pipeline option{f'; did you mean {guesses[0]}?' if guesses else ''})"
+        )
     return args, beam_args
 
 
@@ -394,7 +455,7 @@ def images_handler(config: JobConfig) -> ModelHandler:
 def classify(
     batches: beam.PCollection, handler: ModelHandler, max_request_bytes: int
 ) -> tuple[beam.PCollection, beam.PCollection]:
-    """Read batches → (their lists of outcomes, the lists of :class:`Failed` of the batches ``RunInference`` gave up on).
+    """Read batches → (their lists of outcomes, the lists of :class:`Failed` of the batches given up on).
 
     The two stay apart: Beam's local runner executes a Flatten of several
     inputs itself, holding everything that reaches it, so merging them here
@@ -454,7 +515,9 @@ def build(
     account = _Account(
         to_record,
         io.Blocks(config.file_format, io.PREDICTION_SCHEMA),
-        io.Blocks(io.errors_format(config.file_format), io.ERROR_SCHEMA),  # JSONL beside TFRecords: errors are no predictions
+        io.Blocks(
+            io.errors_format(config.file_format), io.ERROR_SCHEMA
+        ),  # JSONL beside TFRecords: errors are no predictions
     )
     routed, dead_routed = (
         found | f"Account{name}" >> beam.ParDo(account).with_outputs(_ERRORS, _TALLIES, _GALLERY, main="records")
@@ -476,7 +539,7 @@ def read_inputs(
     *,
     skip: beam.pvalue.AsSideInput | None = None,
 ) -> tuple[list[beam.PCollection], beam.PCollection]:
-    """(the batches to count as inputs, lists of ``batch_size`` :class:`Image` or :class:`Failed` spread over the workers).
+    """(the batches to count as inputs, lists of ``batch_size`` :class:`Image` or :class:`Failed` over the workers).
 
     Image files are matched (each distinct file once, even where ``--input``s
     overlap), batched as (path, size), and read on the workers; request logs
@@ -528,11 +591,17 @@ def write_tallies(counted: Sequence[beam.PCollection], tallies: Sequence[beam.PC
     :func:`read_counts` reads."""
     (
         # Inputs are counted as matched, apart from the outcomes, so a file lost on the way shows in the summary.
-        (*(found | f"InputCounts{i}" >> beam.combiners.Count.Globally()
-           | f"AsInputCount{i}" >> beam.Map(lambda n: (summary.INPUT, n)) for i, found in enumerate(counted)),
-         # Summed per key where made first: Beam lifts that sum into the producing stage, so the Flatten
-         # (which the local runner materialises) gets a few sums, not every batch's dozens of keys.
-         *(found | f"Tallied{i}" >> beam.CombinePerKey(sum) for i, found in enumerate(tallies)))
+        (
+            *(
+                found
+                | f"InputCounts{i}" >> beam.combiners.Count.Globally()
+                | f"AsInputCount{i}" >> beam.Map(lambda n: (summary.INPUT, n))
+                for i, found in enumerate(counted)
+            ),
+            # Summed per key where made first: Beam lifts that sum into the producing stage, so the Flatten
+            # (which the local runner materialises) gets a few sums, not every batch's dozens of keys.
+            *(found | f"Tallied{i}" >> beam.CombinePerKey(sum) for i, found in enumerate(tallies)),
+        )
         | "Tallies" >> beam.Flatten()
         | "Count" >> beam.CombinePerKey(sum)
         | "CountsAsJson" >> beam.MapTuple(lambda key, n: json.dumps([list(key), n]))
@@ -564,8 +633,10 @@ def wait_for_server(server: ServerSettings, client_factory: Callable[..., Predic
         client.wait_until_available(timeout=server.timeout, not_found_grace=min(_NOT_FOUND_GRACE, server.timeout))
     except ServingError as error:
         if error.code == grpc.StatusCode.NOT_FOUND:
-            raise JobError(f"the server at {server.target} has no model named {server.model_name!r} "
-                           f"(NOT_FOUND: {error.details}); check --model-name") from error
+            raise JobError(
+                f"the server at {server.target} has no model named {server.model_name!r} "
+                f"(NOT_FOUND: {error.details}); check --model-name"
+            ) from error
         raise JobError(f"the server at {server.target} did not answer: {error}") from error
     except Exception as error:  # whatever a custom factory's client raises
         raise JobError(f"the server at {server.target} did not answer: {error}") from error
@@ -624,8 +695,10 @@ def check_output(output: str, overwrite: bool, result_patterns: Sequence[str] = 
     results = [path for pattern in result_patterns for path in _listed(output, pattern)]
     if results and not overwrite:
         shown = ", ".join(FileSystems.split(path)[1] for path in sorted(results)[:3])
-        raise OutputInUse(f"--output {output} holds another run's results ({shown}{', ...' if len(results) > 3 else ''}); "
-                          "choose another folder, or add --overwrite to replace them")
+        raise OutputInUse(
+            f"--output {output} holds another run's results ({shown}{', ...' if len(results) > 3 else ''}); "
+            "choose another folder, or add --overwrite to replace them"
+        )
     return results
 
 
@@ -657,8 +730,10 @@ def _check_job_output(config: JobConfig) -> tuple[list[str], bool]:
     if saved and not _listed(config.output, io.SUCCESS) and not config.overwrite:
         if not config.resume:
             count = sum(io.is_checkpoint(FileSystems.split(path)[1]) for path in saved)
-            raise OutputInUse(f"--output {config.output} holds an interrupted run ({count:,} checkpoints in "
-                              f"{CHECKPOINTS}/); add --resume to finish it, or --overwrite to start again")
+            raise OutputInUse(
+                f"--output {config.output} holds an interrupted run ({count:,} checkpoints in "
+                f"{CHECKPOINTS}/); add --resume to finish it, or --overwrite to start again"
+            )
         return [path for pattern in _RESULTS for path in _listed(config.output, pattern)], True
     try:
         return check_output(config.output, config.overwrite), False
@@ -690,23 +765,28 @@ def plan_resumption(output: str, files: set[str], logs: set[str], stream: TextIO
     except BeamIOError:
         listed = []
     temporary = [m.path for m in listed if FileSystems.split(m.path)[1].startswith(io.CHECKPOINT_TEMP_PREFIX)]
-    saved = sorted((m for m in listed if io.is_checkpoint(FileSystems.split(m.path)[1])),
-                   key=lambda m: (m.last_updated_in_seconds, m.path))
+    saved = sorted(
+        (m for m in listed if io.is_checkpoint(FileSystems.split(m.path)[1])),
+        key=lambda m: (m.last_updated_in_seconds, m.path),
+    )
     with ThreadPoolExecutor(_CHECKPOINT_READERS) as pool:
         contents = list(pool.map(_checkpoint_paths, [m.path for m in saved]))
     damaged = []
     owner: dict[str, int] = {}  # path → the checkpoint its outcome is taken from: the newest holding it
     for i, (metadata, paths) in enumerate(zip(saved, contents, strict=True)):
         if isinstance(paths, ValueError):
-            print(f"ignoring a damaged checkpoint, {metadata.path}: {paths}; its files are classified again",
-                  file=stream, flush=True)
+            print(
+                f"ignoring a damaged checkpoint, {metadata.path}: {paths}; its files are classified again",
+                file=stream,
+                flush=True,
+            )
             damaged.append(metadata.path)
             continue
         owner.update(dict.fromkeys(paths, i))
 
     def is_input(path: str) -> bool:
         log, hash_sign, _ = path.rpartition("#")
-        return path in files or bool(hash_sign) and log in logs
+        return path in files or (bool(hash_sign) and log in logs)
 
     checkpoints, done = [], 0
     for i, (metadata, paths) in enumerate(zip(saved, contents, strict=True)):
@@ -718,8 +798,11 @@ def plan_resumption(output: str, files: set[str], logs: set[str], stream: TextIO
             done += len(paths) - len(left_out)
     gone = sum(not is_input(path) for path in owner)
     if gone:
-        print(f"resuming: {gone:,} files the checkpoints hold are no longer among the inputs: left out",
-              file=stream, flush=True)
+        print(
+            f"resuming: {gone:,} files the checkpoints hold are no longer among the inputs: left out",
+            file=stream,
+            flush=True,
+        )
     if temporary or damaged:
         FileSystems.delete(temporary + damaged)
     return Resumption(tuple(checkpoints), done)
@@ -828,9 +911,12 @@ def run_config(
     started = clock()
     result = execute(
         test_pipeline or make_pipeline(beam_args),
-        lambda pipeline, address: build(pipeline, config, handler=handler, progress_address=address,
-                                        resumption=resumption),
-        total, progress_seconds=config.progress_seconds, stream=stream,
+        lambda pipeline, address: build(
+            pipeline, config, handler=handler, progress_address=address, resumption=resumption
+        ),
+        total,
+        progress_seconds=config.progress_seconds,
+        stream=stream,
     )
     result_summary = summary.summarize(read_counts(config.output), clock() - started, source, resumed=done)
     io.write_bytes(FileSystems.join(config.output, summary.SUMMARY_FILE), summary.to_json(result_summary).encode())
@@ -868,8 +954,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print_outputs(result.files)
         return 0
 
-    return run_cli(prog, config.verbose, lambda stream: run_config(config, beam_args, stream=stream), finish,
-                   rerun="--resume")
+    return run_cli(
+        prog, config.verbose, lambda stream: run_config(config, beam_args, stream=stream), finish, rerun="--resume"
+    )
 
 
 def run_cli(
@@ -888,7 +975,7 @@ def run_cli(
     error are hidden.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("batch").setLevel(logging.INFO)
+    logging.getLogger("fmnist.batch").setLevel(logging.INFO)
     interrupted = threading.Event()
     stderr = os.dup(2)  # the terminal, even while descriptor 2 is hushed
     leaving = threading.Lock()
@@ -937,8 +1024,7 @@ def print_outputs(files: Sequence[str]) -> None:
 def _explained(line: str, rerun: str = "--overwrite") -> str:
     """The error line, with what to do when it is about the server rather than the input."""
     if any(f": {code}:" in f": {line}" for code in _SERVER_CODES) and "did not answer" not in line:
-        return (f"lost the server: {line}; check that it is running and reachable, then run the job "
-                f"again with {rerun}")
+        return f"lost the server: {line}; check that it is running and reachable, then run the job again with {rerun}"
     return line
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from fmnist import imagefile, names
+from fmnist.common import imagefile, names
 
 
 class Reason:
@@ -35,7 +35,9 @@ class Reason:
     UNSUPPORTED_FORMAT = imagefile.UNSUPPORTED_FORMAT
     TOO_LARGE = imagefile.TOO_LARGE
     REJECTED = "rejected_by_model"  # the model could not decode it (INVALID_ARGUMENT)
-    INFERENCE_FAILED = "inference_failed"  # the model failed on its batch for another reason (RunInference's dead letters)
+    INFERENCE_FAILED = (
+        "inference_failed"  # the model failed on its batch for another reason (RunInference's dead letters)
+    )
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,13 @@ def to_json(outcome: Outcome, with_data: bool = False) -> str:
     """
     if isinstance(outcome, Classified):
         packed = base64.b64encode(struct.pack(f"<{len(outcome.probabilities)}d", *outcome.probabilities)).decode()
-        fields = {"path": outcome.path, "label": outcome.label, "probabilities": packed,
-                  "model_name": outcome.model_name, "model_version": outcome.model_version}
+        fields = {
+            "path": outcome.path,
+            "label": outcome.label,
+            "probabilities": packed,
+            "model_name": outcome.model_name,
+            "model_version": outcome.model_version,
+        }
         if with_data and outcome.data is not None:
             fields["data"] = base64.b64encode(outcome.data).decode()
         return json_line(fields)
@@ -129,7 +136,10 @@ def json_line(value: dict) -> str:
 
 
 def from_json(line: str) -> Outcome:
-    """The outcome :func:`to_json` wrote; ``ValueError`` for anything else (a damaged line, other fields, wrong types)."""
+    """The outcome :func:`to_json` wrote; ``ValueError`` for anything else.
+
+    Anything else: a damaged line, other fields, wrong types.
+    """
     fields = _parsed(line)
     if not isinstance(fields, dict):
         raise ValueError(f"not an outcome: {line[:80]!r}")
@@ -139,13 +149,24 @@ def from_json(line: str) -> Outcome:
     data = fields.pop("data", None)
     if data is not None and not isinstance(data, str):
         raise ValueError(f"not an outcome: {line[:80]!r}")
-    if (keys == _CLASSIFIED_KEYS and isinstance(fields["path"], str) and isinstance(fields["model_name"], str)
-            and _is_int(fields["model_version"]) and (fields["label"] is None or _is_int(fields["label"]))
-            and isinstance(fields["probabilities"], str) and (packed := base64.b64decode(fields["probabilities"], validate=True))
-            and len(packed) % 8 == 0):
-        return Classified(fields["path"], fields["label"], struct.unpack(f"<{len(packed) // 8}d", packed),
-                          fields["model_name"], fields["model_version"],
-                          None if data is None else base64.b64decode(data, validate=True))
+    if (
+        keys == _CLASSIFIED_KEYS
+        and isinstance(fields["path"], str)
+        and isinstance(fields["model_name"], str)
+        and _is_int(fields["model_version"])
+        and (fields["label"] is None or _is_int(fields["label"]))
+        and isinstance(fields["probabilities"], str)
+        and (packed := base64.b64decode(fields["probabilities"], validate=True))
+        and len(packed) % 8 == 0
+    ):
+        return Classified(
+            fields["path"],
+            fields["label"],
+            struct.unpack(f"<{len(packed) // 8}d", packed),
+            fields["model_name"],
+            fields["model_version"],
+            None if data is None else base64.b64decode(data, validate=True),
+        )
     raise ValueError(f"not an outcome: {line[:80]!r}")
 
 

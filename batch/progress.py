@@ -82,8 +82,15 @@ class Progress:
         self._socket.bind(("127.0.0.1", 0))
         self._socket.settimeout(0.2)
         self._stopped = threading.Event()
-        self._bar = tqdm(total=total, unit=_UNIT, unit_scale=False, file=self._stream, dynamic_ncols=True,
-                         smoothing=0.1, disable=not self._stream.isatty())
+        self._bar = tqdm(
+            total=total,
+            unit=_UNIT,
+            unit_scale=False,
+            file=self._stream,
+            dynamic_ncols=True,
+            smoothing=0.1,
+            disable=not self._stream.isatty(),
+        )
         self._started = self._logged = time.monotonic()
         self._thread = threading.Thread(target=self._listen, name="progress", daemon=True)
 

@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable
 import apache_beam as beam
 from PIL import Image as PILImage
 
-from batch import summary as summary_lib
-from batch.outcomes import Classified, Outcome
-from fmnist import names
+from fmnist.batch import summary as summary_lib
+from fmnist.batch.outcomes import Classified, Outcome
+from fmnist.common import names
 
 REPORT_FILE = "report.html"
 GALLERY_SIZE = 12
@@ -33,8 +33,12 @@ LEAST_SURE, SUREST_MISTAKES = "least_sure", "surest_mistakes"
 
 
 def _entry(outcome: Classified) -> dict:
-    return {"path": outcome.path, "label": outcome.label, "confidence": max(outcome.probabilities),
-            "top3": outcome.top_k(3)}
+    return {
+        "path": outcome.path,
+        "label": outcome.label,
+        "confidence": max(outcome.probabilities),
+        "top3": outcome.top_k(3),
+    }
 
 
 def candidates(outcomes: list[Outcome], size: int = GALLERY_SIZE) -> dict[str, list[dict]]:
@@ -66,7 +70,9 @@ class Gallery(beam.CombineFn):
                 merged[key] += accumulator[key]
         # ties broken by path, so a gallery does not depend on how the runner split the work
         merged[LEAST_SURE] = sorted(merged[LEAST_SURE], key=lambda e: (e["confidence"], e["path"]))[: self._size]
-        merged[SUREST_MISTAKES] = sorted(merged[SUREST_MISTAKES], key=lambda e: (-e["confidence"], e["path"]))[: self._size]
+        merged[SUREST_MISTAKES] = sorted(merged[SUREST_MISTAKES], key=lambda e: (-e["confidence"], e["path"]))[
+            : self._size
+        ]
         return merged
 
     def extract_output(self, accumulator: dict) -> dict:
@@ -90,9 +96,15 @@ def _thumbnail(data: bytes) -> str:
 def render(summary: summary_lib.Summary, gallery: dict[str, list[dict]], read: Callable[[str], bytes]) -> str:
     """The report page; ``read(path)`` returns a gallery file's bytes (through Beam's file systems)."""
     models = ", ".join(f"{m['model_name']} v{m['model_version']} ({m['files']:,} files)" for m in summary.models)
-    facts = [("Files", f"{summary.inputs:,}"), ("Classified", f"{summary.classified:,}"),
-             ("Errors", f"{summary.errors:,}"), ("Files/s", f"{summary.files_per_second:,.1f}"),
-             ("Elapsed", f"{summary.elapsed_seconds:.1f} s"), ("Source", summary.source), ("Model versions", models)]
+    facts = [
+        ("Files", f"{summary.inputs:,}"),
+        ("Classified", f"{summary.classified:,}"),
+        ("Errors", f"{summary.errors:,}"),
+        ("Files/s", f"{summary.files_per_second:,.1f}"),
+        ("Elapsed", f"{summary.elapsed_seconds:.1f} s"),
+        ("Source", summary.source),
+        ("Model versions", models),
+    ]
     if summary.resumed:
         facts.insert(4, ("Resumed", f"{summary.resumed:,} files done by an interrupted run (Files/s counts the rest)"))
     if summary.evaluation:
@@ -102,49 +114,68 @@ def render(summary: summary_lib.Summary, gallery: dict[str, list[dict]], read: C
         parts.append(errors_section(summary.errors_by_reason))
     parts.append(_per_class(summary))
     if summary.evaluation:
-        parts.append("<h2>Confusion matrix</h2><img class='matrix' alt='confusion matrix' src='"
-                     + _data_uri(summary_lib.confusion_png(summary)) + "'>")
+        parts.append(
+            "<h2>Confusion matrix</h2><img class='matrix' alt='confusion matrix' src='"
+            + _data_uri(summary_lib.confusion_png(summary))
+            + "'>"
+        )
     titles = {LEAST_SURE: "Least sure", SUREST_MISTAKES: "Misclassified, surest first"}
     for key, title in titles.items():
         if gallery.get(key):
-            parts.append(f"<h2>{title}</h2><div class='gallery' id='{key}'>"
-                         + "".join(_card(entry, read) for entry in gallery[key]) + "</div>")
+            parts.append(
+                f"<h2>{title}</h2><div class='gallery' id='{key}'>"
+                + "".join(_card(entry, read) for entry in gallery[key])
+                + "</div>"
+            )
     return page("fmnist batch report", parts)
 
 
 def page(title: str, parts: Iterable[str]) -> str:
     """A whole self-contained page: ``title`` as its heading, then ``parts`` (HTML) in order."""
-    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
-             ".gallery{display:flex;flex-wrap:wrap;gap:1em}.card{width:12em;font-size:.85em}"
-             ".card img{width:84px;height:84px;image-rendering:pixelated;background:#000}"
-             ".path{word-break:break-all;color:#555}img.matrix{max-width:100%}")
+    style = (
+        "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
+        ".gallery{display:flex;flex-wrap:wrap;gap:1em}.card{width:12em;font-size:.85em}"
+        ".card img{width:84px;height:84px;image-rendering:pixelated;background:#000}"
+        ".path{word-break:break-all;color:#555}img.matrix{max-width:100%}"
+    )
     title = html.escape(title)
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{style}</style></head><body><h1>{title}</h1>" + "".join(parts) + "</body></html>\n")
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{style}</style></head><body><h1>{title}</h1>" + "".join(parts) + "</body></html>\n"
+    )
 
 
 def facts_table(table_id: str, facts: Iterable[tuple[str, str]]) -> str:
     """(name, value) rows as a two-column table."""
     e = html.escape
-    return f"<table id='{table_id}'>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts) + "</table>"
+    return (
+        f"<table id='{table_id}'>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts) + "</table>"
+    )
 
 
 def errors_section(errors_by_reason: dict[str, int]) -> str:
     """Errors by reason, pointing at the ``errors-*`` records."""
-    return ("<h2>Errors by reason</h2>" + facts_table("errors", ((r, f"{n:,}") for r, n in errors_by_reason.items()))
-            + "<p>Each one, with its path and detail, is in <code>errors-*</code>.</p>")
+    return (
+        "<h2>Errors by reason</h2>"
+        + facts_table("errors", ((r, f"{n:,}") for r, n in errors_by_reason.items()))
+        + "<p>Each one, with its path and detail, is in <code>errors-*</code>.</p>"
+    )
 
 
 def _per_class(summary: summary_lib.Summary) -> str:
     evaluation = summary.evaluation
-    header = "<tr><th>class</th><th>predicted</th>" + ("<th>labelled</th><th>recall</th>" if evaluation else "") + "</tr>"
+    header = (
+        "<tr><th>class</th><th>predicted</th>" + ("<th>labelled</th><th>recall</th>" if evaluation else "") + "</tr>"
+    )
     rows = []
     for name, predicted in summary.counts_per_class.items():
         cells = f"<td>{html.escape(name)}</td><td>{predicted:,}</td>"
         if evaluation:
             recall = evaluation.per_class_recall[name]
-            cells += f"<td>{evaluation.labelled_per_class[name]:,}</td><td>{'' if recall is None else f'{recall:.2f}'}</td>"
+            cells += (
+                f"<td>{evaluation.labelled_per_class[name]:,}</td><td>{'' if recall is None else f'{recall:.2f}'}</td>"
+            )
         rows.append(f"<tr>{cells}</tr>")
     return "<h2>Per class</h2><table id='per-class'>" + header + "".join(rows) + "</table>"
 

@@ -16,9 +16,9 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 
-from batch.outcomes import Classified, Outcome
-from fmnist import names
-from fmnist.report import confusion_matrix_png
+from fmnist.batch.outcomes import Classified, Outcome
+from fmnist.common import names
+from fmnist.common.report import confusion_matrix_png
 
 SUMMARY_FILE = "summary.json"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -99,15 +99,22 @@ def summarize(counts: Mapping[tuple, int], elapsed: float, source: str, resumed:
 def _evaluate(pairs: Mapping[tuple, int]) -> Evaluation | None:
     if not pairs:
         return None
-    matrix = [[pairs.get((true, predicted), 0) for predicted in range(names.NUM_CLASSES)] for true in range(names.NUM_CLASSES)]
+    matrix = [
+        [pairs.get((true, predicted), 0) for predicted in range(names.NUM_CLASSES)] for true in range(names.NUM_CLASSES)
+    ]
     files = sum(map(sum, matrix))
     correct = sum(matrix[i][i] for i in range(names.NUM_CLASSES))
     recall = {
         names.CLASS_NAMES[i]: (round(matrix[i][i] / sum(row), 4) if sum(row) else None) for i, row in enumerate(matrix)
     }
     labelled = {names.CLASS_NAMES[i]: sum(row) for i, row in enumerate(matrix)}
-    return Evaluation(files=files, accuracy=round(correct / files, 4), labelled_per_class=labelled,
-                      per_class_recall=recall, confusion_matrix=matrix)
+    return Evaluation(
+        files=files,
+        accuracy=round(correct / files, 4),
+        labelled_per_class=labelled,
+        per_class_recall=recall,
+        confusion_matrix=matrix,
+    )
 
 
 def to_json(summary: Summary) -> str:
@@ -119,8 +126,11 @@ def confusion_png(summary: Summary) -> bytes:
     with the model versions that answered."""
     evaluation = summary.evaluation
     models = ", ".join(f"{m['model_name']} v{m['model_version']}" for m in summary.models)
-    return confusion_matrix_png(evaluation.confusion_matrix, ylabel="true (folder)",
-                                title=f"{models}: accuracy {evaluation.accuracy:.2%} on {evaluation.files} files")
+    return confusion_matrix_png(
+        evaluation.confusion_matrix,
+        ylabel="true (folder)",
+        title=f"{models}: accuracy {evaluation.accuracy:.2%} on {evaluation.files} files",
+    )
 
 
 def render(summary: Summary) -> str:
@@ -132,8 +142,10 @@ def render(summary: Summary) -> str:
     ]
     if summary.evaluation:
         labelled = summary.evaluation.labelled_per_class
-        lines.append("per class, predicted / labelled: " + ", ".join(
-            f"{name} {n}/{labelled[name]}" for name, n in summary.counts_per_class.items()))
+        lines.append(
+            "per class, predicted / labelled: "
+            + ", ".join(f"{name} {n}/{labelled[name]}" for name, n in summary.counts_per_class.items())
+        )
     else:
         lines.append("predicted per class: " + ", ".join(f"{name} {n}" for name, n in summary.counts_per_class.items()))
     if summary.errors_by_reason:

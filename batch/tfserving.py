@@ -33,13 +33,14 @@ import grpc
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RemoteModelHandler
 
-from serving import tensors
-from serving.apis import predict_pb2, prediction_service_pb2_grpc
-from serving.client import open_channel
+from fmnist.common import tensors
+from fmnist.common.apis import predict_pb2, prediction_service_pb2_grpc
+from fmnist.common.client import open_channel
 
 # The server is down or restarting, was slow this once, or sheds load: a later try may succeed.
-TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                             grpc.StatusCode.RESOURCE_EXHAUSTED})
+TRANSIENT_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
 
 
 def _is_transient(codes: Collection[grpc.StatusCode], error: Exception) -> bool:
@@ -51,7 +52,9 @@ def _size_in_bytes(example: Any) -> int:
     return len(example) if isinstance(example, (bytes, str)) else np.asarray(example).nbytes
 
 
-class TFServingModelHandler(RemoteModelHandler[Any, PredictionResult, prediction_service_pb2_grpc.PredictionServiceStub]):
+class TFServingModelHandler(
+    RemoteModelHandler[Any, PredictionResult, prediction_service_pb2_grpc.PredictionServiceStub]
+):
     """Examples (encoded bytes or arrays, one per row) → ``PredictionResult``s from a TF Serving model.
 
     ``output_aliases`` filters the outputs (all of the signature's by default);
@@ -94,11 +97,20 @@ class TFServingModelHandler(RemoteModelHandler[Any, PredictionResult, prediction
     ):
         if version is not None and version_label is not None:
             raise ValueError("give a version or a version_label, not both")
-        RemoteModelHandler.__init__(self, namespace="TFServingModelHandler", num_retries=num_retries,
-                                    retry_filter=functools.partial(_is_transient, frozenset(retry_codes)), **throttling)
+        RemoteModelHandler.__init__(
+            self,
+            namespace="TFServingModelHandler",
+            num_retries=num_retries,
+            retry_filter=functools.partial(_is_transient, frozenset(retry_codes)),
+            **throttling,
+        )
         # RemoteModelHandler leaves the batching arguments to ModelHandler, whose __init__ it does not call.
-        ModelHandler.__init__(self, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-                              max_batch_duration_secs=max_batch_duration_secs)
+        ModelHandler.__init__(
+            self,
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            max_batch_duration_secs=max_batch_duration_secs,
+        )
         self._max_request_bytes = max_batch_weight
         self.target = target
         self._spec = dict(name=model_name, signature_name=signature_name)
@@ -109,9 +121,14 @@ class TFServingModelHandler(RemoteModelHandler[Any, PredictionResult, prediction
         self._input_alias = input_alias
         self._output_aliases = tuple(output_aliases)
         self._timeout = timeout
-        self._channel_settings = dict(tls=tls, root_certificates=root_certificates, private_key=private_key,
-                                      certificate_chain=certificate_chain, max_message_bytes=max_message_bytes,
-                                      options=tuple(channel_options))
+        self._channel_settings = dict(
+            tls=tls,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            max_message_bytes=max_message_bytes,
+            options=tuple(channel_options),
+        )
 
     def create_client(self) -> prediction_service_pb2_grpc.PredictionServiceStub:
         return prediction_service_pb2_grpc.PredictionServiceStub(open_channel(self.target, **self._channel_settings))
@@ -139,7 +156,9 @@ class TFServingModelHandler(RemoteModelHandler[Any, PredictionResult, prediction
         if start < len(batch):
             yield batch[start:]
 
-    def _predict(self, batch: Sequence[Any], model: prediction_service_pb2_grpc.PredictionServiceStub) -> list[PredictionResult]:
+    def _predict(
+        self, batch: Sequence[Any], model: prediction_service_pb2_grpc.PredictionServiceStub
+    ) -> list[PredictionResult]:
         request = predict_pb2.PredictRequest(model_spec=self._spec, output_filter=self._output_aliases)
         tensors.fill(request.inputs[self._input_alias], _stacked(batch))
         response = model.Predict(request, timeout=self._timeout)  # grpc.RpcError: retried when transient
@@ -151,16 +170,21 @@ class TFServingModelHandler(RemoteModelHandler[Any, PredictionResult, prediction
         return sum(map(_size_in_bytes, batch))
 
     def __repr__(self) -> str:
-        return f"TFServingModelHandler({self.target!r}, model={self._spec['name']!r}, signature={self._spec['signature_name']!r})"
+        model, signature = self._spec["name"], self._spec["signature_name"]
+        return f"TFServingModelHandler({self.target!r}, model={model!r}, signature={signature!r})"
 
 
-def per_example(batch: Sequence[Any], outputs: dict[str, np.ndarray], model_id: str, source: str) -> list[PredictionResult]:
+def per_example(
+    batch: Sequence[Any], outputs: dict[str, np.ndarray], model_id: str, source: str
+) -> list[PredictionResult]:
     """One ``PredictionResult`` per example of ``batch``: its row of every output, and ``model_id``; a ValueError
     naming ``source`` when an output does not have one row per example (a short answer must not lose examples)."""
     if short := {alias: len(rows) for alias, rows in outputs.items() if np.ndim(rows) == 0 or len(rows) != len(batch)}:
         raise ValueError(f"{source}: outputs {short} do not have one row per example ({len(batch)})")
-    return [PredictionResult(example, {alias: rows[i] for alias, rows in outputs.items()}, model_id)
-            for i, example in enumerate(batch)]
+    return [
+        PredictionResult(example, {alias: rows[i] for alias, rows in outputs.items()}, model_id)
+        for i, example in enumerate(batch)
+    ]
 
 
 def _stacked(batch: Sequence[Any]) -> np.ndarray | list:

@@ -38,8 +38,11 @@ def machine() -> dict:
     import tensorflow as tf
 
     model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.processor() or "unknown",
     )
     return {
@@ -56,8 +59,10 @@ def machine() -> dict:
 
 def warn_if_busy() -> None:
     if BUSY_MARKER.exists():
-        print(f"warning: {BUSY_MARKER} exists: another CPU-heavy job is running; numbers are taken under load",
-              file=sys.stderr)
+        print(
+            f"warning: {BUSY_MARKER} exists: another CPU-heavy job is running; numbers are taken under load",
+            file=sys.stderr,
+        )
 
 
 def export_untrained(profile: str, base_path: Path, version: int = 1) -> Path:
@@ -71,7 +76,7 @@ def export_untrained(profile: str, base_path: Path, version: int = 1) -> Path:
     untrained cnn measures its worst case (``bench/batch.py --model-dir``
     serves a trained one).
     """
-    from pipeline import export, model
+    from fmnist.pipeline import export, model
 
     network = model.for_serving(model.build(profile), profile)
     path = base_path / str(version)
@@ -81,7 +86,7 @@ def export_untrained(profile: str, base_path: Path, version: int = 1) -> Path:
 
 def pushed_profile(model_dir: Path) -> str:
     """The profile a pushed version was trained with, from the config the Pusher saved next to it."""
-    from fmnist import names
+    from fmnist.common import names
 
     return json.loads((model_dir / names.ASSETS_EXTRA / names.CONFIG_FILE).read_text())["train"]["profile"]
 
@@ -118,16 +123,24 @@ class ServerProcess:
     in MiB, from ``wait4``'s rusage, which covers exactly this process.
     """
 
-    def __init__(self, args: Sequence[str], ready_model: str, log_path: Path, timeout: float = 120.0,
-                 program: Sequence[str] = ("-m", "serving.server")):
-        from serving.client import PredictionClient
+    def __init__(
+        self,
+        args: Sequence[str],
+        ready_model: str,
+        log_path: Path,
+        timeout: float = 120.0,
+        program: Sequence[str] = ("-m", "fmnist.serving.server"),
+    ):
+        from fmnist.common.client import PredictionClient
 
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self._log = open(log_path, "wb")
         self._process = subprocess.Popen(
             [sys.executable, *program, "--port", str(self.port), "--log-level", "WARNING", *args],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         with PredictionClient(self.target, model_name=ready_model) as client:
             try:
@@ -158,7 +171,10 @@ with open(sys.argv[1], "w") as report:
 
 
 def run_child(
-    argv: Sequence[str], log_path: Path, cwd: Path = ROOT, env: dict[str, str] | None = None,
+    argv: Sequence[str],
+    log_path: Path,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
     while_running: Callable[[int], None] | None = None,
 ) -> tuple[int, float, float]:
     """(exit code, wall seconds, peak RSS MiB) of a command run in ``cwd``, its output to ``log_path``.
@@ -168,8 +184,9 @@ def run_child(
     """
     report = log_path.with_suffix(".rusage")
     with open(log_path, "wb") as log:
-        helper = subprocess.Popen([sys.executable, "-c", _MEASURE, str(report), *argv], cwd=cwd, env=env,
-                                  stdout=log, stderr=subprocess.STDOUT)
+        helper = subprocess.Popen(
+            [sys.executable, "-c", _MEASURE, str(report), *argv], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         while helper.poll() is None:
             if while_running is not None and (command := children(helper.pid)):
                 while_running(command[0])
@@ -208,9 +225,11 @@ def table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
     cells = [[cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(v.rjust(w) for v, w in zip(r, widths)) + " |" for r in cells]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=False)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    lines += ["| " + " | ".join(v.rjust(w) for v, w in zip(r, widths, strict=False)) + " |" for r in cells]
     return "\n".join(lines)
 
 
@@ -218,8 +237,9 @@ def write_results(name: str, payload: dict) -> Path:
     """``bench/results/<name>.json`` (git-ignored), with the machine description added."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **payload},
-                               indent=2))
+    path.write_text(
+        json.dumps({"machine": machine(), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **payload}, indent=2)
+    )
     return path
 
 

@@ -18,7 +18,6 @@ import signal
 from concurrent import futures
 
 import _common  # noqa: F401  (first: fixes sys.path)
-
 import grpc
 import numpy as np
 from tensorflow_serving.apis import (
@@ -28,8 +27,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from fmnist import names
-from serving import predict
+from fmnist.common import names
+from fmnist.serving import predict
 
 
 @functools.lru_cache(maxsize=16)

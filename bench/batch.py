@@ -49,17 +49,16 @@ import time
 from pathlib import Path
 
 import _common  # first: fixes sys.path so "batch" is the package, not this file
-
 import numpy as np
 
-from fmnist import names
+from fmnist.common import names
 
 TWO_WORKERS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 
 
 def write_images(out: Path, count: int) -> list[Path]:
     """``count`` labelled PNGs under ``out`` (reused when already there), as ``fmnist images`` writes them."""
-    from pipeline import data, images
+    from fmnist.pipeline import data, images
 
     existing = sorted(out.glob("*/*.png"))
     if len(existing) >= count:
@@ -85,12 +84,19 @@ def subset(paths: list[Path], count: int, root: Path) -> Path:
     return target
 
 
-def run_job(label: str, input_dir: Path, files: int, source: list[str], batch_size: int | None, work: Path,
-            tree: Path = _common.ROOT) -> dict:
+def run_job(
+    label: str,
+    input_dir: Path,
+    files: int,
+    source: list[str],
+    batch_size: int | None,
+    work: Path,
+    tree: Path = _common.ROOT,
+) -> dict:
     """One ``python -m batch.job`` run of the checkout at ``tree``: its summary's rate, wall time and peak RSS."""
     slug = f"{label.replace(', ', '-').replace(' ', '-')}-{files}"
     output = work / f"out-{slug}"
-    argv = [sys.executable, "-m", "batch.job", "--input", str(input_dir), "--output", str(output), *source]
+    argv = [sys.executable, "-m", "fmnist.batch.job", "--input", str(input_dir), "--output", str(output), *source]
     if batch_size:
         argv += ["--batch-size", str(batch_size)]
     env = None if tree == _common.ROOT else {**os.environ, "PYTHONPATH": str(tree)}
@@ -100,16 +106,22 @@ def run_job(label: str, input_dir: Path, files: int, source: list[str], batch_si
     summary = json.loads((output / "summary.json").read_text())
     if summary["classified"] != files:
         raise RuntimeError(f"{label}: {summary['classified']} of {files} files classified")
-    row = {"mode": label, "files": files, "seconds": summary["elapsed_seconds"],
-           "images_per_s": files / summary["elapsed_seconds"], "us_per_file": summary["elapsed_seconds"] / files * 1e6,
-           "wall_s": wall, "peak_rss_mib": rss}
+    row = {
+        "mode": label,
+        "files": files,
+        "seconds": summary["elapsed_seconds"],
+        "images_per_s": files / summary["elapsed_seconds"],
+        "us_per_file": summary["elapsed_seconds"] / files * 1e6,
+        "wall_s": wall,
+        "peak_rss_mib": rss,
+    }
     print(f"  {label} {files} files: {row['images_per_s']:,.0f} images/s, peak {rss:.0f} MiB", flush=True)
     return row
 
 
 def naive_loop(target: str, paths: list[Path]) -> dict:
     """One file per request, read and sent in sequence: what a script without batching does."""
-    from serving.client import PredictionClient
+    from fmnist.common.client import PredictionClient
 
     with PredictionClient(target) as client:
         client.predict_encoded([paths[0].read_bytes()])
@@ -118,28 +130,49 @@ def naive_loop(target: str, paths: list[Path]) -> dict:
             client.predict_encoded([path.read_bytes()])
         seconds = time.perf_counter() - start
     print(f"  naive {len(paths)} files: {len(paths) / seconds:,.0f} images/s", flush=True)
-    return {"mode": "naive loop", "files": len(paths), "seconds": seconds, "images_per_s": len(paths) / seconds,
-            "us_per_file": seconds / len(paths) * 1e6}
+    return {
+        "mode": "naive loop",
+        "files": len(paths),
+        "seconds": seconds,
+        "images_per_s": len(paths) / seconds,
+        "us_per_file": seconds / len(paths) * 1e6,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("Usage::")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("Usage::")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--count", type=int, default=10_000, help="PNG files (default 10,000)")
     parser.add_argument("--large", action="store_true", help="100,000 files")
     parser.add_argument("--quick", action="store_true", help="2,000 files, 500 naive requests")
     parser.add_argument("--naive-count", type=int, default=2_000, help="files for the naive loop (default 2,000)")
     parser.add_argument("--batch-size", type=int, help="the job's --batch-size (default: the job's own default)")
     parser.add_argument("--images-dir", type=Path, help="where the PNGs go (kept and reused); default a temp dir")
-    parser.add_argument("--profile", default="mlp", choices=["mlp", "cnn"],
-                        help="the served model, exported with fresh weights (default mlp)")
-    parser.add_argument("--model-dir", type=Path,
-                        help="serve this pushed version directory instead (its profile is read from its config)")
-    parser.add_argument("--baseline", metavar="REV",
-                        help="also run the served job of this commit (git archive) on all the files, alternating "
-                        "with this checkout's, and print this checkout's rate ÷ its")
-    parser.add_argument("--mixed-precision", action="store_true",
-                        help="also serve with --mixed_precision=bfloat16 and run the job against that server")
+    parser.add_argument(
+        "--profile",
+        default="mlp",
+        choices=["mlp", "cnn"],
+        help="the served model, exported with fresh weights (default mlp)",
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        help="serve this pushed version directory instead (its profile is read from its config)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the served job of this commit (git archive) on all the files, alternating "
+        "with this checkout's, and print this checkout's rate ÷ its",
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="also serve with --mixed_precision=bfloat16 and run the job against that server",
+    )
     args = parser.parse_args(argv)
     if args.large:
         args.count = 100_000
@@ -162,32 +195,56 @@ def main(argv: list[str] | None = None) -> int:
 
     counts = sorted({max(1, args.count // 4), max(1, args.count // 2), args.count})
     rows = []
-    server_flags = ["--model_name", names.MODEL_NAME, "--model_base_path", str(model_base),
-                    "--file_system_poll_wait_seconds", "0"]
+    server_flags = [
+        "--model_name",
+        names.MODEL_NAME,
+        "--model_base_path",
+        str(model_base),
+        "--file_system_poll_wait_seconds",
+        "0",
+    ]
     server = _common.ServerProcess(server_flags, names.MODEL_NAME, work / "server.log")
     try:
         # First, as its untimed first request also pays the server's one-off graph optimisation.
         rows.append(naive_loop(server.target, paths[: args.naive_count]))
         for count in counts:
-            rows.append(run_job("served", subset(paths, count, root), count, ["--server", server.target],
-                                args.batch_size, work))
-        rows.append(run_job("served, 2 workers", every, args.count, ["--server", server.target, *TWO_WORKERS],
-                            args.batch_size, work))
+            rows.append(
+                run_job("served", subset(paths, count, root), count, ["--server", server.target], args.batch_size, work)
+            )
+        rows.append(
+            run_job(
+                "served, 2 workers", every, args.count, ["--server", server.target, *TWO_WORKERS], args.batch_size, work
+            )
+        )
         if args.baseline:
             tree = _common.extract_tree(args.baseline, work / "baseline")
             for n in (1, 2):  # alternating with this checkout's, on the same server
-                rows.append(run_job(f"served at {args.baseline[:10]} #{n}", every, args.count,
-                                    ["--server", server.target], args.batch_size, work, tree))
-                rows.append(run_job(f"served #{n + 1}", every, args.count, ["--server", server.target],
-                                    args.batch_size, work))
+                rows.append(
+                    run_job(
+                        f"served at {args.baseline[:10]} #{n}",
+                        every,
+                        args.count,
+                        ["--server", server.target],
+                        args.batch_size,
+                        work,
+                        tree,
+                    )
+                )
+                rows.append(
+                    run_job(f"served #{n + 1}", every, args.count, ["--server", server.target], args.batch_size, work)
+                )
     finally:
         server_rss = server.stop()
     if args.mixed_precision:
-        server = _common.ServerProcess([*server_flags, "--mixed_precision", "bfloat16"], names.MODEL_NAME,
-                                       work / "server-bfloat16.log")
+        server = _common.ServerProcess(
+            [*server_flags, "--mixed_precision", "bfloat16"], names.MODEL_NAME, work / "server-bfloat16.log"
+        )
         try:
-            rows.append(run_job("served, bfloat16 server", every, args.count, ["--server", server.target],
-                                args.batch_size, work))
+            rows.append(
+                run_job(
+                    "served, bfloat16 server", every, args.count, ["--server", server.target], args.batch_size, work
+                )
+            )
         finally:
             server.stop()
     rows.append(run_job("in-process", every, args.count, ["--in-process", str(model_base)], args.batch_size, work))
@@ -220,8 +277,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {value:.3g}")
     print(f"server peak RSS (MiB): {server_rss:.0f}")
     name = "batch" if args.profile == "mlp" else f"batch-{args.profile}"
-    path = _common.write_results(name, {"args": {k: str(v) for k, v in vars(args).items()}, "runs": rows,
-                                        "ratios": ratios, "server_peak_rss_mib": server_rss})
+    path = _common.write_results(
+        name,
+        {
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "runs": rows,
+            "ratios": ratios,
+            "server_peak_rss_mib": server_rss,
+        },
+    )
     print(f"wrote {path}")
     return 0
 

@@ -36,7 +36,7 @@ import _common  # first: fixes sys.path so "batch" is the package, not bench/bat
 
 from bench.batch import run_job, subset, write_images
 from engines import cluster
-from fmnist import names
+from fmnist.common import names
 
 
 @contextlib.contextmanager
@@ -47,20 +47,33 @@ def _options(start, folder: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("Usage::")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("Usage::")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--count", type=int, default=10_000, help="PNG files (default 10,000)")
-    parser.add_argument("--prism", type=Path, default=Path.home() / "go" / "bin" / "prism",
-                        help="the prism binary (default ~/go/bin/prism, where go install puts it)")
+    parser.add_argument(
+        "--prism",
+        type=Path,
+        default=Path.home() / "go" / "bin" / "prism",
+        help="the prism binary (default ~/go/bin/prism, where go install puts it)",
+    )
     parser.add_argument("--images-dir", type=Path, help="where the PNGs go (kept and reused); default a temp dir")
-    parser.add_argument("--runners", default="default,portable,prism,spark,flink",
-                        help="which of default, portable, prism, spark, flink (default all; one whose parts are "
-                        "missing is skipped with the reason)")
+    parser.add_argument(
+        "--runners",
+        default="default,portable,prism,spark,flink",
+        help="which of default, portable, prism, spark, flink (default all; one whose parts are "
+        "missing is skipped with the reason)",
+    )
     args = parser.parse_args(argv)
     wanted = args.runners.split(",")
-    missing = {"prism": None if args.prism.exists() else
-               f"no prism at {args.prism}: go install github.com/apache/beam/sdks/v2/go/cmd/prism@v2.77.0",
-               **{engine: cluster.missing(engine) for engine in cluster.ENGINES}}
+    missing = {
+        "prism": None
+        if args.prism.exists()
+        else f"no prism at {args.prism}: go install github.com/apache/beam/sdks/v2/go/cmd/prism@v2.77.0",
+        **{engine: cluster.missing(engine) for engine in cluster.ENGINES},
+    }
     for runner in wanted:
         if missing.get(runner):
             print(f"  {runner} skipped: {missing[runner]}", flush=True)
@@ -71,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     every = subset(write_images(root, args.count), args.count, root)
     model_base = work / "models" / names.MODEL_NAME
     _common.export_untrained("mlp", model_base)
-    server = _common.ServerProcess(["--model_name", names.MODEL_NAME, "--model_base_path", str(model_base)],
-                                   names.MODEL_NAME, work / "server.log")
+    server = _common.ServerProcess(
+        ["--model_name", names.MODEL_NAME, "--model_base_path", str(model_base)], names.MODEL_NAME, work / "server.log"
+    )
     started = {  # runner → (label, a context manager giving its Beam options)
         "default": ("FnApiRunner (default)", contextlib.nullcontext([])),
         "portable": ("Portable (job service + worker pool)", _options(cluster.portable_local, work / "portable")),

@@ -23,30 +23,40 @@ from pathlib import Path
 
 import _common  # first: fixes sys.path so "serving" is the package, not this file
 
-from fmnist import names
+from fmnist.common import names
 
 MODEL = "mlp"
 
 
 def _config(base: Path, log_prefix: Path | None) -> str:
-    logging = ("" if log_prefix is None else
-               f' logging_config {{ sampling_config {{ sampling_rate: 1.0 }} '
-               f'log_collector_config {{ type: "file" filename_prefix: "{log_prefix}" }} }}')
-    return (f'model_config_list {{ config {{ name: "{MODEL}" base_path: "{base}" model_platform: "tensorflow"'
-            f'{logging} }} }}\n')
+    logging = (
+        ""
+        if log_prefix is None
+        else f" logging_config {{ sampling_config {{ sampling_rate: 1.0 }} "
+        f'log_collector_config {{ type: "file" filename_prefix: "{log_prefix}" }} }}'
+    )
+    return (
+        f'model_config_list {{ config {{ name: "{MODEL}" base_path: "{base}" model_platform: "tensorflow"'
+        f"{logging} }} }}\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("Usage::")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("Usage::")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurements of each server (default 3)")
-    parser.add_argument("--requests", type=int, default=1500, help="single-image requests per latency run (default 1500)")
+    parser.add_argument(
+        "--requests", type=int, default=1500, help="single-image requests per latency run (default 1500)"
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per throughput run (default 2)")
     args = parser.parse_args(argv)
     _common.warn_if_busy()
 
-    from pipeline import data
-    from serving.client import PredictionClient
+    from fmnist.common.client import PredictionClient
+    from fmnist.pipeline import data
 
     pixels = data.load().test.images[:32].astype("float32")
     work = Path(tempfile.mkdtemp(prefix="fmnist-bench-request-log-"))
@@ -59,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, list[float]]] = {mode: {"p50": [], "p99": [], "rate": []} for mode in configs}
     for round_ in range(args.rounds):
         for mode, config in configs.items():
-            server = _common.ServerProcess(["--model_config_file", str(config), "--file_system_poll_wait_seconds", "0"],
-                                           MODEL, work / f"{mode}-{round_}.log")
+            server = _common.ServerProcess(
+                ["--model_config_file", str(config), "--file_system_poll_wait_seconds", "0"],
+                MODEL,
+                work / f"{mode}-{round_}.log",
+            )
             try:
                 with PredictionClient(server.target, model_name=MODEL) as client:
                     client.wait_until_available()
@@ -71,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             results[mode]["p50"].append(_common.percentile(ms, 50))
             results[mode]["p99"].append(_common.percentile(ms, 99))
             results[mode]["rate"].append(rate)
-            print(f"  round {round_ + 1} {mode}: p50 {results[mode]['p50'][-1]:.3f} ms, {rate:,.0f} images/s", flush=True)
+            print(
+                f"  round {round_ + 1} {mode}: p50 {results[mode]['p50'][-1]:.3f} ms, {rate:,.0f} images/s", flush=True
+            )
 
     logged = sum(1 for _ in (work / "logs").glob(f"{MODEL}.*{names.REQUEST_LOG_SUFFIX}"))
     rows = [{"server": mode, **{k: statistics.median(v) for k, v in r.items()}} for mode, r in results.items()]

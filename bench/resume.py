@@ -32,13 +32,13 @@ from pathlib import Path
 
 import _common  # first: fixes sys.path so "batch" is the package, not this file
 
-from fmnist import names
+from fmnist.common import names
 
 # The job's entry, optionally without checkpoint writes; run as its own process. It writes the CPU
 # seconds its pipeline took (every thread of the process, from its start to its end) to argv[2].
 _CHILD = """
 import resource, sys
-from batch import io, job
+from fmnist.batch import io, job
 
 def cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -62,7 +62,8 @@ def run(label: str, checkpoints: bool, argv: list[str], log: Path) -> tuple[floa
     """(the job's own seconds (summary.json), pipeline start to finish; its CPU seconds in that time)."""
     cpu_file = log.with_suffix(".cpu")
     code, wall, rss = _common.run_child(
-        [sys.executable, "-c", _CHILD, "on" if checkpoints else "off", str(cpu_file), *argv], log)
+        [sys.executable, "-c", _CHILD, "on" if checkpoints else "off", str(cpu_file), *argv], log
+    )
     if code != 0:
         raise RuntimeError(f"{label} failed ({code}); see {log}")
     output = Path(argv[argv.index("--output") + 1])
@@ -82,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     _common.warn_if_busy()
     load_before = os.getloadavg()
 
-    from batch import io, job
-    from batch.outcomes import Classified
+    from fmnist.batch import io, job
+    from fmnist.batch.outcomes import Classified
 
     spec = importlib.util.spec_from_file_location("bench_batch", Path(__file__).with_name("batch.py"))
     bench_batch = importlib.util.module_from_spec(spec)  # bench/batch.py: "batch" is the package's name
@@ -95,8 +96,18 @@ def main(argv: list[str] | None = None) -> int:
     every = bench_batch.subset(paths, args.count, root)
     model_base = work / "models" / names.MODEL_NAME
     _common.export_untrained("mlp", model_base)
-    server = _common.ServerProcess(["--model_name", names.MODEL_NAME, "--model_base_path", str(model_base),
-                                    "--file_system_poll_wait_seconds", "0"], names.MODEL_NAME, work / "server.log")
+    server = _common.ServerProcess(
+        [
+            "--model_name",
+            names.MODEL_NAME,
+            "--model_base_path",
+            str(model_base),
+            "--file_system_poll_wait_seconds",
+            "0",
+        ],
+        names.MODEL_NAME,
+        work / "server.log",
+    )
     rows = {"with checkpoints": [], "without": [], "resumed, half done": []}
     try:
         common = ["--input", str(every), "--server", server.target, "--batch-size", str(args.batch_size)]
@@ -107,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         def saved(output: Path, outcomes: list) -> None:
             """Checkpoints of ``outcomes``, as an interrupted run leaves them."""
             for start in range(0, len(outcomes), args.batch_size):
-                io.write_checkpoint(str(output / job.CHECKPOINTS), outcomes[start:start + args.batch_size])
+                io.write_checkpoint(str(output / job.CHECKPOINTS), outcomes[start : start + args.batch_size])
 
         run("warm-up", True, [*common, "--output", str(work / "warm")], work / "warm.log")
         kinds = list(rows)
         for n in range(args.repeat):
-            for label in kinds[n % 3:] + kinds[: n % 3]:  # each kind first, second and last in turn
+            for label in kinds[n % 3 :] + kinds[: n % 3]:  # each kind first, second and last in turn
                 output = work / f"out-{label.replace(' ', '-').replace(',', '')}-{n}"
                 argv = [*common, "--output", str(output)]
                 if label.startswith("resumed"):
@@ -143,21 +154,32 @@ def main(argv: list[str] | None = None) -> int:
     with_, without, resumed = (median(label, 0) for label in kinds)
     cpu_with, cpu_without, cpu_resumed = (median(label, 1) for label in kinds)
     result = {
-        "files": args.count, "batch_size": args.batch_size, "runs": rows,
-        "median_seconds_with": with_, "median_seconds_without": without, "median_seconds_resumed_half": resumed,
-        "median_cpu_seconds_with": cpu_with, "median_cpu_seconds_without": cpu_without,
+        "files": args.count,
+        "batch_size": args.batch_size,
+        "runs": rows,
+        "median_seconds_with": with_,
+        "median_seconds_without": without,
+        "median_seconds_resumed_half": resumed,
+        "median_cpu_seconds_with": cpu_with,
+        "median_cpu_seconds_without": cpu_without,
         "median_cpu_seconds_resumed_half": cpu_resumed,
         "checkpoint_cost_us_per_file": (with_ - without) / args.count * 1e6,
         "checkpoint_cpu_us_per_file": (cpu_with - cpu_without) / args.count * 1e6,
-        "checkpoint_bytes": size, "launcher_read_seconds": read_seconds,
-        "load_average_before": load_before, "load_average_after": load_after,
+        "checkpoint_bytes": size,
+        "launcher_read_seconds": read_seconds,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
     }
-    print(f"\nServed job, {args.count:,} PNGs, --batch-size {args.batch_size}, medians of {args.repeat}: "
-          f"{with_:.2f} s with checkpoints, {without:.2f} s without "
-          f"({result['checkpoint_cost_us_per_file']:+.1f} us per file); the job's CPU {cpu_with:.2f} s with, "
-          f"{cpu_without:.2f} s without ({result['checkpoint_cpu_us_per_file']:+.1f} us per file)")
-    print(f"resumed with half done: {resumed:.2f} s, {cpu_resumed:.2f} CPU s; a whole run's checkpoints: "
-          f"{size / 1e6:.1f} MB, read by the launcher in {read_seconds:.2f} s")
+    print(
+        f"\nServed job, {args.count:,} PNGs, --batch-size {args.batch_size}, medians of {args.repeat}: "
+        f"{with_:.2f} s with checkpoints, {without:.2f} s without "
+        f"({result['checkpoint_cost_us_per_file']:+.1f} us per file); the job's CPU {cpu_with:.2f} s with, "
+        f"{cpu_without:.2f} s without ({result['checkpoint_cpu_us_per_file']:+.1f} us per file)"
+    )
+    print(
+        f"resumed with half done: {resumed:.2f} s, {cpu_resumed:.2f} CPU s; a whole run's checkpoints: "
+        f"{size / 1e6:.1f} MB, read by the launcher in {read_seconds:.2f} s"
+    )
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print(f"wrote {_common.write_results('resume', result)}")
     shutil.rmtree(work, ignore_errors=True)

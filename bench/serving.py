@@ -44,10 +44,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import _common  # first: fixes sys.path so "serving" is the package, not this file
-
 import numpy as np
 
-from fmnist import names
+from fmnist.common import names
 
 # Greedy batching: no waiting (a batch closes as soon as a batch thread is free), batches big
 # enough to merge 256-image requests, a queue deep enough for 32 clients of 256 images.
@@ -59,8 +58,9 @@ num_batch_threads { value: 2 }
 
 
 def _models_config(base: Path, profiles: list[str]) -> str:
-    entries = "".join(f'  config {{ name: "{p}" base_path: "{base / p}" model_platform: "tensorflow" }}\n'
-                      for p in profiles)
+    entries = "".join(
+        f'  config {{ name: "{p}" base_path: "{base / p}" model_platform: "tensorflow" }}\n' for p in profiles
+    )
     return f"model_config_list {{\n{entries}}}\n"
 
 
@@ -82,8 +82,11 @@ def rest_predict(port: int, model: str, body: bytes) -> Callable[[], int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("Usage::")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("Usage::")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--profiles", default="mlp,cnn", help="comma-separated model profiles (default mlp,cnn)")
     parser.add_argument("--concurrency", default="1,8,32", help="concurrent clients (default 1,8,32)")
     parser.add_argument("--images", default="1,32,256", help="images per request (default 1,32,256)")
@@ -101,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
-    from pipeline import data
-    from serving.client import PredictionClient
+    from fmnist.common.client import PredictionClient
+    from fmnist.pipeline import data
 
     pixels = data.load().test.images[: max(sizes)].astype(np.float32)
     work = Path(tempfile.mkdtemp(prefix="fmnist-bench-serving-"))
@@ -127,21 +130,35 @@ def main(argv: list[str] | None = None) -> int:
             return len(outputs[names.OUTPUT_PROBABILITIES].numpy())
 
         direct_ms = _common.latencies(lambda: run_direct(1), args.requests)
-        latency_rows.append({"profile": profile, "path": "direct", "p50_ms": _common.percentile(direct_ms, 50),
-                             "p99_ms": _common.percentile(direct_ms, 99)})
+        latency_rows.append(
+            {
+                "profile": profile,
+                "path": "direct",
+                "p50_ms": _common.percentile(direct_ms, 50),
+                "p99_ms": _common.percentile(direct_ms, 99),
+            }
+        )
         for n in sizes:
             for c in concurrencies:
                 rate = _common.throughput(lambda: run_direct(n), c, args.seconds)
                 rows.append({"profile": profile, "images": n, "concurrency": c, "direct": rate})
                 print(f"  {profile} direct {n} img x {c}: {rate:,.0f} images/s", flush=True)
 
-    floor = _common.ServerProcess([], profiles[0], work / "floor.log",
-                                  program=[str(Path(__file__).with_name("_floor_server.py"))])
+    floor = _common.ServerProcess(
+        [], profiles[0], work / "floor.log", program=[str(Path(__file__).with_name("_floor_server.py"))]
+    )
     try:
         with PredictionClient(floor.target, model_name=profiles[0]) as client:
             floor_ms = _common.latencies(lambda: client.predict(pixels[:1]), args.requests)
-            latency_rows.insert(0, {"profile": "any", "path": "gRPC floor (no model)",
-                                    "p50_ms": _common.percentile(floor_ms, 50), "p99_ms": _common.percentile(floor_ms, 99)})
+            latency_rows.insert(
+                0,
+                {
+                    "profile": "any",
+                    "path": "gRPC floor (no model)",
+                    "p50_ms": _common.percentile(floor_ms, 50),
+                    "p99_ms": _common.percentile(floor_ms, 99),
+                },
+            )
             floor_rates = {}
             for n in sizes:
                 for c in concurrencies:
@@ -157,8 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     for batching in (False, True):
         mode = "batching" if batching else "no batching"
         rest_port = _common.free_port()
-        flags = ["--model_config_file", str(work / "models.config"), "--file_system_poll_wait_seconds", "0",
-                 "--rest_api_port", str(rest_port)]
+        flags = [
+            "--model_config_file",
+            str(work / "models.config"),
+            "--file_system_poll_wait_seconds",
+            "0",
+            "--rest_api_port",
+            str(rest_port),
+        ]
         if batching:
             flags += ["--enable_batching", "--batching_parameters_file", str(work / "batching.config")]
         server = _common.ServerProcess(flags, profiles[0], work / f"server-{int(batching)}.log")
@@ -167,9 +190,14 @@ def main(argv: list[str] | None = None) -> int:
                 with PredictionClient(server.target, model_name=profile) as client:
                     client.wait_until_available()
                     served_ms = _common.latencies(lambda: client.predict(pixels[:1]), args.requests)
-                    latency_rows.append({"profile": profile, "path": f"served, {mode}",
-                                         "p50_ms": _common.percentile(served_ms, 50),
-                                         "p99_ms": _common.percentile(served_ms, 99)})
+                    latency_rows.append(
+                        {
+                            "profile": profile,
+                            "path": f"served, {mode}",
+                            "p50_ms": _common.percentile(served_ms, 50),
+                            "p99_ms": _common.percentile(served_ms, 99),
+                        }
+                    )
                     for row in rows:
                         if row["profile"] != profile:
                             continue
@@ -181,11 +209,15 @@ def main(argv: list[str] | None = None) -> int:
                 if not batching:
                     body = json.dumps({"instances": pixels[:1].tolist()}).encode()
                     rest_ms = _common.latencies(rest_predict(rest_port, profile, body), args.requests)
-                    row = {"profile": profile, "p50_ms": _common.percentile(rest_ms, 50),
-                           "p99_ms": _common.percentile(rest_ms, 99)}
+                    row = {
+                        "profile": profile,
+                        "p50_ms": _common.percentile(rest_ms, 50),
+                        "p99_ms": _common.percentile(rest_ms, 99),
+                    }
                     for connections in (1, 16):
                         row[f"images_s_{connections}_conn"] = _common.throughput(
-                            rest_predict(rest_port, profile, body), connections, args.seconds)
+                            rest_predict(rest_port, profile, body), connections, args.seconds
+                        )
                     rest_rows.append(row)
                     print(f"  {profile} REST keep-alive: p50 {row['p50_ms']:.2f} ms", flush=True)
         finally:
@@ -194,17 +226,34 @@ def main(argv: list[str] | None = None) -> int:
     print("\nSingle-image Predict latency, concurrency 1 (ms)\n")
     print(_common.table(latency_rows, ["profile", "path", "p50_ms", "p99_ms"]))
     print("\nThroughput (images/s) and served ÷ direct\n")
-    columns = ["profile", "images", "concurrency", "direct", "floor", "floor_ratio", "served", "served_ratio", "served_batching",
-               "served_batching_ratio"]
+    columns = [
+        "profile",
+        "images",
+        "concurrency",
+        "direct",
+        "floor",
+        "floor_ratio",
+        "served",
+        "served_ratio",
+        "served_batching",
+        "served_batching_ratio",
+    ]
     print(_common.table(rows, columns))
     print("\nREST :predict, one image, kept-alive connections, batching off\n")
     print(_common.table(rest_rows, ["profile", "p50_ms", "p99_ms", "images_s_1_conn", "images_s_16_conn"]))
     print("\nfloor: the same calls to a server that runs no model (bench/_floor_server.py)")
     print(f"server peak RSS (MiB): {', '.join(f'{k} {v:.0f}' for k, v in server_rss.items())}")
-    path = _common.write_results("serving", {
-        "args": {k: str(v) for k, v in vars(args).items()}, "batching_parameters": BATCHING, "latency": latency_rows, "throughput": rows, "rest_keep_alive": rest_rows,
-        "server_peak_rss_mib": server_rss,
-    })
+    path = _common.write_results(
+        "serving",
+        {
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "batching_parameters": BATCHING,
+            "latency": latency_rows,
+            "throughput": rows,
+            "rest_keep_alive": rest_rows,
+            "server_peak_rss_mib": server_rss,
+        },
+    )
     print(f"wrote {path}")
     return 0
 

@@ -28,7 +28,7 @@ from PIL import Image
 # main just before the start-up work was merged: serving/client.py imported tensorflow.core directly.
 BEFORE = "48bd59019051952ce59e2a7fdbec18db1752e927"
 _IMPORT_CLIENT = (
-    "import time; started = time.perf_counter(); import serving.client; "
+    "import time; started = time.perf_counter(); import fmnist.serving.client; "
     "print(time.perf_counter() - started, serving.client.__file__)"
 )
 _WORKERS = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
@@ -46,8 +46,9 @@ def _write_pngs(folder: Path, count: int) -> Path:
 
 
 def _import_seconds(tree: Path) -> float:
-    result = subprocess.run([sys.executable, "-c", _IMPORT_CLIENT], cwd=tree, capture_output=True, text=True,
-                            check=True, env=_env(tree))
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CLIENT], cwd=tree, capture_output=True, text=True, check=True, env=_env(tree)
+    )
     seconds, module_file = result.stdout.split()
     assert Path(module_file).is_relative_to(tree), f"{module_file} is not {tree}'s client"
     return float(seconds)
@@ -81,8 +82,9 @@ def _run(name: str, tree: Path, argv: list[str], log_path: Path, worker_peaks: d
             worker_peaks[pid] = max(worker_peaks.get(pid, 0), _peak_kib(pid))
             pending += _common.children(pid)
 
-    code, wall, peak = _common.run_child(argv, log_path, cwd=tree, env=_env(tree),
-                                         while_running=sample if worker_peaks is not None else None)
+    code, wall, peak = _common.run_child(
+        argv, log_path, cwd=tree, env=_env(tree), while_running=sample if worker_peaks is not None else None
+    )
     if code != 0:
         raise RuntimeError(f"{name} in {tree} failed; see {log_path}")
     return {"wall_s": wall, "peak_mib": peak}
@@ -91,14 +93,21 @@ def _run(name: str, tree: Path, argv: list[str], log_path: Path, worker_peaks: d
 def _measure(name: str, tree: Path, one_image: Path, images: Path, target: str, work: Path, repeat: int) -> dict:
     """One round of every measurement for one tree: metric → value."""
     cli = [sys.executable, "-m", "fmnist.cli"]
-    classify = _run("classify", tree, [*cli, "classify", str(one_image), "--server", target], work / f"classify-{name}.log")
+    classify = _run(
+        "classify", tree, [*cli, "classify", str(one_image), "--server", target], work / f"classify-{name}.log"
+    )
     batch = [*cli, "batch", "--input", str(images), "--server", target]
     alone = _run("batch", tree, [*batch, "--output", str(work / f"out-{name}-{repeat}")], work / f"batch-{name}.log")
     worker_peaks: dict[int, int] = {}
-    spread = _run("batch with workers", tree, [*batch, "--output", str(work / f"out-{name}-{repeat}-workers"), *_WORKERS],
-                  work / f"workers-{name}.log", worker_peaks)
+    spread = _run(
+        "batch with workers",
+        tree,
+        [*batch, "--output", str(work / f"out-{name}-{repeat}-workers"), *_WORKERS],
+        work / f"workers-{name}.log",
+        worker_peaks,
+    )
     return {
-        "import serving.client, s": _import_seconds(tree),
+        "import fmnist.serving.client, s": _import_seconds(tree),
         "fmnist classify 1 image, wall s": classify["wall_s"],
         "fmnist classify, peak RSS MiB": classify["peak_mib"],
         "fmnist batch --server, wall s": alone["wall_s"],
@@ -123,8 +132,11 @@ def main() -> None:
         images = _write_pngs(work / "images", args.files)
         one_image = next(images.iterdir())
         _common.export_untrained("mlp", work / "models")
-        server = _common.ServerProcess(["--model_name", "fashion_mnist", "--model_base_path", str(work / "models")],
-                                       "fashion_mnist", work / "server.log")
+        server = _common.ServerProcess(
+            ["--model_name", "fashion_mnist", "--model_base_path", str(work / "models")],
+            "fashion_mnist",
+            work / "server.log",
+        )
         samples: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
         try:
             for repeat in range(args.repeats):
@@ -142,8 +154,10 @@ def main() -> None:
         rows.append({"metric": metric, "before": before, "after": after, "after ÷ before": after / before, **ranges})
     print(f"medians of {args.repeats} runs; {args.files} PNGs per batch run; baseline {args.baseline[:12]}")
     print(_common.table(rows, ["metric", "before", "after", "after ÷ before", "before range", "after range"]))
-    path = _common.write_results("startup", {"baseline": args.baseline, "repeats": args.repeats,
-                                             "files": args.files, "samples": samples, "rows": rows})
+    path = _common.write_results(
+        "startup",
+        {"baseline": args.baseline, "repeats": args.repeats, "files": args.files, "samples": samples, "rows": rows},
+    )
     print(f"wrote {path}")
 
 

@@ -40,16 +40,32 @@ ENGINES = ("spark", "flink")
 BEAM_JAVA = "2.62.0"
 _HERE = Path(__file__).resolve().parent
 SDK_WORKER = _HERE / "sdk_worker.py"
-_INSTALL = ("run .ci/run once (it installs pyspark with pip install -e '.[engines]' and resolves the job server "
-            "into ~/.m2 with mvn)")
+_INSTALL = (
+    "run .ci/run once (it installs pyspark with pip install -e '.[engines]' and resolves the job server "
+    "into ~/.m2 with mvn)"
+)
 # What Spark's own launcher (JavaModuleOptions) adds to its JVMs on Java 17; the job server is started
 # without spark-submit, so it needs them too.
 _SPARK_JAVA_OPTIONS = [
     "-XX:+IgnoreUnrecognizedVMOptions",
-    *(f"--add-opens=java.base/{package}=ALL-UNNAMED" for package in (
-        "java.lang", "java.lang.invoke", "java.lang.reflect", "java.io", "java.net", "java.nio", "java.util",
-        "java.util.concurrent", "java.util.concurrent.atomic", "sun.nio.ch", "sun.nio.cs", "sun.security.action",
-        "sun.util.calendar")),
+    *(
+        f"--add-opens=java.base/{package}=ALL-UNNAMED"
+        for package in (
+            "java.lang",
+            "java.lang.invoke",
+            "java.lang.reflect",
+            "java.io",
+            "java.net",
+            "java.nio",
+            "java.util",
+            "java.util.concurrent",
+            "java.util.concurrent.atomic",
+            "sun.nio.ch",
+            "sun.nio.cs",
+            "sun.security.action",
+            "sun.util.calendar",
+        )
+    ),
     "-Djdk.reflect.useDirectMethodHandle=false",
 ]
 
@@ -79,7 +95,7 @@ def missing(engine: str) -> str | None:
 def _manifest(jars: list[str]) -> str:
     """A jar manifest whose Class-Path lists ``jars``, in lines of at most 72 bytes as the format requires."""
     line = "Class-Path: " + " ".join(Path(jar).resolve().as_uri() for jar in jars)
-    lines = [line[:72]] + [" " + line[start:start + 71] for start in range(72, len(line), 71)]
+    lines = [line[:72]] + [" " + line[start : start + 71] for start in range(72, len(line), 71)]
     return "Manifest-Version: 1.0\r\n" + "\r\n".join(lines) + "\r\n\r\n"
 
 
@@ -102,27 +118,73 @@ def classpath_jar(engine: str, folder: Path) -> Path:
 
 
 def spark_master(port: int, webui_port: int) -> list[str]:
-    return [str(spark_home() / "bin" / "spark-class"), "org.apache.spark.deploy.master.Master",
-            "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(webui_port)]
+    return [
+        str(spark_home() / "bin" / "spark-class"),
+        "org.apache.spark.deploy.master.Master",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--webui-port",
+        str(webui_port),
+    ]
 
 
 def spark_worker(master_url: str, webui_port: int, work_dir: Path) -> list[str]:
     # One core each: two workers are two executors, each with its own SDK worker, on 2 cores.
-    return [str(spark_home() / "bin" / "spark-class"), "org.apache.spark.deploy.worker.Worker",
-            "--host", "127.0.0.1", "--cores", "1", "--memory", "1g", "--webui-port", str(webui_port),
-            "--work-dir", str(work_dir), master_url]
+    return [
+        str(spark_home() / "bin" / "spark-class"),
+        "org.apache.spark.deploy.worker.Worker",
+        "--host",
+        "127.0.0.1",
+        "--cores",
+        "1",
+        "--memory",
+        "1g",
+        "--webui-port",
+        str(webui_port),
+        "--work-dir",
+        str(work_dir),
+        master_url,
+    ]
 
 
 def spark_job_server(job_port: int, master_url: str, jar: Path) -> list[str]:
-    return ["java", *_SPARK_JAVA_OPTIONS, f"-Dspark.executor.extraClassPath={jar}", "-Dspark.ui.enabled=false",
-            "-cp", str(jar), "org.apache.beam.runners.spark.SparkJobServerDriver", "--job-port", str(job_port),
-            "--artifact-port", "0", "--expansion-port", "0", "--spark-master-url", master_url]
+    return [
+        "java",
+        *_SPARK_JAVA_OPTIONS,
+        f"-Dspark.executor.extraClassPath={jar}",
+        "-Dspark.ui.enabled=false",
+        "-cp",
+        str(jar),
+        "org.apache.beam.runners.spark.SparkJobServerDriver",
+        "--job-port",
+        str(job_port),
+        "--artifact-port",
+        "0",
+        "--expansion-port",
+        "0",
+        "--spark-master-url",
+        master_url,
+    ]
 
 
 def flink_job_server(job_port: int, jar: Path, flink_master: str = "[local]") -> list[str]:
     """``[local]``: a Flink MiniCluster inside the job server (flink-dist, for a session cluster, is not served)."""
-    return ["java", "-cp", str(jar), "org.apache.beam.runners.flink.FlinkJobServerDriver", "--job-port", str(job_port),
-            "--artifact-port", "0", "--expansion-port", "0", "--flink-master", flink_master]
+    return [
+        "java",
+        "-cp",
+        str(jar),
+        "org.apache.beam.runners.flink.FlinkJobServerDriver",
+        "--job-port",
+        str(job_port),
+        "--artifact-port",
+        "0",
+        "--expansion-port",
+        "0",
+        "--flink-master",
+        flink_master,
+    ]
 
 
 def beam_options(job_port: int) -> list[str]:
@@ -136,8 +198,13 @@ def beam_options(job_port: int) -> list[str]:
     from one stage to the next; without it Spark starts one per stage, and each
     imports TensorFlow again (40 files: 214 s, against 87 s with it, here).
     """
-    return ["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}", "--environment_type=PROCESS",
-            f"--environment_config={json.dumps({'command': str(SDK_WORKER)})}", "--environment_cache_millis=60000"]
+    return [
+        "--runner=PortableRunner",
+        f"--job_endpoint=localhost:{job_port}",
+        "--environment_type=PROCESS",
+        f"--environment_config={json.dumps({'command': str(SDK_WORKER)})}",
+        "--environment_cache_millis=60000",
+    ]
 
 
 @dataclass(frozen=True)
@@ -176,8 +243,9 @@ def flink_cluster(folder: Path) -> Iterator[Running]:
     logs = folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     job_port = free_port()
-    with started({"job-server": flink_job_server(job_port, classpath_jar("flink", folder))}, logs,
-                 environment()) as processes:
+    with started(
+        {"job-server": flink_job_server(job_port, classpath_jar("flink", folder))}, logs, environment()
+    ) as processes:
         wait_for_port(job_port, processes["job-server"], timeout=120)
         yield Running(beam_options(job_port))
 
@@ -194,16 +262,32 @@ def portable_local(folder: Path) -> Iterator[Running]:
     logs.mkdir(parents=True, exist_ok=True)
     job_port, pool_port = free_port(), free_port()
     commands = {
-        "job-service": [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-                        "--port", str(job_port)],
-        "worker-pool": [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                        "--service_port", str(pool_port)],
+        "job-service": [
+            sys.executable,
+            "-m",
+            "apache_beam.runners.portability.local_job_service_main",
+            "--port",
+            str(job_port),
+        ],
+        "worker-pool": [
+            sys.executable,
+            "-m",
+            "apache_beam.runners.worker.worker_pool_main",
+            "--service_port",
+            str(pool_port),
+        ],
     }
     with started(commands, logs, environment()) as processes:
         wait_for_port(job_port, processes["job-service"])
         wait_for_port(pool_port, processes["worker-pool"])
-        yield Running(["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
-                       "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}"])
+        yield Running(
+            [
+                "--runner=PortableRunner",
+                f"--job_endpoint=localhost:{job_port}",
+                "--environment_type=EXTERNAL",
+                f"--environment_config=localhost:{pool_port}",
+            ]
+        )
 
 
 def master_state(webui_port: int) -> dict:

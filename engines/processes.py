@@ -56,15 +56,17 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def started(commands: Mapping[str, Sequence[str]], logs: Path,
-            env: Mapping[str, str]) -> Iterator[dict[str, subprocess.Popen]]:
+def started(
+    commands: Mapping[str, Sequence[str]], logs: Path, env: Mapping[str, str]
+) -> Iterator[dict[str, subprocess.Popen]]:
     """Start each command in a session of its own, output to ``logs/<name>.log``; stop them all on exit."""
     processes: dict[str, subprocess.Popen] = {}
     try:
         for name, command in commands.items():
             with (logs / f"{name}.log").open("w") as log:
-                processes[name] = subprocess.Popen(command, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-                                                   start_new_session=True)
+                processes[name] = subprocess.Popen(
+                    command, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
         yield processes
     finally:
         for process in reversed(processes.values()):  # clients before the servers they talk to

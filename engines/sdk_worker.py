@@ -24,8 +24,9 @@ def _control_endpoint(provision_endpoint: str, worker_id: str) -> str:
     """Where the runner's Fn API control service listens: the runner says so only through provisioning."""
     with grpc.insecure_channel(provision_endpoint) as channel:
         stub = beam_provision_api_pb2_grpc.ProvisionServiceStub(channel)
-        response = stub.GetProvisionInfo(beam_provision_api_pb2.GetProvisionInfoRequest(),
-                                         metadata=[("worker_id", worker_id)], timeout=60)
+        response = stub.GetProvisionInfo(
+            beam_provision_api_pb2.GetProvisionInfoRequest(), metadata=[("worker_id", worker_id)], timeout=60
+        )
     return response.info.control_endpoint.url
 
 

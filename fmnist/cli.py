@@ -13,17 +13,20 @@ import importlib
 import sys
 from types import ModuleType
 
-from fmnist import quiet
+from fmnist.common import quiet
 
 # subcommand → (module whose main(argv, prog) runs it, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("pipeline.exporter", "train, evaluate, bless and push a versioned SavedModel"),
-    "images": ("pipeline.images", "write Fashion-MNIST images as PNG files, one folder per class"),
-    "serve": ("serving.server", "serve models over TF Serving's gRPC API (embedded, or the real binary)"),
-    "classify": ("serving.classify", "classify image files through a running server"),
-    "batch": ("batch.job", "classify folders of images in bulk with Apache Beam"),
-    "compare": ("batch.compare", "compare two served versions on the same images before promoting one"),
-    "label": ("serving.label", "point a version label (stable, canary) at a version, in a config file and a server"),
+    "train": ("fmnist.pipeline.exporter", "train, evaluate, bless and push a versioned SavedModel"),
+    "images": ("fmnist.pipeline.images", "write Fashion-MNIST images as PNG files, one folder per class"),
+    "serve": ("fmnist.serving.server", "serve models over TF Serving's gRPC API (embedded, or the real binary)"),
+    "classify": ("fmnist.serving.classify", "classify image files through a running server"),
+    "batch": ("fmnist.batch.job", "classify folders of images in bulk with Apache Beam"),
+    "compare": ("fmnist.batch.compare", "compare two served versions on the same images before promoting one"),
+    "label": (
+        "fmnist.serving.label",
+        "point a version label (stable, canary) at a version, in a config file and a server",
+    ),
     "demo": ("fmnist.demo", "train → push → serve → batch on sample images, end to end"),
 }
 
@@ -31,8 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
-    return "usage: fmnist <command> [options]\n\ncommands:\n" + "\n".join(lines) + (
-        "\n\nRun 'fmnist <command> --help' for a command's options."
+    return (
+        "usage: fmnist <command> [options]\n\ncommands:\n"
+        + "\n".join(lines)
+        + ("\n\nRun 'fmnist <command> --help' for a command's options.")
     )
 
 

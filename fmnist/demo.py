@@ -21,12 +21,12 @@ from pathlib import Path
 
 from tensorflow_serving.apis import get_model_status_pb2
 
-from batch import job
-from batch import summary as batch_summary
-from fmnist import names
-from pipeline import data, evaluator, exporter, images, trainer
-from serving import server as serving_server
-from serving.client import PredictionClient
+from fmnist.batch import job
+from fmnist.batch import summary as batch_summary
+from fmnist.common import names
+from fmnist.common.client import PredictionClient
+from fmnist.pipeline import data, evaluator, exporter, images, trainer
+from fmnist.serving import server as serving_server
 
 _STAGES = 7
 
@@ -62,8 +62,10 @@ def _wait_for_version(client, version: int, timeout: float) -> dict[int, str]:
     latest-version policy unloads the old one only after the new one serves); returns every version's state."""
     deadline = time.monotonic() + timeout
     while True:
-        states = {s.version: get_model_status_pb2.ModelVersionStatus.State.Name(s.state)
-                  for s in client.status().model_version_status}
+        states = {
+            s.version: get_model_status_pb2.ModelVersionStatus.State.Name(s.state)
+            for s in client.status().model_version_status
+        }
         swapped = states.get(version) == "AVAILABLE" and all(s == "END" for v, s in states.items() if v != version)
         if swapped or time.monotonic() > deadline:
             return states
@@ -97,13 +99,15 @@ def run(config: DemoConfig) -> int:
         return 1
 
     _stage(2, "start the embedded TF Serving-compatible server")
-    server = serving_server.start(serving_server.ServerConfig(
-        port=config.port,
-        model_name=names.MODEL_NAME,
-        model_base_path=str(models_dir / names.MODEL_NAME),
-        file_system_poll_wait_seconds=config.poll_seconds,
-        enable_batching=True,
-    ))
+    server = serving_server.start(
+        serving_server.ServerConfig(
+            port=config.port,
+            model_name=names.MODEL_NAME,
+            model_base_path=str(models_dir / names.MODEL_NAME),
+            file_system_poll_wait_seconds=config.poll_seconds,
+            enable_batching=True,
+        )
+    )
     target = f"127.0.0.1:{server.port}"
     print(f"    serving {names.MODEL_NAME} on {target}")
     try:
@@ -122,8 +126,10 @@ def run(config: DemoConfig) -> int:
 
             _stage(5, "where everything is")
             summary = json.loads((output / batch_summary.SUMMARY_FILE).read_text())
-            print(f"    {summary['classified']} of {summary['inputs']} files classified, {summary['errors']} in errors "
-                  f"({', '.join(summary['errors_by_reason'])}); accuracy {summary['evaluation']['accuracy']:.2%}")
+            print(
+                f"    {summary['classified']} of {summary['inputs']} files classified, {summary['errors']} in errors "
+                f"({', '.join(summary['errors_by_reason'])}); accuracy {summary['evaluation']['accuracy']:.2%}"
+            )
             print(f"    records, errors, summary: {output}/")
             print(f"    plots: {first.run_dir}/*.png, {output}/{batch_summary.CONFUSION_FILE}")
             print(f"    version 1 with its config, metrics and plots: {first.version_dir}/")
@@ -149,11 +155,15 @@ def run(config: DemoConfig) -> int:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     defaults = DemoConfig()
-    parser = argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     description="Train → push → serve → batch → push again, end to end, "
-                                     "on this machine with the embedded server.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train → push → serve → batch → push again, end to end, on this machine with the embedded server.",
+    )
     parser.add_argument("--workdir", default=defaults.workdir, help="everything the demo writes (emptied first)")
-    parser.add_argument("--data-dir", help=f"directory of the IDX files (else ${names.ENV_DATA_DIR}, the Keras cache, a download)")
+    parser.add_argument(
+        "--data-dir", help=f"directory of the IDX files (else ${names.ENV_DATA_DIR}, the Keras cache, a download)"
+    )
     parser.add_argument("--profile", default=defaults.profile, choices=("mlp", "cnn"))
     parser.add_argument("--epochs", type=int, help="default: the profile's recipe")
     parser.add_argument("--limit", type=int, help="train on the first N training images only")
@@ -162,8 +172,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--min-accuracy", type=float, default=defaults.min_accuracy)
     parser.add_argument("--max-regression", type=float, default=defaults.max_regression)
     args = parser.parse_args(argv)
-    config = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)
-                           if hasattr(args, f.name)})
+    config = DemoConfig(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig) if hasattr(args, f.name)}
+    )
     try:
         return run(config)
     except data.DataError as e:

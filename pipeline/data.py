@@ -15,13 +15,13 @@ import argparse
 import gzip
 import os
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 
-from fmnist import names
+from fmnist.common import names
 
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -75,8 +75,7 @@ def parse_idx(data: bytes, path: Path, *, rank: int) -> np.ndarray:
     found = int.from_bytes(data[:4], "big")
     if found != magic:
         raise DataError(
-            f"{path}: magic number 0x{found:08x}, expected 0x{magic:08x} "
-            f"({'images' if rank == 3 else 'labels'} file)"
+            f"{path}: magic number 0x{found:08x}, expected 0x{magic:08x} ({'images' if rank == 3 else 'labels'} file)"
         )
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
     expected = int(np.prod(dims))
@@ -164,7 +163,9 @@ def load(data_dir: str | os.PathLike | None = None, **resolve_kwargs) -> Dataset
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Locate, validate and summarise Fashion-MNIST.")
-    parser.add_argument("--data-dir", help=f"directory of the IDX files (default: ${names.ENV_DATA_DIR}, then the Keras cache)")
+    parser.add_argument(
+        "--data-dir", help=f"directory of the IDX files (default: ${names.ENV_DATA_DIR}, then the Keras cache)"
+    )
     args = parser.parse_args(argv)
     try:
         dataset = load(args.data_dir)

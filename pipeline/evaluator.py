@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from fmnist.report import classification_metrics
-from pipeline.data import Split
-from pipeline.model import preprocess
+from fmnist.common.report import classification_metrics
+from fmnist.pipeline.data import Split
+from fmnist.pipeline.model import preprocess
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,11 @@ def bless(accuracy: float, config: EvalConfig, baseline: tuple[int, dict] | None
                 f"accuracy {accuracy:.4f} regresses from version {version}'s {baseline_metrics['accuracy']:.4f} "
                 f"by more than --max-regression {config.max_regression:.4f}"
             )
-        return True, f"accuracy {accuracy:.4f} ≥ {config.min_accuracy:.4f} and ≥ version {version}'s minus {config.max_regression:.4f}"
+        return (
+            True,
+            f"accuracy {accuracy:.4f} ≥ {config.min_accuracy:.4f} "
+            f"and ≥ version {version}'s minus {config.max_regression:.4f}",
+        )
     return True, f"accuracy {accuracy:.4f} ≥ {config.min_accuracy:.4f} (no version pushed before)"
 
 

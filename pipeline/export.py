@@ -20,8 +20,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from fmnist import names
-from pipeline.model import preprocess
+from fmnist.common import names
+from fmnist.pipeline.model import preprocess
 
 DEFAULT_MAX_PIXELS = names.MAX_IMAGE_PIXELS
 _SIZE = (names.IMAGE_SIZE, names.IMAGE_SIZE)
@@ -36,7 +36,9 @@ def _bytes_at(data: tf.Tensor, start: int, count: int) -> tf.Tensor:
 
 
 def _big_endian(b: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_sum(b * tf.bitwise.left_shift(tf.constant(1, tf.int64), 8 * tf.range(tf.size(b) - 1, -1, -1, tf.int64)))
+    return tf.reduce_sum(
+        b * tf.bitwise.left_shift(tf.constant(1, tf.int64), 8 * tf.range(tf.size(b) - 1, -1, -1, tf.int64))
+    )
 
 
 def _little_endian(b: tf.Tensor) -> tf.Tensor:
@@ -117,8 +119,11 @@ def decode_image(data: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Te
 # The first 26 bytes of every 8-bit greyscale 28 x 28 PNG: signature, IHDR length and tag,
 # width, height, bit depth 8, colour type 0 (grey). What ``fmnist images`` and Fashion-MNIST tools write.
 _GREY_PNG_HEADER = (
-    b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR"
-    + names.IMAGE_SIZE.to_bytes(4, "big") + names.IMAGE_SIZE.to_bytes(4, "big") + b"\x08\x00"
+    b"\x89PNG\r\n\x1a\n"
+    + b"\x00\x00\x00\x0dIHDR"
+    + names.IMAGE_SIZE.to_bytes(4, "big")
+    + names.IMAGE_SIZE.to_bytes(4, "big")
+    + b"\x08\x00"
 )
 
 
@@ -183,13 +188,14 @@ def write_saved_model(model: keras.Model, path: str | os.PathLike, *, max_pixels
     archive.add_endpoint(
         names.SERVING_DEFAULT,
         serving_default,
-        input_signature=[tf.TensorSpec((None,) + _SIZE, tf.float32, name=names.INPUT_IMAGES)],
+        input_signature=[tf.TensorSpec((None, *_SIZE), tf.float32, name=names.INPUT_IMAGES)],
     )
     archive.add_endpoint(
         names.PREDICT_IMAGES,
         predict_images,
         input_signature=[tf.TensorSpec((None,), tf.string, name=names.INPUT_IMAGE_BYTES)],
     )
+
     def classify(inputs: tf.Tensor) -> dict[str, tf.Tensor]:
         features = tf.io.parse_example(inputs, {names.FEATURE_IMAGE: tf.io.FixedLenFeature([], tf.string)})
         probabilities = predict_images(features[names.FEATURE_IMAGE])[names.OUTPUT_PROBABILITIES]

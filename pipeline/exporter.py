@@ -17,16 +17,16 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from fmnist import names
-from fmnist.report import confusion_matrix_png
-from pipeline import data, evaluator, export, model_card, plots, pusher, trainer
-from pipeline.model import PROFILES, network_of
+from fmnist.common import names
+from fmnist.common.report import confusion_matrix_png
+from fmnist.pipeline import data, evaluator, export, model_card, plots, pusher, trainer
+from fmnist.pipeline.model import PROFILES, network_of
 
 PLOTS = ("samples.png", "training_curves.png", "confusion_matrix.png")
 DIAGRAM = "model.png"  # drawn only where Graphviz is installed
@@ -63,8 +63,12 @@ def _stage(step: int, text: str) -> None:
     print(f"[{step}/4] {text}", flush=True)
 
 
-def run(config: ExporterConfig, *, load_data: Callable[..., data.Dataset] = data.load,
-        clock: Callable[[], float] = time.time) -> ExportResult:
+def run(
+    config: ExporterConfig,
+    *,
+    load_data: Callable[..., data.Dataset] = data.load,
+    clock: Callable[[], float] = time.time,
+) -> ExportResult:
     """Run the four stages; ``clock`` gives the Unix time that becomes the pushed version number."""
     started = time.monotonic()
     config = dataclasses.replace(config, train=config.train.resolve())
@@ -79,25 +83,34 @@ def run(config: ExporterConfig, *, load_data: Callable[..., data.Dataset] = data
     _stage(2, f"Trainer: profile {config.train.profile}, {config.train.epochs} epochs")
     trained = trainer.run(config.train, dataset.train)
     used = f"{trained.fitted:,} images fitted, {trained.validated:,} held back for validation"
-    print(f"      {used}" + (f" (--limit {config.train.limit:,} of {len(dataset.train):,})" if config.train.limit else ""))
+    print(
+        f"      {used}" + (f" (--limit {config.train.limit:,} of {len(dataset.train):,})" if config.train.limit else "")
+    )
     t = config.train
-    plots.training_curves(trained.history, run_dir / "training_curves.png",
-                          title=f"profile {t.profile}, seed {t.seed}: {used}")
+    plots.training_curves(
+        trained.history, run_dir / "training_curves.png", title=f"profile {t.profile}, seed {t.seed}: {used}"
+    )
     plots.model_diagram(network_of(trained.model), run_dir / DIAGRAM)
 
     _stage(3, "Evaluator: held-out metrics and blessing")
     model_base = Path(config.models_dir) / config.model_name
     baseline = pusher.latest_metrics(model_base)
     evaluation = evaluator.run(trained.model, dataset.test, config.eval, baseline)
-    (run_dir / "confusion_matrix.png").write_bytes(confusion_matrix_png(
-        evaluation.metrics["confusion_matrix"],
-        title=f"{config.train.profile}: held-out accuracy {evaluation.metrics['accuracy']:.4f}"))
+    (run_dir / "confusion_matrix.png").write_bytes(
+        confusion_matrix_png(
+            evaluation.metrics["confusion_matrix"],
+            title=f"{config.train.profile}: held-out accuracy {evaluation.metrics['accuracy']:.4f}",
+        )
+    )
     pushed = evaluation.blessed or config.eval.force
     metrics = {
         **evaluation.metrics,
-        "blessing": {"blessed": evaluation.blessed, "reason": evaluation.reason,
-                     "forced": pushed and not evaluation.blessed,
-                     "baseline_version": baseline[0] if baseline else None},
+        "blessing": {
+            "blessed": evaluation.blessed,
+            "reason": evaluation.reason,
+            "forced": pushed and not evaluation.blessed,
+            "baseline_version": baseline[0] if baseline else None,
+        },
         "history": trained.history,
         "data_source": dataset.source,
         "seconds": round(time.monotonic() - started, 1),
@@ -106,8 +119,10 @@ def run(config: ExporterConfig, *, load_data: Callable[..., data.Dataset] = data
     metrics_json = json.dumps(metrics, indent=2)
     (run_dir / names.CONFIG_FILE).write_text(config_json)
     (run_dir / names.METRICS_FILE).write_text(metrics_json)
-    print(f"      accuracy {evaluation.metrics['accuracy']:.4f}; "
-          f"{'blessed' if evaluation.blessed else 'NOT blessed'}: {evaluation.reason}")
+    print(
+        f"      accuracy {evaluation.metrics['accuracy']:.4f}; "
+        f"{'blessed' if evaluation.blessed else 'NOT blessed'}: {evaluation.reason}"
+    )
     if not pushed:
         return ExportResult(evaluation=evaluation, run_dir=run_dir, version_dir=None)
 
@@ -123,13 +138,17 @@ def run(config: ExporterConfig, *, load_data: Callable[..., data.Dataset] = data
         max_pixels=config.max_image_pixels,
         clock=clock,
         card=lambda version_dir, version: model_card.render(
-            version_dir, version=version, config=json.loads(config_json), metrics=json.loads(metrics_json)),
+            version_dir, version=version, config=json.loads(config_json), metrics=json.loads(metrics_json)
+        ),
     )
     print(f"      pushed version {version_dir.name} → {version_dir}")
     if not evaluation.blessed:
-        print(f"      warning: --force pushed version {version_dir.name} although it was NOT blessed "
-              f"({evaluation.reason}); it is now the latest version, so a server watching {model_base} "
-              "serves it instead of the last blessed one", flush=True)
+        print(
+            f"      warning: --force pushed version {version_dir.name} although it was NOT blessed "
+            f"({evaluation.reason}); it is now the latest version, so a server watching {model_base} "
+            "serves it instead of the last blessed one",
+            flush=True,
+        )
     return ExportResult(evaluation=evaluation, run_dir=run_dir, version_dir=version_dir)
 
 
@@ -141,15 +160,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "against a threshold and the latest pushed version, and push it as a versioned SavedModel.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data-dir", help=f"directory of the four IDX files (else ${names.ENV_DATA_DIR}, "
-                        "the Keras cache, then a download)")
+    parser.add_argument(
+        "--data-dir",
+        help=f"directory of the four IDX files (else ${names.ENV_DATA_DIR}, the Keras cache, then a download)",
+    )
     parser.add_argument("--models-dir", default=d.models_dir, help="versions go to MODELS_DIR/MODEL_NAME/VERSION")
     parser.add_argument("--model-name", default=d.model_name)
     parser.add_argument("--run-dir", default=d.run_dir, help="where plots, config.json and metrics.json go")
     parser.add_argument("--profile", choices=sorted(PROFILES), default=t.profile)
-    recipes = "; ".join(f"{name}: {p.epochs} epochs, batch {p.batch_size}, learning rate {p.learning_rate}"
-                        f"{' (warm-up + cosine)' if p.cosine else ''}, validation split {p.validation_split}"
-                        for name, p in PROFILES.items())
+    recipes = "; ".join(
+        f"{name}: {p.epochs} epochs, batch {p.batch_size}, learning rate {p.learning_rate}"
+        f"{' (warm-up + cosine)' if p.cosine else ''}, validation split {p.validation_split}"
+        for name, p in PROFILES.items()
+    )
     recipe = parser.add_argument_group("recipe", f"default: the profile's own ({recipes})")
     recipe.add_argument("--epochs", type=int)
     recipe.add_argument("--batch-size", type=int)
@@ -160,8 +183,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--min-accuracy", type=float, default=e.min_accuracy)
     parser.add_argument("--max-regression", type=float, default=e.max_regression)
     parser.add_argument("--force", action="store_true", help="push even if the model is not blessed")
-    parser.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels,
-                        help="the exported graph refuses images whose header claims more pixels")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=d.max_image_pixels,
+        help="the exported graph refuses images whose header claims more pixels",
+    )
     return parser
 
 
@@ -172,11 +199,16 @@ def config_from_args(args: argparse.Namespace) -> ExporterConfig:
         model_name=args.model_name,
         run_dir=args.run_dir,
         max_image_pixels=args.max_image_pixels,
-        train=trainer.TrainConfig(profile=args.profile, epochs=args.epochs, batch_size=args.batch_size,
-                                  validation_split=args.validation_split, learning_rate=args.learning_rate,
-                                  limit=args.limit, seed=args.seed),
-        eval=evaluator.EvalConfig(min_accuracy=args.min_accuracy, max_regression=args.max_regression,
-                                  force=args.force),
+        train=trainer.TrainConfig(
+            profile=args.profile,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            validation_split=args.validation_split,
+            learning_rate=args.learning_rate,
+            limit=args.limit,
+            seed=args.seed,
+        ),
+        eval=evaluator.EvalConfig(min_accuracy=args.min_accuracy, max_regression=args.max_regression, force=args.force),
     )
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from fmnist import names
-from pipeline import data
+from fmnist.common import names
+from fmnist.pipeline import data
 
 
 def run(split: data.Split, count: int, out: str | Path, *, prefix: str = "img", progress: bool = False) -> list[Path]:
@@ -36,12 +36,17 @@ def run(split: data.Split, count: int, out: str | Path, *, prefix: str = "img", 
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description="Write Fashion-MNIST images as PNG files, one sub-folder per class name.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Write Fashion-MNIST images as PNG files, one sub-folder per class name.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--split", choices=data.SPLITS, default="test")
     parser.add_argument("--count", type=int, default=1000, help="how many images, from the start of the split")
     parser.add_argument("--out", required=True, help="output directory; one sub-folder per class is created")
-    parser.add_argument("--data-dir", help=f"directory of the IDX files (else ${names.ENV_DATA_DIR}, the Keras cache, a download)")
+    parser.add_argument(
+        "--data-dir", help=f"directory of the IDX files (else ${names.ENV_DATA_DIR}, the Keras cache, a download)"
+    )
     args = parser.parse_args(argv)
     if args.count < 0:
         parser.error("--count must be ≥ 0")

@@ -13,14 +13,14 @@ then ``fit`` it and serve ``for_serving(model, "cnn")``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from fmnist import names
+from fmnist.common import names
 
 _SHAPE = (names.IMAGE_SIZE, names.IMAGE_SIZE)
 DROPOUT = 0.1  # of the CNN's dense head; the augmentation already regularises
@@ -74,7 +74,10 @@ class FusedBatchNorm(keras.layers.Layer):
             return self.add_weight(shape=channels, initializer=init, trainable=trainable, name=name, autocast=False)
 
         self.gamma, self.beta = weight("gamma", "ones"), weight("beta", "zeros")
-        self.moving_mean, self.moving_variance = weight("moving_mean", "zeros", False), weight("moving_variance", "ones", False)
+        self.moving_mean, self.moving_variance = (
+            weight("moving_mean", "zeros", False),
+            weight("moving_variance", "ones", False),
+        )
 
     def call(self, inputs, training=False):
         args = (inputs, self.gamma, self.beta, self.moving_mean, self.moving_variance)
@@ -113,7 +116,7 @@ def _cnn(dtype: str, served: bool = False) -> keras.Model:
         return x if served else layer(x)
 
     inputs = keras.Input(_SHAPE, name=names.INPUT_IMAGES)
-    x = keras.layers.Reshape(_SHAPE + (1,))(inputs)
+    x = keras.layers.Reshape((*_SHAPE, 1))(inputs)
     x = train_only(keras.layers.RandomFlip("horizontal"), x)
     x = train_only(keras.layers.RandomTranslation(2 / 28, 2 / 28, fill_mode="constant"), x)
     for filters in _CNN_STAGES:
@@ -149,8 +152,17 @@ PROFILES: dict[str, Profile] = {
     # Tuned for ≥ 94.5 % held out (94.54 % with seed 42) in about 11 minutes of training on 2 CPU
     # cores: all 60k images, one-cycle-like schedule, label smoothing, bfloat16 training, and the
     # mirror-image average (+0.24 points) inside the served graph, for the images it is unsure of.
-    "cnn": Profile(_cnn, epochs=18, batch_size=128, learning_rate=3e-3, validation_split=0.0, cosine=True,
-                   mixed_precision=True, flip_averaging_below=0.8, label_smoothing=0.1),
+    "cnn": Profile(
+        _cnn,
+        epochs=18,
+        batch_size=128,
+        learning_rate=3e-3,
+        validation_split=0.0,
+        cosine=True,
+        mixed_precision=True,
+        flip_averaging_below=0.8,
+        label_smoothing=0.1,
+    ),
 }
 
 
@@ -190,7 +202,7 @@ def folded(trained: keras.Model, profile: str) -> keras.Model:
 def _folded_weights(trained: keras.Model) -> list[np.ndarray]:
     """``trained``'s kernels and biases in layer order, each normalisation folded into the convolution before it."""
     weights: list[np.ndarray] = []
-    for layer, following in zip(trained.layers, trained.layers[1:] + [None]):
+    for layer, following in zip(trained.layers, [*trained.layers[1:], None], strict=False):
         if isinstance(layer, keras.layers.Conv2D) and isinstance(following, FusedBatchNorm):
             gamma, beta, mean, variance = (keras.ops.convert_to_numpy(w) for w in following.weights)
             scale = gamma / np.sqrt(variance + following.epsilon)
@@ -257,7 +269,12 @@ def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 def compile_model(
-    model: keras.Model, *, learning_rate: float, cosine_steps: int = 0, warmup_steps: int = 0, label_smoothing: float = 0.0
+    model: keras.Model,
+    *,
+    learning_rate: float,
+    cosine_steps: int = 0,
+    warmup_steps: int = 0,
+    label_smoothing: float = 0.0,
 ) -> keras.Model:
     """Adam on sparse cross-entropy from logits; a warm-up + cosine schedule when ``cosine_steps``."""
     rate = learning_rate
@@ -268,7 +285,11 @@ def compile_model(
             warmup_target=learning_rate,
             warmup_steps=warmup_steps,
         )
-    loss = _smoothed_sparse_crossentropy(label_smoothing) if label_smoothing else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    loss = (
+        _smoothed_sparse_crossentropy(label_smoothing)
+        if label_smoothing
+        else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(rate), loss=loss, metrics=["accuracy"], steps_per_execution=_STEPS_PER_EXECUTION
     )

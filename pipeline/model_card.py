@@ -20,12 +20,16 @@ from pathlib import Path
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-from fmnist import names
+from fmnist.common import names
 
 HTML_FILE = "model_card.html"
 MARKDOWN_FILE = "model_card.md"
-_FIGURES = (("training_curves.png", "Training curves"), ("confusion_matrix.png", "Confusion matrix (held out)"),
-            ("samples.png", "Training samples"), ("model.png", "Network"))
+_FIGURES = (
+    ("training_curves.png", "Training curves"),
+    ("confusion_matrix.png", "Confusion matrix (held out)"),
+    ("samples.png", "Training samples"),
+    ("model.png", "Network"),
+)
 _LIMITS = (
     "Input: 28 × 28 grey images of a single garment, light item on dark background, as in Fashion-MNIST; "
     "larger or coloured images are converted to that (grey, resized with antialiasing) inside the graph.",
@@ -50,13 +54,22 @@ def signatures(saved_model_dir: str | os.PathLike) -> dict[str, tuple[str, list[
     graph = next(m for m in model.meta_graphs if "serve" in m.meta_info_def.tags)
 
     def tensor(alias, info) -> str:
-        shape = "?" if info.tensor_shape.unknown_rank else ", ".join(
-            "None" if d.size < 0 else str(d.size) for d in info.tensor_shape.dim)
+        shape = (
+            "?"
+            if info.tensor_shape.unknown_rank
+            else ", ".join("None" if d.size < 0 else str(d.size) for d in info.tensor_shape.dim)
+        )
         return f"{alias} {types_pb2.DataType.Name(info.dtype)[3:].lower()} [{shape}]"
 
-    return {key: (sig.method_name, [tensor(a, i) for a, i in sorted(sig.inputs.items())],
-                  [tensor(a, i) for a, i in sorted(sig.outputs.items())])
-            for key, sig in sorted(graph.signature_def.items()) if not key.startswith("__")}
+    return {
+        key: (
+            sig.method_name,
+            [tensor(a, i) for a, i in sorted(sig.inputs.items())],
+            [tensor(a, i) for a, i in sorted(sig.outputs.items())],
+        )
+        for key, sig in sorted(graph.signature_def.items())
+        if not key.startswith("__")
+    }
 
 
 def render(version_dir: str | os.PathLike, *, version: int, config: dict, metrics: dict) -> dict[str, str]:
@@ -66,31 +79,58 @@ def render(version_dir: str | os.PathLike, *, version: int, config: dict, metric
     title = f"{config['model_name']} version {version}"
     subset = f" (first {train['limit']:,} images)" if train.get("limit") else ""
     sections = [
-        _Section("Model details", [
-            ("Model", f"{config['model_name']}, version {version}, profile `{train['profile']}`"),
-            ("Data", f"{metrics['data_source']}: trained on the training split{subset}, "
-                     f"{train['validation_split']:.0%} of it held back for validation; evaluated on the "
-                     f"{metrics['num_examples']:,} held-out test images"),
-            ("Recipe", f"epochs {train['epochs']}, batch {train['batch_size']}, learning rate {train['learning_rate']}, "
-                       f"seed {train['seed']}, {'bfloat16' if train['mixed_precision'] else 'float32'} training"),
-            ("Training time", f"{metrics['seconds']:.0f} s, whole command"),
-        ]),
-        _Section("Blessing", [
-            ("Decision", "blessed" if blessing["blessed"] else
-             ("NOT blessed, pushed with --force" if blessing["forced"] else "NOT blessed")),
-            ("Why", blessing["reason"]),
-            ("Gate", f"accuracy ≥ {evaluation['min_accuracy']}, and at most {evaluation['max_regression']} below the "
-                     f"latest pushed version ({blessing['baseline_version'] or 'none before'})"),
-        ]),
-        _Section("Performance on held-out data", [
-            (name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['support']:,}")
-            for name, m in metrics["per_class"].items()
-        ] + [("**all classes: accuracy**", f"{metrics['accuracy']:.4f}", "", f"{metrics['num_examples']:,}")],
-            table_header=("class", "precision", "recall", "images")),
-        _Section("Signatures (from saved_model.pb)", [
-            (key, method, "; ".join(inputs), "; ".join(outputs))
-            for key, (method, inputs, outputs) in signatures(version_dir).items()
-        ], table_header=("signature", "method", "inputs", "outputs")),
+        _Section(
+            "Model details",
+            [
+                ("Model", f"{config['model_name']}, version {version}, profile `{train['profile']}`"),
+                (
+                    "Data",
+                    f"{metrics['data_source']}: trained on the training split{subset}, "
+                    f"{train['validation_split']:.0%} of it held back for validation; evaluated on the "
+                    f"{metrics['num_examples']:,} held-out test images",
+                ),
+                (
+                    "Recipe",
+                    f"epochs {train['epochs']}, batch {train['batch_size']}, learning rate {train['learning_rate']}, "
+                    f"seed {train['seed']}, {'bfloat16' if train['mixed_precision'] else 'float32'} training",
+                ),
+                ("Training time", f"{metrics['seconds']:.0f} s, whole command"),
+            ],
+        ),
+        _Section(
+            "Blessing",
+            [
+                (
+                    "Decision",
+                    "blessed"
+                    if blessing["blessed"]
+                    else ("NOT blessed, pushed with --force" if blessing["forced"] else "NOT blessed"),
+                ),
+                ("Why", blessing["reason"]),
+                (
+                    "Gate",
+                    f"accuracy ≥ {evaluation['min_accuracy']}, and at most {evaluation['max_regression']} below the "
+                    f"latest pushed version ({blessing['baseline_version'] or 'none before'})",
+                ),
+            ],
+        ),
+        _Section(
+            "Performance on held-out data",
+            [
+                (name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['support']:,}")
+                for name, m in metrics["per_class"].items()
+            ]
+            + [("**all classes: accuracy**", f"{metrics['accuracy']:.4f}", "", f"{metrics['num_examples']:,}")],
+            table_header=("class", "precision", "recall", "images"),
+        ),
+        _Section(
+            "Signatures (from saved_model.pb)",
+            [
+                (key, method, "; ".join(inputs), "; ".join(outputs))
+                for key, (method, inputs, outputs) in signatures(version_dir).items()
+            ],
+            table_header=("signature", "method", "inputs", "outputs"),
+        ),
         _Section("Intended use and limits", [("", text) for text in _LIMITS]),
     ]
     figures = [(file, caption) for file, caption in _FIGURES if (version_dir / names.ASSETS_EXTRA / file).is_file()]
@@ -122,18 +162,30 @@ def _html(title: str, sections: list[_Section], figures: list[tuple[str, str]]) 
             rows = "".join(f"<tr>{cells(row, 'td')}</tr>" for row in section.rows)
             body.append(f"<table><tr>{cells(section.table_header, 'th')}</tr>{rows}</table>")
         else:
-            items = "".join(f"<li>{f'<b>{html.escape(label)}:</b> ' if label else ''}{_inline(value)}</li>"
-                            for label, value in section.rows)
+            items = "".join(
+                f"<li>{f'<b>{html.escape(label)}:</b> ' if label else ''}{_inline(value)}</li>"
+                for label, value in section.rows
+            )
             body.append(f"<ul>{items}</ul>")
-    body.append("<h2>Figures</h2>" + "".join(
-        f'<figure><img src="{file}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
-        for file, caption in figures))
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
-             "img{max-width:100%}figure{margin:1em 0}")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Model card: {html.escape(title)}'
-            f"</title><style>{style}</style></head><body><h1>Model card: {html.escape(title)}</h1>"
-            + "".join(body) + "</body></html>\n")
+    body.append(
+        "<h2>Figures</h2>"
+        + "".join(
+            f'<figure><img src="{file}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            for file, caption in figures
+        )
+    )
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
+        "img{max-width:100%}figure{margin:1em 0}"
+    )
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Model card: {html.escape(title)}'
+        f"</title><style>{style}</style></head><body><h1>Model card: {html.escape(title)}</h1>"
+        + "".join(body)
+        + "</body></html>\n"
+    )
 
 
 def _inline(text: str) -> str:

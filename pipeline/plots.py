@@ -15,11 +15,11 @@ import shutil
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-from fmnist import names  # noqa: E402
+from fmnist.common import names
 
 log = logging.getLogger(__name__)
 _DIAGRAM_DPI = 110  # the figures' resolution, so the diagram reads at the same size
@@ -28,7 +28,7 @@ _DIAGRAM_DPI = 110  # the figures' resolution, so the diagram reads at the same 
 def sample_grid(images: np.ndarray, labels: np.ndarray, path: str | os.PathLike, rows: int = 3, cols: int = 3) -> None:
     """The seed's 3×3 grid of training images with their class names."""
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows))
-    for ax, image, label in zip(axes.flat, images, labels):
+    for ax, image, label in zip(axes.flat, images, labels, strict=False):
         ax.imshow(image, cmap="gray")
         ax.set_title(names.CLASS_NAMES[int(label)], fontsize=9)
         ax.axis("off")
@@ -42,7 +42,7 @@ def training_curves(history: dict[str, list[float]], path: str | os.PathLike, ti
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     if title:
         fig.suptitle(title)
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=False):
         for key, style in ((metric, "-o"), (f"val_{metric}", "--o")):
             if key in history:
                 ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
@@ -68,8 +68,11 @@ def model_diagram(model, path: str | os.PathLike) -> bool:
     import keras
 
     if not can_draw_diagrams():
-        log.warning("model diagram skipped: Graphviz's dot is not on PATH (install graphviz, e.g. apt-get install graphviz)")
+        log.warning(
+            "model diagram skipped: Graphviz's dot is not on PATH (install graphviz, e.g. apt-get install graphviz)"
+        )
         return False
-    keras.utils.plot_model(model, to_file=str(path), show_shapes=True, show_layer_activations=True,
-                           rankdir="TB", dpi=_DIAGRAM_DPI)
+    keras.utils.plot_model(
+        model, to_file=str(path), show_shapes=True, show_layer_activations=True, rankdir="TB", dpi=_DIAGRAM_DPI
+    )
     return os.path.exists(path)

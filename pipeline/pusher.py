@@ -14,13 +14,13 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import keras
 
-from fmnist import names
-from pipeline import export
+from fmnist.common import names
+from fmnist.pipeline import export
 
 
 def versions(model_base: str | os.PathLike) -> list[int]:

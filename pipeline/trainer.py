@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from pipeline import model as model_lib
-from pipeline.data import Split
+from fmnist.pipeline import model as model_lib
+from fmnist.pipeline.data import Split
 
 
 @dataclass(frozen=True)
@@ -74,5 +74,6 @@ def run(config: TrainConfig, train: Split) -> TrainResult:
         verbose=(1 if sys.stdout.isatty() else 2) if config.verbose is None else config.verbose,
     )
     history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
-    return TrainResult(model=model_lib.for_serving(model, config.profile), history=history, fitted=fitted,
-                       validated=validated)
+    return TrainResult(
+        model=model_lib.for_serving(model, config.profile), history=history, fitted=fitted, validated=validated
+    )

@@ -10,5 +10,5 @@ MultiInference), ``batching`` (BatchingParameters), ``request_log``
 runtime) and ``tensors``. ``models.config``, ``batching.config`` and
 ``monitoring.config`` are for the real tensorflow/serving image.
 
-Usage: ``from serving.server import ServerConfig, start``
+Usage: ``from fmnist.serving.server import ServerConfig, start``
 """

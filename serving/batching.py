@@ -20,19 +20,20 @@ Usage::
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Mapping
 
 import grpc
 import numpy as np
 from google.protobuf import text_format
 
-from serving import predict, protos
-from serving.predict import ServingError
+from fmnist.serving import predict, protos
+from fmnist.serving.predict import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +45,28 @@ name: "fmnist/batching_parameters.proto" package: "tensorflow.serving" syntax: "
 dependency: "google/protobuf/wrappers.proto"
 message_type {
   name: "BatchingParameters"
-  field { name: "max_batch_size" number: 1 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
-  field { name: "batch_timeout_micros" number: 2 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
-  field { name: "max_enqueued_batches" number: 3 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
-  field { name: "num_batch_threads" number: 4 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
+  field { name: "max_batch_size" number: 1 label: LABEL_OPTIONAL
+          type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
+  field { name: "batch_timeout_micros" number: 2 label: LABEL_OPTIONAL
+          type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
+  field { name: "max_enqueued_batches" number: 3 label: LABEL_OPTIONAL
+          type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
+  field { name: "num_batch_threads" number: 4 label: LABEL_OPTIONAL
+          type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
   field { name: "allowed_batch_sizes" number: 6 label: LABEL_REPEATED type: TYPE_INT64 }
   field { name: "pad_variable_length_inputs" number: 7 label: LABEL_OPTIONAL type: TYPE_BOOL }
-  field { name: "thread_pool_name" number: 5 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.StringValue" }
-  field { name: "enable_large_batch_splitting" number: 8 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.BoolValue" }
-  field { name: "max_execution_batch_size" number: 9 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
-  field { name: "low_priority_max_batch_size" number: 10 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
-  field { name: "low_priority_batch_timeout_micros" number: 11 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
-  field { name: "low_priority_max_enqueued_batches" number: 12 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
+  field { name: "thread_pool_name" number: 5 label: LABEL_OPTIONAL
+          type: TYPE_MESSAGE type_name: ".google.protobuf.StringValue" }
+  field { name: "enable_large_batch_splitting" number: 8 label: LABEL_OPTIONAL
+          type: TYPE_MESSAGE type_name: ".google.protobuf.BoolValue" }
+  field { name: "max_execution_batch_size" number: 9 label: LABEL_OPTIONAL
+          type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
+  field { name: "low_priority_max_batch_size" number: 10 label: LABEL_OPTIONAL
+          type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
+  field { name: "low_priority_batch_timeout_micros" number: 11 label: LABEL_OPTIONAL
+          type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
+  field { name: "low_priority_max_enqueued_batches" number: 12 label: LABEL_OPTIONAL
+          type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
   field { name: "low_priority_allowed_batch_sizes" number: 13 label: LABEL_REPEATED type: TYPE_INT64 }
   field { name: "mixed_priority_batching_policy" number: 14 label: LABEL_OPTIONAL type: TYPE_STRING }
 }
@@ -95,7 +106,7 @@ class BatchingParameters:
             raise ValueError("batch_timeout_micros must be non-negative")
         sizes = self.allowed_batch_sizes
         if sizes:
-            if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] <= 0:
+            if any(b <= a for a, b in itertools.pairwise(sizes)) or sizes[0] <= 0:
                 raise ValueError("allowed_batch_sizes entries must be monotonically increasing")
             if sizes[-1] != self.max_batch_size:
                 raise ValueError("final entry in allowed_batch_sizes must equal max_batch_size")
@@ -170,7 +181,7 @@ def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:
 def _pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if array.shape[1:] == shape:
         return array
-    widths = [(0, 0)] + [(0, want - have) for have, want in zip(array.shape[1:], shape)]
+    widths = [(0, 0)] + [(0, want - have) for have, want in zip(array.shape[1:], shape, strict=False)]
     return np.pad(array, widths, constant_values=b"" if array.dtype == object else 0)
 
 
@@ -220,7 +231,9 @@ class BatchScheduler:
         """Run ``inputs`` as part of a batch; blocks until done or ``timeout`` seconds pass."""
         size = _batch_size(inputs)
         if size > self.params.max_batch_size:
-            raise predict.invalid(f"Task size {size} is larger than maximum input batch size {self.params.max_batch_size}")
+            raise predict.invalid(
+                f"Task size {size} is larger than maximum input batch size {self.params.max_batch_size}"
+            )
         if self.params.pad_variable_length_inputs:
             shapes = tuple((alias, a.dtype.str, a.ndim) for alias, a in sorted(inputs.items()))
         else:

@@ -23,8 +23,8 @@ from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import TextIO
 
-from fmnist import imagefile, names
-from serving.client import Prediction, PredictionClient, ServingError
+from fmnist.common import imagefile, names
+from fmnist.common.client import Prediction, PredictionClient, ServingError
 
 # A bad file fails its whole batch with one of these; resending singly finds it.
 _PER_IMAGE_CODES = ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED")
@@ -69,8 +69,13 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object per file, one per line")
     parser.add_argument("--timeout", type=_positive, default=10.0, help="seconds per request (default: %(default)s)")
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="files per request (default: %(default)s)")
-    parser.add_argument("--max-image-pixels", type=_positive_int, default=names.MAX_IMAGE_PIXELS, metavar="N",
-                        help="refuse an image whose header claims more pixels, as the server does (default: 4096x4096)")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=_positive_int,
+        default=names.MAX_IMAGE_PIXELS,
+        metavar="N",
+        help="refuse an image whose header claims more pixels, as the server does (default: 4096x4096)",
+    )
     parser.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
     parser.add_argument("--root-cert", metavar="PEM", help="TLS with this CA certificate instead of the system's")
     return parser

@@ -19,7 +19,7 @@ Usage::
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -28,7 +28,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2, regression_pb2
 
-from serving import predict
+from fmnist.serving import predict
 
 # TensorFlow's own names for the classification and regression APIs.
 CLASSIFY_METHOD = tf.saved_model.CLASSIFY_METHOD_NAME
@@ -127,7 +127,7 @@ def _checked(outputs: Mapping[str, np.ndarray], alias: str, dtype: np.dtype, num
     if tensor.ndim != 2:
         raise predict.invalid(f"Expected Tensor shape: [batch_size num_classes] but got {_shape(tensor)}")
     if tensor.dtype != dtype:
-        expected = "DT_STRING" if dtype == object else "DT_FLOAT"
+        expected = "DT_STRING" if dtype.kind == "O" else "DT_FLOAT"
         raise predict.invalid(f"Expected {alias} Tensor of {expected}. Got: {_dtype_name(tensor)}")
     if tensor.shape[0] != num_examples:
         raise predict.invalid(f"Expected {alias} output batch size of {num_examples}. Got: {tensor.shape[0]}")
@@ -174,9 +174,7 @@ def regression_result(
             f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {_shape(tensor)}"
         )
     if tensor.shape[0] != num_examples:
-        raise predict.invalid(
-            f"Input batch size did not match output batch size: {num_examples} vs. {tensor.shape[0]}"
-        )
+        raise predict.invalid(f"Input batch size did not match output batch size: {num_examples} vs. {tensor.shape[0]}")
     if tensor.dtype != np.float32:
         raise predict.invalid(f"Expected output Tensor of DT_FLOAT.  Got: {_dtype_name(tensor)}")
     for value in tensor.ravel().tolist():

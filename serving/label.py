@@ -28,9 +28,9 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from fmnist import names
-from serving.apis import get_model_status_pb2, model_server_config_pb2
-from serving.client import PredictionClient, ServingError
+from fmnist.common import names
+from fmnist.common.apis import get_model_status_pb2, model_server_config_pb2
+from fmnist.common.client import PredictionClient, ServingError
 
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
@@ -39,8 +39,9 @@ class LabelError(Exception):
     """The label cannot be set; the message says why."""
 
 
-def labelled(config: model_server_config_pb2.ModelServerConfig, model_name: str, label: str, version: int
-             ) -> model_server_config_pb2.ModelServerConfig:
+def labelled(
+    config: model_server_config_pb2.ModelServerConfig, model_name: str, label: str, version: int
+) -> model_server_config_pb2.ModelServerConfig:
     """A copy of ``config`` with ``label`` naming ``version`` of ``model_name``."""
     updated = model_server_config_pb2.ModelServerConfig()
     updated.CopyFrom(config)
@@ -51,19 +52,33 @@ def labelled(config: model_server_config_pb2.ModelServerConfig, model_name: str,
     return updated
 
 
-def _check_available(client: PredictionClient, config: model_server_config_pb2.ModelServerConfig, model_name: str,
-                     label: str, version: int, allow_unavailable: bool, timeout: float) -> None:
+def _check_available(
+    client: PredictionClient,
+    config: model_server_config_pb2.ModelServerConfig,
+    model_name: str,
+    label: str,
+    version: int,
+    allow_unavailable: bool,
+    timeout: float,
+) -> None:
     states = {s.version: s.state for s in client.status(timeout=timeout).model_version_status}
     if states.get(version) == _AVAILABLE:
         return
     entry = next(e for e in config.model_config_list.config if e.name == model_name)
     if allow_unavailable and label not in entry.version_labels:
         return  # TF Serving lets a new label name a version still to come, never move one there
-    state = get_model_status_pb2.ModelVersionStatus.State.Name(states[version]) if version in states else "unknown to it"
-    raise LabelError(f"version {version} of {model_name} is not AVAILABLE on {client.target} ({state}); "
-                     "a label may only name a version that serves"
-                     + ("" if allow_unavailable else
-                        " (a new label may name one still loading with --allow_version_labels_for_unavailable_models)"))
+    state = (
+        get_model_status_pb2.ModelVersionStatus.State.Name(states[version]) if version in states else "unknown to it"
+    )
+    raise LabelError(
+        f"version {version} of {model_name} is not AVAILABLE on {client.target} ({state}); "
+        "a label may only name a version that serves"
+        + (
+            ""
+            if allow_unavailable
+            else " (a new label may name one still loading with --allow_version_labels_for_unavailable_models)"
+        )
+    )
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -73,9 +88,17 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(file.name, path)
 
 
-def run(config_file: str, model_name: str, label: str, version: int, *, server: str | None = None,
-        allow_unavailable: bool = False, timeout: float = 30.0,
-        client_factory=PredictionClient) -> model_server_config_pb2.ModelServerConfig:
+def run(
+    config_file: str,
+    model_name: str,
+    label: str,
+    version: int,
+    *,
+    server: str | None = None,
+    allow_unavailable: bool = False,
+    timeout: float = 30.0,
+    client_factory=PredictionClient,
+) -> model_server_config_pb2.ModelServerConfig:
     """Set the label in the file (and the server); returns the new config. Raises LabelError or ServingError."""
     path = Path(config_file)
     try:
@@ -92,21 +115,34 @@ def run(config_file: str, model_name: str, label: str, version: int, *, server: 
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description="Point a version label at a version, in a model config "
-                                     "file and, with --server, in the running server (TF Serving's rules).")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Point a version label at a version, in a model config "
+        "file and, with --server, in the running server (TF Serving's rules).",
+    )
     parser.add_argument("--model_config_file", required=True, help="the text-format ModelServerConfig the server reads")
     parser.add_argument("--model_name", default=names.MODEL_NAME)
     parser.add_argument("--label", required=True, help="e.g. stable, canary")
     parser.add_argument("--version", type=int, required=True)
     parser.add_argument("--server", metavar="HOST:PORT", help="also make this server reload the edited config")
-    parser.add_argument("--allow_version_labels_for_unavailable_models", action="store_true",
-                        help="the server runs with this TF Serving flag: a new label may name a version still loading")
+    parser.add_argument(
+        "--allow_version_labels_for_unavailable_models",
+        action="store_true",
+        help="the server runs with this TF Serving flag: a new label may name a version still loading",
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline of each call, seconds (default 30)")
     args = parser.parse_args(argv)
     prog = prog or "label"
     try:
-        run(args.model_config_file, args.model_name, args.label, args.version, server=args.server,
-            allow_unavailable=args.allow_version_labels_for_unavailable_models, timeout=args.timeout)
+        run(
+            args.model_config_file,
+            args.model_name,
+            args.label,
+            args.version,
+            server=args.server,
+            allow_unavailable=args.allow_version_labels_for_unavailable_models,
+            timeout=args.timeout,
+        )
     except (LabelError, ServingError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1

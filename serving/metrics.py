@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import prometheus_client
 
-from serving import protos
+from fmnist.serving import protos
 
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
 
@@ -32,7 +32,8 @@ message_type {
 }
 message_type {
   name: "MonitoringConfig"
-  field { name: "prometheus_config" number: 1 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".tensorflow.serving.PrometheusConfig" }
+  field { name: "prometheus_config" number: 1 label: LABEL_OPTIONAL
+          type: TYPE_MESSAGE type_name: ".tensorflow.serving.PrometheusConfig" }
 }
 """
 _MonitoringConfigProto = protos.message_class(_SCHEMA, "tensorflow.serving.MonitoringConfig")

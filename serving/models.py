@@ -27,9 +27,9 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 import grpc
 import numpy as np
@@ -39,8 +39,8 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import inference, predict, protos, request_log
-from serving.predict import ServingError
+from fmnist.serving import inference, predict, protos, request_log
+from fmnist.serving.predict import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,14 @@ MIXED_PRECISION_MODES = ("", "bfloat16")  # TF Serving's --mixed_precision value
 
 
 def load_saved_model(
-    name: str, version: int, path: str, *, intra_op_threads: int = 0, inter_op_threads: int = 0,
-    mixed_precision: str = "", tags: tuple[str, ...] = (SERVE_TAG,),
+    name: str,
+    version: int,
+    path: str,
+    *,
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    mixed_precision: str = "",
+    tags: tuple[str, ...] = (SERVE_TAG,),
 ) -> LoadedVersion:
     """The real loader: the ``serve`` meta graph in a session of its own, as TF Serving loads a SavedModel.
 
@@ -99,7 +105,9 @@ def load_saved_model(
         intra_op_parallelism_threads=intra_op_threads, inter_op_parallelism_threads=inter_op_threads
     )
     if mixed_precision == "bfloat16":
-        config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+        config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = (
+            rewriter_config_pb2.RewriterConfig.ON
+        )
     session = tf.compat.v1.Session(graph=graph, config=config)
     with graph.as_default(), _tf_warnings_off():  # the v1 loader is "deprecated" for training code, not for this
         meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), path)
@@ -141,7 +149,7 @@ def _session_callable(session: tf.compat.v1.Session, definition: meta_graph_pb2.
     call = session._make_callable_from_options(options)  # the public make_callable's fetch-only path
 
     def run(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(outputs, call(*(arrays[alias] for alias in inputs))))
+        return dict(zip(outputs, call(*(arrays[alias] for alias in inputs)), strict=False))
 
     return run
 
@@ -205,7 +213,7 @@ def version_folders(base_path: str) -> dict[int, str]:
 
 def local_path(base_path: str) -> str:
     """A base path as a local path: TF Serving takes ``file://`` URIs for local directories."""
-    return base_path[len(FILE_SCHEME):] if base_path.startswith(FILE_SCHEME) else base_path
+    return base_path[len(FILE_SCHEME) :] if base_path.startswith(FILE_SCHEME) else base_path
 
 
 def _is_relative(base_path: str) -> bool:

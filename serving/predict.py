@@ -19,8 +19,8 @@ import io
 import math
 import re
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -30,7 +30,7 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from fmnist import names
+from fmnist.common import names
 
 DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # what an empty signature_name means
 DEFAULT_MAX_IMAGE_PIXELS = names.MAX_IMAGE_PIXELS
@@ -191,7 +191,7 @@ def check_method_name(definition: meta_graph_pb2.SignatureDef) -> None:
 
 def dtype_text(dtype: int) -> str:
     """TensorFlow's DataTypeString: DT_FLOAT → float, DT_INT32 → int32, DT_STRING → string."""
-    return types_pb2.DataType.Name(dtype)[len("DT_"):].lower()
+    return types_pb2.DataType.Name(dtype)[len("DT_") :].lower()
 
 
 def _header_size(value: bytes) -> tuple[int, int] | None:
@@ -206,8 +206,10 @@ def _header_size(value: bytes) -> tuple[int, int] | None:
     if value.startswith(b"GIF8") and len(value) >= 10:
         return int.from_bytes(value[6:8], "little"), int.from_bytes(value[8:10], "little")
     if value.startswith(b"BM") and len(value) >= 26:
-        return (abs(int.from_bytes(value[18:22], "little", signed=True)),
-                abs(int.from_bytes(value[22:26], "little", signed=True)))
+        return (
+            abs(int.from_bytes(value[18:22], "little", signed=True)),
+            abs(int.from_bytes(value[22:26], "little", signed=True)),
+        )
     if value.startswith((b"\xff\xd8", b"RIFF")):
         try:
             with warnings.catch_warnings():

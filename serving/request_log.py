@@ -38,8 +38,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from fmnist import names
-from serving import predict
+from fmnist.common import names
+from fmnist.serving import predict
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,15 @@ class Rotation:
 class _Writer:
     """One model's queue and the thread that turns its entries into TFRecord files."""
 
-    def __init__(self, model_name: str, config, rotation: Rotation, queue_size: int,
-                 on_drop: Callable[[str], None], clock: Callable[[], float]):
+    def __init__(
+        self,
+        model_name: str,
+        config,
+        rotation: Rotation,
+        queue_size: int,
+        on_drop: Callable[[str], None],
+        clock: Callable[[], float],
+    ):
         self.model_name = model_name
         self.config_key = config.SerializeToString()  # an unchanged config keeps its writer across reloads
         self.rate = config.sampling_config.sampling_rate
@@ -130,7 +137,9 @@ class _Writer:
         record = prediction_log_pb2.PredictionLog()
         metadata = record.log_metadata
         # the spec of the version that answered (a MultiInference response has one per task, all of one version)
-        metadata.model_spec.CopyFrom(response.results[0].model_spec if kind == "multi_inference" else response.model_spec)
+        metadata.model_spec.CopyFrom(
+            response.results[0].model_spec if kind == "multi_inference" else response.model_spec
+        )
         metadata.sampling_config.CopyFrom(self._sampling)
         metadata.saved_model_tags.append(tf.saved_model.SERVING)
         metadata.timestamp_secs = int(self._clock())
@@ -140,8 +149,9 @@ class _Writer:
 
     def _write(self, data: bytes) -> None:
         now = self._clock()
-        if self._file is not None and (self._bytes >= self._rotation.max_bytes
-                                       or now - self._opened_at >= self._rotation.max_seconds):
+        if self._file is not None and (
+            self._bytes >= self._rotation.max_bytes or now - self._opened_at >= self._rotation.max_seconds
+        ):
             self._close_file()
         if self._file is None:
             os.makedirs(os.path.dirname(self._prefix) or ".", exist_ok=True)
@@ -166,9 +176,15 @@ class _Writer:
 class RequestLogs:
     """The request loggers of every model whose config has a ``logging_config``."""
 
-    def __init__(self, *, rotation: Rotation = Rotation(), queue_size: int = 10_000,
-                 clock: Callable[[], float] = time.time, sample: Callable[[], float] = random.random,
-                 on_drop: Callable[[str], None] = lambda model: None):
+    def __init__(
+        self,
+        *,
+        rotation: Rotation = Rotation(),
+        queue_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+        sample: Callable[[], float] = random.random,
+        on_drop: Callable[[str], None] = lambda model: None,
+    ):
         self._rotation = rotation
         self._queue_size = queue_size
         self._clock = clock
@@ -186,8 +202,10 @@ class RequestLogs:
                 continue
             collector = entry.logging_config.log_collector_config
             if collector.type != FILE_COLLECTOR:
-                raise predict.invalid(f"Model {entry.name}: unsupported log collector type {collector.type!r} "
-                                      f"(this server writes type {FILE_COLLECTOR!r}: TFRecord files)")
+                raise predict.invalid(
+                    f"Model {entry.name}: unsupported log collector type {collector.type!r} "
+                    f"(this server writes type {FILE_COLLECTOR!r}: TFRecord files)"
+                )
             if not collector.filename_prefix:
                 raise predict.invalid(f"Model {entry.name}: log_collector_config needs a filename_prefix")
             wanted[entry.name] = entry.logging_config
@@ -198,8 +216,9 @@ class RequestLogs:
                 if same is not None and same.config_key == logging_config.SerializeToString():
                     self._writers[name] = old.pop(name)
                 else:
-                    self._writers[name] = _Writer(name, logging_config, self._rotation, self._queue_size,
-                                                  self._count_drop, self._clock)
+                    self._writers[name] = _Writer(
+                        name, logging_config, self._rotation, self._queue_size, self._count_drop, self._clock
+                    )
         for writer in old.values():
             writer.close()
 

@@ -46,8 +46,8 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving import metrics, predict
-from serving.predict import ServingError
+from fmnist.serving import metrics, predict
+from fmnist.serving.predict import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,9 @@ def _json_value(alias: str, array: np.ndarray) -> Any:
 def _message_json(message) -> dict:
     """A message as TF Serving prints it: proto field names, every field without presence
     (``"defaults": {}``, ``"name": ""``, ``"unknown_rank": false``, ``"dim": []``) included."""
-    return json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 class RestServer:
@@ -402,7 +404,9 @@ class _Handler(BaseHTTPRequestHandler):
                 handler = self.rest.metadata if action == "metadata" else self.rest.status
                 self._json(HTTPStatus.OK, handler(spec))
             else:
-                handler = {"predict": self.rest.predict, "classify": self.rest.classify, "regress": self.rest.regress}[action]
+                handler = {"predict": self.rest.predict, "classify": self.rest.classify, "regress": self.rest.regress}[
+                    action
+                ]
                 self._json(HTTPStatus.OK, handler(spec, self._body()))
         except ServingError as error:
             code = error.code
@@ -418,7 +422,10 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length > self.rest.max_body_bytes:
             self.close_connection = True
-            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"Request body of {length} bytes exceeds the limit of {self.rest.max_body_bytes}")
+            raise ServingError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Request body of {length} bytes exceeds the limit of {self.rest.max_body_bytes}",
+            )
         return _parse_json(self.rfile.read(length))
 
     def do_GET(self) -> None:

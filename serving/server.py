@@ -28,9 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
-from typing import Callable
 
 import grpc
 import numpy as np
@@ -49,9 +49,9 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from fmnist import names
-from serving import batching, inference, metrics, models, predict, protos, request_log
-from serving.predict import ServingError
+from fmnist.common import names
+from fmnist.serving import batching, inference, metrics, models, predict, protos, request_log
+from fmnist.serving.predict import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -239,12 +239,26 @@ class ServingCore:
     def classify(
         self, request: classification_pb2.ClassificationRequest, timeout: float | None
     ) -> classification_pb2.ClassificationResponse:
-        return self._on_examples("classify", request, timeout, inference.check_classification,
-                                 classification_pb2.ClassificationResponse(), inference.classification_result)
+        return self._on_examples(
+            "classify",
+            request,
+            timeout,
+            inference.check_classification,
+            classification_pb2.ClassificationResponse(),
+            inference.classification_result,
+        )
 
-    def regress(self, request: regression_pb2.RegressionRequest, timeout: float | None) -> regression_pb2.RegressionResponse:
-        return self._on_examples("regress", request, timeout, inference.check_regression,
-                                 regression_pb2.RegressionResponse(), inference.regression_result)
+    def regress(
+        self, request: regression_pb2.RegressionRequest, timeout: float | None
+    ) -> regression_pb2.RegressionResponse:
+        return self._on_examples(
+            "regress",
+            request,
+            timeout,
+            inference.check_regression,
+            regression_pb2.RegressionResponse(),
+            inference.regression_result,
+        )
 
     def _on_examples(self, kind: str, request, timeout: float | None, check: Callable, response, fill: Callable):
         """Classify or Regress: one signature over tf.Examples, its outputs into ``response.result``."""
@@ -271,7 +285,10 @@ class ServingCore:
         """
         first = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
         version = self._resolve(first, timeout)
-        checks = {inference.CLASSIFY_METHOD: inference.check_classification, inference.REGRESS_METHOD: inference.check_regression}
+        checks = {
+            inference.CLASSIFY_METHOD: inference.check_classification,
+            inference.REGRESS_METHOD: inference.check_regression,
+        }
         plan, keys, input_tensor = [], set(), None
         for task in request.tasks:
             if not task.model_spec.name:
@@ -285,7 +302,9 @@ class ServingCore:
             if key not in version.signatures:
                 raise predict.invalid(f"Requested signature not found in model graph: {key}")
             if task.method_name not in checks:
-                raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}")
+                raise ServingError(
+                    grpc.StatusCode.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}"
+                )
             signature = version.signatures[key]
             checks[task.method_name](signature.definition, self.check_method_names)
             tensor = signature.definition.inputs[inference.INPUTS].name
@@ -307,7 +326,9 @@ class ServingCore:
         self.manager.request_logs.log("multi_inference", request, response)
         return response
 
-    def metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    def metadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         _require_model_spec(request)
         if not request.metadata_field:
             raise predict.invalid("GetModelMetadataRequest must specify at least one metadata_field")
@@ -324,7 +345,9 @@ class ServingCore:
         response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_defs)
         return response
 
-    def status(self, request: get_model_status_pb2.GetModelStatusRequest) -> get_model_status_pb2.GetModelStatusResponse:
+    def status(
+        self, request: get_model_status_pb2.GetModelStatusRequest
+    ) -> get_model_status_pb2.GetModelStatusResponse:
         _require_model_spec(request)
         spec = request.model_spec
         choice = spec.WhichOneof("version_choice")
@@ -378,7 +401,9 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.core = core
 
     Predict = _serve("Predict", lambda r: r.model_spec.name, lambda core, r, ctx: core.predict(r, ctx.time_remaining()))
-    Classify = _serve("Classify", lambda r: r.model_spec.name, lambda core, r, ctx: core.classify(r, ctx.time_remaining()))
+    Classify = _serve(
+        "Classify", lambda r: r.model_spec.name, lambda core, r, ctx: core.classify(r, ctx.time_remaining())
+    )
     Regress = _serve("Regress", lambda r: r.model_spec.name, lambda core, r, ctx: core.regress(r, ctx.time_remaining()))
     MultiInference = _serve(
         "MultiInference",
@@ -441,7 +466,7 @@ class Server:
         """Block until stopped (True) or ``timeout`` passes (False)."""
         return self._stopped.wait(timeout)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -470,7 +495,9 @@ def _bind(server: grpc.Server, config: ServerConfig) -> int:
     return port
 
 
-def _watch_config_file(path: str, wait_seconds: float, manager: models.ModelManager, stopped: threading.Event) -> threading.Thread:
+def _watch_config_file(
+    path: str, wait_seconds: float, manager: models.ModelManager, stopped: threading.Event
+) -> threading.Thread:
     """Re-read ``--model_config_file`` every period and reload it when its content changed."""
 
     def watch() -> None:
@@ -560,7 +587,8 @@ def start(
     scheduler = batching.BatchScheduler(params, clock=clock, on_batch=monitor.observe_batch) if params else None
     core = ServingCore(manager, config.limits(), scheduler, monitor, config.enable_signature_method_name_check)
 
-    options = _channel_arguments(config.grpc_channel_arguments) + [
+    options = [
+        *_channel_arguments(config.grpc_channel_arguments),
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
@@ -573,7 +601,7 @@ def start(
     try:
         port = _bind(grpc_server, config)
         if config.rest_api_port:
-            from serving import rest  # only servers with REST pay for it
+            from fmnist.serving import rest  # only servers with REST pay for it
 
             timeout = config.rest_api_timeout_in_ms / 1000 if config.rest_api_timeout_in_ms > 0 else None
             rest_server = rest.RestServer(
@@ -663,7 +691,8 @@ _REAL_FLAGS = (
     "enable_model_warmup",
     "num_request_iterations_for_warmup",
     "saved_model_tags",
-) + tuple(_HINT_FLAGS)
+    *tuple(_HINT_FLAGS),
+)
 
 
 def _bool_flag(text: str) -> bool:
@@ -685,50 +714,118 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     tf_flags.add_argument("--rest_api_port", type=int, default=0, help="REST/metrics port (0: off)")
     tf_flags.add_argument("--model_name", default=DEFAULT_MODEL_NAME, help="name of the single model")
     tf_flags.add_argument("--model_base_path", help="directory holding the model's numeric version directories")
-    tf_flags.add_argument("--model_config_file", help="text-format ModelServerConfig (several models, policies, labels)")
-    tf_flags.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0, help="re-read the config file this often (0: once)")
-    tf_flags.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0, help="scan for new/removed versions this often")
-    tf_flags.add_argument("--max_num_load_retries", type=int, default=5, help="retries of a failed version load (0: try once)")
-    tf_flags.add_argument("--load_retry_interval_micros", type=int, default=60_000_000, help="wait between load retries (negative: none)")
     tf_flags.add_argument(
-        "--enable_batching", nargs="?", const=True, default=False, type=_bool_flag, metavar="BOOL",
+        "--model_config_file", help="text-format ModelServerConfig (several models, policies, labels)"
+    )
+    tf_flags.add_argument(
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0.0,
+        help="re-read the config file this often (0: once)",
+    )
+    tf_flags.add_argument(
+        "--file_system_poll_wait_seconds", type=float, default=1.0, help="scan for new/removed versions this often"
+    )
+    tf_flags.add_argument(
+        "--max_num_load_retries", type=int, default=5, help="retries of a failed version load (0: try once)"
+    )
+    tf_flags.add_argument(
+        "--load_retry_interval_micros", type=int, default=60_000_000, help="wait between load retries (negative: none)"
+    )
+    tf_flags.add_argument(
+        "--enable_batching",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_bool_flag,
+        metavar="BOOL",
         help="batch concurrent requests (--enable_batching or --enable_batching=true, as the real server takes it)",
     )
     tf_flags.add_argument("--batching_parameters_file", help="text-format BatchingParameters")
     tf_flags.add_argument("--monitoring_config_file", help="text-format MonitoringConfig (Prometheus path)")
     tf_flags.add_argument("--grpc_max_threads", type=int, help="gRPC worker threads (default: 4 per core)")
-    tf_flags.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0, metavar="N",
-                          help="threads one op may use (0: TensorFlow picks; 1 suits small models under concurrent load)")
-    tf_flags.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0, metavar="N",
-                          help="threads for independent ops of a graph (0: TensorFlow picks)")
-    tf_flags.add_argument("--rest_api_timeout_in_ms", type=int, default=30_000, help="REST request deadline (<= 0: none)")
+    tf_flags.add_argument(
+        "--tensorflow_intra_op_parallelism",
+        type=int,
+        default=0,
+        metavar="N",
+        help="threads one op may use (0: TensorFlow picks; 1 suits small models under concurrent load)",
+    )
+    tf_flags.add_argument(
+        "--tensorflow_inter_op_parallelism",
+        type=int,
+        default=0,
+        metavar="N",
+        help="threads for independent ops of a graph (0: TensorFlow picks)",
+    )
+    tf_flags.add_argument(
+        "--rest_api_timeout_in_ms", type=int, default=30_000, help="REST request deadline (<= 0: none)"
+    )
     tf_flags.add_argument("--grpc_socket_path", default="", help="also serve gRPC on this Unix socket")
-    tf_flags.add_argument("--grpc_channel_arguments", default="", metavar="K=V,...",
-                          help="gRPC server arguments, e.g. grpc.max_connection_age_ms=2000")
-    tf_flags.add_argument("--ssl_config_file", help="text-format SSLConfig: server_key, server_cert, custom_ca, client_verify")
+    tf_flags.add_argument(
+        "--grpc_channel_arguments",
+        default="",
+        metavar="K=V,...",
+        help="gRPC server arguments, e.g. grpc.max_connection_age_ms=2000",
+    )
+    tf_flags.add_argument(
+        "--ssl_config_file", help="text-format SSLConfig: server_key, server_cert, custom_ca, client_verify"
+    )
     for flag, help_text in (
         ("allow_version_labels_for_unavailable_models", "a new version label may name a version not yet loaded"),
         ("enable_signature_method_name_check", "Predict/Classify/Regress check the signature's method_name"),
     ):
-        tf_flags.add_argument(f"--{flag}", nargs="?", const=True, default=False, type=_bool_flag, metavar="BOOL", help=help_text)
-    tf_flags.add_argument("--enable_model_warmup", nargs="?", const=True, default=True, type=_bool_flag, metavar="BOOL",
-                          help="replay assets.extra/tf_serving_warmup_requests before a version serves (default true)")
-    tf_flags.add_argument("--num_request_iterations_for_warmup", type=int, default=1, metavar="N",
-                          help="replay each warmup record N times")
-    tf_flags.add_argument("--saved_model_tags", default=models.SERVE_TAG, metavar="TAGS",
-                          help="comma-separated tags of the meta graph to load (default serve)")
+        tf_flags.add_argument(
+            f"--{flag}", nargs="?", const=True, default=False, type=_bool_flag, metavar="BOOL", help=help_text
+        )
+    tf_flags.add_argument(
+        "--enable_model_warmup",
+        nargs="?",
+        const=True,
+        default=True,
+        type=_bool_flag,
+        metavar="BOOL",
+        help="replay assets.extra/tf_serving_warmup_requests before a version serves (default true)",
+    )
+    tf_flags.add_argument(
+        "--num_request_iterations_for_warmup",
+        type=int,
+        default=1,
+        metavar="N",
+        help="replay each warmup record N times",
+    )
+    tf_flags.add_argument(
+        "--saved_model_tags",
+        default=models.SERVE_TAG,
+        metavar="TAGS",
+        help="comma-separated tags of the meta graph to load (default serve)",
+    )
     for flag, meaning in _HINT_FLAGS.items():
         tf_flags.add_argument(f"--{flag}", metavar="VALUE", help=f"accepted and ignored: {meaning}")
-    tf_flags.add_argument("--mixed_precision", default="", choices=models.MIXED_PRECISION_MODES, metavar="MODE",
-                          help="bfloat16: run matmuls and convolutions in bfloat16 (pays on CPUs with "
-                          "AVX512-BF16 or AMX: about 1.5x the cnn's throughput here); default off")
+    tf_flags.add_argument(
+        "--mixed_precision",
+        default="",
+        choices=models.MIXED_PRECISION_MODES,
+        metavar="MODE",
+        help="bfloat16: run matmuls and convolutions in bfloat16 (pays on CPUs with "
+        "AVX512-BF16 or AMX: about 1.5x the cnn's throughput here); default off",
+    )
     ours = parser.add_argument_group("embedded server only")
     ours.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 to expose)")
     ours.add_argument("--use-tf-serving", action="store_true", help=f"run {TF_SERVING_BINARY} (must be on PATH)")
     ours.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest gRPC message")
-    ours.add_argument("--max-image-bytes", type=int, default=predict.DEFAULT_MAX_IMAGE_BYTES, help="largest encoded image")
-    ours.add_argument("--max-image-pixels", type=int, default=predict.DEFAULT_MAX_IMAGE_PIXELS, help="largest image a header may claim")
-    ours.add_argument("--max-tensor-bytes", type=int, default=predict.DEFAULT_MAX_TENSOR_BYTES, help="largest decoded input tensor")
+    ours.add_argument(
+        "--max-image-bytes", type=int, default=predict.DEFAULT_MAX_IMAGE_BYTES, help="largest encoded image"
+    )
+    ours.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=predict.DEFAULT_MAX_IMAGE_PIXELS,
+        help="largest image a header may claim",
+    )
+    ours.add_argument(
+        "--max-tensor-bytes", type=int, default=predict.DEFAULT_MAX_TENSOR_BYTES, help="largest decoded input tensor"
+    )
     ours.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve gRPC over TLS)")
     ours.add_argument("--tls-key", help="PEM private key")
     ours.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

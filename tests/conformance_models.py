@@ -92,7 +92,9 @@ def _counter(path: Path) -> None:
         signatures = {
             "get_counter": sig({}, {"output": info(counter.read_value())}, predict),
             "incr_counter": sig({}, {"output": info(tf.compat.v1.assign_add(counter, 1.0))}, predict),
-            "incr_counter_by": sig({"delta": info(delta)}, {"output": info(tf.compat.v1.assign_add(counter, delta))}, predict),
+            "incr_counter_by": sig(
+                {"delta": info(delta)}, {"output": info(tf.compat.v1.assign_add(counter, delta))}, predict
+            ),
             "reset_counter": sig({}, {"output": info(tf.compat.v1.assign(counter, 0.0))}, predict),
         }
         _save_v1(session, path, signatures)

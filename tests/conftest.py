@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmnist import names
+from fmnist.common import names
 
 
 def encode_png(pixels: np.ndarray, mode: str = "L") -> bytes:
@@ -39,12 +39,14 @@ def png_claiming(width: int, height: int, bit_depth: int = 8) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="session")
 def dataset():
-    from pipeline import data
+    from fmnist.pipeline import data
 
     return data.load()  # $FASHION_MNIST_DIR in CI; a missing dataset fails loudly, never skips
 
@@ -52,7 +54,7 @@ def dataset():
 @pytest.fixture(scope="session")
 def _pushed_once(tmp_path_factory, dataset) -> Path:
     """models/<name>/<version> with an MLP trained for one epoch on 3,000 images."""
-    from pipeline import export, pusher, trainer
+    from fmnist.pipeline import export, pusher, trainer
 
     result = trainer.run(trainer.TrainConfig(epochs=1, limit=3000, verbose=0), dataset.train)
     images = dataset.test.images[:4]
@@ -73,7 +75,7 @@ def model_base(tmp_path_factory, _pushed_once) -> Path:
 @pytest.fixture(scope="module")
 def server(model_base) -> str:
     """``127.0.0.1:PORT`` of an embedded server of ``model_base``, for the module."""
-    from serving.server import ServerConfig, start
+    from fmnist.serving.server import ServerConfig, start
 
     running = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(model_base)))
     yield f"127.0.0.1:{running.port}"

@@ -30,15 +30,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from batch import job
-from batch.inference import BatchFailed, ImageBatches, Scores, classify
-from batch.io import _read_at_most as read_at_most
-from batch.io import input_patterns
-from batch.outcomes import Classified, Failed, Reason
-from batch.outcomes import Image as Encoded
-from fmnist import names
-from serving.client import ServingError
-from serving.server import ServerConfig, start
+from fmnist.batch import job
+from fmnist.batch.inference import BatchFailed, ImageBatches, Scores, classify
+from fmnist.batch.io import _read_at_most as read_at_most
+from fmnist.batch.io import input_patterns
+from fmnist.batch.outcomes import Classified, Failed, Reason
+from fmnist.batch.outcomes import Image as Encoded
+from fmnist.common import names
+from fmnist.common.client import ServingError
+from fmnist.serving.server import ServerConfig, start
 
 GOOD = 48  # labelled test images
 BATCH = 8  # small, so the corrupt file shares a request with good ones
@@ -98,7 +98,9 @@ def expected(tree, model_base, dataset) -> dict[str, tuple[np.ndarray, int | Non
     signature = tf.saved_model.load(str(model_base / "1")).signatures[names.PREDICT_IMAGES]
     outputs = signature(**{names.INPUT_IMAGE_BYTES: tf.constant([p.read_bytes() for p in paths])})
     probabilities = outputs[names.OUTPUT_PROBABILITIES].numpy()
-    return {str(p): (row, names.class_id_from_folder(p.parent.name)) for p, row in zip(paths, probabilities, strict=True)}
+    return {
+        str(p): (row, names.class_id_from_folder(p.parent.name)) for p, row in zip(paths, probabilities, strict=True)
+    }
 
 
 def _read(output: Path, name: str) -> list[dict]:
@@ -109,8 +111,12 @@ def _read(output: Path, name: str) -> list[dict]:
             rows += pq.read_table(shard).to_pylist()
         elif shard.suffix == ".csv":
             for row in csv.DictReader(shard.open(newline="")):
-                rows.append({k: json.loads(v) if k in ("class_id", "confidence", "top_k", "model_version") else v
-                             for k, v in row.items()})
+                rows.append(
+                    {
+                        k: json.loads(v) if k in ("class_id", "confidence", "top_k", "model_version") else v
+                        for k, v in row.items()
+                    }
+                )
         else:
             rows += [json.loads(line) for line in shard.read_text().splitlines()]
     return rows
@@ -240,7 +246,9 @@ def test_csv_and_parquet_hold_the_same_records_as_jsonl(file_format, served, tre
 
 
 def test_server_stopped_before_the_job_fails_naming_it(models_dir, tree, tmp_path, capsys):
-    stopped = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(models_dir / names.MODEL_NAME)))
+    stopped = start(
+        ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(models_dir / names.MODEL_NAME))
+    )
     target = f"127.0.0.1:{stopped.port}"
     stopped.stop()
     argv = ["--input", str(tree), "--output", str(tmp_path), "--server", target, "--timeout", "0.5"]
@@ -255,7 +263,16 @@ def test_no_runner_given_never_starts_prism_and_progress_is_shown(tree, model_ba
 
     started = []
     monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", lambda *a, **k: started.append(a) or 1 / 0)
-    argv = ["--input", f"{tree}/notes", "--output", str(tmp_path), "--in-process", str(model_base), "--progress-seconds", "0"]
+    argv = [
+        "--input",
+        f"{tree}/notes",
+        "--output",
+        str(tmp_path),
+        "--in-process",
+        str(model_base),
+        "--progress-seconds",
+        "0",
+    ]
     assert job.main(argv) == 0
     assert started == []
     err = capfd.readouterr().err
@@ -271,7 +288,18 @@ def test_server_lost_during_the_job_fails_it_naming_the_server(tree, tmp_path):
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         target = f"127.0.0.1:{probe.getsockname()[1]}"
-    argv = ["--input", f"{tree}/Coat", "--output", str(tmp_path), "--server", target, "--retries", "0", "--timeout", "2"]
+    argv = [
+        "--input",
+        f"{tree}/Coat",
+        "--output",
+        str(tmp_path),
+        "--server",
+        target,
+        "--retries",
+        "0",
+        "--timeout",
+        "2",
+    ]
     with pytest.raises(Exception, match=f"{target}: UNAVAILABLE"):
         job.run(argv, client_factory=_AlwaysReady)
     assert not (tmp_path / "_SUCCESS").exists()
@@ -316,8 +344,11 @@ def test_a_rejected_batch_is_bisected_so_its_good_images_are_still_classified():
     outcomes = classify(images, _fake_model(calls), _rejected, max_request_bytes=1 << 20)
     assert [o.path for o in outcomes] == [i.path for i in images]
     assert outcomes[5] == Failed("bad", Reason.REJECTED, "Invalid PNG data")
-    assert all(isinstance(o, Classified) and o.class_id == i % 10 and o.model_version == 7
-               for i, o in enumerate(outcomes) if i != 5)
+    assert all(
+        isinstance(o, Classified) and o.class_id == i % 10 and o.model_version == 7
+        for i, o in enumerate(outcomes)
+        if i != 5
+    )
     assert len(calls) <= 2 * 4 + 1  # bisection: about 2·log2(16), not 16 singles
 
 
@@ -360,7 +391,10 @@ class _RpcError(grpc.RpcError):
 
 
 class _Images(ModelHandler):
-    """A handler of encoded images that logs each request; b"bad" is rejected, b"boom" fails the model, b"gone" the server."""
+    """A handler of encoded images that logs each request.
+
+    b"bad" is rejected, b"boom" fails the model, b"gone" the server.
+    """
 
     target = "host:1"
 
@@ -373,8 +407,11 @@ class _Images(ModelHandler):
 
     def run_inference(self, batch, model, inference_args=None):
         self.requests.append(list(batch))
-        for marker, code in ((b"bad", grpc.StatusCode.INVALID_ARGUMENT), (b"boom", grpc.StatusCode.INTERNAL),
-                             (b"gone", grpc.StatusCode.UNAVAILABLE)):
+        for marker, code in (
+            (b"bad", grpc.StatusCode.INVALID_ARGUMENT),
+            (b"boom", grpc.StatusCode.INTERNAL),
+            (b"gone", grpc.StatusCode.UNAVAILABLE),
+        ):
             if marker in batch:
                 raise _RpcError(code, f"{code.name.lower()} here")
         return [PredictionResult(e, {names.OUTPUT_PROBABILITIES: np.eye(10)[len(e) % 10]}, "m:3") for e in batch]
@@ -388,8 +425,17 @@ def test_image_batches_bisect_a_rejected_batch_and_keep_read_failures_in_order()
     [outcomes] = handler.run_inference([batch], _Images)
     assert images.requests == [[b"a", b"bad", b"cc"], [b"a"], [b"bad", b"cc"], [b"bad"], [b"cc"]]
     assert [o.path for o in outcomes] == ["u", "a", "b", "c"]
-    assert outcomes[0] is unreadable and outcomes[2].reason == Reason.REJECTED and outcomes[2].detail == "invalid_argument here"
-    assert (outcomes[1].class_id, outcomes[1].model_name, outcomes[1].model_version, outcomes[3].class_id) == (1, "m", 3, 2)
+    assert (
+        outcomes[0] is unreadable
+        and outcomes[2].reason == Reason.REJECTED
+        and outcomes[2].detail == "invalid_argument here"
+    )
+    assert (outcomes[1].class_id, outcomes[1].model_name, outcomes[1].model_version, outcomes[3].class_id) == (
+        1,
+        "m",
+        3,
+        2,
+    )
 
 
 def test_image_batches_tell_a_failed_batch_from_a_lost_server():
@@ -459,11 +505,13 @@ def test_unknown_arguments_are_left_for_beam_and_bad_ones_are_refused(capsys):
     assert beam_args == beam
     for bad in (["--top-k", "11"], ["--batch-size", "0"], ["--in-process", "/nonexistent"]):
         with pytest.raises(SystemExit):
-            job.parse_args(["--input", "a", "--output", "o", *(bad if bad[0] == "--in-process" else ["--server", "h:1", *bad])])
+            job.parse_args(
+                ["--input", "a", "--output", "o", *(bad if bad[0] == "--in-process" else ["--server", "h:1", *bad])]
+            )
 
 
 def test_cli_error_line_drops_beams_worker_decoration():
-    from batch.job import _last_line
+    from fmnist.batch.job import _last_line
 
     beam_error = RuntimeError(
         "Traceback (most recent call last):\n  File ...\n"

@@ -19,20 +19,22 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import encode_png
 
-from fmnist import names
-from serving.server import ServerConfig, start
+from fmnist.common import names
+from fmnist.serving.server import ServerConfig, start
 
 FILES_PER_CLASS = 4
 
 
 def _batch(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fmnist.cli", "batch", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fmnist.cli", "batch", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _popen_batch(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fmnist.cli", "batch", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fmnist.cli", "batch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _start_server(models: Path):
@@ -82,15 +84,34 @@ def test_a_mistyped_option_is_refused_with_exit_2_and_a_suggestion(typo, meant, 
 
 
 def test_beam_options_still_pass_through(tmp_path, server, images):
-    result = _batch("--input", str(images), "--output", str(tmp_path), "--server", server,
-                    "--direct_num_workers=1", "--direct_running_mode", "in_memory")
+    result = _batch(
+        "--input",
+        str(images),
+        "--output",
+        str(tmp_path),
+        "--server",
+        server,
+        "--direct_num_workers=1",
+        "--direct_running_mode",
+        "in_memory",
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_a_run_shows_files_matched_progress_and_where_its_outputs_are(tmp_path, server, images):
     # '**/' matches no folder too, so the two files directly under images/ are in
-    result = _batch("--input", f"{images}/**/*.png", "--output", str(tmp_path), "--server", server,
-                    "--batch-size", "8", "--progress-seconds", "0")
+    result = _batch(
+        "--input",
+        f"{images}/**/*.png",
+        "--output",
+        str(tmp_path),
+        "--server",
+        server,
+        "--batch-size",
+        "8",
+        "--progress-seconds",
+        "0",
+    )
     assert result.returncode == 0, result.stderr
     total = FILES_PER_CLASS * names.NUM_CLASSES + 2
     assert f"matched {total} files" in result.stderr
@@ -133,12 +154,22 @@ def test_an_output_holding_another_run_is_refused_unless_overwrite(tmp_path, ser
 
 @pytest.mark.slow
 def test_ctrl_c_exits_130_with_one_line_and_no_traceback(tmp_path, server, many_images):
-    process = _popen_batch("--input", str(many_images), "--output", str(tmp_path), "--server", server,
-                           "--batch-size", "2", "--progress-seconds", "0")
+    process = _popen_batch(
+        "--input",
+        str(many_images),
+        "--output",
+        str(tmp_path),
+        "--server",
+        server,
+        "--batch-size",
+        "2",
+        "--progress-seconds",
+        "0",
+    )
     try:
         _first_progress_line(process)
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
+        _out, err = process.communicate(timeout=60)
     finally:
         process.kill()
     assert process.returncode == 130
@@ -151,12 +182,26 @@ def test_ctrl_c_exits_130_with_one_line_and_no_traceback(tmp_path, server, many_
 def test_a_server_lost_mid_job_is_one_line_naming_it_and_what_to_do(tmp_path, _pushed_once, many_images):
     lost = _start_server(_pushed_once)
     target = f"127.0.0.1:{lost.port}"
-    process = _popen_batch("--input", str(many_images), "--output", str(tmp_path), "--server", target,
-                           "--batch-size", "2", "--progress-seconds", "0", "--timeout", "2", "--retries", "1")
+    process = _popen_batch(
+        "--input",
+        str(many_images),
+        "--output",
+        str(tmp_path),
+        "--server",
+        target,
+        "--batch-size",
+        "2",
+        "--progress-seconds",
+        "0",
+        "--timeout",
+        "2",
+        "--retries",
+        "1",
+    )
     try:
         _first_progress_line(process)
         lost.stop()
-        out, err = process.communicate(timeout=120)
+        _out, err = process.communicate(timeout=120)
     finally:
         process.kill()
         lost.stop()
@@ -170,8 +215,18 @@ def test_a_server_lost_mid_job_is_one_line_naming_it_and_what_to_do(tmp_path, _p
 
 def test_a_server_without_the_model_says_not_found_within_seconds(tmp_path, server, images):
     started = time.monotonic()
-    result = _batch("--input", str(images), "--output", str(tmp_path), "--server", server, "--model-name", "nope",
-                    "--timeout", "120")
+    result = _batch(
+        "--input",
+        str(images),
+        "--output",
+        str(tmp_path),
+        "--server",
+        server,
+        "--model-name",
+        "nope",
+        "--timeout",
+        "120",
+    )
     elapsed = time.monotonic() - started
     assert result.returncode == 1
     assert f"the server at {server} has no model named 'nope' (NOT_FOUND" in result.stderr
@@ -184,8 +239,16 @@ def test_several_servers_share_the_job_round_robin(tmp_path, _pushed_once, image
         shutil.copytree(_pushed_once / names.MODEL_NAME / "1", tmp_path / version / names.MODEL_NAME / version)
     replicas = [_start_server(tmp_path / version) for version in ("1", "2")]
     try:
-        result = _batch("--input", str(images), "--output", str(tmp_path / "out"), "--batch-size", "2",
-                        "--server", ",".join(f"127.0.0.1:{replica.port}" for replica in replicas))
+        result = _batch(
+            "--input",
+            str(images),
+            "--output",
+            str(tmp_path / "out"),
+            "--batch-size",
+            "2",
+            "--server",
+            ",".join(f"127.0.0.1:{replica.port}" for replica in replicas),
+        )
     finally:
         for replica in replicas:
             replica.stop()

@@ -10,8 +10,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from batch.behind import OneBehind
-from batch.job import local_runner
+from fmnist.batch.behind import OneBehind
+from fmnist.batch.job import local_runner
 
 
 def _pipeline() -> beam.Pipeline:
@@ -34,9 +34,7 @@ class _Split(OneBehind):
 def test_every_output_comes_out_once_with_its_tag_and_from_a_thread_of_its_own():
     with _pipeline() as pipeline:
         outputs = (
-            pipeline
-            | beam.Create(range(20), reshuffle=False)
-            | beam.ParDo(_Split()).with_outputs("odd", main="main")
+            pipeline | beam.Create(range(20), reshuffle=False) | beam.ParDo(_Split()).with_outputs("odd", main="main")
         )
         numbers = outputs.main | "Numbers" >> beam.Filter(lambda x: isinstance(x, int))
         threads = outputs.main | "Threads" >> beam.Filter(lambda x: isinstance(x, str)) | beam.Distinct()

@@ -22,13 +22,13 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import encode_png
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2
 
-from conftest import encode_png
-from fmnist import names
-from serving import classify
-from serving import client as client_module
-from serving.client import Prediction, PredictionClient, ServingError
+from fmnist.common import client as client_module
+from fmnist.common import names
+from fmnist.common.client import Prediction, PredictionClient, ServingError
+from fmnist.serving import classify
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
@@ -43,7 +43,7 @@ def served(_pushed_once, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(served):
-    from serving.server import ServerConfig, start
+    from fmnist.serving.server import ServerConfig, start
 
     running = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(served)))
     yield running
@@ -222,11 +222,11 @@ def test_the_client_imports_neither_server_nor_pipeline_code():
     imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     imported |= {(a.name, None) for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     third_party = {(m, name) for m, name in imported if m.split(".")[0] not in sys.stdlib_module_names}
-    assert {m.split(".")[0] for m, _ in third_party} == {"grpc", "numpy", "fmnist", "serving"}
-    assert {(m, name) for m, name in third_party if m.startswith("fmnist")} == {("fmnist", "names")}
-    # the protos and their numpy conversion, and nothing else
-    assert {(m, name) for m, name in third_party if m.startswith("serving")} == {
-        ("serving.apis", name) for m, name in third_party if m == "serving.apis"} | {("serving", "tensors")}
+    assert {m.split(".")[0] for m, _ in third_party} == {"grpc", "numpy", "fmnist"}
+    # the shared names, the protos and their numpy conversion, and nothing else
+    assert {(m, name) for m, name in third_party if m.startswith("fmnist")} == {
+        ("fmnist.common.apis", name) for m, name in third_party if m == "fmnist.common.apis"
+    } | {("fmnist.common", "names"), ("fmnist.common", "tensors")}
 
 
 # --- failures, retries, deadlines --------------------------------------------------------------
@@ -322,7 +322,7 @@ def _self_signed(host: str) -> tuple[bytes, bytes]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -349,7 +349,9 @@ def image_files(images, reference, tmp_path) -> dict[str, str]:
     """Three PNG files (grey, RGB, RGBA) → the class the SavedModel gives each."""
     expected = reference[names.SERVING_DEFAULT](**{names.INPUT_IMAGES: tf.constant(images[:3], tf.float32)})
     files = {}
-    for image, mode, class_id in zip(images, ("L", "RGB", "RGBA"), expected[names.OUTPUT_CLASS_IDS].numpy()):
+    for image, mode, class_id in zip(
+        images, ("L", "RGB", "RGBA"), expected[names.OUTPUT_CLASS_IDS].numpy(), strict=False
+    ):
         path = tmp_path / f"item-{mode}.png"
         path.write_bytes(encode_png(image, mode))
         files[str(path)] = names.CLASS_NAMES[class_id]
@@ -360,7 +362,7 @@ def test_classify_prints_class_confidence_and_version(target, image_files, capsy
     assert classify.main([*image_files, "--server", target]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(image_files)
-    for line, (path, class_name) in zip(lines, image_files.items()):
+    for line, (path, class_name) in zip(lines, image_files.items(), strict=False):
         assert line.startswith(f"{path}: {class_name} ") and line.endswith(f"({names.MODEL_NAME} v1)")
         assert "%" in line
 
@@ -384,7 +386,9 @@ def test_classify_json_lines(target, image_files, capsys):
 
 def test_classify_reports_bad_files_and_still_prints_good_ones(target, image_files, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.png"
-    corrupt.write_bytes(encode_png(np.zeros((28, 28)))[:60])  # a sound header, then a cut-off IDAT: the server refuses it
+    corrupt.write_bytes(
+        encode_png(np.zeros((28, 28)))[:60]
+    )  # a sound header, then a cut-off IDAT: the server refuses it
     missing = tmp_path / "missing.png"
     good = list(image_files)
     assert classify.main([good[0], str(corrupt), good[1], str(missing), good[2], "--server", target]) == 1
@@ -430,7 +434,7 @@ def test_classify_help_and_usage_errors(capsys):
 
 
 def test_targets_one_server_a_list_of_replicas_or_a_dns_name_of_several():
-    from serving.client import _target_uri
+    from fmnist.common.client import _target_uri
 
     assert _target_uri("127.0.0.1:8500") == "127.0.0.1:8500"
     assert _target_uri("serving:8500") == "dns:///serving:8500"  # every address the name resolves to

@@ -24,7 +24,7 @@ import pytest
 from conftest import png_claiming
 from PIL import Image
 
-from fmnist import imagefile
+from fmnist.common import imagefile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,8 +113,17 @@ def tree(tmp_path_factory, dataset) -> Path:
 def served_batch(tree, server, hook, tmp_path_factory) -> tuple[Path, Watched]:
     """``fmnist batch --server`` over the tree with two worker processes, watched."""
     work = tmp_path_factory.mktemp("served-batch")
-    args = ["batch", "--input", str(tree), "--output", str(work / "out"), "--server", server,
-            "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    args = [
+        "batch",
+        "--input",
+        str(tree),
+        "--output",
+        str(work / "out"),
+        "--server",
+        server,
+        "--direct_num_workers=2",
+        "--direct_running_mode=multi_processing",
+    ]
     return work / "out", _watched(args, work / "log", hook)
 
 
@@ -126,10 +135,10 @@ def _jsonl(output: Path, name: str) -> dict[str, dict]:
 # --- start-up: no TensorFlow runtime where only protos are needed ---------------------------------
 
 
-@pytest.mark.parametrize("module", ["serving.client", "serving.classify", "batch.job"])
+@pytest.mark.parametrize("module", ["fmnist.common.client", "fmnist.serving.classify", "fmnist.batch.job"])
 def test_importing_the_client_or_the_batch_job_does_not_start_tensorflow(module):
     code = (
-        f"import sys, {module}; from serving.apis import predict_pb2; "
+        f"import sys, {module}; from fmnist.common.apis import predict_pb2; "
         "print(sorted({'tensorflow.python', 'tensorflow'} & set(sys.modules)), predict_pb2.__file__)"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -142,7 +151,7 @@ def test_importing_the_client_or_the_batch_job_does_not_start_tensorflow(module)
 def test_tensorflow_imports_after_the_client_and_shares_its_protos():
     code = """
 import numpy as np
-from serving import apis, client, tensors
+from fmnist.common import apis, client, tensors
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
@@ -204,15 +213,19 @@ def test_a_bomb_is_refused_naming_the_projects_limit_not_pils():
     limit = "more than --max-image-pixels allows (4096x4096)"
     plain, sixteen_bit = png_claiming(100_000, 100_000), png_claiming(100_000, 100_000, bit_depth=16)
     assert imagefile.check(plain, imagefile.Limits()) == (
-        imagefile.TOO_LARGE, f"its header claims 100000x100000 pixels, {limit}"
+        imagefile.TOO_LARGE,
+        f"its header claims 100000x100000 pixels, {limit}",
     )
     # Not a PNG of the fast path: PIL reads the header and raises its own bomb error, past its own limit.
     assert imagefile.check(sixteen_bit, imagefile.Limits()) == (
-        imagefile.TOO_LARGE, f"its header claims 10000000000 pixels, {limit}"
+        imagefile.TOO_LARGE,
+        f"its header claims 10000000000 pixels, {limit}",
     )
     reason, detail = imagefile.check(png_claiming(300, 200), imagefile.Limits(max_pixels=50_000))
-    assert (reason, detail) == (imagefile.TOO_LARGE, "its header claims 300x200 pixels, "
-                                "more than --max-image-pixels allows (50000 pixels)")
+    assert (reason, detail) == (
+        imagefile.TOO_LARGE,
+        "its header claims 300x200 pixels, more than --max-image-pixels allows (50000 pixels)",
+    )
 
 
 @pytest.mark.slow

@@ -16,15 +16,21 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from browser import browser  # noqa: F401  (a fixture, found by its name)
-from browser import facts, images_on_page, needs_chromium, screenshot, table_rows
+from browser import (
+    browser,  # noqa: F401  (a fixture, found by its name)
+    facts,
+    images_on_page,
+    needs_chromium,
+    screenshot,
+    table_rows,
+)
 from conftest import encode_png
 
-from batch import compare, report
-from batch.outcomes import Reason
-from fmnist import names
-from serving.client import PredictionClient
-from serving.server import ServerConfig, start
+from fmnist.batch import compare, report
+from fmnist.batch.outcomes import Reason
+from fmnist.common import names
+from fmnist.common.client import PredictionClient
+from fmnist.serving.server import ServerConfig, start
 
 FILES_PER_CLASS = 5
 BATCH = 8  # small, so the corrupt file shares a request with good ones
@@ -34,7 +40,7 @@ BAD = {"notes.txt": Reason.NOT_AN_IMAGE, "Coat/truncated.png": Reason.REJECTED}
 @pytest.fixture(scope="module")
 def model_config(tmp_path_factory, _pushed_once, dataset) -> Path:
     """A model config serving versions 1 (``stable``) and 2 (``canary``, another recipe) of one base path."""
-    from pipeline import pusher, trainer
+    from fmnist.pipeline import pusher, trainer
 
     models = tmp_path_factory.mktemp("compare-models")
     shutil.copytree(_pushed_once, models, dirs_exist_ok=True)
@@ -67,7 +73,7 @@ def images(tmp_path_factory, dataset) -> Path:
     """FILES_PER_CLASS test images in each class folder, plus a text file and a truncated PNG."""
     root = tmp_path_factory.mktemp("compare-images")
     counts = Counter()
-    for pixels, label in zip(dataset.test.images, dataset.test.labels):
+    for pixels, label in zip(dataset.test.images, dataset.test.labels, strict=False):
         if counts[int(label)] < FILES_PER_CLASS:
             folder = root / names.folder_name(int(label))
             folder.mkdir(exist_ok=True)
@@ -87,20 +93,39 @@ def answers(images, server) -> dict[str, tuple[tuple[int, int, int], tuple[int, 
             label = names.class_id_from_folder(path.parent.name)
             answers[str(path)] = tuple(
                 (int(p.class_ids[0]), p.version, label)
-                for p in (client.predict_encoded([path.read_bytes()], version=v) for v in (1, 2)))
+                for p in (client.predict_encoded([path.read_bytes()], version=v) for v in (1, 2))
+            )
     return answers
 
 
 @pytest.fixture(scope="module")
 def compared(images, server, tmp_path_factory) -> tuple[Path, compare.CompareResult]:
     output = tmp_path_factory.mktemp("compare-out")
-    result = compare.run(["--input", str(images), "--output", str(output), "--server", server,
-                          "--baseline", "stable", "--candidate", "canary", "--batch-size", str(BATCH)])
+    result = compare.run(
+        [
+            "--input",
+            str(images),
+            "--output",
+            str(output),
+            "--server",
+            server,
+            "--baseline",
+            "stable",
+            "--candidate",
+            "canary",
+            "--batch-size",
+            str(BATCH),
+        ]
+    )
     return output, result
 
 
 def _disagreements(output: Path) -> list[dict]:
-    return [json.loads(line) for shard in sorted(output.glob("disagreements-*.jsonl")) for line in shard.read_text().splitlines()]
+    return [
+        json.loads(line)
+        for shard in sorted(output.glob("disagreements-*.jsonl"))
+        for line in shard.read_text().splitlines()
+    ]
 
 
 def test_agreement_and_flips_are_what_each_version_answers_file_by_file(compared, answers):
@@ -132,8 +157,11 @@ def test_every_disagreeing_file_is_written_with_both_answers(compared, answers):
 
 def test_files_either_version_refuses_are_errors_with_their_reason(compared, images):
     output, _ = compared
-    errors = {r["path"]: r["reason"] for shard in output.glob("errors-*.jsonl")
-              for r in map(json.loads, shard.read_text().splitlines())}
+    errors = {
+        r["path"]: r["reason"]
+        for shard in output.glob("errors-*.jsonl")
+        for r in map(json.loads, shard.read_text().splitlines())
+    }
     assert errors == {str(images / path): reason for path, reason in BAD.items()}
     comparison = json.loads((output / compare.COMPARISON_FILE).read_text())
     assert comparison["errors_by_reason"] == dict(sorted(Counter(BAD.values()).items()))
@@ -145,7 +173,8 @@ def test_labels_resolve_through_the_model_config_to_the_versions_they_name(compa
     assert comparison["requested"] == {"baseline": "label 'stable'", "candidate": "label 'canary'"}
     assert comparison["versions"] == {
         side: [{"model_name": names.MODEL_NAME, "model_version": version, "files": len(answers)}]
-        for side, version in (("baseline", 1), ("candidate", 2))}
+        for side, version in (("baseline", 1), ("candidate", 2))
+    }
 
 
 def test_labelled_folders_give_each_versions_accuracy_and_the_delta(compared, answers):
@@ -159,16 +188,31 @@ def test_labelled_folders_give_each_versions_accuracy_and_the_delta(compared, an
 
 def test_version_numbers_compare_the_same_as_their_labels(compared, images, server, tmp_path):
     _, by_label = compared
-    by_number = compare.run(["--input", str(images), "--output", str(tmp_path), "--server", server,
-                             "--baseline", "1", "--candidate", "2", "--batch-size", str(BATCH)])
+    by_number = compare.run(
+        [
+            "--input",
+            str(images),
+            "--output",
+            str(tmp_path),
+            "--server",
+            server,
+            "--baseline",
+            "1",
+            "--candidate",
+            "2",
+            "--batch-size",
+            str(BATCH),
+        ]
+    )
     assert by_number.comparison.requested == {"baseline": "version 1", "candidate": "version 2"}
     for field in ("files", "compared", "errors", "agreement", "flips", "versions", "accuracy"):
         assert getattr(by_number.comparison, field) == getattr(by_label.comparison, field), field
 
 
 def _compare(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fmnist.cli", "compare", *args], capture_output=True, text=True,
-                          timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "fmnist.cli", "compare", *args], capture_output=True, text=True, timeout=180
+    )
 
 
 def test_the_gate_decides_the_exit_code(images, server, compared, tmp_path):
@@ -181,33 +225,62 @@ def test_the_gate_decides_the_exit_code(images, server, compared, tmp_path):
     assert f"agreement {comparison.agreement:.2%}" in passed.stdout and "gate: passed" in passed.stdout
     assert str(tmp_path / "pass" / compare.COMPARISON_FILE) in passed.stdout
 
-    too_different = _compare(*common, "--output", str(tmp_path / "flips"), "--max-disagreement", f"{disagreement / 2:.4f}")
+    too_different = _compare(
+        *common, "--output", str(tmp_path / "flips"), "--max-disagreement", f"{disagreement / 2:.4f}"
+    )
     assert too_different.returncode == compare.FAILS_GATE
-    assert too_different.stderr.strip().splitlines()[-1].startswith(
-        f"fmnist compare: the candidate fails the gate: disagreement {disagreement:.2%} is above --max-disagreement")
+    assert (
+        too_different.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"fmnist compare: the candidate fails the gate: disagreement {disagreement:.2%} is above --max-disagreement"
+        )
+    )
     assert json.loads((tmp_path / "flips" / compare.COMPARISON_FILE).read_text())["gate"]["passed"] is False
 
-    worse = _compare(*common, "--output", str(tmp_path / "worse"),
-                     "--min-accuracy-delta", f"{comparison.accuracy['delta'] + 0.01:.4f}")
+    worse = _compare(
+        *common,
+        "--output",
+        str(tmp_path / "worse"),
+        "--min-accuracy-delta",
+        f"{comparison.accuracy['delta'] + 0.01:.4f}",
+    )
     assert worse.returncode == compare.FAILS_GATE
     assert "fails the gate: accuracy delta" in worse.stderr
 
 
 def test_a_label_the_server_does_not_know_fails_the_job_before_it_starts(images, server, tmp_path):
-    failed = _compare("--input", str(images), "--output", str(tmp_path), "--server", server,
-                      "--baseline", "stable", "--candidate", "nightly")
+    failed = _compare(
+        "--input",
+        str(images),
+        "--output",
+        str(tmp_path),
+        "--server",
+        server,
+        "--baseline",
+        "stable",
+        "--candidate",
+        "nightly",
+    )
     assert failed.returncode == 1
     assert failed.stderr.strip() == (
         f"fmnist compare: error: the server at {server} cannot answer the candidate, label 'nightly' of "
-        f"'{names.MODEL_NAME}': INVALID_ARGUMENT: Unrecognized servable version label: nightly")
+        f"'{names.MODEL_NAME}': INVALID_ARGUMENT: Unrecognized servable version label: nightly"
+    )
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--baseline", "1"], "the following arguments are required: --candidate"),
-    (["--baseline", "1", "--candidate", "2", "--max-disagreement", "2"], "--max-disagreement: must be between 0 and 1"),
-    (["--baseline", "1", "--candidate", "2", "--top-k", "3"], "unrecognized arguments: --top-k 3"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--baseline", "1"], "the following arguments are required: --candidate"),
+        (
+            ["--baseline", "1", "--candidate", "2", "--max-disagreement", "2"],
+            "--max-disagreement: must be between 0 and 1",
+        ),
+        (["--baseline", "1", "--candidate", "2", "--top-k", "3"], "unrecognized arguments: --top-k 3"),
+    ],
+)
 def test_usage_errors_name_the_option(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         compare.parse_args(["--input", "i", "--output", "o", "--server", "h:1", *args], "fmnist compare")
@@ -238,12 +311,15 @@ def test_the_report_shows_the_comparisons_numbers_and_every_disagreement(browser
     assert shown and all(shown.values()), shown
     table = facts(browser, "comparison")
     assert (table["Files"], table["Compared"], table["Errors"]) == tuple(
-        f"{comparison[k]:,}" for k in ("files", "compared", "errors"))
+        f"{comparison[k]:,}" for k in ("files", "compared", "errors")
+    )
     assert table["Agreement"].startswith(f"{comparison['agreement']:.2%}")
     assert table["Baseline"] == f"label 'stable' → {names.MODEL_NAME} v1 ({comparison['compared']:,} files)"
     assert table["Candidate"] == f"label 'canary' → {names.MODEL_NAME} v2 ({comparison['compared']:,} files)"
     assert table["Accuracy delta"].startswith(f"{comparison['accuracy']['delta']:+.2%}")
-    assert table_rows(browser, "Flips") == [[f["baseline"], f["candidate"], f"{f['files']:,}"] for f in comparison["flips"]]
+    assert table_rows(browser, "Flips") == [
+        [f["baseline"], f["candidate"], f"{f['files']:,}"] for f in comparison["flips"]
+    ]
     cards = browser.find_elements(By.CSS_SELECTOR, "#disagreements .card")
     assert len(cards) == min(len(_disagreements(output)), compare.GALLERY_SIZE)
     screenshot(browser, tmp_path / "compare_report.png")

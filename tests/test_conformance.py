@@ -17,8 +17,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -43,7 +43,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving import server as serving_server
+from fmnist.serving import server as serving_server
 
 RPC_TIMEOUT = 5.0
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -63,7 +63,11 @@ def free_port() -> int:
 def start(base: Path | None = None, *, name: str = "default", **overrides) -> serving_server.Server:
     """A server as TMS's RunServer starts one: gRPC and REST ports, a 5 s REST timeout."""
     settings = dict(
-        port=0, rest_api_port=free_port(), rest_api_timeout_in_ms=5000, file_system_poll_wait_seconds=0, max_num_load_retries=0
+        port=0,
+        rest_api_port=free_port(),
+        rest_api_timeout_in_ms=5000,
+        file_system_poll_wait_seconds=0,
+        max_num_load_retries=0,
     )
     if base is not None:
         settings.update(model_name=name, model_base_path=str(base))
@@ -182,7 +186,10 @@ def test_classify(default_server):
     assert len(result.result.classifications[0].classes) == 1
     assert result.result.classifications[0].classes[0].score == 3.0
     assert (result.model_spec.name, result.model_spec.signature_name, result.model_spec.version.value) == (
-        "default", "classify_x_to_y", 123)
+        "default",
+        "classify_x_to_y",
+        123,
+    )
 
 
 def test_regress(default_server):
@@ -195,13 +202,19 @@ def test_regress(default_server):
     assert len(result.result.regressions) == 1
     assert result.result.regressions[0].value == 3.0
     assert (result.model_spec.name, result.model_spec.signature_name, result.model_spec.version.value) == (
-        "default", "regress_x_to_y", 123)
+        "default",
+        "regress_x_to_y",
+        123,
+    )
 
 
 def test_multi_inference(default_server):
     """TMS testMultiInference: a regress and a classify task over one example, both 3.0."""
     request = inference_pb2.MultiInferenceRequest()
-    for signature, method in (("regress_x_to_y", "tensorflow/serving/regress"), ("classify_x_to_y", "tensorflow/serving/classify")):
+    for signature, method in (
+        ("regress_x_to_y", "tensorflow/serving/regress"),
+        ("classify_x_to_y", "tensorflow/serving/classify"),
+    ):
         task = request.tasks.add(method_name=method)
         task.model_spec.name = "default"
         task.model_spec.signature_name = signature
@@ -210,7 +223,7 @@ def test_multi_inference(default_server):
     assert len(result.results) == 2
     assert result.results[0].regression_result.regressions[0].value == 3.0
     assert result.results[1].classification_result.classifications[0].classes[0].score == 3.0
-    for task, answer in zip(request.tasks, result.results):
+    for task, answer in zip(request.tasks, result.results, strict=False):
         assert answer.model_spec.name == task.model_spec.name
         assert answer.model_spec.signature_name == task.model_spec.signature_name
         assert answer.model_spec.version.value == 123
@@ -248,7 +261,8 @@ def test_good_model_config(tfs_models, tmp_path):
     config = tmp_path / "good_model_config.conf"
     config.write_text(
         "model_config_list {"
-        f' config {{ name: "half_plus_two" base_path: "file://{tfs_models.half_plus_two}" model_platform: "tensorflow" }}'
+        f' config {{ name: "half_plus_two" base_path: "file://{tfs_models.half_plus_two}" '
+        f'model_platform: "tensorflow" }}'
         f' config {{ name: "half_plus_three" base_path: "{tfs_models.half_plus_three}" model_platform: "tensorflow" }}'
         "}"
     )
@@ -296,35 +310,44 @@ def test_predict_uds(tfs_models, tmp_path):
 
 def test_classify_rest(default_server):
     """TMS testClassifyREST: {"results": [[["", 3.0]]]}."""
-    assert rest(default_server, "/v1/models/default:classify",
-                {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}) == (200, {"results": [[["", 3.0]]]})
+    assert rest(
+        default_server, "/v1/models/default:classify", {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}
+    ) == (200, {"results": [[["", 3.0]]]})
 
 
 def test_regress_rest(default_server):
     """TMS testRegressREST: {"results": [3.0]}."""
-    assert rest(default_server, "/v1/models/default:regress",
-                {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]}) == (200, {"results": [3.0]})
+    assert rest(
+        default_server, "/v1/models/default:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]}
+    ) == (200, {"results": [3.0]})
 
 
 def test_predict_rest(default_server):
     """TMS testPredictREST: row format, scalars per instance."""
     assert rest(default_server, "/v1/models/default:predict", {"instances": [2.0, 3.0, 4.0]}) == (
-        200, {"predictions": [3.0, 3.5, 4.0]})
+        200,
+        {"predictions": [3.0, 3.5, 4.0]},
+    )
 
 
 def test_predict_columnar_rest(default_server):
     """TMS testPredictColumnarREST: columnar format answers under "outputs"."""
     assert rest(default_server, "/v1/models/default:predict", {"inputs": [2.0, 3.0, 4.0]}) == (
-        200, {"outputs": [3.0, 3.5, 4.0]})
+        200,
+        {"outputs": [3.0, 3.5, 4.0]},
+    )
 
 
 def test_get_status_rest(default_server):
     """TMS testGetStatusREST: version as a string, state and error code by name."""
-    assert rest(default_server, "/v1/models/default") == (200, {
-        "model_version_status": [
-            {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-        ]
-    })
+    assert rest(default_server, "/v1/models/default") == (
+        200,
+        {
+            "model_version_status": [
+                {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        },
+    )
 
 
 def _info(name: str, dtype: str, dims: list[int] | None) -> dict:
@@ -347,16 +370,34 @@ def expected_half_plus_two_metadata(name: str) -> dict:
     column = [-1, 1]
     return {
         "model_spec": {"name": name, "signature_name": "", "version": "123"},
-        "metadata": {"signature_def": {"signature_def": {
-            "serving_default": _signature({"x": _info("x:0", "DT_FLOAT", column)}, {"y": _info("y:0", "DT_FLOAT", column)}, "predict"),
-            "classify_x_to_y": _signature({"inputs": example}, {"scores": _info("y:0", "DT_FLOAT", column)}, "classify"),
-            "regress_x_to_y": _signature({"inputs": example}, {"outputs": _info("y:0", "DT_FLOAT", column)}, "regress"),
-            "regress_x_to_y2": _signature({"inputs": example}, {"outputs": _info("y2:0", "DT_FLOAT", column)}, "regress"),
-            "regress_x2_to_y3": _signature(
-                {"inputs": _info("x2:0", "DT_FLOAT", column)}, {"outputs": _info("y3:0", "DT_FLOAT", column)}, "regress"),
-            "classify_x2_to_y3": _signature(
-                {"inputs": _info("x2:0", "DT_FLOAT", column)}, {"scores": _info("y3:0", "DT_FLOAT", column)}, "classify"),
-        }}},
+        "metadata": {
+            "signature_def": {
+                "signature_def": {
+                    "serving_default": _signature(
+                        {"x": _info("x:0", "DT_FLOAT", column)}, {"y": _info("y:0", "DT_FLOAT", column)}, "predict"
+                    ),
+                    "classify_x_to_y": _signature(
+                        {"inputs": example}, {"scores": _info("y:0", "DT_FLOAT", column)}, "classify"
+                    ),
+                    "regress_x_to_y": _signature(
+                        {"inputs": example}, {"outputs": _info("y:0", "DT_FLOAT", column)}, "regress"
+                    ),
+                    "regress_x_to_y2": _signature(
+                        {"inputs": example}, {"outputs": _info("y2:0", "DT_FLOAT", column)}, "regress"
+                    ),
+                    "regress_x2_to_y3": _signature(
+                        {"inputs": _info("x2:0", "DT_FLOAT", column)},
+                        {"outputs": _info("y3:0", "DT_FLOAT", column)},
+                        "regress",
+                    ),
+                    "classify_x2_to_y3": _signature(
+                        {"inputs": _info("x2:0", "DT_FLOAT", column)},
+                        {"scores": _info("y3:0", "DT_FLOAT", column)},
+                        "classify",
+                    ),
+                }
+            }
+        },
     }
 
 
@@ -396,24 +437,27 @@ def test_tf2_and_keras_saved_models(tfs_models, model):
 # -- http_rest_api_handler_test.cc ----------------------------------------------------
 
 
-@pytest.mark.parametrize("method, path, message", [
-    ("GET", "/v1/foo", "Malformed request"),
-    ("POST", "/v1/foo", "Malformed request"),
-    ("GET", "/v1/models", "Missing model name"),
-    ("GET", "/v1/models/debug/model_name", "Malformed request"),
-    ("POST", "/v1/models", "Malformed request"),
-    ("GET", "/v1/models/foo:predict", "Malformed request"),
-    ("GET", "/v1/models/foo/version/50:predict", "Malformed request"),
-    ("POST", "/v1/models/foo/version/50:regress", "Malformed request"),
-    ("POST", "/v1/models/foo/versions/HELLO:regress", "Malformed request"),
-    ("POST", f"/v1/models/foo/versions/{2**64 - 1}:regress", "Failed to convert version"),
-    ("POST", "/v1/models/foo/metadata", "Malformed request"),
-    ("POST", "/v1/models/foo/label/some_label:regress", "Malformed request"),
-    ("POST", "/v1/models/foo/versions/50/labels/some_label:regress", "Malformed request"),
-    ("POST", "/v1/models/foo/versions/some_label:regress", "Malformed request"),
-    ("PUT", "/v1/models/foo:predict", "Malformed request"),
-    ("DELETE", "/v1/models/foo", "Malformed request"),
-])
+@pytest.mark.parametrize(
+    "method, path, message",
+    [
+        ("GET", "/v1/foo", "Malformed request"),
+        ("POST", "/v1/foo", "Malformed request"),
+        ("GET", "/v1/models", "Missing model name"),
+        ("GET", "/v1/models/debug/model_name", "Malformed request"),
+        ("POST", "/v1/models", "Malformed request"),
+        ("GET", "/v1/models/foo:predict", "Malformed request"),
+        ("GET", "/v1/models/foo/version/50:predict", "Malformed request"),
+        ("POST", "/v1/models/foo/version/50:regress", "Malformed request"),
+        ("POST", "/v1/models/foo/versions/HELLO:regress", "Malformed request"),
+        ("POST", f"/v1/models/foo/versions/{2**64 - 1}:regress", "Failed to convert version"),
+        ("POST", "/v1/models/foo/metadata", "Malformed request"),
+        ("POST", "/v1/models/foo/label/some_label:regress", "Malformed request"),
+        ("POST", "/v1/models/foo/versions/50/labels/some_label:regress", "Malformed request"),
+        ("POST", "/v1/models/foo/versions/some_label:regress", "Malformed request"),
+        ("PUT", "/v1/models/foo:predict", "Malformed request"),
+        ("DELETE", "/v1/models/foo", "Malformed request"),
+    ],
+)
 def test_unsupported_api_calls(default_server, method, path, message):
     """REST UnsupportedApiCalls: malformed paths are INVALID_ARGUMENT (400), never 404 or 500."""
     status, body = rest(default_server, path, method=method, raw=b"" if method in ("POST", "PUT") else None)
@@ -426,13 +470,20 @@ def test_predict_model_name_version_errors(two_versions_server):
         assert rest(two_versions_server, path, {"instances": [1]})[0] == 404
 
 
-@pytest.mark.parametrize("path, raw, message", [
-    (f"{TWO}:predict", b"", "JSON Parse error: The document is empty"),
-    (f"{TWO}:predict", b"instances = [1, 2]", "JSON Parse error: Invalid value"),
-    (f"{TWO}:predict", b'{ "instances": ["x", "y"] }', "not of expected type: float"),
-    (f"{TWO}/labels/Version_Nonexistent:predict", b'{ "instances": ["x", "y"] }', "Unrecognized servable version label"),
-    (f"{TWO}:predict", b'{ "signature_name": 100 }', "'signature_name' key must be a string value."),
-])
+@pytest.mark.parametrize(
+    "path, raw, message",
+    [
+        (f"{TWO}:predict", b"", "JSON Parse error: The document is empty"),
+        (f"{TWO}:predict", b"instances = [1, 2]", "JSON Parse error: Invalid value"),
+        (f"{TWO}:predict", b'{ "instances": ["x", "y"] }', "not of expected type: float"),
+        (
+            f"{TWO}/labels/Version_Nonexistent:predict",
+            b'{ "instances": ["x", "y"] }',
+            "Unrecognized servable version label",
+        ),
+        (f"{TWO}:predict", b'{ "signature_name": 100 }', "'signature_name' key must be a string value."),
+    ],
+)
 def test_predict_request_errors(two_versions_server, path, raw, message):
     """REST PredictRequestErrors: each is INVALID_ARGUMENT (400) with TF Serving's words."""
     status, body = rest(two_versions_server, path, raw=raw)
@@ -446,8 +497,16 @@ def test_rest_predict(two_versions_server):
         (f"{TWO}:predict", {"instances": [[1.0, 2.0], [3.0, 4.0]]}, {"predictions": [[2.5, 3.0], [3.5, 4.0]]}),
         (f"{TWO}/versions/123:predict", {"instances": [1.0, 2.0]}, {"predictions": [2.5, 3.0]}),
         (f"{TWO}/labels/Version_Label:predict", {"instances": [1.0, 2.0]}, {"predictions": [2.5, 3.0]}),
-        (f"{TWO}/versions/123:predict", {"signature_name": "serving_default", "instances": [3.0, 4.0]}, {"predictions": [3.5, 4.0]}),
-        (f"{TWO}/versions/123:predict", {"signature_name": "serving_default", "inputs": [3.0, 4.0]}, {"outputs": [3.5, 4.0]}),
+        (
+            f"{TWO}/versions/123:predict",
+            {"signature_name": "serving_default", "instances": [3.0, 4.0]},
+            {"predictions": [3.5, 4.0]},
+        ),
+        (
+            f"{TWO}/versions/123:predict",
+            {"signature_name": "serving_default", "inputs": [3.0, 4.0]},
+            {"outputs": [3.5, 4.0]},
+        ),
     ]
     for path, body, expected in cases:
         assert rest(two_versions_server, path, body) == (200, expected)
@@ -462,16 +521,23 @@ def test_rest_regress(two_versions_server):
 
 def test_rest_classify(two_versions_server):
     """REST Classify: x=20 → [["", 12]], x=10 by label → [["", 7]]."""
-    assert rest(two_versions_server, f"{TWO}:classify",
-                {"signature_name": "classify_x_to_y", "examples": [{"x": 20.0}]}) == (200, {"results": [[["", 12]]]})
-    assert rest(two_versions_server, f"{TWO}/labels/Version_Label:classify",
-                {"signature_name": "classify_x_to_y", "examples": [{"x": 10.0}]}) == (200, {"results": [[["", 7]]]})
+    assert rest(
+        two_versions_server, f"{TWO}:classify", {"signature_name": "classify_x_to_y", "examples": [{"x": 20.0}]}
+    ) == (200, {"results": [[["", 12]]]})
+    assert rest(
+        two_versions_server,
+        f"{TWO}/labels/Version_Label:classify",
+        {"signature_name": "classify_x_to_y", "examples": [{"x": 10.0}]},
+    ) == (200, {"results": [[["", 7]]]})
 
 
 def test_rest_get_status(two_versions_server):
     """REST GetStatus: all versions, one version, a label: only 123 (specific policy), AVAILABLE."""
-    expected = {"model_version_status": [
-        {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    expected = {
+        "model_version_status": [
+            {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
     for path in (TWO, f"{TWO}/versions/123", f"{TWO}/labels/Version_Label"):
         assert rest(two_versions_server, path) == (200, expected)
 
@@ -542,18 +608,33 @@ def test_predict_input_and_output_errors(default_server):
     renamed = predict_request()
     renamed.inputs["z"].CopyFrom(renamed.inputs.pop("x"))
     cases.append((renamed, grpc.StatusCode.INVALID_ARGUMENT, "input tensor alias not found in signature: z"))
-    cases.append((predict_request(output_filter=("w",)), grpc.StatusCode.INVALID_ARGUMENT,
-                  "output tensor alias not found in signature: w"))
-    cases.append((predict_request(output_filter=("y", "y")), grpc.StatusCode.INVALID_ARGUMENT,
-                  "duplicate output tensor alias: y"))
+    cases.append(
+        (
+            predict_request(output_filter=("w",)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "output tensor alias not found in signature: w",
+        )
+    )
+    cases.append(
+        (
+            predict_request(output_filter=("y", "y")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "duplicate output tensor alias: y",
+        )
+    )
     strings = predict_request()
     strings.inputs["x"].Clear()
     strings.inputs["x"].dtype = types_pb2.DT_STRING
     strings.inputs["x"].string_val.append(b"string")
     strings.inputs["x"].tensor_shape.dim.add().size = 1
     cases.append((strings, grpc.StatusCode.INVALID_ARGUMENT, "Expects arg[0] to be float but string is provided"))
-    cases.append((predict_request(signature="foo"), grpc.StatusCode.FAILED_PRECONDITION,
-                  'Serving signature key "foo" not found.'))
+    cases.append(
+        (
+            predict_request(signature="foo"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            'Serving signature key "foo" not found.',
+        )
+    )
     for request, code, message in cases:
         error = rpc_error(predict, request, RPC_TIMEOUT)
         assert error.code() == code and message in error.details()
@@ -564,7 +645,9 @@ def test_predict_signature_without_shape_takes_any_shape(tfs_models):
     server = start(tfs_models.no_shape)
     try:
         assert rest(server, "/v1/models/default:predict", {"inputs": [[2.0, 4.0], [6.0, 8.0]]}) == (
-            200, {"outputs": [[3.0, 4.0], [5.0, 6.0]]})
+            200,
+            {"outputs": [[3.0, 4.0], [5.0, 6.0]]},
+        )
         assert rest(server, "/v1/models/default:predict", {"inputs": 2.0}) == (200, {"outputs": 3.0})
     finally:
         server.stop()
@@ -585,7 +668,12 @@ def test_stateful_counter(tfs_models):
         return target.predictions.Predict(request, RPC_TIMEOUT).outputs["output"].float_val[0]
 
     try:
-        assert [call("incr_counter"), call("incr_counter"), call("incr_counter_by", 3.0), call("get_counter")] == [1, 2, 5, 5]
+        assert [call("incr_counter"), call("incr_counter"), call("incr_counter_by", 3.0), call("get_counter")] == [
+            1,
+            2,
+            5,
+            5,
+        ]
         assert [call("reset_counter"), call("get_counter")] == [0, 0]
     finally:
         server.stop()
@@ -599,7 +687,10 @@ def test_classify_and_regress_errors(default_server):
     regress.model_spec.signature_name = "foo"
     example_input(regress)
     error = rpc_error(target.Regress, regress, RPC_TIMEOUT)
-    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "No signature was found with the name: foo")
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "No signature was found with the name: foo",
+    )
     classify = classification_pb2.ClassificationRequest()
     classify.model_spec.name = "default"
     classify.model_spec.signature_name = "classify_x_to_y"
@@ -609,7 +700,9 @@ def test_classify_and_regress_errors(default_server):
     example_input(classify)
     error = rpc_error(target.Classify, classify, RPC_TIMEOUT)
     assert (error.code(), error.details()) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "Expects arg[0] to be float but string is provided")
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Expects arg[0] to be float but string is provided",
+    )
     regress.model_spec.signature_name = "classify_x_to_y"  # outputs "scores", not "outputs"
     error = rpc_error(target.Regress, regress, RPC_TIMEOUT)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -632,11 +725,14 @@ def test_signature_method_name_check(tfs_models, default_server):
         target = stubs(server).predictions
         error = rpc_error(target.Regress, regress, RPC_TIMEOUT)
         assert error.details() == (
-            "Expected regression signature method_name to be tensorflow/serving/regress. Was: tensorflow/serving/predict")
+            "Expected regression signature method_name to be tensorflow/serving/regress. Was: "
+            "tensorflow/serving/predict"
+        )
         error = rpc_error(target.Classify, classify, RPC_TIMEOUT)
         assert error.details() == (
             "Expected classification signature method_name to be tensorflow/serving/classify. "
-            "Was: tensorflow/serving/predict")
+            "Was: tensorflow/serving/predict"
+        )
         verify_predict(stubs(server), 3.0, 123)
     finally:
         server.stop()
@@ -645,20 +741,50 @@ def test_signature_method_name_check(tfs_models, default_server):
     assert error.details().startswith("No regression inputs found in SignatureDef")
 
 
-@pytest.mark.parametrize("tasks, code, message", [
-    ([("default", "regress_x_to_y", "tensorflow/serving/regress")] * 2,
-     grpc.StatusCode.INVALID_ARGUMENT, "Duplicate evaluation of signature: regress_x_to_y"),
-    ([("default", "regress_x_to_y", "tensorflow/serving/regress"), ("other", "classify_x_to_y", "tensorflow/serving/classify")],
-     grpc.StatusCode.INVALID_ARGUMENT, "All ModelSpecs in a MultiInferenceRequest must access the same model name."),
-    ([("default", "regress_x_to_y", "tensorflow/serving/predict")],
-     grpc.StatusCode.UNIMPLEMENTED, "Unsupported signature method_name: tensorflow/serving/predict"),
-    ([("default", "foo", "tensorflow/serving/regress")],
-     grpc.StatusCode.INVALID_ARGUMENT, "Requested signature not found in model graph: foo"),
-    ([("default", "regress_x_to_y", "tensorflow/serving/regress"), ("default", "regress_x2_to_y3", "tensorflow/serving/regress")],
-     grpc.StatusCode.INVALID_ARGUMENT, "Input tensor must be the same for all Signatures."),
-    ([("default", "regress_x_to_y", "tensorflow/serving/regress"), ("", "classify_x_to_y", "tensorflow/serving/classify")],
-     grpc.StatusCode.INVALID_ARGUMENT, "Found ModelSpec with an empty model name."),
-])
+@pytest.mark.parametrize(
+    "tasks, code, message",
+    [
+        (
+            [("default", "regress_x_to_y", "tensorflow/serving/regress")] * 2,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Duplicate evaluation of signature: regress_x_to_y",
+        ),
+        (
+            [
+                ("default", "regress_x_to_y", "tensorflow/serving/regress"),
+                ("other", "classify_x_to_y", "tensorflow/serving/classify"),
+            ],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "All ModelSpecs in a MultiInferenceRequest must access the same model name.",
+        ),
+        (
+            [("default", "regress_x_to_y", "tensorflow/serving/predict")],
+            grpc.StatusCode.UNIMPLEMENTED,
+            "Unsupported signature method_name: tensorflow/serving/predict",
+        ),
+        (
+            [("default", "foo", "tensorflow/serving/regress")],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Requested signature not found in model graph: foo",
+        ),
+        (
+            [
+                ("default", "regress_x_to_y", "tensorflow/serving/regress"),
+                ("default", "regress_x2_to_y3", "tensorflow/serving/regress"),
+            ],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Input tensor must be the same for all Signatures.",
+        ),
+        (
+            [
+                ("default", "regress_x_to_y", "tensorflow/serving/regress"),
+                ("", "classify_x_to_y", "tensorflow/serving/classify"),
+            ],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Found ModelSpec with an empty model name.",
+        ),
+    ],
+)
 def test_multi_inference_errors(default_server, tasks, code, message):
     """multi_inference_test: each malformed task list is refused with TF Serving's code and words."""
     request = inference_pb2.MultiInferenceRequest()
@@ -681,7 +807,10 @@ def test_multi_inference_regressions_of_one_input(default_server):
     example_input(request, 4.0)
     example_input(request, 6.0)
     result = stubs(default_server).predictions.MultiInference(request, RPC_TIMEOUT)
-    assert [[r.value for r in answer.regression_result.regressions] for answer in result.results] == [[4.0, 5.0], [5.0, 6.0]]
+    assert [[r.value for r in answer.regression_result.regressions] for answer in result.results] == [
+        [4.0, 5.0],
+        [5.0, 6.0],
+    ]
 
 
 # -- server_core_test.cc and main.cc flags -------------------------------------------
@@ -707,19 +836,34 @@ def test_config_validation_and_removed_model_status(tfs_models):
     server = start(model_config_file=None, model_base_path=str(two), model_name="half_plus_two")
     try:
         for config, message in (
-            (entry.format(name="m", path="relative/path", platform='model_platform: "tensorflow"'),
-             "Expected model m to have an absolute path or URI; got base_path()=relative/path"),
-            (entry.format(name="m", path=three, platform='model_type: TENSORFLOW model_platform: "tensorflow"'),
-             "Illegal setting both ModelServerConfig::model_type (deprecated) and ModelServerConfig::model_platform."),
-            (entry.format(name="m", path=three, platform=""),
-             "Illegal setting neither ModelServerConfig::model_type (deprecated) nor ModelServerConfig::model_platform."),
+            (
+                entry.format(name="m", path="relative/path", platform='model_platform: "tensorflow"'),
+                "Expected model m to have an absolute path or URI; got base_path()=relative/path",
+            ),
+            (
+                entry.format(name="m", path=three, platform='model_type: TENSORFLOW model_platform: "tensorflow"'),
+                "Illegal setting both ModelServerConfig::model_type (deprecated) and "
+                "ModelServerConfig::model_platform.",
+            ),
+            (
+                entry.format(name="m", path=three, platform=""),
+                "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+                "ModelServerConfig::model_platform.",
+            ),
         ):
             error = rpc_error(_reload, server, f"model_config_list {{ {config} }}")
             assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
-        assert _reload(server, f"model_config_list {{ {entry.format(name='half_plus_three', path=three, platform='model_type: TENSORFLOW')} }}")
+        assert _reload(
+            server,
+            f"model_config_list {{ "
+            f"{entry.format(name='half_plus_three', path=three, platform='model_type: TENSORFLOW')} }}",
+        )
         verify_predict(stubs(server), 4.0, 123, model="half_plus_three")
         assert _status(server, "half_plus_two") == {123: State.END}
-        assert rpc_error(verify_predict, stubs(server), 3.0, 123, model="half_plus_two").code() == grpc.StatusCode.NOT_FOUND
+        assert (
+            rpc_error(verify_predict, stubs(server), 3.0, 123, model="half_plus_two").code()
+            == grpc.StatusCode.NOT_FOUND
+        )
     finally:
         server.stop()
 
@@ -729,8 +873,8 @@ def test_version_labels_for_unavailable_models(tfs_models):
     FAILED_PRECONDITION, unless --allow_version_labels_for_unavailable_models and the label is new."""
     base = tfs_models.half_plus_two_2_versions
     config = (
-        'model_config_list { config { name: "m" base_path: "%s" model_platform: "tensorflow" '
-        "model_version_policy { specific { versions: 123 } } %%s } }" % base
+        f'model_config_list {{ config {{ name: "m" base_path: "{base}" model_platform: "tensorflow" '
+        "model_version_policy { specific { versions: 123 } } %s } }"
     )
     label = 'version_labels { key: "%s" value: %d }'
     for allowed in (False, True):
@@ -753,8 +897,9 @@ def test_rest_api_timeout_in_ms(tfs_models, tmp_path):
     2 s batch timeout is DEADLINE_EXCEEDED (504) after 200 ms."""
     params = tmp_path / "batching.config"
     params.write_text("max_batch_size { value: 64 } batch_timeout_micros { value: 2000000 }")
-    server = start(tfs_models.half_plus_two, enable_batching=True, batching_parameters_file=str(params),
-                   rest_api_timeout_in_ms=200)
+    server = start(
+        tfs_models.half_plus_two, enable_batching=True, batching_parameters_file=str(params), rest_api_timeout_in_ms=200
+    )
     try:
         started = time.monotonic()
         status, body = rest(server, "/v1/models/default:predict", {"instances": [[2.0]]})
@@ -780,21 +925,73 @@ def test_enable_model_warmup(tfs_models, tmp_path):
 
 def _mutual_tls_files(tmp_path: Path) -> dict[str, Path]:
     """A server certificate, a CA, a client certificate it signed and one it did not."""
+
     def openssl(*args):
         subprocess.run(["openssl", *args], check=True, capture_output=True)
 
-    files = {name: tmp_path / f"{name}.pem" for name in ("server_key", "server", "ca_key", "ca", "client_key",
-                                                         "client", "stranger_key", "stranger")}
+    files = {
+        name: tmp_path / f"{name}.pem"
+        for name in ("server_key", "server", "ca_key", "ca", "client_key", "client", "stranger_key", "stranger")
+    }
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-            "-keyout", str(files["server_key"]), "-out", str(files["server"]))
-    openssl("req", "-x509", *ec, "-days", "1", "-subj", "/CN=test-ca", "-keyout", str(files["ca_key"]), "-out", str(files["ca"]))
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost",
+        "-keyout",
+        str(files["server_key"]),
+        "-out",
+        str(files["server"]),
+    )
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        str(files["ca_key"]),
+        "-out",
+        str(files["ca"]),
+    )
     csr = tmp_path / "client.csr"
     openssl("req", *ec, "-subj", "/CN=client", "-keyout", str(files["client_key"]), "-out", str(csr))
-    openssl("x509", "-req", "-in", str(csr), "-CA", str(files["ca"]), "-CAkey", str(files["ca_key"]),
-            "-CAcreateserial", "-days", "1", "-out", str(files["client"]))
-    openssl("req", "-x509", *ec, "-days", "1", "-subj", "/CN=stranger", "-keyout", str(files["stranger_key"]),
-            "-out", str(files["stranger"]))
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(files["ca"]),
+        "-CAkey",
+        str(files["ca_key"]),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        str(files["client"]),
+    )
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-days",
+        "1",
+        "-subj",
+        "/CN=stranger",
+        "-keyout",
+        str(files["stranger_key"]),
+        "-out",
+        str(files["stranger"]),
+    )
     return files
 
 
@@ -834,13 +1031,24 @@ def test_tuning_hint_flags_are_accepted_and_logged_once(tfs_models, caplog, monk
     """main.cc's tuning hints (thread counts, caches, GPU memory) are taken, each logged once as ignored."""
     ran = []
     monkeypatch.setattr(serving_server, "run", lambda config: ran.append(config) or 0)
-    argv = ["--model_base_path", str(tfs_models.half_plus_two), "--rest_api_num_threads", "16", "--num_load_threads", "4",
-            "--grpc_channel_arguments", "grpc.max_connection_age_ms=2000", "--enable_signature_method_name_check"]
-    with caplog.at_level("INFO", logger="serving.server"):
+    argv = [
+        "--model_base_path",
+        str(tfs_models.half_plus_two),
+        "--rest_api_num_threads",
+        "16",
+        "--num_load_threads",
+        "4",
+        "--grpc_channel_arguments",
+        "grpc.max_connection_age_ms=2000",
+        "--enable_signature_method_name_check",
+    ]
+    with caplog.at_level("INFO", logger="fmnist.serving.server"):
         assert serving_server.main(argv, prog="fmnist serve") == 0
     ignored = [r.getMessage() for r in caplog.records if "ignores it" in r.getMessage()]
     assert len(ignored) == 2 and "--rest_api_num_threads" in ignored[0] and "--num_load_threads" in ignored[1]
-    assert ran[0].enable_signature_method_name_check and ran[0].grpc_channel_arguments == "grpc.max_connection_age_ms=2000"
+    assert (
+        ran[0].enable_signature_method_name_check and ran[0].grpc_channel_arguments == "grpc.max_connection_age_ms=2000"
+    )
 
 
 @pytest.mark.slow
@@ -849,13 +1057,26 @@ def test_new_flags_pass_through_to_the_real_binary(tmp_path):
     fake = tmp_path / "tensorflow_model_server"
     fake.write_text('#!/bin/sh\necho "$@" > "$0.args"\n')
     fake.chmod(0o755)
-    flags = ["--port=9000", "--model_base_path=/models/m", "--ssl_config_file=/c/ssl.config",
-             "--grpc_socket_path=/tmp/tf.sock", "--grpc_channel_arguments=grpc.max_connection_age_ms=2000",
-             "--rest_api_timeout_in_ms=5000", "--allow_version_labels_for_unavailable_models=true",
-             "--enable_signature_method_name_check=true", "--enable_model_warmup=false",
-             "--num_request_iterations_for_warmup=2", "--saved_model_tags=serve,tpu", "--num_load_threads=4"]
-    done = subprocess.run([sys.executable, "-m", "fmnist.cli", "serve", *flags], capture_output=True, timeout=120,
-                          env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
+    flags = [
+        "--port=9000",
+        "--model_base_path=/models/m",
+        "--ssl_config_file=/c/ssl.config",
+        "--grpc_socket_path=/tmp/tf.sock",
+        "--grpc_channel_arguments=grpc.max_connection_age_ms=2000",
+        "--rest_api_timeout_in_ms=5000",
+        "--allow_version_labels_for_unavailable_models=true",
+        "--enable_signature_method_name_check=true",
+        "--enable_model_warmup=false",
+        "--num_request_iterations_for_warmup=2",
+        "--saved_model_tags=serve,tpu",
+        "--num_load_threads=4",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "fmnist.cli", "serve", *flags],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"},
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "tensorflow_model_server.args").read_text().split() == flags
 
@@ -901,7 +1122,9 @@ def test_classify_regress_and_multi_inference_warmup_records(tfs_models, tmp_pat
     regress.regress_log.request.model_spec.signature_name = "regress_x_to_y"
     example_input(regress.regress_log.request)
     multi = prediction_log_pb2.PredictionLog()
-    multi.multi_inference_log.request.tasks.add(method_name="tensorflow/serving/regress").model_spec.signature_name = "regress_x_to_y2"
+    multi.multi_inference_log.request.tasks.add(
+        method_name="tensorflow/serving/regress"
+    ).model_spec.signature_name = "regress_x_to_y2"
     example_input(multi.multi_inference_log.request)
     bad.regress_log.request.model_spec.signature_name = "regress_x_to_y"
     example_input(bad.regress_log.request, feature="not_x")  # x is a required feature
@@ -935,7 +1158,10 @@ def test_get_model_status_impl(default_server):
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = "nonexistent"
     error = rpc_error(status, request, RPC_TIMEOUT)
-    assert (error.code(), error.details()) == (grpc.StatusCode.NOT_FOUND, "Could not find any versions of model nonexistent")
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        "Could not find any versions of model nonexistent",
+    )
     request.model_spec.name = "default"
     request.model_spec.version.value = 999
     error = rpc_error(status, request, RPC_TIMEOUT)
@@ -955,7 +1181,8 @@ def test_get_model_metadata(default_server):
     assert response.metadata["signature_def"].Unpack(signature_defs)
     assert (response.model_spec.name, response.model_spec.version.value) == ("default", 123)
     as_json = json_format.MessageToDict(
-        signature_defs, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        signature_defs, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
     assert as_json == expected_half_plus_two_metadata("default")["metadata"]["signature_def"]
 
 
@@ -984,10 +1211,9 @@ def test_logging_config_needs_a_collector_this_server_has(tfs_models, tmp_path):
     (tests/test_request_log.py), and refuses the others the same way, at start."""
     config = tmp_path / "models.config"
     config.write_text(
-        f'model_config_list {{ config {{ name: "default" base_path: "{tfs_models.half_plus_two}" model_platform: "tensorflow" '
+        f'model_config_list {{ config {{ name: "default" base_path: "{tfs_models.half_plus_two}" '
+        f'model_platform: "tensorflow" '
         'logging_config { sampling_config { sampling_rate: 1.0 } log_collector_config { type: "bigquery" } } } }'
     )
     with pytest.raises(ValueError, match="unsupported log collector type 'bigquery'"):
         start(model_config_file=str(config))
-
-

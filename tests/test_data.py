@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist import names
-from pipeline import data
+from fmnist.common import names
+from fmnist.pipeline import data
 
 
 def _idx(array: np.ndarray, magic: int) -> bytes:
@@ -23,7 +23,7 @@ def _write_dataset(directory: Path, n: int = 20, *, gz: bool = True, labels: np.
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     labels = np.arange(n) % 10 if labels is None else labels
-    for split, (image_file, label_file) in data.SPLIT_FILES.items():
+    for _split, (image_file, label_file) in data.SPLIT_FILES.items():
         for name, payload in ((image_file, _idx(images, 0x803)), (label_file, _idx(labels, 0x801))):
             if gz:
                 with gzip.open(directory / name, "wb") as f:

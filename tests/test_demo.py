@@ -6,16 +6,32 @@ import json
 
 import pytest
 
-from batch import summary as batch_summary
-from fmnist import cli, names
-from pipeline import exporter, plots
+from fmnist import cli
+from fmnist.batch import summary as batch_summary
+from fmnist.common import names
+from fmnist.pipeline import exporter, plots
 
 
 @pytest.mark.slow
 def test_demo_trains_serves_batches_and_swaps_versions(tmp_path, capsys):
     workdir = tmp_path / "demo"
-    code = cli.main(["demo", "--workdir", str(workdir), "--epochs", "1", "--limit", "3000", "--count", "60",
-                     "--min-accuracy", "0.5", "--max-regression", "1"])
+    code = cli.main(
+        [
+            "demo",
+            "--workdir",
+            str(workdir),
+            "--epochs",
+            "1",
+            "--limit",
+            "3000",
+            "--count",
+            "60",
+            "--min-accuracy",
+            "0.5",
+            "--max-regression",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import encode_png
-from fmnist import names
-from pipeline import evaluator, exporter, model_card, plots, pusher, trainer
-from pipeline import model as model_lib
+
+from fmnist.common import names
+from fmnist.pipeline import evaluator, exporter, model_card, plots, pusher, trainer
+from fmnist.pipeline import model as model_lib
 
 
 def _config(tmp_path: Path, **eval_kwargs) -> exporter.ExporterConfig:
@@ -76,11 +76,11 @@ def test_signatures_agree_on_raw_and_encoded_images(models_dir, dataset):
 
 
 def test_encoded_path_resizes_and_refuses_bombs(models_dir, dataset):
+    import io
     import struct
     import zlib
 
     from PIL import Image
-    import io
 
     loaded = tf.saved_model.load(str(models_dir / names.MODEL_NAME / "1"))
     predict = loaded.signatures[names.PREDICT_IMAGES]
@@ -94,8 +94,12 @@ def test_encoded_path_resizes_and_refuses_bombs(models_dir, dataset):
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
     with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):
         predict(**{names.INPUT_IMAGE_BYTES: tf.constant([bomb])})
     with pytest.raises(tf.errors.InvalidArgumentError, match="unsupported image format"):
@@ -109,14 +113,26 @@ def test_encoded_path_resizes_and_refuses_bombs(models_dir, dataset):
 
 def test_saved_model_cli_lists_the_signatures(models_dir):
     cli = Path(sys.executable).with_name("saved_model_cli")
-    shown = subprocess.run([str(cli), "show", "--dir", str(models_dir / names.MODEL_NAME / "1"), "--all"],
-                           capture_output=True, text=True, check=True).stdout
-    for text in (f"signature_def['{names.SERVING_DEFAULT}']", f"signature_def['{names.PREDICT_IMAGES}']",
-                 f"inputs['{names.INPUT_IMAGES}']", f"inputs['{names.INPUT_IMAGE_BYTES}']",
-                 f"outputs['{names.OUTPUT_PROBABILITIES}']", f"outputs['{names.OUTPUT_CLASS_IDS}']",
-                 f"outputs['{names.OUTPUT_CLASS_NAMES}']", "shape: (-1, 28, 28)", "dtype: DT_STRING",
-                 "dtype: DT_INT64", f"signature_def['{names.CLASSIFY}']",
-                 f"Method name is: {tf.saved_model.CLASSIFY_METHOD_NAME}"):
+    shown = subprocess.run(
+        [str(cli), "show", "--dir", str(models_dir / names.MODEL_NAME / "1"), "--all"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for text in (
+        f"signature_def['{names.SERVING_DEFAULT}']",
+        f"signature_def['{names.PREDICT_IMAGES}']",
+        f"inputs['{names.INPUT_IMAGES}']",
+        f"inputs['{names.INPUT_IMAGE_BYTES}']",
+        f"outputs['{names.OUTPUT_PROBABILITIES}']",
+        f"outputs['{names.OUTPUT_CLASS_IDS}']",
+        f"outputs['{names.OUTPUT_CLASS_NAMES}']",
+        "shape: (-1, 28, 28)",
+        "dtype: DT_STRING",
+        "dtype: DT_INT64",
+        f"signature_def['{names.CLASSIFY}']",
+        f"Method name is: {tf.saved_model.CLASSIFY_METHOD_NAME}",
+    ):
         assert text in shown, text
 
 
@@ -163,8 +179,16 @@ def test_failed_push_leaves_no_version_directory(tmp_path, dataset):
 
 
 def test_cli_exits_non_zero_with_one_line_error_on_bad_data(tmp_path, capsys):
-    code = exporter.main(["--data-dir", str(tmp_path / "nowhere"), "--models-dir", str(tmp_path / "m"),
-                          "--run-dir", str(tmp_path / "run")])
+    code = exporter.main(
+        [
+            "--data-dir",
+            str(tmp_path / "nowhere"),
+            "--models-dir",
+            str(tmp_path / "m"),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and "Traceback" not in err
 
@@ -183,7 +207,8 @@ def test_cnn_profile_trains_briefly_and_serves_what_was_evaluated(tmp_path, data
     images = dataset.test.images[:200]
     served = loaded.signatures[names.SERVING_DEFAULT](**{names.INPUT_IMAGES: tf.constant(images, tf.float32)})
     mirrored = loaded.signatures[names.SERVING_DEFAULT](
-        **{names.INPUT_IMAGES: tf.constant(images[:, :, ::-1], tf.float32)})
+        **{names.INPUT_IMAGES: tf.constant(images[:, :, ::-1], tf.float32)}
+    )
     # The mirror average is in the graph. An answer whose top probability is below the profile's
     # threshold was averaged (a sure first pass is answered as it is), so where an image's answer and its
     # mirror image's both are, they are the same.
@@ -206,8 +231,9 @@ def test_label_smoothing_spreads_the_target_over_the_other_classes():
     assert model_lib.PROFILES["mlp"].label_smoothing == 0  # the seed recipe stays as it was
 
 
-needs_graphviz = pytest.mark.skipif(not plots.can_draw_diagrams(),
-                                    reason="Graphviz's dot is not on PATH (apt-get install graphviz)")
+needs_graphviz = pytest.mark.skipif(
+    not plots.can_draw_diagrams(), reason="Graphviz's dot is not on PATH (apt-get install graphviz)"
+)
 
 
 @needs_graphviz
@@ -240,9 +266,26 @@ def test_model_diagram_is_skipped_with_a_notice_without_graphviz(tmp_path, monke
 @pytest.mark.slow
 def test_fmnist_train_says_what_limit_used_and_that_force_pushed_an_unblessed_version(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "fmnist.cli", "train", "--limit", "1000", "--epochs", "1", "--min-accuracy", "0.99",
-         "--force", "--models-dir", str(tmp_path / "models"), "--run-dir", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "fmnist.cli",
+            "train",
+            "--limit",
+            "1000",
+            "--epochs",
+            "1",
+            "--min-accuracy",
+            "0.99",
+            "--force",
+            "--models-dir",
+            str(tmp_path / "models"),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert "900 images fitted, 100 held back for validation (--limit 1,000 of 60,000)" in result.stdout

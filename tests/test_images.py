@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from fmnist import cli, names
+from fmnist import cli
+from fmnist.common import names
 
 
 def test_images_command_writes_one_folder_per_class(tmp_path, dataset):

@@ -11,10 +11,10 @@ import pytest
 from conftest import encode_png
 from google.protobuf import text_format
 
-from fmnist import names
-from serving.apis import model_server_config_pb2
-from serving.client import PredictionClient
-from serving.server import ServerConfig, start
+from fmnist.common import names
+from fmnist.common.apis import model_server_config_pb2
+from fmnist.common.client import PredictionClient
+from fmnist.serving.server import ServerConfig, start
 
 
 @pytest.fixture
@@ -24,16 +24,19 @@ def served(_pushed_once, tmp_path):
     for version in ("1", "2"):
         shutil.copytree(_pushed_once / names.MODEL_NAME / "1", base / version)
     config_file = tmp_path / "models.config"
-    config_file.write_text(f'model_config_list {{ config {{ name: "{names.MODEL_NAME}" base_path: "{base}" '
-                           'model_platform: "tensorflow" model_version_policy { all {} } } }\n')
+    config_file.write_text(
+        f'model_config_list {{ config {{ name: "{names.MODEL_NAME}" base_path: "{base}" '
+        'model_platform: "tensorflow" model_version_policy { all {} } } }\n'
+    )
     server = start(ServerConfig(port=0, model_config_file=str(config_file)))
     yield f"127.0.0.1:{server.port}", config_file
     server.stop()
 
 
 def _label(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fmnist.cli", "label", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fmnist.cli", "label", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def _labels(config_file: Path) -> dict[str, int]:
@@ -54,8 +57,12 @@ def test_a_label_is_set_in_the_file_and_the_server_and_moves_to_another_version(
     assert _labels(config_file) == {"canary": 2}
     assert _answered_by(target, "canary", dataset) == 2
 
-    assert _label("--model_config_file", str(config_file), "--label", "canary", "--version", "1",
-                  "--server", target).returncode == 0
+    assert (
+        _label(
+            "--model_config_file", str(config_file), "--label", "canary", "--version", "1", "--server", target
+        ).returncode
+        == 0
+    )
     assert _labels(config_file) == {"canary": 1} and _answered_by(target, "canary", dataset) == 1
 
 
@@ -73,8 +80,17 @@ def test_the_server_has_the_last_word_and_the_file_follows_it(served):
     # not: the server refuses the reload, and the file does not promise what the server refused.
     target, config_file = served
     before = config_file.read_text()
-    result = _label("--model_config_file", str(config_file), "--label", "next", "--version", "3", "--server", target,
-                    "--allow_version_labels_for_unavailable_models")
+    result = _label(
+        "--model_config_file",
+        str(config_file),
+        "--label",
+        "next",
+        "--version",
+        "3",
+        "--server",
+        target,
+        "--allow_version_labels_for_unavailable_models",
+    )
     assert result.returncode == 1
     assert "FAILED_PRECONDITION" in result.stderr and "not currently available" in result.stderr
     assert config_file.read_text() == before
@@ -85,6 +101,7 @@ def test_without_a_server_only_the_file_changes_and_an_unknown_model_is_an_error
     config_file.write_text(f'model_config_list {{ config {{ name: "{names.MODEL_NAME}" base_path: "/models/x" }} }}\n')
     assert _label("--model_config_file", str(config_file), "--label", "stable", "--version", "7").returncode == 0
     assert _labels(config_file) == {"stable": 7}
-    result = _label("--model_config_file", str(config_file), "--model_name", "other", "--label", "stable",
-                    "--version", "7")
+    result = _label(
+        "--model_config_file", str(config_file), "--model_name", "other", "--label", "stable", "--version", "7"
+    )
     assert result.returncode == 1 and "the config lists no model 'other'" in result.stderr

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from fmnist import names
-from pipeline import model as model_lib
+from fmnist.common import names
+from fmnist.pipeline import model as model_lib
 
 
 def test_fused_batch_norm_normalises_by_the_batch_and_tracks_moving_statistics():
@@ -27,9 +27,14 @@ def test_fused_batch_norm_normalises_by_the_batch_and_tracks_moving_statistics()
 
 def _randomised(network: keras.Model, rng: np.random.Generator) -> keras.Model:
     """Every weight random, normalisation statistics included, so folding has something to get wrong."""
-    network.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) * rng.choice([-0.1, 0.1], w.shape)
-                         if "variance" not in w.path else rng.uniform(0.5, 2.0, w.shape).astype(np.float32)
-                         for w in network.weights])
+    network.set_weights(
+        [
+            rng.uniform(0.5, 1.5, w.shape).astype(np.float32) * rng.choice([-0.1, 0.1], w.shape)
+            if "variance" not in w.path
+            else rng.uniform(0.5, 2.0, w.shape).astype(np.float32)
+            for w in network.weights
+        ]
+    )
     return network
 
 
@@ -60,7 +65,7 @@ def test_mirror_pass_runs_for_unsure_images_only_and_each_answer_is_the_images_o
     averaged = np.asarray(model_lib.with_flip_averaging(network, below)(inputs))
     np.testing.assert_allclose(averaged[unsure], (plain[unsure] + mirrored[unsure]) / 2, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(averaged[~unsure], plain[~unsure], rtol=1e-4, atol=1e-5)
-    one_by_one = np.concatenate([model_lib.with_flip_averaging(network, below)(inputs[i: i + 1]) for i in range(16)])
+    one_by_one = np.concatenate([model_lib.with_flip_averaging(network, below)(inputs[i : i + 1]) for i in range(16)])
     np.testing.assert_allclose(one_by_one, averaged, rtol=1e-4, atol=1e-5)
     # below=1 averages every image, so an image and its mirror image get the same answer.
     always = model_lib.with_flip_averaging(network)

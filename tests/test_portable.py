@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from test_batch import _assert_same_outputs
 
-from batch import job
 from engines import cluster
-from fmnist import names
-from serving.server import ServerConfig, start
+from fmnist.batch import job
+from fmnist.common import names
+from fmnist.serving.server import ServerConfig, start
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +37,12 @@ def assert_same_as_default_runner(beam_args: list[str], tree: Path, pushed: Path
     try:
         common = ["--input", str(tree), "--server", f"127.0.0.1:{server.port}", "--batch-size", "8"]
         default = job.run([*common, "--output", str(output / "default")])
-        result = subprocess.run([sys.executable, "-m", "fmnist.cli", "batch", *common, "--output",
-                                 str(output / "other"), *beam_args], capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "fmnist.cli", "batch", *common, "--output", str(output / "other"), *beam_args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         server.stop()
     assert result.returncode == 0, result.stderr

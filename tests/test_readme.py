@@ -7,9 +7,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from fmnist import names
-from serving.client import PredictionClient
-from serving.server import ServerConfig, start
+from fmnist.common import names
+from fmnist.common.client import PredictionClient
+from fmnist.serving.server import ServerConfig, start
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -42,11 +42,11 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 from test_server import TIMEOUT, Client, State, push_copy, request_for, rpc_error, start_server, wait_for
 
-from batch import TFServingModelHandler, job
-from fmnist import names
-from serving import models
-from serving import server as serving_server
-from serving.client import PredictionClient, ServingError
+from fmnist.batch import TFServingModelHandler, job
+from fmnist.common import names
+from fmnist.common.client import PredictionClient, ServingError
+from fmnist.serving import models
+from fmnist.serving import server as serving_server
 
 LOAD_SECONDS = 5.0
 CLIENTS = 32
@@ -126,7 +126,9 @@ class Load:
                     self.failures.append(f"client {index}: {error}")
                     return
                 if not np.allclose(answer.probabilities, expected, atol=1e-5):
-                    self.failures.append(f"client {index}: rows {rows.tolist()} answered wrongly by version {answer.version}")
+                    self.failures.append(
+                        f"client {index}: rows {rows.tolist()} answered wrongly by version {answer.version}"
+                    )
                     return
                 self.answers[index].append(answer.version)
 
@@ -158,7 +160,7 @@ def test_a_version_pushed_under_load_takes_over_without_one_failed_request(model
             time.sleep(1.0)
         assert load.failures == []
         assert client.status()[2].state == State.AVAILABLE
-        for answers, seen in zip(load.answers, at_swap):
+        for answers, seen in zip(load.answers, at_swap, strict=False):
             assert answers == sorted(answers), "a client went back to the old version"
             # The one request in flight when 1 reached END may still name 1; every later one names 2.
             assert len(answers) > seen + 1 and set(answers[seen + 1 :]) == {2}
@@ -276,13 +278,16 @@ def test_a_server_started_before_its_model_directory_serves_once_it_appears(mode
     NOT_FOUND, and loads the model once the directory is there. A base path that vanishes later
     (moved away, a remount) leaves the loaded versions serving: TF Serving's file-system source
     emits no aspired versions for a path it cannot find, rather than an empty list."""
-    caplog.set_level(logging.WARNING, logger="serving.models")
+    caplog.set_level(logging.WARNING, logger="fmnist.serving.models")
     base = models_dir / "deployed"
     server = start_server(base)
     client = Client(server.port)
     try:
         error = rpc_error(client.status)
-        assert error.code() == grpc.StatusCode.NOT_FOUND and error.details() == f"Could not find any versions of model {names.MODEL_NAME}"
+        assert (
+            error.code() == grpc.StatusCode.NOT_FOUND
+            and error.details() == f"Could not find any versions of model {names.MODEL_NAME}"
+        )
         error = rpc_error(client.predict, request_for(np.zeros((1, 28, 28))))
         assert error.code() == grpc.StatusCode.NOT_FOUND
         assert client.health_of(names.MODEL_NAME) == NOT_SERVING and client.health_of("") == SERVING
@@ -338,10 +343,29 @@ def test_a_batch_job_whose_server_dies_fails_naming_it_and_a_resumed_run_account
 
     server = start_server(base, file_system_poll_wait_seconds=0)
     target = f"127.0.0.1:{server.port}"
-    argv = ["--input", str(images), "--output", str(output), "--server", target, "--batch-size", "4", "--retries", "2", "--timeout", "5"]
+    argv = [
+        "--input",
+        str(images),
+        "--output",
+        str(output),
+        "--server",
+        target,
+        "--batch-size",
+        "4",
+        "--retries",
+        "2",
+        "--timeout",
+        "5",
+    ]
     _KillsTheServer.victim, _KillsTheServer.after_kill = server, 0
-    killer = _KillsTheServer(target, model_name=names.MODEL_NAME, signature_name=names.PREDICT_IMAGES,
-                             input_alias=names.INPUT_IMAGE_BYTES, timeout=5, num_retries=2)
+    killer = _KillsTheServer(
+        target,
+        model_name=names.MODEL_NAME,
+        signature_name=names.PREDICT_IMAGES,
+        input_alias=names.INPUT_IMAGE_BYTES,
+        timeout=5,
+        num_retries=2,
+    )
     monkeypatch.setattr(job, "run_config", functools.partial(job.run_config, handler=killer))
     assert job.main(argv, prog="fmnist batch") == 1
     monkeypatch.undo()
@@ -359,8 +383,10 @@ def test_a_batch_job_whose_server_dies_fails_naming_it_and_a_resumed_run_account
     finally:
         restarted.stop()
     assert (output / "_SUCCESS").exists()
-    records, errors = ([json.loads(line) for shard in output.glob(f"{name}-*") for line in shard.read_text().splitlines()]
-                       for name in ("predictions", "errors"))
+    records, errors = (
+        [json.loads(line) for shard in output.glob(f"{name}-*") for line in shard.read_text().splitlines()]
+        for name in ("predictions", "errors")
+    )
     assert len(records) == 24 and len(errors) == 2
     assert sorted(r["path"] for r in records + errors) == sorted(inputs)  # each input exactly once
     summary = json.loads((output / "summary.json").read_text())
@@ -376,7 +402,10 @@ MAX_BATCH = 16
 def edge_server(_pushed_once, tmp_path_factory):
     """One read-only server with batching on (max_batch_size 16) and 1 MiB messages, for bad input and fuzzing."""
     params = tmp_path_factory.mktemp("batching") / "batching.config"
-    params.write_text(f"max_batch_size {{ value: {MAX_BATCH} }} batch_timeout_micros {{ value: 1000 }} num_batch_threads {{ value: 2 }}")
+    params.write_text(
+        f"max_batch_size {{ value: {MAX_BATCH} }} batch_timeout_micros {{ value: 1000 }} "
+        f"num_batch_threads {{ value: 2 }}"
+    )
     server = start_server(
         _pushed_once / names.MODEL_NAME,
         file_system_poll_wait_seconds=0,
@@ -448,7 +477,9 @@ BAD_INPUT = {
     # As in TF Serving, shapes are the graph's to judge, not the signature's: rows of 784 pixels in
     # any layout run; a [28, 28] "image" is 28 rows, over this server's max_batch_size.
     "rank 2: one image without its batch dimension": (
-        pixels(np.zeros((28, 28))), INVALID, f"Task size 28 is larger than maximum input batch size {MAX_BATCH}",
+        pixels(np.zeros((28, 28))),
+        INVALID,
+        f"Task size 28 is larger than maximum input batch size {MAX_BATCH}",
     ),
     "rank 2: flattened images, answered": (pixels(np.zeros((2, 784))), OK, 2),
     "rank 4: a channel dimension, answered": (pixels(np.zeros((1, 28, 28, 1))), OK, 1),
@@ -458,7 +489,9 @@ BAD_INPUT = {
         "Batching Run() input tensors must have at least one dimension",
     ),
     "strings for the pixel input": (
-        with_tensor(names.INPUT_IMAGES, tf.make_tensor_proto([b"x"])), INVALID, "Expects arg[0] to be float but string is provided",
+        with_tensor(names.INPUT_IMAGES, tf.make_tensor_proto([b"x"])),
+        INVALID,
+        "Expects arg[0] to be float but string is provided",
     ),
     # TF Serving runs an empty batch and answers OK with empty outputs; so does the batching path here.
     "empty batch of pixels": (pixels(np.zeros((0, 28, 28))), OK, 0),
@@ -474,7 +507,9 @@ BAD_INPUT = {
     "BMP header claiming 100000 x 100000": (image_bytes([BMP_BOMB]), INVALID, "image too large"),
     "JPEG header claiming 65500 x 65500": (image_bytes([JPEG_BOMB]), INVALID, "image too large"),
     f"{MAX_BATCH + 1} encoded images, over max_batch_size": (
-        image_bytes([GOOD_PNG] * (MAX_BATCH + 1)), INVALID, f"larger than maximum input batch size {MAX_BATCH}",
+        image_bytes([GOOD_PNG] * (MAX_BATCH + 1)),
+        INVALID,
+        f"larger than maximum input batch size {MAX_BATCH}",
     ),
     "no model name": (request_for(np.zeros((1, 28, 28)), name=""), INVALID, "ModelSpec has no name specified."),
 }
@@ -559,7 +594,9 @@ def predict_requests(draw) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     spec = request.model_spec
     spec.name = draw(st.one_of(st.just(names.MODEL_NAME), st.sampled_from(["", "other"])))  # mostly the real one
-    spec.signature_name = draw(st.sampled_from(["", names.SERVING_DEFAULT, names.PREDICT_IMAGES, names.CLASSIFY, "nope"]))
+    spec.signature_name = draw(
+        st.sampled_from(["", names.SERVING_DEFAULT, names.PREDICT_IMAGES, names.CLASSIFY, "nope"])
+    )
     version = draw(st.one_of(st.just("none"), st.sampled_from(["version", "label"])))
     if version == "version":
         spec.version.value = draw(st.sampled_from([1, 0, -1, 2**62]))

@@ -13,16 +13,20 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import request_log, tensors
-from serving.predict import ServingError
+from fmnist.common import tensors
+from fmnist.serving import request_log
+from fmnist.serving.predict import ServingError
 
 
-def _config(prefix: Path | str, rate: float = 1.0, collector: str = "file") -> model_server_config_pb2.ModelServerConfig:
+def _config(
+    prefix: Path | str, rate: float = 1.0, collector: str = "file"
+) -> model_server_config_pb2.ModelServerConfig:
     return text_format.Parse(
         f'model_config_list {{ config {{ name: "m" base_path: "/m" logging_config {{ '
-        f'sampling_config {{ sampling_rate: {rate} }} '
+        f"sampling_config {{ sampling_rate: {rate} }} "
         f'log_collector_config {{ type: "{collector}" filename_prefix: "{prefix}" }} }} }} }}',
-        model_server_config_pb2.ModelServerConfig())
+        model_server_config_pb2.ModelServerConfig(),
+    )
 
 
 def _pair(i: int) -> tuple[predict_pb2.PredictRequest, predict_pb2.PredictResponse]:
@@ -37,7 +41,9 @@ def _pair(i: int) -> tuple[predict_pb2.PredictRequest, predict_pb2.PredictRespon
 
 def _records(prefix: Path) -> list[prediction_log_pb2.PredictionLog]:
     files = sorted(prefix.parent.glob(f"{prefix.name}.*{request_log.SUFFIX}"))
-    return [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset([str(f) for f in files])]
+    return [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset([str(f) for f in files])
+    ]
 
 
 def test_every_request_is_logged_with_its_response_and_the_version_that_answered(tmp_path):
@@ -48,12 +54,14 @@ def test_every_request_is_logged_with_its_response_and_the_version_that_answered
     logs.close()  # flushes what is queued
     records = _records(tmp_path / "logs" / "m")
     assert [r.predict_log.request.inputs["image_bytes"].string_val[0] for r in records] == [
-        f"image {i}".encode() for i in range(20)]
+        f"image {i}".encode() for i in range(20)
+    ]
     assert {r.log_metadata.model_spec.version.value for r in records} == {7}
     assert records[0].log_metadata.sampling_config.sampling_rate == 1.0
     assert list(records[0].log_metadata.saved_model_tags) == ["serve"]
     assert [int(tensors.to_ndarray(r.predict_log.response.outputs["class_ids"])[0]) for r in records] == [
-        i % 10 for i in range(20)]
+        i % 10 for i in range(20)
+    ]
 
 
 def test_sampling_rate_and_rotation_by_size(tmp_path):
@@ -96,12 +104,14 @@ def test_an_unknown_collector_or_no_prefix_is_refused(tmp_path):
 def test_fmnist_batch_replays_logged_requests_through_the_model(tmp_path, _pushed_once, dataset):
     from conftest import encode_png
 
-    from batch import job
-    from fmnist import names
-    from serving.client import PredictionClient
-    from serving.server import ServerConfig, start
+    from fmnist.batch import job
+    from fmnist.common import names
+    from fmnist.common.client import PredictionClient
+    from fmnist.serving.server import ServerConfig, start
 
-    server = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(_pushed_once / names.MODEL_NAME)))
+    server = start(
+        ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(_pushed_once / names.MODEL_NAME))
+    )
     target = f"127.0.0.1:{server.port}"
     try:
         logs = request_log.RequestLogs()
@@ -111,20 +121,36 @@ def test_fmnist_batch_replays_logged_requests_through_the_model(tmp_path, _pushe
         with PredictionClient(target) as client:
             logged = {}
             for start_at in range(0, 12, 4):  # three requests of four images, as a client sent them
-                images = [encode_png(image) for image in dataset.test.images[start_at:start_at + 4]]
+                images = [encode_png(image) for image in dataset.test.images[start_at : start_at + 4]]
                 request = client._encoded_request(images, None, None)
                 response = client._predictions.Predict(request, timeout=30)
                 logs.log("predict", request, response)
-                logged.update(zip(images, tensors.to_ndarray(response.outputs[names.OUTPUT_CLASS_IDS]).tolist()))
+                logged.update(
+                    zip(images, tensors.to_ndarray(response.outputs[names.OUTPUT_CLASS_IDS]).tolist(), strict=False)
+                )
             request = client._encoded_request([b"not an image"], None, None)  # refused by the header check
             logs.log("predict", request, predict_pb2.PredictResponse(model_spec=request.model_spec))
         logs.close()
-        result = job.run(["--input", f"{tmp_path}/logs/*{names.REQUEST_LOG_SUFFIX}", "--output", str(tmp_path / "out"),
-                          "--server", target, "--batch-size", "5"])
+        result = job.run(
+            [
+                "--input",
+                f"{tmp_path}/logs/*{names.REQUEST_LOG_SUFFIX}",
+                "--output",
+                str(tmp_path / "out"),
+                "--server",
+                target,
+                "--batch-size",
+                "5",
+            ]
+        )
     finally:
         server.stop()
     assert (result.summary.inputs, result.summary.classified, result.summary.errors) == (13, 12, 1)
-    records = [json.loads(line) for shard in (tmp_path / "out").glob("predictions-*") for line in shard.read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for shard in (tmp_path / "out").glob("predictions-*")
+        for line in shard.read_text().splitlines()
+    ]
     assert all("#" in r["path"] and r["path"].endswith(tuple(f"-{n}" for n in range(4))) for r in records)
     assert sorted(r["class_id"] for r in records) == sorted(logged.values())  # the same model, the same answers
 
@@ -132,16 +158,17 @@ def test_fmnist_batch_replays_logged_requests_through_the_model(tmp_path, _pushe
 def test_the_server_logs_as_its_model_config_says_and_flushes_on_stop(tmp_path, _pushed_once, dataset):
     from conftest import encode_png
 
-    from fmnist import names
-    from serving.client import PredictionClient
-    from serving.server import ServerConfig, start
+    from fmnist.common import names
+    from fmnist.common.client import PredictionClient
+    from fmnist.serving.server import ServerConfig, start
 
     prefix = tmp_path / "logs" / names.MODEL_NAME
     config_file = tmp_path / "models.config"
     config_file.write_text(
         f'model_config_list {{ config {{ name: "{names.MODEL_NAME}" base_path: "{_pushed_once / names.MODEL_NAME}" '
         f'model_platform: "tensorflow" logging_config {{ sampling_config {{ sampling_rate: 1.0 }} '
-        f'log_collector_config {{ type: "file" filename_prefix: "{prefix}" }} }} }} }}')
+        f'log_collector_config {{ type: "file" filename_prefix: "{prefix}" }} }} }} }}'
+    )
     server = start(ServerConfig(port=0, model_config_file=str(config_file)))
     try:
         with PredictionClient(f"127.0.0.1:{server.port}") as client:
@@ -151,6 +178,8 @@ def test_the_server_logs_as_its_model_config_says_and_flushes_on_stop(tmp_path, 
         server.stop()  # writes what is still queued
     records = _records(prefix)
     assert len(records) == 5
-    assert [int(tensors.to_ndarray(r.predict_log.response.outputs[names.OUTPUT_CLASS_IDS])[0]) for r in records] == answers
+    assert [
+        int(tensors.to_ndarray(r.predict_log.response.outputs[names.OUTPUT_CLASS_IDS])[0]) for r in records
+    ] == answers
     assert {r.log_metadata.model_spec.version.value for r in records} == {1}
     assert "request_log_dropped" in metrics  # the metric exists; nothing was dropped here

@@ -23,12 +23,11 @@ import pytest
 from conftest import encode_png
 from test_batch import _by_path, _read
 
-from batch import TFServingModelHandler, io, job
-from batch.outcomes import Classified, Failed, from_json, to_json
-from fmnist import names
-from serving import tensors
-from serving.apis import predict_pb2, prediction_log_pb2
-from serving.server import ServerConfig, start
+from fmnist.batch import TFServingModelHandler, io, job
+from fmnist.batch.outcomes import Classified, Failed, from_json, to_json
+from fmnist.common import names, tensors
+from fmnist.common.apis import predict_pb2, prediction_log_pb2
+from fmnist.serving.server import ServerConfig, start
 
 DISTINCT = 500  # test images, each written twice (two copies of the class folders)
 BAD = {"notes/readme.txt": "not_an_image", "notes/empty.png": "empty"}  # never sent to the server
@@ -59,8 +58,15 @@ def slow_server(model_base, tmp_path_factory) -> str:
     """A server of the same model whose batching holds every request 25 ms for company: about 300 files/s."""
     config = tmp_path_factory.mktemp("batching") / "batching.config"
     config.write_text(SLOW_BATCHING)
-    running = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(model_base),
-                                 enable_batching=True, batching_parameters_file=str(config)))
+    running = start(
+        ServerConfig(
+            port=0,
+            model_name=names.MODEL_NAME,
+            model_base_path=str(model_base),
+            enable_batching=True,
+            batching_parameters_file=str(config),
+        )
+    )
     yield f"127.0.0.1:{running.port}"
     running.stop()
 
@@ -99,13 +105,15 @@ def _assert_whole(output: Path, reference: dict[str, dict], images: Path, *, res
 
 
 def _popen_batch(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fmnist.cli", "batch", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fmnist.cli", "batch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _batch(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fmnist.cli", "batch", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fmnist.cli", "batch", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _interrupt_once_checkpointed(output: Path, *args: str, checkpoints: int = 5) -> subprocess.CompletedProcess:
@@ -169,7 +177,9 @@ def _run_resumed(argv: list[str], handler_class=TFServingModelHandler) -> tuple[
     """``job`` with ``--resume`` in this process: its result and what it told the user."""
     config, beam_args = job.parse_args([*argv, "--resume"])
     shown = bytes_io.StringIO()
-    return job.run_config(config, beam_args, handler=config.server.handler(handler_class), stream=shown), shown.getvalue()
+    return job.run_config(
+        config, beam_args, handler=config.server.handler(handler_class), stream=shown
+    ), shown.getvalue()
 
 
 # --- an interrupted run, resumed -------------------------------------------------------------------
@@ -177,7 +187,8 @@ def _run_resumed(argv: list[str], handler_class=TFServingModelHandler) -> tuple[
 
 @pytest.mark.slow
 def test_ctrl_c_then_resume_classifies_only_the_rest_and_gives_the_uninterrupted_runs_records(
-        images, slow_server, reference, tmp_path):
+    images, slow_server, reference, tmp_path
+):
     argv = ["--input", str(images), "--server", slow_server, "--batch-size", "4"]
     stopped = _interrupt_once_checkpointed(tmp_path, *argv, "--progress-seconds", "0")
     assert stopped.returncode == 130, stopped.stderr
@@ -222,8 +233,20 @@ def test_ctrl_c_then_resume_on_the_command_line_in_parquet(images, slow_server, 
 
 def test_a_resumed_tfrecord_run_logs_every_files_bytes_in_its_request(images, server, tmp_path):
     """PredictionLogs hold each image in their request, so checkpoints of a tfrecord run keep the bytes too."""
-    argv = ["--input", str(images / "a"), "--output", str(tmp_path), "--server", server, "--batch-size", "8",
-            "--format", "tfrecord", "--retries", "0"]
+    argv = [
+        "--input",
+        str(images / "a"),
+        "--output",
+        str(tmp_path),
+        "--server",
+        server,
+        "--batch-size",
+        "8",
+        "--format",
+        "tfrecord",
+        "--retries",
+        "0",
+    ]
     _FailsAfter.made.clear()
     with pytest.raises(Exception, match="UNAVAILABLE"):
         job.run(argv, handler=_handler(argv, _FailsAfter))
@@ -233,7 +256,9 @@ def test_a_resumed_tfrecord_run_logs_every_files_bytes_in_its_request(images, se
     for shard in tmp_path.glob("predictions-*.tfrecord"):
         for record in _tfrecords(shard):
             log = prediction_log_pb2.PredictionLog.FromString(record)
-            logged[log.log_metadata.request_origin] = log.predict_log.request.inputs[names.INPUT_IMAGE_BYTES].string_val[0]
+            logged[log.log_metadata.request_origin] = log.predict_log.request.inputs[
+                names.INPUT_IMAGE_BYTES
+            ].string_val[0]
     assert set(logged) == {str(p) for p in (images / "a").rglob("*.png")}
     assert all(logged[path] == Path(path).read_bytes() for path in logged)
 
@@ -242,15 +267,27 @@ def _tfrecords(path: Path) -> list[bytes]:
     """The records of a TFRecord file (length, its CRC, data, its CRC), without TensorFlow."""
     data, records, at = path.read_bytes(), [], 0
     while at < len(data):
-        length = int.from_bytes(data[at:at + 8], "little")
-        records.append(data[at + 12:at + 12 + length])
+        length = int.from_bytes(data[at : at + 8], "little")
+        records.append(data[at + 12 : at + 12 + length])
         at += 12 + length + 4
     return records
 
 
 def test_a_server_lost_mid_job_then_resume_gives_the_same_records(images, server, reference, tmp_path):
-    argv = ["--input", str(images), "--output", str(tmp_path), "--server", server, "--batch-size", "8",
-            "--format", "csv", "--retries", "0"]
+    argv = [
+        "--input",
+        str(images),
+        "--output",
+        str(tmp_path),
+        "--server",
+        server,
+        "--batch-size",
+        "8",
+        "--format",
+        "csv",
+        "--retries",
+        "0",
+    ]
     _FailsAfter.made.clear()
     with pytest.raises(Exception, match="UNAVAILABLE"):
         job.run(argv, handler=_handler(argv, _FailsAfter))
@@ -276,7 +313,8 @@ def test_the_lost_server_line_says_to_resume_for_batch_and_to_overwrite_for_comp
 
 
 def test_a_run_stopped_after_its_pipeline_ended_is_finished_without_classifying_anything(
-        tmp_path, server, labelled_tree, monkeypatch):
+    tmp_path, server, labelled_tree, monkeypatch
+):
     argv = ["--input", str(labelled_tree), "--output", str(tmp_path), "--server", server, "--batch-size", "4"]
 
     def stopped(output):
@@ -312,7 +350,7 @@ def _write_log(path: Path, images: list[bytes], per_request: int) -> None:
             request = predict_pb2.PredictRequest()
             request.model_spec.name = names.MODEL_NAME
             request.model_spec.signature_name = names.PREDICT_IMAGES
-            tensors.fill(request.inputs[names.INPUT_IMAGE_BYTES], images[start_at:start_at + per_request])
+            tensors.fill(request.inputs[names.INPUT_IMAGE_BYTES], images[start_at : start_at + per_request])
             logged = prediction_log_pb2.PredictionLog()
             logged.predict_log.request.CopyFrom(request)
             writer.write(logged.SerializeToString())
@@ -322,15 +360,25 @@ def test_request_logs_resume_too(dataset, server, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     pngs = [encode_png(image) for image in dataset.test.images[:120]]
-    _write_log(logs / f"a{names.REQUEST_LOG_SUFFIX}", pngs[:60] + [b"not an image"], per_request=6)
+    _write_log(logs / f"a{names.REQUEST_LOG_SUFFIX}", [*pngs[:60], b"not an image"], per_request=6)
     _write_log(logs / f"b{names.REQUEST_LOG_SUFFIX}", pngs[60:], per_request=5)
     pattern = f"{logs}/*{names.REQUEST_LOG_SUFFIX}"
     whole = job.run(["--input", pattern, "--output", str(tmp_path / "whole"), "--server", server, "--batch-size", "4"])
     reference = _by_path(_read(tmp_path / "whole", "predictions"))
     assert len(reference) == 120 and whole.summary.errors == 1
 
-    argv = ["--input", pattern, "--output", str(tmp_path / "out"), "--server", server, "--batch-size", "4",
-            "--retries", "0"]
+    argv = [
+        "--input",
+        pattern,
+        "--output",
+        str(tmp_path / "out"),
+        "--server",
+        server,
+        "--batch-size",
+        "4",
+        "--retries",
+        "0",
+    ]
     _FailsAfter.made.clear()
     with pytest.raises(Exception, match="UNAVAILABLE"):
         job.run(argv, handler=_handler(argv, _FailsAfter))
@@ -351,8 +399,9 @@ def test_request_logs_resume_too(dataset, server, tmp_path):
 
 
 def test_resume_with_overwrite_is_a_usage_error(tmp_path, server, labelled_tree):
-    result = _batch("--input", str(labelled_tree), "--output", str(tmp_path / "out"), "--server", server,
-                    "--resume", "--overwrite")
+    result = _batch(
+        "--input", str(labelled_tree), "--output", str(tmp_path / "out"), "--server", server, "--resume", "--overwrite"
+    )
     assert result.returncode == 2
     assert "--resume keeps what an interrupted run did, --overwrite removes it" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -361,15 +410,18 @@ def test_resume_with_overwrite_is_a_usage_error(tmp_path, server, labelled_tree)
 def _fake_interrupted(output: Path, tree: Path, version: int) -> list[str]:
     """An interrupted run's checkpoints in ``output``: two batches of ``tree``'s PNGs, said to be from ``version``."""
     pngs = sorted(str(p) for p in tree.rglob("*.png"))[:6]
-    outcomes = [Classified(p, None, tuple(float(i == n % 10) for i in range(10)), names.MODEL_NAME, version)
-                for n, p in enumerate(pngs)]
+    outcomes = [
+        Classified(p, None, tuple(float(i == n % 10) for i in range(10)), names.MODEL_NAME, version)
+        for n, p in enumerate(pngs)
+    ]
     io.write_checkpoint(str(output / job.CHECKPOINTS), outcomes[:3])
     io.write_checkpoint(str(output / job.CHECKPOINTS), outcomes[3:])
     return pngs
 
 
-def test_an_interrupted_output_is_refused_without_resume_and_overwrite_starts_again(tmp_path, server, labelled_tree,
-                                                                                   capsys):
+def test_an_interrupted_output_is_refused_without_resume_and_overwrite_starts_again(
+    tmp_path, server, labelled_tree, capsys
+):
     _fake_interrupted(tmp_path, labelled_tree, version=99)
     (tmp_path / "notes.txt").write_text("mine")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
@@ -407,7 +459,10 @@ def test_resume_on_results_without_checkpoints_is_refused(tmp_path, server, labe
     argv = ["--input", str(labelled_tree), "--output", str(tmp_path), "--server", server, "--resume"]
     assert job.main(argv, prog="fmnist batch") == 2
     error = capsys.readouterr().err
-    assert "holds another run's results" in error and f"--resume has nothing to finish there (no {job.CHECKPOINTS}/)" in error
+    assert (
+        "holds another run's results" in error
+        and f"--resume has nothing to finish there (no {job.CHECKPOINTS}/)" in error
+    )
 
 
 # --- the checkpoints themselves --------------------------------------------------------------------
@@ -425,7 +480,9 @@ def test_half_written_and_damaged_checkpoints_are_ignored_and_removed(tmp_path, 
     damaged = Path(io.write_checkpoint(str(folder), fake[3:6]))
     damaged.write_text("".join(to_json(o) + "\n" for o in fake[3:5]))
     # the same file in two checkpoints: the newer wins, and it is written once
-    newer = Path(io.write_checkpoint(str(folder), [Classified(taken[0], None, (0.0,) * 9 + (1.0,), names.MODEL_NAME, 98)]))
+    newer = Path(
+        io.write_checkpoint(str(folder), [Classified(taken[0], None, (0.0,) * 9 + (1.0,), names.MODEL_NAME, 98)])
+    )
     os.utime(newer, (time.time() + 60, time.time() + 60))
     # a file no longer among the inputs
     io.write_checkpoint(str(folder), [Failed(str(labelled_tree / "gone.png"), "empty", "0 bytes")])
@@ -446,12 +503,20 @@ def test_half_written_and_damaged_checkpoints_are_ignored_and_removed(tmp_path, 
 
 
 def test_a_checkpoint_is_written_whole_under_its_batch_digest_and_read_back_exactly():
-    outcomes = [Classified("b.png", 3, tuple(i / 7 for i in range(10)), "m", 12), Failed("a.png", "empty", "0 bytes"),
-                Classified("c#d1-0", None, (0.1,) * 10, "m", 12)]
+    outcomes = [
+        Classified("b.png", 3, tuple(i / 7 for i in range(10)), "m", 12),
+        Failed("a.png", "empty", "0 bytes"),
+        Classified("c#d1-0", None, (0.1,) * 10, "m", 12),
+    ]
     assert [from_json(to_json(o)) for o in outcomes] == outcomes  # probabilities bit for bit
     assert io.checkpoint_name(["a", "b"]) == io.checkpoint_name(["b", "a"]) != io.checkpoint_name(["a", "c"])
-    for bad in ('{"path": "a"}', "[1]", '{"path": "a", "reason": 3, "detail": ""}', '{"path": "a", "reason": "x"',
-                '{"path": "a", "label": null, "probabilities": [], "model_name": "m", "model_version": 1}'):
+    for bad in (
+        '{"path": "a"}',
+        "[1]",
+        '{"path": "a", "reason": 3, "detail": ""}',
+        '{"path": "a", "reason": "x"',
+        '{"path": "a", "label": null, "probabilities": [], "model_name": "m", "model_version": 1}',
+    ):
         with pytest.raises(ValueError):
             from_json(bad)
 

@@ -25,10 +25,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import encode_png
+from google.protobuf import text_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensorflow.core.example import example_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
-from tensorflow.core.example import example_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -39,16 +40,17 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 from tensorflow_serving.config import model_server_config_pb2
-from google.protobuf import text_format
 
-from fmnist import names
-from pipeline import model as model_lib
-from serving import models
-from serving import server as serving_server
+from fmnist.common import names
+from fmnist.pipeline import model as model_lib
+from fmnist.serving import models
+from fmnist.serving import server as serving_server
 
 TIMEOUT = 10.0
 State = get_model_status_pb2.ModelVersionStatus.State
-BOMB_PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (100000).to_bytes(4, "big") * 2 + b"\x08\x00\x00\x00\x00" + b"\0" * 64
+BOMB_PNG = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (100000).to_bytes(4, "big") * 2 + b"\x08\x00\x00\x00\x00" + b"\0" * 64
+)
 
 
 class Client:
@@ -75,7 +77,9 @@ class Client:
         return self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT).status
 
 
-def request_for(images=None, *, image_bytes=None, signature="", version=None, label=None, name=names.MODEL_NAME, outputs=()):
+def request_for(
+    images=None, *, image_bytes=None, signature="", version=None, label=None, name=names.MODEL_NAME, outputs=()
+):
     request = predict_pb2.PredictRequest()
     request.model_spec.name = name
     request.model_spec.signature_name = signature
@@ -108,7 +112,9 @@ def wait_for(predicate, timeout=20.0, interval=0.05):
 
 
 def start_server(base_path: Path, **overrides) -> serving_server.Server:
-    settings = dict(port=0, model_name=names.MODEL_NAME, model_base_path=str(base_path), file_system_poll_wait_seconds=0.1)
+    settings = dict(
+        port=0, model_name=names.MODEL_NAME, model_base_path=str(base_path), file_system_poll_wait_seconds=0.1
+    )
     settings.update(overrides)
     return serving_server.start(serving_server.ServerConfig(**settings))
 
@@ -117,7 +123,10 @@ def start_server(base_path: Path, **overrides) -> serving_server.Server:
 def shared(_pushed_once):
     """One read-only server (1 MiB messages, 100 kB images) over the session's pushed model."""
     server = start_server(
-        _pushed_once / names.MODEL_NAME, file_system_poll_wait_seconds=0, max_message_bytes=1 << 20, max_image_bytes=100_000
+        _pushed_once / names.MODEL_NAME,
+        file_system_poll_wait_seconds=0,
+        max_message_bytes=1 << 20,
+        max_image_bytes=100_000,
     )
     yield Client(server.port)
     server.stop()
@@ -141,7 +150,9 @@ def test_predict_serving_default_names_the_answering_version(shared, images):
     assert probabilities.shape == (3, names.NUM_CLASSES)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(class_ids, probabilities.argmax(axis=1))
-    assert list(response.outputs[names.OUTPUT_CLASS_NAMES].string_val) == [names.CLASS_NAMES[i].encode() for i in class_ids]
+    assert list(response.outputs[names.OUTPUT_CLASS_NAMES].string_val) == [
+        names.CLASS_NAMES[i].encode() for i in class_ids
+    ]
     # Outputs in the typed *_val fields, as TF Serving's AsProtoField, for clients that read float_val.
     assert len(response.outputs[names.OUTPUT_PROBABILITIES].float_val) == 3 * names.NUM_CLASSES
 
@@ -152,8 +163,12 @@ def test_tf_serving_thread_flags_configure_the_session_and_keep_the_answers(shar
     )
     config = serving_server._config_from(args)
     assert (config.tensorflow_intra_op_parallelism, config.tensorflow_inter_op_parallelism) == (1, 1)
-    server = start_server(_pushed_once / names.MODEL_NAME, file_system_poll_wait_seconds=0,
-                          tensorflow_intra_op_parallelism=1, tensorflow_inter_op_parallelism=1)
+    server = start_server(
+        _pushed_once / names.MODEL_NAME,
+        file_system_poll_wait_seconds=0,
+        tensorflow_intra_op_parallelism=1,
+        tensorflow_inter_op_parallelism=1,
+    )
     try:
         session = server.core.manager.resolve(request_for().model_spec).handle
         assert (session._config.intra_op_parallelism_threads, session._config.inter_op_parallelism_threads) == (1, 1)
@@ -163,13 +178,20 @@ def test_tf_serving_thread_flags_configure_the_session_and_keep_the_answers(shar
     default = shared.predict(request_for(images[:8]))
     np.testing.assert_allclose(
         tf.make_ndarray(single.outputs[names.OUTPUT_PROBABILITIES]),
-        tf.make_ndarray(default.outputs[names.OUTPUT_PROBABILITIES]), rtol=1e-5, atol=1e-6,
+        tf.make_ndarray(default.outputs[names.OUTPUT_PROBABILITIES]),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
 def test_predict_images_signature_matches_raw_pixels(shared, images):
     raw = shared.predict(request_for(images[:4], signature=names.SERVING_DEFAULT))
-    encoded = [encode_png(images[0]), encode_png(images[1], "RGB"), encode_png(images[2], "RGBA"), encode_png(images[3], "LA")]
+    encoded = [
+        encode_png(images[0]),
+        encode_png(images[1], "RGB"),
+        encode_png(images[2], "RGBA"),
+        encode_png(images[3], "LA"),
+    ]
     response = shared.predict(request_for(image_bytes=encoded, signature=names.PREDICT_IMAGES, version=1))
     assert response.model_spec.signature_name == names.PREDICT_IMAGES
     np.testing.assert_array_equal(
@@ -198,7 +220,11 @@ def test_output_filter_returns_only_the_named_outputs(shared, images):
         (dict(name="nope"), grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(nope)"),
         (dict(version=7), grpc.StatusCode.NOT_FOUND, "Servable not found for request: Specific(fashion_mnist, 7)"),
         (dict(label="canary"), grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized servable version label: canary"),
-        (dict(signature="serving_nope"), grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "serving_nope" not found.'),
+        (
+            dict(signature="serving_nope"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            'Serving signature key "serving_nope" not found.',
+        ),
     ],
 )
 def test_unknown_model_version_label_signature(shared, images, spec, code, message):
@@ -210,7 +236,10 @@ def test_unknown_model_version_label_signature(shared, images, spec, code, messa
 def test_missing_extra_and_misnamed_inputs(shared, images):
     error = rpc_error(shared.predict, request_for())
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "input size does not match signature: 0!=1" in error.details() and "Missing but required: {images}" in error.details()
+    assert (
+        "input size does not match signature: 0!=1" in error.details()
+        and "Missing but required: {images}" in error.details()
+    )
     extra = request_for(images[:1], image_bytes=[b"x"])
     error = rpc_error(shared.predict, extra)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "Sent extra: {image_bytes}" in error.details()
@@ -225,14 +254,18 @@ def test_wrong_dtype_and_shape(shared, images):
     error = rpc_error(shared.predict, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "Expects arg[0] to be float but int32 is provided"  # the session's words, as TF Serving's
-    error = rpc_error(shared.predict, request_for(images[:1, :27]))  # the signature's shape is not checked: the graph refuses
+    error = rpc_error(
+        shared.predict, request_for(images[:1, :27])
+    )  # the signature's shape is not checked: the graph refuses
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "Input to reshape is a tensor with 756 values, but the requested shape has 784"
     broken = request_for()
     broken.inputs[names.INPUT_IMAGES].CopyFrom(tf.make_tensor_proto(images[:1]))
     broken.inputs[names.INPUT_IMAGES].tensor_content = b"\0" * 7
     error = rpc_error(shared.predict, broken)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("tensor parsing error: images")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith(
+        "tensor parsing error: images"
+    )
     claims_huge = request_for()  # one float_val fills a tensor of any shape: 100000x28x28 floats > the limit
     claims_huge.inputs[names.INPUT_IMAGES].dtype = tf.float32.as_datatype_enum
     claims_huge.inputs[names.INPUT_IMAGES].float_val.append(1.0)
@@ -250,7 +283,9 @@ def test_undecodable_and_bomb_images_leave_the_server_healthy(shared, images):
     error = rpc_error(shared.predict, request_for(image_bytes=[BOMB_PNG], signature=names.PREDICT_IMAGES))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "image too large" in error.details() and "100000x100000" in error.details()
-    error = rpc_error(shared.predict, request_for(image_bytes=[b"\x89PNG" + bytes(200_000)], signature=names.PREDICT_IMAGES))
+    error = rpc_error(
+        shared.predict, request_for(image_bytes=[b"\x89PNG" + bytes(200_000)], signature=names.PREDICT_IMAGES)
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "200004 bytes, more than the limit of 100000 bytes" in error.details()
     assert shared.health_of("") == health_pb2.HealthCheckResponse.SERVING
@@ -275,11 +310,18 @@ def test_get_model_metadata_is_the_saved_models_signature_defs(shared, _pushed_o
     assert list(response.metadata) == ["signature_def"]
     served = get_model_metadata_pb2.SignatureDefMap()
     assert response.metadata["signature_def"].Unpack(served)
-    saved = saved_model_pb2.SavedModel.FromString((_pushed_once / names.MODEL_NAME / "1" / "saved_model.pb").read_bytes())
+    saved = saved_model_pb2.SavedModel.FromString(
+        (_pushed_once / names.MODEL_NAME / "1" / "saved_model.pb").read_bytes()
+    )
     assert dict(served.signature_def) == dict(saved.meta_graphs[0].signature_def)
-    assert served.signature_def[names.PREDICT_IMAGES].inputs[names.INPUT_IMAGE_BYTES].dtype == tf.string.as_datatype_enum
+    assert (
+        served.signature_def[names.PREDICT_IMAGES].inputs[names.INPUT_IMAGE_BYTES].dtype == tf.string.as_datatype_enum
+    )
 
-    for fields, message in (([], "must specify at least one metadata_field"), (["nope"], "Metadata field nope is not supported")):
+    for fields, message in (
+        ([], "must specify at least one metadata_field"),
+        (["nope"], "Metadata field nope is not supported"),
+    ):
         bad = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=fields)
         bad.model_spec.name = names.MODEL_NAME
         error = rpc_error(shared.predictions.GetModelMetadata, bad, timeout=TIMEOUT)
@@ -293,7 +335,10 @@ def test_get_model_status_and_health(shared):
     error = rpc_error(shared.status, "nope")
     assert error.code() == grpc.StatusCode.NOT_FOUND and error.details() == "Could not find any versions of model nope"
     error = rpc_error(shared.status, version=9)
-    assert error.code() == grpc.StatusCode.NOT_FOUND and error.details() == "Could not find version 9 of model fashion_mnist"
+    assert (
+        error.code() == grpc.StatusCode.NOT_FOUND
+        and error.details() == "Could not find version 9 of model fashion_mnist"
+    )
     assert shared.health_of("") == health_pb2.HealthCheckResponse.SERVING
     assert shared.health_of(names.MODEL_NAME) == health_pb2.HealthCheckResponse.SERVING
     assert rpc_error(shared.health_of, "nope").code() == grpc.StatusCode.NOT_FOUND
@@ -354,7 +399,9 @@ def test_classify_with_tf_examples(tmp_path, shared):
         result = client.predictions.Classify(with_context, timeout=TIMEOUT).result
         assert [max(row.classes, key=lambda c: c.score).label for row in result.classifications] == ["c", "a"]
         code, body = http(
-            server.rest_port, "/v1/models/classifier/versions/1:classify", {"context": {"x": [0.0, 0.0, 9.0]}, "examples": [{}, {"x": [9.0, 0.0, 0.0]}]}
+            server.rest_port,
+            "/v1/models/classifier/versions/1:classify",
+            {"context": {"x": [0.0, 0.0, 9.0]}, "examples": [{}, {"x": [9.0, 0.0, 0.0]}]},
         )
         rest_rows = json.loads(body)["results"]
         assert code == 200 and [max(row, key=lambda pair: pair[1])[0] for row in rest_rows] == ["c", "a"]
@@ -373,7 +420,6 @@ def test_classify_with_tf_examples(tmp_path, shared):
     # serving_default's three outputs are what a classifier cannot take.
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "Expected one or two output Tensors, found 3"
-
 
 
 def test_classify_on_the_exported_model_reads_encoded_images_from_examples(shared, images):
@@ -420,7 +466,9 @@ def test_pushed_version_takes_over_and_corrupt_version_leaves_it_serving(models_
 
         (base / "3").mkdir()
         (base / "3" / "saved_model.pb").write_bytes(b"garbage")
-        failed = wait_for(lambda: client.status().get(3) if 3 in client.status() and client.status()[3].state == State.END else None)
+        failed = wait_for(
+            lambda: client.status().get(3) if 3 in client.status() and client.status()[3].state == State.END else None
+        )
         assert failed.status.error_code != 0 and "3" in failed.status.error_message
         time.sleep(0.3)  # a few more polls: the failure is not retried and 2 stays
         status = client.status()
@@ -447,7 +495,10 @@ def test_config_file_policies_labels_and_reload(models_dir, images, tmp_path):
     )
     server = serving_server.start(
         serving_server.ServerConfig(
-            port=0, model_config_file=str(config_file), file_system_poll_wait_seconds=0, model_config_file_poll_wait_seconds=0.1
+            port=0,
+            model_config_file=str(config_file),
+            file_system_poll_wait_seconds=0,
+            model_config_file_poll_wait_seconds=0.1,
         )
     )
     client = Client(server.port)
@@ -459,7 +510,8 @@ def test_config_file_policies_labels_and_reload(models_dir, images, tmp_path):
 
         reload = model_management_pb2.ReloadConfigRequest()
         text_format.Parse(
-            f'model_config_list {{ config {{ name: "{names.MODEL_NAME}" base_path: "{base}" model_platform: "tensorflow" '
+            f'model_config_list {{ config {{ name: "{names.MODEL_NAME}" base_path: "{base}" '
+            f'model_platform: "tensorflow" '
             f"model_version_policy {{ specific {{ versions: 1 }} }} }} }}",
             reload.config,
         )
@@ -467,7 +519,10 @@ def test_config_file_policies_labels_and_reload(models_dir, images, tmp_path):
         assert response.status.error_code == 0
         assert {v: s.state for v, s in client.status().items()} == {2: State.END, 1: State.AVAILABLE}
         assert client.predict(request_for(images[:1])).model_spec.version.value == 1
-        assert rpc_error(client.predict, request_for(images[:1], label="canary")).code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (
+            rpc_error(client.predict, request_for(images[:1], label="canary")).code()
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
 
         bad = model_management_pb2.ReloadConfigRequest(config=model_server_config_pb2.ModelServerConfig())
         bad.config.model_config_list.config.add(name="a", base_path=str(base))
@@ -477,7 +532,8 @@ def test_config_file_policies_labels_and_reload(models_dir, images, tmp_path):
 
         # --model_config_file_poll_wait_seconds: an edited file is reloaded (latest policy: 2 again).
         config_file.write_text(
-            f'model_config_list {{ config {{ name: "{names.MODEL_NAME}" base_path: "{base}" model_platform: "tensorflow" }} }}'
+            f'model_config_list {{ config {{ name: "{names.MODEL_NAME}" base_path: "{base}" '
+            f'model_platform: "tensorflow" }} }}'
         )
         wait_for(lambda: client.status()[2].state == State.AVAILABLE and client.status()[1].state == State.END)
     finally:
@@ -496,7 +552,9 @@ def test_new_version_is_loading_until_loaded_and_warmed_up(models_dir, images):
         return models.load_saved_model(name, version, path)
 
     server = serving_server.start(
-        serving_server.ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(base), file_system_poll_wait_seconds=0.1),
+        serving_server.ServerConfig(
+            port=0, model_name=names.MODEL_NAME, model_base_path=str(base), file_system_poll_wait_seconds=0.1
+        ),
         loader=gated_loader,
     )
     client = Client(server.port)
@@ -517,12 +575,32 @@ def test_new_version_is_loading_until_loaded_and_warmed_up(models_dir, images):
 def test_tls(_pushed_once, tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
         check=True,
         capture_output=True,
     )
-    server = start_server(_pushed_once / names.MODEL_NAME, tls_cert=str(cert), tls_key=str(key), file_system_poll_wait_seconds=0)
+    server = start_server(
+        _pushed_once / names.MODEL_NAME, tls_cert=str(cert), tls_key=str(key), file_system_poll_wait_seconds=0
+    )
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
         options = [("grpc.ssl_target_name_override", "localhost")]
@@ -544,7 +622,9 @@ def test_tls(_pushed_once, tmp_path):
 def batching_server(base: Path, tmp_path: Path, text: str) -> serving_server.Server:
     params = tmp_path / "batching.config"
     params.write_text(text)
-    return start_server(base, enable_batching=True, batching_parameters_file=str(params), file_system_poll_wait_seconds=0)
+    return start_server(
+        base, enable_batching=True, batching_parameters_file=str(params), file_system_poll_wait_seconds=0
+    )
 
 
 @pytest.mark.slow
@@ -568,7 +648,7 @@ def test_concurrent_requests_are_batched_and_split_back(_pushed_once, shared, im
             thread.start()
         for thread in threads:
             thread.join()
-        for rows, response in zip(slices, results):
+        for rows, response in zip(slices, results, strict=False):
             alone = shared.predict(request_for(rows))
             np.testing.assert_allclose(
                 tf.make_ndarray(response.outputs[names.OUTPUT_PROBABILITIES]),
@@ -576,27 +656,36 @@ def test_concurrent_requests_are_batched_and_split_back(_pushed_once, shared, im
                 rtol=1e-5,
                 atol=1e-6,
             )
-            assert list(response.outputs[names.OUTPUT_CLASS_NAMES].string_val) == list(alone.outputs[names.OUTPUT_CLASS_NAMES].string_val)
+            assert list(response.outputs[names.OUTPUT_CLASS_NAMES].string_val) == list(
+                alone.outputs[names.OUTPUT_CLASS_NAMES].string_val
+            )
         registry = server.core.metrics.registry
         batches = registry.get_sample_value(":tensorflow:serving:batching_session:processed_batch_size_count")
         rows = registry.get_sample_value(":tensorflow:serving:batching_session:processed_batch_size_sum")
         assert rows == sum(len(s) for s in slices) and batches < len(slices)  # merged, every row once
 
         error = rpc_error(client.predict, request_for(np.zeros((17, 28, 28))))
-        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "larger than maximum input batch size 16" in error.details()
+        assert (
+            error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "larger than maximum input batch size 16" in error.details()
+        )
     finally:
         server.stop()
 
 
 @pytest.mark.slow
 def test_one_bad_image_in_a_batch_fails_only_its_caller(_pushed_once, images, tmp_path):
-    server = batching_server(_pushed_once / names.MODEL_NAME, tmp_path, "max_batch_size { value: 8 } batch_timeout_micros { value: 300000 }")
+    server = batching_server(
+        _pushed_once / names.MODEL_NAME, tmp_path, "max_batch_size { value: 8 } batch_timeout_micros { value: 300000 }"
+    )
     client = Client(server.port)
     outcomes: dict = {}
 
     def call(key: str, payload: bytes) -> None:
         try:
-            outcomes[key] = client.predict(request_for(image_bytes=[payload], signature=names.PREDICT_IMAGES)).model_spec.version.value
+            outcomes[key] = client.predict(
+                request_for(image_bytes=[payload], signature=names.PREDICT_IMAGES)
+            ).model_spec.version.value
         except grpc.RpcError as error:
             outcomes[key] = error.code()
 
@@ -616,7 +705,11 @@ def test_one_bad_image_in_a_batch_fails_only_its_caller(_pushed_once, images, tm
 
 @pytest.mark.slow
 def test_deadline_exceeded_and_graceful_stop_finishes_in_flight(_pushed_once, images, tmp_path):
-    server = batching_server(_pushed_once / names.MODEL_NAME, tmp_path, "max_batch_size { value: 64 } batch_timeout_micros { value: 1000000 }")
+    server = batching_server(
+        _pushed_once / names.MODEL_NAME,
+        tmp_path,
+        "max_batch_size { value: 64 } batch_timeout_micros { value: 1000000 }",
+    )
     client = Client(server.port)
     error = rpc_error(client.predict, request_for(images[:1]), timeout=0.2)
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -647,7 +740,9 @@ def free_port() -> int:
 def http(port: int, path: str, body=None) -> tuple[int, bytes]:
     data = None if body is None else json.dumps(body).encode()
     try:
-        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data), timeout=TIMEOUT) as reply:
+        with urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data), timeout=TIMEOUT
+        ) as reply:
             return reply.status, reply.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
@@ -665,7 +760,9 @@ def test_rest_api_and_prometheus_metrics(_pushed_once, shared, images):
     try:
         code, body = http(port, f"/v1/models/{names.MODEL_NAME}")
         assert code == 200 and json.loads(body) == {
-            "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+            "model_version_status": [
+                {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
         }
         code, body = http(port, f"/v1/models/{names.MODEL_NAME}/versions/1/metadata")
         metadata = json.loads(body)
@@ -682,7 +779,10 @@ def test_rest_api_and_prometheus_metrics(_pushed_once, shared, images):
         code, body = http(
             port,
             f"/v1/models/{names.MODEL_NAME}/versions/1:predict",
-            {"signature_name": names.PREDICT_IMAGES, "inputs": {names.INPUT_IMAGE_BYTES: encoded}, },
+            {
+                "signature_name": names.PREDICT_IMAGES,
+                "inputs": {names.INPUT_IMAGE_BYTES: encoded},
+            },
         )
         assert code == 200 and json.loads(body)["outputs"][names.OUTPUT_CLASS_IDS] == expected
 
@@ -705,9 +805,9 @@ def test_rest_api_and_prometheus_metrics(_pushed_once, shared, images):
 
 
 def test_config_files_for_the_real_server_parse():
-    from serving.batching import read_batching_parameters
-    from serving.metrics import read_monitoring_config
-    from serving.models import read_config_file, validate_config
+    from fmnist.serving.batching import read_batching_parameters
+    from fmnist.serving.metrics import read_monitoring_config
+    from fmnist.serving.models import read_config_file, validate_config
 
     config = read_config_file(SERVING_DIR / "models.config")
     validate_config(config)
@@ -730,10 +830,20 @@ def test_cli_help_and_bad_configuration(capsys, tmp_path):
     bad = tmp_path / "batching.config"
     bad.write_text("max_batch_size { value: 8 } allowed_batch_sizes: 4")
     code = serving_server.main(
-        ["--port", "0", "--model_base_path", str(tmp_path), "--enable_batching=true", "--batching_parameters_file", str(bad)],
+        [
+            "--port",
+            "0",
+            "--model_base_path",
+            str(tmp_path),
+            "--enable_batching=true",
+            "--batching_parameters_file",
+            str(bad),
+        ],
         prog="fmnist serve",
     )
-    assert code == 1 and capsys.readouterr().err.strip().endswith("final entry in allowed_batch_sizes must equal max_batch_size")
+    assert code == 1 and capsys.readouterr().err.strip().endswith(
+        "final entry in allowed_batch_sizes must equal max_batch_size"
+    )
 
 
 def fmnist_serve(*args: str, **env: str) -> subprocess.Popen:
@@ -747,7 +857,9 @@ def fmnist_serve(*args: str, **env: str) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_fmnist_serve_runs_until_sigterm_then_exits_zero(_pushed_once, images):
-    process = fmnist_serve("--port", "0", "--model_name", names.MODEL_NAME, "--model_base_path", str(_pushed_once / names.MODEL_NAME))
+    process = fmnist_serve(
+        "--port", "0", "--model_name", names.MODEL_NAME, "--model_base_path", str(_pushed_once / names.MODEL_NAME)
+    )
     try:
         port = None
         for line in process.stderr:
@@ -797,15 +909,32 @@ def test_real_binary_on_path_is_run_with_the_same_flags(tmp_path):
     fake.write_text('#!/bin/sh\necho "$@" > "$0.args"\n')
     fake.chmod(0o755)
     process = fmnist_serve(
-        "--port", "9000", "--model_name", "m", "--model_base_path", "/models/m", "--host", "0.0.0.0", "--enable_batching",
-        "--tensorflow_intra_op_parallelism", "1", "--mixed_precision", "bfloat16",
+        "--port",
+        "9000",
+        "--model_name",
+        "m",
+        "--model_base_path",
+        "/models/m",
+        "--host",
+        "0.0.0.0",
+        "--enable_batching",
+        "--tensorflow_intra_op_parallelism",
+        "1",
+        "--mixed_precision",
+        "bfloat16",
         PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}",
     )
     assert process.wait(timeout=60) == 0
     process.stderr.close()
     args = (tmp_path / "tensorflow_model_server.args").read_text().split()
-    assert args == ["--port=9000", "--model_name=m", "--model_base_path=/models/m", "--enable_batching=true",
-                    "--tensorflow_intra_op_parallelism=1", "--mixed_precision=bfloat16"]
+    assert args == [
+        "--port=9000",
+        "--model_name=m",
+        "--model_base_path=/models/m",
+        "--enable_batching=true",
+        "--tensorflow_intra_op_parallelism=1",
+        "--mixed_precision=bfloat16",
+    ]
 
 
 def test_a_busy_port_is_an_error(_pushed_once):
@@ -831,8 +960,12 @@ GRAPH_ERRORS = {
     "(most recent call last):\n<stack traces unavailable>\nassertion failed: [image too large: its header claims more "
     "than 16777216 pixels] [Condition x <= y did not hold element-wise:] [x (map/while/case/cond/Identity:0) = ] "
     "[10000000000] [y (map/while/Const_1:0) = ] [16777216]\n\t [[{{node map/while/assert_less_equal/Assert/AssertGuard/"
-    "Assert}}]] [Op:__inference_signature_wrapper_predict_images_643]": "image too large: its header claims more than 16777216 pixels",
-    "Graph execution error:\n\nDetected at node map/while/decode_image/DecodeImage defined at (most recent call last):\n"
+    "Assert}}]] "
+    "[Op:__inference_signature_wrapper_predict_images_643]": (
+        "image too large: its header claims more than 16777216 pixels"
+    ),
+    "Graph execution error:\n\nDetected at node map/while/decode_image/DecodeImage defined at (most "
+    "recent call last):\n"
     "<stack traces unavailable>\nUnknown image file format. One of JPEG, JPEG XL, PNG, GIF, BMP, WebP required.\n\t "
     "[[{{node map/while/decode_image/DecodeImage}}]] [Op:__inference_signature_wrapper_predict_images_643]": (
         "Unknown image file format. One of JPEG, JPEG XL, PNG, GIF, BMP, WebP required."
@@ -843,13 +976,13 @@ GRAPH_ERRORS = {
 
 @pytest.mark.parametrize("raw, meaningful", GRAPH_ERRORS.items())
 def test_graph_error_message_keeps_the_line_that_names_the_problem(raw, meaningful):
-    from serving.predict import graph_error_message
+    from fmnist.serving.predict import graph_error_message
 
     assert graph_error_message(raw) == meaningful
 
 
 def test_batching_parameters_text_format():
-    from serving.batching import parse_batching_parameters
+    from fmnist.serving.batching import parse_batching_parameters
 
     params = parse_batching_parameters(
         "max_batch_size { value: 8 } batch_timeout_micros { value: 5000 } max_enqueued_batches { value: 3 } "
@@ -869,10 +1002,12 @@ def test_batching_parameters_text_format():
 
 
 def test_version_policies():
-    from serving.models import aspired_versions
+    from fmnist.serving.models import aspired_versions
 
     def config(policy: str) -> model_server_config_pb2.ModelConfig:
-        return text_format.Parse(f'name: "m" base_path: "/m" model_version_policy {{ {policy} }}', model_server_config_pb2.ModelConfig())
+        return text_format.Parse(
+            f'name: "m" base_path: "/m" model_version_policy {{ {policy} }}', model_server_config_pb2.ModelConfig()
+        )
 
     present = [1, 2, 5, 9]
     assert aspired_versions(model_server_config_pb2.ModelConfig(name="m"), present) == {9}

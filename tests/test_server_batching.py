@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving.batching import BatchingParameters, BatchScheduler
-from serving.predict import ServingError, Signature
+from fmnist.serving.batching import BatchingParameters, BatchScheduler
+from fmnist.serving.predict import ServingError, Signature
 
 
 class Recorder:
@@ -67,7 +67,7 @@ def test_rows_are_merged_padded_to_an_allowed_size_and_split_back(scheduler_for)
     arrays = [np.full((n, 3), float(i), np.float32) for i, n in enumerate((1, 2, 2))]
     results = run_concurrently(scheduler, recorder.signature, arrays)
     assert recorder.shapes == [(8, 3)]  # 5 rows in one batch, padded to 8
-    for array, result in zip(arrays, results):
+    for array, result in zip(arrays, results, strict=False):
         np.testing.assert_array_equal(result["y"], array * 2)
         np.testing.assert_array_equal(result["total"], array.sum(axis=1))
 
@@ -87,7 +87,9 @@ def test_a_full_batch_closes_before_the_timeout_and_big_tasks_are_refused(schedu
 def test_full_queue_is_unavailable_and_deadline_is_deadline_exceeded(scheduler_for):
     recorder = Recorder()
     scheduler = scheduler_for(max_batch_size=4, max_enqueued_batches=1, batch_timeout_micros=600_000)
-    waiting = threading.Thread(target=scheduler.run, args=("model", recorder.signature, {"x": np.ones((3, 1), np.float32)}, 5.0))
+    waiting = threading.Thread(
+        target=scheduler.run, args=("model", recorder.signature, {"x": np.ones((3, 1), np.float32)}, 5.0)
+    )
     waiting.start()
     time.sleep(0.1)
     with pytest.raises(ServingError) as caught:

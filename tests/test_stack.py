@@ -18,13 +18,14 @@ import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from fmnist import cli, names
-from serving import client
+from fmnist import cli
+from fmnist.common import client, names
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(shutil.which("docker-compose") is None,
-                                reason="docker-compose (Debian package) not installed; .ci/run installs it")
+pytestmark = pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="docker-compose (Debian package) not installed; .ci/run installs it"
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,9 @@ def test_serving_mounts_exist_and_config_names_our_model(compose):
         if source.startswith("/"):  # a bind mount, not a named volume
             assert Path(source).exists(), f"{source} is mounted but missing"
     flags = _flags(_command(serving))
-    config = text_format.Parse(Path(binds[flags["model_config_file"]]).read_text(),
-                               model_server_config_pb2.ModelServerConfig())
+    config = text_format.Parse(
+        Path(binds[flags["model_config_file"]]).read_text(), model_server_config_pb2.ModelServerConfig()
+    )
     models = {m.name: m for m in config.model_config_list.config}
     assert names.MODEL_NAME in models
     models_mount = next(t for t, s in binds.items() if s == "models")

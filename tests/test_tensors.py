@@ -6,11 +6,23 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving import tensors
-from serving.apis import tensor_pb2, types_pb2
+from fmnist.common import tensors
+from fmnist.common.apis import tensor_pb2, types_pb2
 
-NUMERIC = [np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
-           np.uint32, np.uint64, np.bool_]
+NUMERIC = [
+    np.float32,
+    np.float64,
+    np.float16,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.bool_,
+]
 
 
 def _filled(values) -> tensor_pb2.TensorProto:

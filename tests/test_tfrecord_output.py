@@ -19,11 +19,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from batch import compare, io, job
-from batch.outcomes import Classified, Image, Reason
-from fmnist import names
-from serving import tensors
-from serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
+from fmnist.batch import compare, io, job
+from fmnist.batch.outcomes import Classified, Image, Reason
+from fmnist.common import names, tensors
+from fmnist.common.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
 BATCH = 8  # the truncated file shares a request with good ones, so the request is bisected
 BAD = {"truncated.png": Reason.REJECTED, "notes.txt": Reason.NOT_AN_IMAGE}  # labelled_tree's two errors
@@ -55,16 +54,38 @@ def _probabilities(log: prediction_log_pb2.PredictionLog) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tfrecord_run(labelled_tree, server, tmp_path_factory) -> tuple[Path, job.JobResult]:
     output = tmp_path_factory.mktemp("tfrecord-out")
-    argv = ["--input", str(labelled_tree), "--output", str(output), "--server", server, "--batch-size", str(BATCH),
-            "--format", "tfrecord"]
+    argv = [
+        "--input",
+        str(labelled_tree),
+        "--output",
+        str(output),
+        "--server",
+        server,
+        "--batch-size",
+        str(BATCH),
+        "--format",
+        "tfrecord",
+    ]
     return output, job.run(argv)
 
 
 @pytest.fixture(scope="module")
 def jsonl_run(labelled_tree, server, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("jsonl-out")
-    job.run(["--input", str(labelled_tree), "--output", str(output), "--server", server, "--batch-size", str(BATCH),
-             "--top-k", str(names.NUM_CLASSES)])
+    job.run(
+        [
+            "--input",
+            str(labelled_tree),
+            "--output",
+            str(output),
+            "--server",
+            server,
+            "--batch-size",
+            str(BATCH),
+            "--top-k",
+            str(names.NUM_CLASSES),
+        ]
+    )
     return output
 
 
@@ -87,7 +108,10 @@ def test_one_prediction_log_per_classified_file_holding_its_request_and_answer(t
         assert tensors.to_ndarray(request.inputs[names.INPUT_IMAGE_BYTES], object).tolist() == [files[path]]
         # the answer, as TF Serving writes it: the version that answered, every output in its typed field
         assert (response.model_spec.name, response.model_spec.version.value, response.model_spec.signature_name) == (
-            names.MODEL_NAME, 1, names.PREDICT_IMAGES)
+            names.MODEL_NAME,
+            1,
+            names.PREDICT_IMAGES,
+        )
         assert log.log_metadata.model_spec == response.model_spec
         assert set(response.outputs) == set(names.OUTPUTS)
         probabilities = _probabilities(log)
@@ -114,8 +138,9 @@ def test_each_logged_request_replayed_against_the_server_gets_the_logged_answer(
                 assert (mine.dtype, mine.tensor_shape) == (theirs.dtype, theirs.tensor_shape)
                 assert [f.name for f, _ in mine.ListFields()] == [f.name for f, _ in theirs.ListFields()]
             # one image alone, where the job sent it in a batch of 8: equal up to float32 rounding
-            np.testing.assert_allclose(_probabilities(log), tensors.to_ndarray(
-                replayed.outputs[names.OUTPUT_PROBABILITIES]), atol=1e-5)
+            np.testing.assert_allclose(
+                _probabilities(log), tensors.to_ndarray(replayed.outputs[names.OUTPUT_PROBABILITIES]), atol=1e-5
+            )
             assert logged.outputs[names.OUTPUT_CLASS_IDS] == replayed.outputs[names.OUTPUT_CLASS_IDS]
 
 
@@ -144,7 +169,8 @@ def test_tfrecord_and_jsonl_outputs_hold_the_same_predictions(tfrecord_run, json
         assert log.predict_log.response.outputs[names.OUTPUT_CLASS_NAMES].string_val[0].decode() == row["class_name"]
         by_class = {t["class_id"]: t["probability"] for t in row["top_k"]}  # --top-k 10: every class
         assert [probabilities[i] for i in range(names.NUM_CLASSES)] == pytest.approx(
-            [by_class[i] for i in range(names.NUM_CLASSES)], abs=1e-6)
+            [by_class[i] for i in range(names.NUM_CLASSES)], abs=1e-6
+        )
         spec = log.predict_log.response.model_spec
         assert (spec.name, spec.version.value) == (row["model_name"], row["model_version"])
     assert _jsonl(tfrecord_run[0], "errors").keys() == _jsonl(jsonl_run, "errors").keys()
@@ -152,8 +178,18 @@ def test_tfrecord_and_jsonl_outputs_hold_the_same_predictions(tfrecord_run, json
 
 def test_replaying_the_tfrecords_names_each_image_by_its_original_path(tfrecord_run, jsonl_run, server, tmp_path):
     output, first = tfrecord_run
-    replay = job.run(["--input", f"{output}/predictions-*{names.REQUEST_LOG_SUFFIX}", "--output", str(tmp_path),
-                      "--server", server, "--batch-size", str(BATCH)])
+    replay = job.run(
+        [
+            "--input",
+            f"{output}/predictions-*{names.REQUEST_LOG_SUFFIX}",
+            "--output",
+            str(tmp_path),
+            "--server",
+            server,
+            "--batch-size",
+            str(BATCH),
+        ]
+    )
     rows = _jsonl(tmp_path, "predictions")
     original = _jsonl(jsonl_run, "predictions")
     assert rows.keys() == original.keys()  # /…/Bag/12.png, not <log>#<digest>-0
@@ -166,8 +202,22 @@ def test_replaying_the_tfrecords_names_each_image_by_its_original_path(tfrecord_
 
 def test_fmnist_compare_reads_the_tfrecords_as_its_input(tfrecord_run, server, tmp_path):
     output, first = tfrecord_run
-    result = compare.run(["--input", f"{output}/predictions-*.tfrecord", "--output", str(tmp_path), "--server", server,
-                          "--baseline", "1", "--candidate", "1", "--batch-size", str(BATCH)])
+    result = compare.run(
+        [
+            "--input",
+            f"{output}/predictions-*.tfrecord",
+            "--output",
+            str(tmp_path),
+            "--server",
+            server,
+            "--baseline",
+            "1",
+            "--candidate",
+            "1",
+            "--batch-size",
+            str(BATCH),
+        ]
+    )
     comparison = result.comparison
     assert (comparison.files, comparison.compared, comparison.errors) == (first.summary.classified,) * 2 + (0,)
     assert comparison.agreement == 1.0
@@ -175,8 +225,20 @@ def test_fmnist_compare_reads_the_tfrecords_as_its_input(tfrecord_run, server, t
 
 
 def test_in_process_runs_write_the_same_prediction_logs(labelled_tree, model_base, tfrecord_run, tmp_path):
-    job.run(["--input", str(labelled_tree), "--output", str(tmp_path), "--in-process", str(model_base),
-             "--batch-size", str(BATCH), "--format", "tfrecord"])
+    job.run(
+        [
+            "--input",
+            str(labelled_tree),
+            "--output",
+            str(tmp_path),
+            "--in-process",
+            str(model_base),
+            "--batch-size",
+            str(BATCH),
+            "--format",
+            "tfrecord",
+        ]
+    )
     local = {log.log_metadata.request_origin: log for log in _logs(tmp_path)}
     served = {log.log_metadata.request_origin: log for log in _logs(tfrecord_run[0])}
     assert local.keys() == served.keys()
@@ -199,8 +261,10 @@ def test_the_readmes_readers_read_every_record(tfrecord_run, labelled_tree, tmp_
     assert len(readers) == 2  # with TensorFlow, and without its runtime
     (tmp_path / "out").symlink_to(tfrecord_run[0])
     monkeypatch.chdir(tmp_path)  # the examples read out/predictions-*.tfrecord
-    classes = {log.log_metadata.request_origin: log.predict_log.response.outputs[names.OUTPUT_CLASS_IDS].int64_val[0]
-               for log in _logs(tfrecord_run[0])}
+    classes = {
+        log.log_metadata.request_origin: log.predict_log.response.outputs[names.OUTPUT_CLASS_IDS].int64_val[0]
+        for log in _logs(tfrecord_run[0])
+    }
     with_tf, without_tf = readers
     exec(compile(with_tf, "README.md", "exec"), {})  # path, class name, confidence, version
     rows = [re.fullmatch(r"(.+\.png) (.+) (\S+) (\d+)", line).groups() for line in capsys.readouterr().out.splitlines()]

@@ -13,12 +13,11 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from conftest import encode_png
 
-from batch import TFServingModelHandler
-from fmnist import names
-from serving import tensors
-from serving.apis import predict_pb2
-from serving.client import PredictionClient
-from serving.server import ServerConfig, start
+from fmnist.batch import TFServingModelHandler
+from fmnist.common import names, tensors
+from fmnist.common.apis import predict_pb2
+from fmnist.common.client import PredictionClient
+from fmnist.serving.server import ServerConfig, start
 
 IMAGES = 24
 
@@ -35,8 +34,12 @@ def expected(server, encoded) -> list[int]:
 
 
 def _handler(target: str, **kwargs) -> TFServingModelHandler:
-    settings = dict(model_name=names.MODEL_NAME, signature_name=names.PREDICT_IMAGES,
-                    input_alias=names.INPUT_IMAGE_BYTES, max_batch_size=8)
+    settings = dict(
+        model_name=names.MODEL_NAME,
+        signature_name=names.PREDICT_IMAGES,
+        input_alias=names.INPUT_IMAGE_BYTES,
+        max_batch_size=8,
+    )
     return TFServingModelHandler(target, **{**settings, **kwargs})
 
 
@@ -46,23 +49,45 @@ def _pipeline() -> test_pipeline.TestPipeline:
 
 def test_run_inference_over_encoded_bytes_gives_every_output_row_and_the_answering_version(server, encoded, expected):
     with _pipeline() as pipeline:
-        results = (pipeline | beam.Create(list(enumerate(encoded)))
-                   | beam.MapTuple(lambda i, data: data)  # plain examples, not keyed
-                   | RunInference(_handler(server)))
-        rows = results | beam.Map(lambda r: (r.example, int(r.inference[names.OUTPUT_CLASS_IDS]),
-                                             r.inference[names.OUTPUT_CLASS_NAMES].decode(),
-                                             round(float(r.inference[names.OUTPUT_PROBABILITIES].sum()), 4), r.model_id))
-        want = [(data, c, names.CLASS_NAMES[c], 1.0, f"{names.MODEL_NAME}:1") for data, c in zip(encoded, expected)]
+        results = (
+            pipeline
+            | beam.Create(list(enumerate(encoded)))
+            | beam.MapTuple(lambda i, data: data)  # plain examples, not keyed
+            | RunInference(_handler(server))
+        )
+        rows = results | beam.Map(
+            lambda r: (
+                r.example,
+                int(r.inference[names.OUTPUT_CLASS_IDS]),
+                r.inference[names.OUTPUT_CLASS_NAMES].decode(),
+                round(float(r.inference[names.OUTPUT_PROBABILITIES].sum()), 4),
+                r.model_id,
+            )
+        )
+        want = [
+            (data, c, names.CLASS_NAMES[c], 1.0, f"{names.MODEL_NAME}:1")
+            for data, c in zip(encoded, expected, strict=False)
+        ]
         assert_that(rows, equal_to(want))
 
 
 def test_keyed_examples_and_numeric_input_with_an_output_filter(server, dataset, expected):
-    handler = KeyedModelHandler(_handler(server, signature_name=names.SERVING_DEFAULT, input_alias=names.INPUT_IMAGES,
-                                         output_aliases=[names.OUTPUT_CLASS_IDS]))
+    handler = KeyedModelHandler(
+        _handler(
+            server,
+            signature_name=names.SERVING_DEFAULT,
+            input_alias=names.INPUT_IMAGES,
+            output_aliases=[names.OUTPUT_CLASS_IDS],
+        )
+    )
     keyed = [(f"image-{i}", image.astype(np.float32)) for i, image in enumerate(dataset.test.images[:IMAGES])]
     with _pipeline() as pipeline:
-        rows = (pipeline | beam.Create(keyed) | RunInference(handler)
-                | beam.MapTuple(lambda key, r: (key, sorted(r.inference), int(r.inference[names.OUTPUT_CLASS_IDS]))))
+        rows = (
+            pipeline
+            | beam.Create(keyed)
+            | RunInference(handler)
+            | beam.MapTuple(lambda key, r: (key, sorted(r.inference), int(r.inference[names.OUTPUT_CLASS_IDS])))
+        )
         # raw pixels and the PNGs of the same images get the same class from the same model
         assert_that(rows, equal_to([(f"image-{i}", [names.OUTPUT_CLASS_IDS], c) for i, c in enumerate(expected)]))
 
@@ -70,10 +95,16 @@ def test_keyed_examples_and_numeric_input_with_an_output_filter(server, dataset,
 def test_a_rejected_batch_goes_to_the_dead_letter_output_and_the_others_are_classified(server, encoded, expected):
     broken = encoded[0][:40]
     with _pipeline() as pipeline:
-        main, other = (pipeline | beam.Create([broken, *encoded[1:4]])
-                       | RunInference(_handler(server, max_batch_size=1, min_batch_size=1)).with_exception_handling())
-        assert_that(main | beam.Map(lambda r: int(r.inference[names.OUTPUT_CLASS_IDS])), equal_to(expected[1:4]),
-                    label="classified")
+        main, other = (
+            pipeline
+            | beam.Create([broken, *encoded[1:4]])
+            | RunInference(_handler(server, max_batch_size=1, min_batch_size=1)).with_exception_handling()
+        )
+        assert_that(
+            main | beam.Map(lambda r: int(r.inference[names.OUTPUT_CLASS_IDS])),
+            equal_to(expected[1:4]),
+            label="classified",
+        )
         # (the batch, (exception type, message, traceback)): the server's verdict, not retried
         failed = other.failed_inferences | beam.Map(lambda f: (f[0], "INVALID_ARGUMENT" in str(f[1])))
         assert_that(failed, equal_to([([broken], True)]), label="dead letters")
@@ -123,8 +154,10 @@ def test_replicas_share_the_calls_and_a_lost_one_costs_retries_not_examples(_pus
     # The same weights as version 1 on one replica and version 2 on the other, so model_id says who answered.
     for version in ("1", "2"):
         shutil.copytree(_pushed_once / names.MODEL_NAME / "1", tmp_path / version / names.MODEL_NAME / version)
-    replicas = [start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(tmp_path / v / names.MODEL_NAME)))
-                for v in ("1", "2")]
+    replicas = [
+        start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(tmp_path / v / names.MODEL_NAME)))
+        for v in ("1", "2")
+    ]
     try:
         handler = _handler(",".join(f"127.0.0.1:{r.port}" for r in replicas), num_retries=3)
         stub = handler.load_model()

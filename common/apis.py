@@ -20,7 +20,7 @@ reachable as an attribute for code that reaches it that way. Nothing is
 vendored or regenerated: these are the installed modules, and the wire
 format is theirs.
 
-Usage: ``from serving.apis import predict_pb2, prediction_service_pb2_grpc``
+Usage: ``from fmnist.common.apis import predict_pb2, prediction_service_pb2_grpc``
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from fmnist import names
-from serving.apis import (  # the official protos, without TensorFlow's start-up (see serving/apis.py)
+from fmnist.common import names, tensors
+from fmnist.common.apis import (  # the official protos, without TensorFlow's start-up (see serving/apis.py)
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_management_pb2,
@@ -42,7 +42,6 @@ from serving.apis import (  # the official protos, without TensorFlow's start-up
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from serving import tensors
 
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # TensorFlow's error codes are gRPC's numbers
@@ -79,7 +78,10 @@ class Prediction:
     def top_k(self, k: int) -> list[list[tuple[str, float]]]:
         """Per row, the ``k`` likeliest (class name, probability), best first; ties keep label order."""
         order = self.top_k_ids(k)
-        return [[(names.CLASS_NAMES[i], float(row[i])) for i in idx] for row, idx in zip(self.probabilities, order)]
+        return [
+            [(names.CLASS_NAMES[i], float(row[i])) for i in idx]
+            for row, idx in zip(self.probabilities, order, strict=False)
+        ]
 
     def top_k_ids(self, k: int) -> np.ndarray:
         """Per row, the ``k`` likeliest class ids, best first; ties keep label order (int64 [n, k])."""
@@ -124,7 +126,9 @@ class PredictionClient:
         self._sleep = sleep
         self._owns_channel = channel is None
         if channel is None:
-            channel = open_channel(target, tls=tls, root_certificates=root_certificates, max_message_bytes=max_message_bytes)
+            channel = open_channel(
+                target, tls=tls, root_certificates=root_certificates, max_message_bytes=max_message_bytes
+            )
         self._channel = channel
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
@@ -212,9 +216,7 @@ class PredictionClient:
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._model_spec(None, version, None))
         return self._call(self._models.GetModelStatus, request, timeout)
 
-    def reload_config(
-        self, config: model_server_config_pb2.ModelServerConfig, *, timeout: float | None = None
-    ) -> None:
+    def reload_config(self, config: model_server_config_pb2.ModelServerConfig, *, timeout: float | None = None) -> None:
         """Make the server serve ``config`` (every model it lists) with ``HandleReloadConfigRequest``.
 
         The server answers OK only once the new config is in force; its refusal
@@ -381,13 +383,15 @@ def _target_uri(target: str) -> str:
     if len(addresses) == 1:
         return target if literal[target.strip()] else f"dns:///{target.strip()}"
     if None in literal.values() or len(set(literal.values())) > 1:
-        raise ValueError(f"several servers must be IP addresses of one family ({target!r}); for replicas "
-                         "known by name, give one DNS name that resolves to all of them")
+        raise ValueError(
+            f"several servers must be IP addresses of one family ({target!r}); for replicas "
+            "known by name, give one DNS name that resolves to all of them"
+        )
     return f"{next(iter(literal.values()))}:{','.join(addresses)}"
 
 
 def _ip_family(address: str) -> str | None:
-    """"ipv4" or "ipv6" when ``address`` (``host:port``, ``[v6]:port``) names an IP literal; None for a name."""
+    """ "ipv4" or "ipv6" when ``address`` (``host:port``, ``[v6]:port``) names an IP literal; None for a name."""
     host = address.rsplit(":", 1)[0].strip("[]")
     try:
         return "ipv4" if ipaddress.ip_address(host).version == 4 else "ipv6"

@@ -4,7 +4,7 @@ Everything that crosses a process boundary (model name, signature keys, tensor
 aliases, class names, ports) is spelled here once, so that a rename is one edit
 and the parts cannot drift apart.
 
-Usage: ``from fmnist import names; names.MODEL_NAME``
+Usage: ``from fmnist.common import names; names.MODEL_NAME``
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def class_id_from_folder(folder: str) -> int | None:
         if folder_name(class_id) == folder:
             return class_id
     return None
+
 
 # The two sides of ``fmnist compare``: keys of its tallies, records and comparison.json.
 BASELINE = "baseline"

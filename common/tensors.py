@@ -15,12 +15,11 @@ Usage: ``fill(request.inputs["x"], np.ones((2, 3), np.float32)); array = to_ndar
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 
 import numpy as np
 
-from serving.apis import tensor_pb2, types_pb2
+from fmnist.common.apis import tensor_pb2, types_pb2
 
 # numpy dtype → (TF DataType, the TensorProto field TF Serving fills for it)
 _NUMERIC = {

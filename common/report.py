@@ -12,7 +12,7 @@ import io
 
 import numpy as np
 
-from fmnist import names
+from fmnist.common import names
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
@@ -31,7 +31,7 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict:
         recall = np.nan_to_num(true_positives / matrix.sum(axis=1))
     return {
         "accuracy": float(true_positives.sum() / max(len(labels), 1)),
-        "num_examples": int(len(labels)),
+        "num_examples": len(labels),
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]), "support": int(matrix[i].sum())}
             for i, name in enumerate(names.CLASS_NAMES)
@@ -63,8 +63,15 @@ def confusion_matrix_png(matrix, title: str = "Confusion matrix", ylabel: str = 
     for i in ticks:
         for j in ticks:
             if counts[i, j]:
-                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if shares[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if shares[i, j] > 0.5 else "black",
+                )
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from fmnist import names
+from fmnist.common import names
 
 # Why a file is not sent; also the batch job's error reasons (batch.outcomes.Reason).
 EMPTY = "empty"  # zero bytes
