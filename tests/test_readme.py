@@ -281,6 +281,26 @@ def test_the_readmes_training_commands_run_as_written(session):
 # --- docs/ ------------------------------------------------------------------------------------------
 
 
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize(
+    "page", [README, ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name
+)
+def test_every_relative_link_reaches_a_file_and_its_heading(page):
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if re.match(r"\w+://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.exists(), f"{page.name}: {target}"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", linked.read_text(), re.M)
+            assert anchor in {_slug(h) for h in headings}, f"{page.name}: {target}"
+
+
 def test_the_local_model_config_docs_serving_writes_serves_the_pushed_model(_pushed_once, tmp_path):
     doc = (ROOT / "docs" / "serving.md").read_text()
     sed = next(c for b in blocks(doc) if b.language == "bash" for c in commands(b.text) if c.startswith("sed "))
