@@ -20,8 +20,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from batch_outputs import by_path as _by_path
+from batch_outputs import read_rows as _read
 from conftest import encode_png
-from test_batch import _by_path, _read
 
 from fmnist.batch import TFServingModelHandler, io, job
 from fmnist.batch.outcomes import Classified, Failed, from_json, to_json

@@ -9,7 +9,6 @@ bytes, so the job is checked against the graph, not against itself.
 
 from __future__ import annotations
 
-import csv
 import functools
 import io
 import json
@@ -20,11 +19,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.testing import test_pipeline as beam_testing
+from batch_outputs import assert_same_outputs as _assert_same_outputs
+from batch_outputs import by_path as _by_path
+from batch_outputs import read_rows as _read
 from conftest import encode_png, png_claiming
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -101,50 +102,6 @@ def expected(tree, model_base, dataset) -> dict[str, tuple[np.ndarray, int | Non
     return {
         str(p): (row, names.class_id_from_folder(p.parent.name)) for p, row in zip(paths, probabilities, strict=True)
     }
-
-
-def _read(output: Path, name: str) -> list[dict]:
-    """Rows of every ``name-*`` shard, whatever the format; CSV cells parsed back to their types."""
-    rows = []
-    for shard in sorted(output.glob(f"{name}-*")):
-        if shard.suffix == ".parquet":
-            rows += pq.read_table(shard).to_pylist()
-        elif shard.suffix == ".csv":
-            for row in csv.DictReader(shard.open(newline="")):
-                rows.append(
-                    {
-                        k: json.loads(v) if k in ("class_id", "confidence", "top_k", "model_version") else v
-                        for k, v in row.items()
-                    }
-                )
-        else:
-            rows += [json.loads(line) for line in shard.read_text().splitlines()]
-    return rows
-
-
-def _by_path(rows: list[dict]) -> dict[str, dict]:
-    by_path = {row["path"]: row for row in rows}
-    assert len(by_path) == len(rows), "a file was written twice"
-    return by_path
-
-
-def _assert_same_outputs(one: Path, other: Path) -> None:
-    """Same files, classes, versions and error reasons; probabilities equal up to float32 rounding.
-
-    Batches are composed differently by different runs, and the CPU kernels
-    round differently by batch shape, so bit equality would be luck.
-    """
-    first, second = _by_path(_read(one, "predictions")), _by_path(_read(other, "predictions"))
-    assert first.keys() == second.keys()
-    for path, record in first.items():
-        twin = second[path]
-        for key in ("class_id", "class_name", "model_name", "model_version"):
-            assert twin[key] == record[key], (path, key)
-        assert [t["class_id"] for t in twin["top_k"]] == [t["class_id"] for t in record["top_k"]]
-        got, want = [t["probability"] for t in twin["top_k"]], [t["probability"] for t in record["top_k"]]
-        assert got == pytest.approx(want, abs=1e-5)
-    reasons = [{p: r["reason"] for p, r in _by_path(_read(out, "errors")).items()} for out in (one, other)]
-    assert reasons[0] == reasons[1]
 
 
 def _job(tree: Path, output: Path, *source: str, extra: tuple[str, ...] = (), test_pipeline=None) -> job.JobResult:

@@ -251,7 +251,7 @@ def test_in_process_runs_write_the_same_prediction_logs(labelled_tree, model_bas
 
 
 def _readme_readers() -> list[str]:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     return [b for b in blocks if "predictions-*.tfrecord" in b and "PredictionLog.FromString" in b]
 
