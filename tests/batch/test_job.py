@@ -17,12 +17,14 @@ import socket
 import tempfile
 from pathlib import Path
 
+import apache_beam as beam
 import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.testing import test_pipeline as beam_testing
+from apache_beam.testing.util import assert_that, equal_to
 from batch_outputs import assert_same_outputs as _assert_same_outputs
 from batch_outputs import by_path as _by_path
 from batch_outputs import read_rows as _read
@@ -31,12 +33,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fmnist.batch import job
-from fmnist.batch.inference import BatchFailed, ImageBatches, Scores, classify
-from fmnist.batch.io import _read_at_most as read_at_most
-from fmnist.batch.io import input_patterns
+from fmnist.batch import job, launcher, options
+from fmnist.batch.errors import BatchFailed, ServerLost
+from fmnist.batch.inference import ImageBatches, Scores, classify
+from fmnist.batch.job_steps import Classify
 from fmnist.batch.outcomes import Classified, Failed, Reason
 from fmnist.batch.outcomes import Image as Encoded
+from fmnist.batch.readers import input_patterns, read_at_most
+from fmnist.common import errors as serving_errors
 from fmnist.common import names
 from fmnist.common.client import ServingError
 from fmnist.serving.server import ServerConfig, start
@@ -236,8 +240,11 @@ def test_no_runner_given_never_starts_prism_and_progress_is_shown(tree, model_ba
     # the whole job's done/total, elapsed, time left and rate
     assert re.search(r"progress: 100%.* 3/3 \[\d\d:\d\d<00:00, +[\d.]+(file/s|s/file)\]", err), err
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # Pipeline() makes a temp dir that only run() removes
-    assert type(job.make_pipeline([]).runner).__name__ == "FnApiRunner"
-    assert type(job.make_pipeline(["--runner", "BundleBasedDirectRunner"]).runner).__name__ == "BundleBasedDirectRunner"
+    assert type(launcher.make_pipeline([]).runner).__name__ == "FnApiRunner"
+    assert (
+        type(launcher.make_pipeline(["--runner", "BundleBasedDirectRunner"]).runner).__name__
+        == "BundleBasedDirectRunner"
+    )
 
 
 def test_server_lost_during_the_job_fails_it_naming_the_server(tree, tmp_path):
@@ -260,6 +267,22 @@ def test_server_lost_during_the_job_fails_it_naming_the_server(tree, tmp_path):
     with pytest.raises(Exception, match=f"{target}: UNAVAILABLE"):
         job.run(argv, client_factory=_AlwaysReady)
     assert not (tmp_path / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("running_mode", ["in_memory", "multi_processing"])
+def test_a_server_lost_during_the_job_reaches_the_launcher_as_its_type(running_mode, tree, tmp_path):
+    """Beam hands the launcher a worker's exception as text, in this process or from another; the job's error
+    is still the type of the status the worker got, from the note it left."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{probe.getsockname()[1]}"
+    argv = ["--input", f"{tree}/Coat", "--output", str(tmp_path), "--server", target, "--retries", "0"]
+    beam_args = ["--direct_num_workers=2", f"--direct_running_mode={running_mode}"]
+    with pytest.raises(ServerLost) as raised:
+        job.run([*argv, *beam_args], client_factory=_AlwaysReady)
+    assert type(raised.value.error) is serving_errors.Unavailable and raised.value.error.target == target
+    assert str(raised.value).endswith("then run the job again with --resume")
+    assert not list(tmp_path.glob("_failed-*")) and not (tmp_path / "_SUCCESS").exists()
 
 
 @pytest.mark.slow
@@ -399,8 +422,21 @@ def test_image_batches_tell_a_failed_batch_from_a_lost_server():
     handler = ImageBatches(_Images(), max_request_bytes=1 << 20)
     with pytest.raises(BatchFailed, match="INTERNAL: internal here"):
         handler.run_inference([[Encoded("a", b"boom", None)]], _Images)
-    with pytest.raises(ServingError, match="host:1: UNAVAILABLE: unavailable here"):
+    with pytest.raises(serving_errors.Unavailable, match="host:1: UNAVAILABLE: unavailable here"):
         handler.run_inference([[Encoded("a", b"gone", None)]], _Images)
+
+
+def test_classify_gives_a_failed_batchs_files_as_dead_letters_only_when_asked():
+    batches = [[Encoded("a", b"a", None)], [Encoded("b", b"boom", None), Failed("u", Reason.UNREADABLE, "gone")]]
+    with beam_testing.TestPipeline(runner="FnApiRunner") as pipeline:
+        step = Classify(_Images(), max_request_bytes=1 << 20).with_exception_handling()
+        outcomes, dead = pipeline | beam.Create(batches) | step
+        assert_that(outcomes | beam.Map(lambda found: [o.path for o in found]), equal_to([["a"]]), label="outcomes")
+        failed = [Failed("b", Reason.INFERENCE_FAILED, "INTERNAL: internal here"), batches[1][1]]
+        assert_that(dead, equal_to([failed]), label="dead letters")
+    with pytest.raises(Exception, match="INTERNAL: internal here"):
+        with beam_testing.TestPipeline(runner="FnApiRunner") as pipeline:
+            _ = pipeline | beam.Create(batches) | Classify(_Images(), max_request_bytes=1 << 20)
 
 
 def test_a_batch_the_model_fails_on_goes_to_the_errors_output_and_the_job_goes_on(tree, tmp_path):
@@ -457,22 +493,13 @@ def test_input_patterns_read_folders_recursively_and_keep_globs_and_files(tree):
 
 def test_unknown_arguments_are_left_for_beam_and_bad_ones_are_refused(capsys):
     beam = ["--runner", "FlinkRunner", "--flink_master=x:8081"]
-    config, beam_args = job.parse_args(["--input", "a", "--output", "o", "--server", "h:1", "--format", "csv", *beam])
+    config, beam_args = options.parse_job_args(
+        ["--input", "a", "--output", "o", "--server", "h:1", "--format", "csv", *beam]
+    )
     assert (config.inputs, config.server.target, config.file_format) == (("a",), "h:1", "csv")
     assert beam_args == beam
     for bad in (["--top-k", "11"], ["--batch-size", "0"], ["--in-process", "/nonexistent"]):
         with pytest.raises(SystemExit):
-            job.parse_args(
+            options.parse_job_args(
                 ["--input", "a", "--output", "o", *(bad if bad[0] == "--in-process" else ["--server", "h:1", *bad])]
             )
-
-
-def test_cli_error_line_drops_beams_worker_decoration():
-    from fmnist.batch.job import _last_line
-
-    beam_error = RuntimeError(
-        "Traceback (most recent call last):\n  File ...\n"
-        "serving.client.ServingError: 127.0.0.1:5: UNAVAILABLE: failed to connect "
-        "[while running 'RunInference/BeamML_RunInference']"
-    )
-    assert _last_line(beam_error) == "127.0.0.1:5: UNAVAILABLE: failed to connect"
