@@ -28,7 +28,7 @@ from browser import (
 )
 from conftest import encode_png
 
-from fmnist.batch import compare, options, report
+from fmnist.batch import compare, report
 from fmnist.batch.comparison import GALLERY_SIZE
 from fmnist.batch.errors import ServerLost
 from fmnist.batch.outcomes import Reason
@@ -273,24 +273,6 @@ def test_a_label_the_server_does_not_know_fails_the_job_before_it_starts(images,
         f"'{names.MODEL_NAME}': INVALID_ARGUMENT: Unrecognized servable version label: nightly"
     )
     assert not list(tmp_path.iterdir())
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--baseline", "1"], "the following arguments are required: --candidate"),
-        (
-            ["--baseline", "1", "--candidate", "2", "--max-disagreement", "2"],
-            "--max-disagreement: must be between 0 and 1",
-        ),
-        (["--baseline", "1", "--candidate", "2", "--top-k", "3"], "unrecognized arguments: --top-k 3"),
-    ],
-)
-def test_usage_errors_name_the_option(args, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        options.parse_compare_args(["--input", "i", "--output", "o", "--server", "h:1", *args], "fmnist compare")
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
 
 
 def test_an_earlier_comparison_in_the_output_is_refused_unless_overwriting(compared, images, server, tmp_path):
