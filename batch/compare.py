@@ -53,6 +53,9 @@ RERUN = "--overwrite"  # what runs this job again in the same --output once its 
 
 @dataclass(frozen=True)
 class CompareResult:
+    """What a finished run of ``fmnist compare`` gives: the comparison, the gate's verdict, Beam's result, and
+    its files."""
+
     comparison: Comparison
     gate: Gate
     pipeline: PipelineResult  # for Beam metrics: pipeline.metrics().query()

@@ -50,6 +50,8 @@ RERUN = "--resume"  # what finishes this job's run in the same --output once its
 
 @dataclass(frozen=True)
 class JobResult:
+    """What a finished run of ``fmnist batch`` gives: its summary, Beam's result, and its files."""
+
     summary: summary.Summary | None  # None: --resume found the run in output finished, and ran nothing
     pipeline: PipelineResult | None  # for Beam metrics: pipeline.metrics().query()
     files: tuple[str, ...]  # every result file written, sorted

@@ -61,7 +61,7 @@ class Classify(beam.PTransform):
 
         The two stay apart: Beam's local runner executes a Flatten of several
         inputs itself, holding everything that reaches it, so merging them here
-        would keep every outcome of the job in memory before accounting began.
+        would keep every outcome of the job in memory before their records were made.
         """
         self._dead_letters = True
         return self

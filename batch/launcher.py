@@ -93,7 +93,7 @@ def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
 
 def execute(
     pipeline: beam.Pipeline,
-    build_into: Callable[[beam.Pipeline, tuple[str, int]], None],
+    build_into: Callable[[beam.Pipeline, tuple[str, int]], object],
     total: int | None,
     *,
     failures: FailureNotes,
