@@ -21,6 +21,8 @@ Usage::
     handler = ImageBatches(ServerSettings("host:8500").handler(), max_request_bytes=32 << 20)
     outcomes, failed = read_batches | RunInference(handler).with_exception_handling(exc_class=BatchFailed)
     dead = failed.failed_inferences | beam.Map(dead_letters)
+
+(:class:`batch.job_steps.Classify` is that step.)
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from fmnist.batch.errors import BatchFailed
 from fmnist.batch.outcomes import Classified, Failed, Image, Outcome, Reason
+from fmnist.batch.output import FailureNotes
 from fmnist.batch.tfserving import TRANSIENT_CODES, TFServingModelHandler, per_example
-from fmnist.common import names, quiet
+from fmnist.common import errors, names, quiet
 from fmnist.common.client import Prediction, PredictionClient, ServingError
 
 NAMESPACE = "fmnist.batch"  # Beam metrics namespace of everything the job counts
@@ -113,7 +117,7 @@ def classify_read(
     *,
     max_request_bytes: int,
 ) -> list[Outcome]:
-    """Outcomes of a batch as :class:`~batch.io.ReadImages` read it: files that failed to read stay failed."""
+    """Outcomes of a batch as :class:`~batch.readers.ReadImages` read it: files that failed to read stay failed."""
     images, failed = _partition(items)
     return failed + classify(images, predict, is_rejection, max_request_bytes=max_request_bytes)
 
@@ -188,15 +192,6 @@ class ServerSettings:
         )
 
 
-class BatchFailed(Exception):
-    """A batch the model failed on for a reason of its own (not a rejected file, not the server's availability).
-
-    ``RunInference(...).with_exception_handling`` catches exactly this class,
-    so such a batch becomes error records and the job goes on; any other
-    exception (the server lost after retries, the model unknown) fails the job.
-    """
-
-
 # Codes about the server or the model's identity, not about the batch: the job fails, naming the server.
 SERVER_CODES = frozenset(
     {
@@ -222,15 +217,19 @@ class ImageBatches(ModelHandler[list[Image | Failed], list[Outcome], Any]):
     throttling included), :class:`SignatureHandler` in-process. Each batch
     goes through :func:`classify`: requests capped at ``max_request_bytes``,
     and a batch the model rejects (INVALID_ARGUMENT: a file it cannot decode)
-    bisected down to its bad files. Other failures raise :class:`BatchFailed`
-    (the dead-letter output's) or, when about the server, a
-    :class:`~serving.client.ServingError` naming it.
+    bisected down to its bad files. Other failures raise
+    :class:`~batch.errors.BatchFailed` (the dead-letter output's) or, when
+    about the server or the model's identity (:data:`SERVER_CODES`), the
+    :mod:`fmnist.common.errors` type of the status, naming the server; that
+    one is noted in ``failures`` first, where the launcher finds it as a type
+    (Beam hands it the worker's exception as text).
     """
 
-    def __init__(self, images: ModelHandler, *, max_request_bytes: int):
+    def __init__(self, images: ModelHandler, *, max_request_bytes: int, failures: FailureNotes | None = None):
         super().__init__(min_batch_size=1, max_batch_size=1)  # the elements are batches already
         self._images = images
         self._max_request_bytes = max_request_bytes
+        self._failures = failures
 
     def load_model(self) -> Any:
         return self._images.load_model()
@@ -247,7 +246,12 @@ class ImageBatches(ModelHandler[list[Image | Failed], list[Outcome], Any]):
                 )
             except grpc.RpcError as error:
                 if error.code() in SERVER_CODES:
-                    raise ServingError(error.code(), error.details(), getattr(self._images, "target", "?")) from error
+                    stopped = errors.from_code(
+                        error.code(), error.details(), target=getattr(self._images, "target", "?")
+                    )
+                    if self._failures is not None:
+                        self._failures.note(stopped)
+                    raise stopped from error
                 raise BatchFailed(f"{error.code().name}: {_detail(error)}") from error
             except Exception as error:
                 raise BatchFailed(f"{type(error).__name__}: {_detail(error)}") from error

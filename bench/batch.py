@@ -16,7 +16,7 @@ starts the embedded server in a child process, and runs, side by side:
 - a naive loop reading one file and sending it as one request, over
   ``--naive-count`` files.
 
-Every job runs as its own process (``python -m batch.job``), so its peak RSS
+Every job runs as its own process (``python -m fmnist.batch.job``), so its peak RSS
 comes from ``wait4``; its rate is the job's own (``summary.json``: pipeline
 start to finish, without interpreter and TensorFlow start-up, which the wall
 column includes).

@@ -4,7 +4,7 @@ Every run saves each classified batch's outcomes as a checkpoint (``_resume/``
 in ``--output``) so that ``--resume`` can finish it after an interruption.
 This times the served job on ``--count`` PNGs (10,000) three ways, in turn,
 ``--repeat`` times each: with the checkpoint writes, without them (the same
-code, ``batch.io.write_checkpoint`` replaced by a no-op in the job's process:
+code, ``batch.output.write_checkpoint`` replaced by a no-op in the job's process:
 only the writes differ), and resumed (``--resume``) on an output whose
 checkpoints hold half of the files; each job's own seconds (summary.json) and
 its process's CPU seconds over the pipeline run. Then the launcher's reading
@@ -38,14 +38,14 @@ from fmnist.common import names
 # seconds its pipeline took (every thread of the process, from its start to its end) to argv[2].
 _CHILD = """
 import resource, sys
-from fmnist.batch import io, job
+from fmnist.batch import job, output
 
 def cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 if sys.argv[1] == "off":
-    io.write_checkpoint = lambda folder, outcomes, with_data=False: ""
+    output.write_checkpoint = lambda folder, outcomes, with_data=False: ""
 execute = job.execute
 def timed(*args, **kwargs):
     started = cpu()
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     _common.warn_if_busy()
     load_before = os.getloadavg()
 
-    from fmnist.batch import io, job
+    from fmnist.batch import output as job_output
+    from fmnist.batch import readers
     from fmnist.batch.outcomes import Classified
 
     spec = importlib.util.spec_from_file_location("bench_batch", Path(__file__).with_name("batch.py"))
@@ -111,14 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = {"with checkpoints": [], "without": [], "resumed, half done": []}
     try:
         common = ["--input", str(every), "--server", server.target, "--batch-size", str(args.batch_size)]
-        files, logs = job.match_inputs([str(every)])
+        files, logs = readers.match_inputs([str(every)])
         records = [Classified(path, None, (0.1,) * 10, names.MODEL_NAME, 1) for path in sorted(files)]
         half = records[: len(records) // 2]
 
         def saved(output: Path, outcomes: list) -> None:
             """Checkpoints of ``outcomes``, as an interrupted run leaves them."""
+            folder = str(output / job_output.CHECKPOINTS)
             for start in range(0, len(outcomes), args.batch_size):
-                io.write_checkpoint(str(output / job.CHECKPOINTS), outcomes[start : start + args.batch_size])
+                job_output.write_checkpoint(folder, outcomes[start : start + args.batch_size])
 
         run("warm-up", True, [*common, "--output", str(work / "warm")], work / "warm.log")
         kinds = list(rows)
@@ -140,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         output = work / "resumable"
         saved(output, records)
         started = time.perf_counter()
-        plan = job.plan_resumption(str(output), files, logs, text_io.StringIO())
+        plan = job_output.plan_resumption(str(output), files, logs, text_io.StringIO())
         read_seconds = time.perf_counter() - started
         print(f"  reading {len(plan.checkpoints)} checkpoints ({plan.done:,} outcomes): {read_seconds:.2f} s")
-        size = sum(f.stat().st_size for f in (output / job.CHECKPOINTS).iterdir())
+        size = sum(f.stat().st_size for f in (output / job_output.CHECKPOINTS).iterdir())
     finally:
         server.stop()
     load_after = os.getloadavg()

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_batch import _assert_same_outputs
+from batch_outputs import assert_same_outputs as _assert_same_outputs
 
 from engines import cluster
 from fmnist.batch import job

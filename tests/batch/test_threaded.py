@@ -1,4 +1,4 @@
-"""batch.behind.OneBehind: work in a thread of its own, outputs emitted in order from the stage's thread."""
+"""batch.threaded.ThreadedDoFn: work in a thread of its own, outputs emitted in order from the stage's thread."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from fmnist.batch.behind import OneBehind
-from fmnist.batch.job import local_runner
+from fmnist.batch.launcher import local_runner
+from fmnist.batch.threaded import ThreadedDoFn
 
 
 def _pipeline() -> beam.Pipeline:
     return beam.Pipeline(runner=local_runner(PipelineOptions()), options=PipelineOptions())
 
 
-class _Split(OneBehind):
+class _Split(ThreadedDoFn):
     """n → main: n * 10, "odd": n when odd; records in which thread work and emitted ran."""
 
     def work(self, n: int) -> list:
@@ -43,7 +43,7 @@ def test_every_output_comes_out_once_with_its_tag_and_from_a_thread_of_its_own()
         assert_that(threads, equal_to(["_Split_0"]), label="thread")
 
 
-class _Same(OneBehind):
+class _Same(ThreadedDoFn):
     def work(self, element):
         return [element]
 
@@ -60,7 +60,7 @@ def test_outputs_keep_their_elements_timestamps():
         assert_that(stamped, equal_to([(n, 1000 + n) for n in range(5)]))
 
 
-class _FailsOnThree(OneBehind):
+class _FailsOnThree(ThreadedDoFn):
     def work(self, n: int) -> list:
         if n == 3:
             raise ValueError("three is refused")

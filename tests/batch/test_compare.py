@@ -15,6 +15,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import grpc
+import numpy as np
 import pytest
 from browser import (
     browser,  # noqa: F401  (a fixture, found by its name)
@@ -27,9 +29,12 @@ from browser import (
 from conftest import encode_png
 
 from fmnist.batch import compare, report
+from fmnist.batch.comparison import GALLERY_SIZE
+from fmnist.batch.errors import ServerLost
 from fmnist.batch.outcomes import Reason
+from fmnist.common import errors as serving_errors
 from fmnist.common import names
-from fmnist.common.client import PredictionClient
+from fmnist.common.client import Prediction, PredictionClient, ServingError
 from fmnist.serving.server import ServerConfig, start
 
 FILES_PER_CLASS = 5
@@ -270,24 +275,6 @@ def test_a_label_the_server_does_not_know_fails_the_job_before_it_starts(images,
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--baseline", "1"], "the following arguments are required: --candidate"),
-        (
-            ["--baseline", "1", "--candidate", "2", "--max-disagreement", "2"],
-            "--max-disagreement: must be between 0 and 1",
-        ),
-        (["--baseline", "1", "--candidate", "2", "--top-k", "3"], "unrecognized arguments: --top-k 3"),
-    ],
-)
-def test_usage_errors_name_the_option(args, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        compare.parse_args(["--input", "i", "--output", "o", "--server", "h:1", *args], "fmnist compare")
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-
-
 def test_an_earlier_comparison_in_the_output_is_refused_unless_overwriting(compared, images, server, tmp_path):
     output = tmp_path / "out"
     shutil.copytree(compared[0], output)
@@ -321,5 +308,37 @@ def test_the_report_shows_the_comparisons_numbers_and_every_disagreement(browser
         [f["baseline"], f["candidate"], f"{f['files']:,}"] for f in comparison["flips"]
     ]
     cards = browser.find_elements(By.CSS_SELECTOR, "#disagreements .card")
-    assert len(cards) == min(len(_disagreements(output)), compare.GALLERY_SIZE)
+    assert len(cards) == min(len(_disagreements(output)), GALLERY_SIZE)
     screenshot(browser, tmp_path / "compare_report.png")
+
+
+class _LosesTheServer:
+    """A client answering the launcher's two probes (one per version), then UNAVAILABLE: the server is lost once
+    the job has started. Its class holds the calls: the workers of this process make clients of their own."""
+
+    calls: list[int] = []
+
+    def __init__(self, target, **settings):
+        self.target = target
+
+    def wait_until_available(self, timeout, not_found_grace=None):
+        return 1
+
+    def predict_encoded(self, encoded, version=None, version_label=None):
+        _LosesTheServer.calls.append(len(encoded))
+        if len(_LosesTheServer.calls) > 2:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, "failed to connect", self.target)
+        return Prediction(np.full((1, 10), 0.1, np.float32), np.zeros(1, np.int64), ["T-shirt/top"], "m", 1)
+
+    def close(self):
+        pass
+
+
+def test_a_server_lost_mid_comparison_is_its_type_and_says_to_run_again_with_overwrite(images, tmp_path):
+    _LosesTheServer.calls.clear()
+    argv = ["--input", str(images), "--output", str(tmp_path), "--server", "h:1", "--baseline", "1", "--candidate", "2"]
+    with pytest.raises(ServerLost, match="then run the job again with --overwrite$") as raised:
+        compare.run(argv, client_factory=_LosesTheServer)
+    assert type(raised.value.error) is serving_errors.Unavailable and raised.value.error.target == "h:1"
+    assert str(raised.value).startswith("lost the server: h:1: UNAVAILABLE: failed to connect;")
+    assert not (tmp_path / "_SUCCESS").exists()

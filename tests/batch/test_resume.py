@@ -20,11 +20,23 @@ from pathlib import Path
 
 import grpc
 import pytest
+from batch_outputs import by_path as _by_path
+from batch_outputs import read_rows as _read
 from conftest import encode_png
-from test_batch import _by_path, _read
 
-from fmnist.batch import TFServingModelHandler, io, job
+from fmnist.batch import TFServingModelHandler, compare, job, options, records
+from fmnist.batch import output as batch_output
+from fmnist.batch.errors import stopped_by
 from fmnist.batch.outcomes import Classified, Failed, from_json, to_json
+from fmnist.batch.output import (
+    CHECKPOINT_TEMP_PREFIX,
+    CHECKPOINTS,
+    checkpoint_name,
+    is_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
+from fmnist.common import errors as serving_errors
 from fmnist.common import names, tensors
 from fmnist.common.apis import predict_pb2, prediction_log_pb2
 from fmnist.serving.server import ServerConfig, start
@@ -81,7 +93,7 @@ def reference(images, server, tmp_path_factory) -> dict[str, dict]:
 
 def _checkpointed(output: Path) -> dict[str, object]:
     """path → outcome, over every complete checkpoint in ``output``."""
-    return {o.path: o for f in (output / job.CHECKPOINTS).glob("*.jsonl") for o in io.read_checkpoint(str(f))}
+    return {o.path: o for f in (output / CHECKPOINTS).glob("*.jsonl") for o in read_checkpoint(str(f))}
 
 
 def _assert_whole(output: Path, reference: dict[str, dict], images: Path, *, resumed: int) -> None:
@@ -100,7 +112,7 @@ def _assert_whole(output: Path, reference: dict[str, dict], images: Path, *, res
     assert summary["evaluation"]["files"] == 2 * DISTINCT
     assert summary["resumed"] == resumed
     assert f"{resumed:,} files done by an interrupted run" in (output / "report.html").read_text()
-    assert (output / "_SUCCESS").exists() and not (output / job.CHECKPOINTS).exists()
+    assert (output / "_SUCCESS").exists() and not (output / CHECKPOINTS).exists()
     assert not list(output.glob("beam-temp-*"))
 
 
@@ -124,7 +136,7 @@ def _interrupt_once_checkpointed(output: Path, *args: str, checkpoints: int = 5)
     reader.start()
     try:
         deadline = time.monotonic() + 120
-        while len(list((output / job.CHECKPOINTS).glob("*.jsonl"))) < checkpoints:
+        while len(list((output / CHECKPOINTS).glob("*.jsonl"))) < checkpoints:
             assert process.poll() is None, f"the job ended before it was interrupted: {''.join(stderr)}"
             assert time.monotonic() < deadline, "no checkpoints after 120 s"
             time.sleep(0.01)
@@ -170,12 +182,12 @@ class _FailsAfter(TFServingModelHandler):
 
 def _handler(argv: list[str], handler_class: type[TFServingModelHandler]) -> TFServingModelHandler:
     """The handler the job would make from ``argv``, of ``handler_class``."""
-    return job.parse_args(argv)[0].server.handler(handler_class)
+    return options.parse_job_args(argv)[0].server.handler(handler_class)
 
 
 def _run_resumed(argv: list[str], handler_class=TFServingModelHandler) -> tuple[job.JobResult, str]:
     """``job`` with ``--resume`` in this process: its result and what it told the user."""
-    config, beam_args = job.parse_args([*argv, "--resume"])
+    config, beam_args = options.parse_job_args([*argv, "--resume"])
     shown = bytes_io.StringIO()
     return job.run_config(
         config, beam_args, handler=config.server.handler(handler_class), stream=shown
@@ -307,9 +319,9 @@ def test_a_server_lost_mid_job_then_resume_gives_the_same_records(images, server
 
 
 def test_the_lost_server_line_says_to_resume_for_batch_and_to_overwrite_for_compare():
-    line = "127.0.0.1:5: UNAVAILABLE: failed to connect"
-    assert job._explained(line, "--resume").endswith("then run the job again with --resume")
-    assert job._explained(line).endswith("then run the job again with --overwrite")
+    lost = serving_errors.from_code(grpc.StatusCode.UNAVAILABLE, "failed to connect", target="127.0.0.1:5")
+    assert str(stopped_by(lost, job.RERUN)).endswith("then run the job again with --resume")
+    assert str(stopped_by(lost, compare.RERUN)).endswith("then run the job again with --overwrite")
 
 
 def test_a_run_stopped_after_its_pipeline_ended_is_finished_without_classifying_anything(
@@ -321,7 +333,7 @@ def test_a_run_stopped_after_its_pipeline_ended_is_finished_without_classifying_
         raise RuntimeError("stopped before the report")
 
     with monkeypatch.context() as patched:
-        patched.setattr(job, "read_gallery", stopped)
+        patched.setattr(batch_output, "read_gallery", stopped)
         with pytest.raises(RuntimeError, match="stopped before the report"):
             job.run(argv)
     written = _by_path(_read(tmp_path, "predictions"))  # the pipeline had finished its outputs
@@ -336,7 +348,7 @@ def test_a_run_stopped_after_its_pipeline_ended_is_finished_without_classifying_
     assert records == written
     assert len(_read(tmp_path, "errors")) == 2 and (tmp_path / "_SUCCESS").exists()
     assert (result.summary.inputs, result.summary.resumed) == (42, 42)
-    assert not (tmp_path / job.CHECKPOINTS).exists()
+    assert not (tmp_path / CHECKPOINTS).exists()
 
 
 # --- request logs --------------------------------------------------------------------------------
@@ -392,7 +404,7 @@ def test_request_logs_resume_too(dataset, server, tmp_path):
     assert {p: r["class_id"] for p, r in records.items()} == {p: r["class_id"] for p, r in reference.items()}
     assert [e["reason"] for e in _read(tmp_path / "out", "errors")] == ["not_an_image"]
     assert (result.summary.inputs, result.summary.classified, result.summary.resumed) == (121, 120, len(saved))
-    assert not (tmp_path / "out" / job.CHECKPOINTS).exists()
+    assert not (tmp_path / "out" / CHECKPOINTS).exists()
 
 
 # --- what is refused, and what --resume does with other outputs ------------------------------------
@@ -414,8 +426,8 @@ def _fake_interrupted(output: Path, tree: Path, version: int) -> list[str]:
         Classified(p, None, tuple(float(i == n % 10) for i in range(10)), names.MODEL_NAME, version)
         for n, p in enumerate(pngs)
     ]
-    io.write_checkpoint(str(output / job.CHECKPOINTS), outcomes[:3])
-    io.write_checkpoint(str(output / job.CHECKPOINTS), outcomes[3:])
+    write_checkpoint(str(output / CHECKPOINTS), outcomes[:3])
+    write_checkpoint(str(output / CHECKPOINTS), outcomes[3:])
     return pngs
 
 
@@ -428,12 +440,12 @@ def test_an_interrupted_output_is_refused_without_resume_and_overwrite_starts_ag
     argv = ["--input", str(labelled_tree), "--output", str(tmp_path), "--server", server]
     assert job.main(argv, prog="fmnist batch") == 2
     error = capsys.readouterr().err
-    assert f"--output {tmp_path} holds an interrupted run (2 checkpoints in {job.CHECKPOINTS}/)" in error
+    assert f"--output {tmp_path} holds an interrupted run (2 checkpoints in {CHECKPOINTS}/)" in error
     assert "add --resume to finish it, or --overwrite to start again" in error
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing touched
 
     assert job.main([*argv, "--overwrite"]) == 0
-    assert not (tmp_path / job.CHECKPOINTS).exists() and (tmp_path / "notes.txt").exists()
+    assert not (tmp_path / CHECKPOINTS).exists() and (tmp_path / "notes.txt").exists()
     records = _read(tmp_path, "predictions")
     assert len(records) == 40 and {r["model_version"] for r in records} == {1}  # nothing taken from the checkpoints
 
@@ -444,7 +456,7 @@ def test_resume_on_a_new_output_runs_whole_and_on_a_finished_one_does_nothing(tm
     assert first.returncode == 0, first.stderr
     assert "resuming" not in first.stderr and "42 files: 40 classified, 2 errors" in first.stdout
     written = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
-    assert not (tmp_path / "out" / job.CHECKPOINTS).exists()
+    assert not (tmp_path / "out" / CHECKPOINTS).exists()
 
     again = _batch(*argv)
     assert again.returncode == 0, again.stderr
@@ -460,8 +472,7 @@ def test_resume_on_results_without_checkpoints_is_refused(tmp_path, server, labe
     assert job.main(argv, prog="fmnist batch") == 2
     error = capsys.readouterr().err
     assert (
-        "holds another run's results" in error
-        and f"--resume has nothing to finish there (no {job.CHECKPOINTS}/)" in error
+        "holds another run's results" in error and f"--resume has nothing to finish there (no {CHECKPOINTS}/)" in error
     )
 
 
@@ -470,22 +481,20 @@ def test_resume_on_results_without_checkpoints_is_refused(tmp_path, server, labe
 
 def test_half_written_and_damaged_checkpoints_are_ignored_and_removed(tmp_path, server, labelled_tree):
     output = tmp_path / "out"
-    folder = output / job.CHECKPOINTS
+    folder = output / CHECKPOINTS
     taken = _fake_interrupted(output, labelled_tree, version=99)  # two good checkpoints: 6 files
     pngs = sorted(str(p) for p in labelled_tree.rglob("*.png"))
     fake = [Classified(p, None, (1.0,) + (0.0,) * 9, names.MODEL_NAME, 77) for p in pngs[6:12]]
     # a checkpoint being written when the run stopped: half its lines, under its temporary name
-    (folder / f"{io.CHECKPOINT_TEMP_PREFIX}0123abcd").write_text("".join(to_json(o) + "\n" for o in fake[:3])[:-40])
+    (folder / f"{CHECKPOINT_TEMP_PREFIX}0123abcd").write_text("".join(to_json(o) + "\n" for o in fake[:3])[:-40])
     # a checkpoint cut short at a line's end (a disk that lost its tail): its name no longer matches
-    damaged = Path(io.write_checkpoint(str(folder), fake[3:6]))
+    damaged = Path(write_checkpoint(str(folder), fake[3:6]))
     damaged.write_text("".join(to_json(o) + "\n" for o in fake[3:5]))
     # the same file in two checkpoints: the newer wins, and it is written once
-    newer = Path(
-        io.write_checkpoint(str(folder), [Classified(taken[0], None, (0.0,) * 9 + (1.0,), names.MODEL_NAME, 98)])
-    )
+    newer = Path(write_checkpoint(str(folder), [Classified(taken[0], None, (0.0,) * 9 + (1.0,), names.MODEL_NAME, 98)]))
     os.utime(newer, (time.time() + 60, time.time() + 60))
     # a file no longer among the inputs
-    io.write_checkpoint(str(folder), [Failed(str(labelled_tree / "gone.png"), "empty", "0 bytes")])
+    write_checkpoint(str(folder), [Failed(str(labelled_tree / "gone.png"), "empty", "0 bytes")])
 
     argv = ["--input", str(labelled_tree), "--output", str(output), "--server", server, "--batch-size", "4"]
     result, shown = _run_resumed(argv)
@@ -509,7 +518,7 @@ def test_a_checkpoint_is_written_whole_under_its_batch_digest_and_read_back_exac
         Classified("c#d1-0", None, (0.1,) * 10, "m", 12),
     ]
     assert [from_json(to_json(o)) for o in outcomes] == outcomes  # probabilities bit for bit
-    assert io.checkpoint_name(["a", "b"]) == io.checkpoint_name(["b", "a"]) != io.checkpoint_name(["a", "c"])
+    assert checkpoint_name(["a", "b"]) == checkpoint_name(["b", "a"]) != checkpoint_name(["a", "c"])
     for bad in (
         '{"path": "a"}',
         "[1]",
@@ -527,18 +536,18 @@ def test_outcomes_of_files_with_undecodable_or_non_ascii_names_travel_as_json_li
     lines = [to_json(o) for o in outcomes]
     assert [from_json(line) for line in lines] == outcomes
     assert all(line.encode() and "\n" not in line for line in lines)  # each writable as one UTF-8 line
-    block = io.Blocks("jsonl")([io.prediction_record(outcomes[0], 3), io.error_record(outcomes[1])])
+    block = records.BlockFormat("jsonl")([records.prediction_record(outcomes[0], 3), records.error_record(outcomes[1])])
     assert [json.loads(line)["path"] for line in block.encode().splitlines()] == [o.path for o in outcomes]
 
 
 def test_a_checkpoint_read_back_must_be_whole(tmp_path):
     outcomes = [Failed(f"f{i}", "empty", "0 bytes") for i in range(3)]
-    path = Path(io.write_checkpoint(str(tmp_path), outcomes))
-    assert path.name == io.checkpoint_name(["f0", "f1", "f2"]) and io.is_checkpoint(path.name)
+    path = Path(write_checkpoint(str(tmp_path), outcomes))
+    assert path.name == checkpoint_name(["f0", "f1", "f2"]) and is_checkpoint(path.name)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
-    assert io.read_checkpoint(str(path)) == outcomes
+    assert read_checkpoint(str(path)) == outcomes
     whole = path.read_text()
     for cut in (whole[:-5], "\n".join(whole.splitlines()[:2]) + "\n", whole + whole.splitlines()[0] + "\n", ""):
         path.write_text(cut)
         with pytest.raises(ValueError):
-            io.read_checkpoint(str(path))
+            read_checkpoint(str(path))

@@ -1,6 +1,6 @@
-"""A DoFn whose work runs in a thread of its own, one element behind the stage: :class:`OneBehind`.
+"""A DoFn whose work runs in a thread of its own, one element behind the stage: :class:`ThreadedDoFn`.
 
-The job's fused stage (read → RunInference → checkpoint → account → write)
+The job's fused stage (read → RunInference → checkpoint → records → write)
 runs in one thread, and much of that thread's time is waiting: RunInference
 calls the model synchronously, and the model's answer to a batch takes as
 long as the Python work around it. A step whose outputs nobody needs at once
@@ -19,7 +19,7 @@ worker's switch interval is set to :data:`SWITCH_INTERVAL` instead.
 
 Usage::
 
-    class Save(OneBehind):
+    class Save(ThreadedDoFn):
         def work(self, element):
             save(element)
             return [element]
@@ -39,7 +39,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 SWITCH_INTERVAL = 0.001  # seconds; the stage's thread waits for a model's answer about 100 times a second
 
 
-class OneBehind(beam.DoFn):
+class ThreadedDoFn(beam.DoFn):
     """``work(element)`` → its outputs (values, or ``TaggedOutput``s), run in a thread one element behind."""
 
     def work(self, element: Any) -> Sequence[Any]:

@@ -9,7 +9,6 @@ bytes, so the job is checked against the graph, not against itself.
 
 from __future__ import annotations
 
-import csv
 import functools
 import io
 import json
@@ -18,26 +17,27 @@ import socket
 import tempfile
 from pathlib import Path
 
-import grpc
+import apache_beam as beam
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.testing import test_pipeline as beam_testing
+from apache_beam.testing.util import assert_that, equal_to
+from batch_outputs import assert_same_outputs as _assert_same_outputs
+from batch_outputs import by_path as _by_path
+from batch_outputs import read_rows as _read
 from conftest import encode_png, png_claiming
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from PIL import Image
+from test_inference import _Images
 
-from fmnist.batch import job
-from fmnist.batch.inference import BatchFailed, ImageBatches, Scores, classify
-from fmnist.batch.io import _read_at_most as read_at_most
-from fmnist.batch.io import input_patterns
-from fmnist.batch.outcomes import Classified, Failed, Reason
+from fmnist.batch import job, launcher
+from fmnist.batch.errors import ServerLost
+from fmnist.batch.job_steps import Classify
+from fmnist.batch.outcomes import Failed, Reason
 from fmnist.batch.outcomes import Image as Encoded
+from fmnist.batch.readers import input_patterns, read_at_most
+from fmnist.common import errors as serving_errors
 from fmnist.common import names
-from fmnist.common.client import ServingError
 from fmnist.serving.server import ServerConfig, start
 
 GOOD = 48  # labelled test images
@@ -101,50 +101,6 @@ def expected(tree, model_base, dataset) -> dict[str, tuple[np.ndarray, int | Non
     return {
         str(p): (row, names.class_id_from_folder(p.parent.name)) for p, row in zip(paths, probabilities, strict=True)
     }
-
-
-def _read(output: Path, name: str) -> list[dict]:
-    """Rows of every ``name-*`` shard, whatever the format; CSV cells parsed back to their types."""
-    rows = []
-    for shard in sorted(output.glob(f"{name}-*")):
-        if shard.suffix == ".parquet":
-            rows += pq.read_table(shard).to_pylist()
-        elif shard.suffix == ".csv":
-            for row in csv.DictReader(shard.open(newline="")):
-                rows.append(
-                    {
-                        k: json.loads(v) if k in ("class_id", "confidence", "top_k", "model_version") else v
-                        for k, v in row.items()
-                    }
-                )
-        else:
-            rows += [json.loads(line) for line in shard.read_text().splitlines()]
-    return rows
-
-
-def _by_path(rows: list[dict]) -> dict[str, dict]:
-    by_path = {row["path"]: row for row in rows}
-    assert len(by_path) == len(rows), "a file was written twice"
-    return by_path
-
-
-def _assert_same_outputs(one: Path, other: Path) -> None:
-    """Same files, classes, versions and error reasons; probabilities equal up to float32 rounding.
-
-    Batches are composed differently by different runs, and the CPU kernels
-    round differently by batch shape, so bit equality would be luck.
-    """
-    first, second = _by_path(_read(one, "predictions")), _by_path(_read(other, "predictions"))
-    assert first.keys() == second.keys()
-    for path, record in first.items():
-        twin = second[path]
-        for key in ("class_id", "class_name", "model_name", "model_version"):
-            assert twin[key] == record[key], (path, key)
-        assert [t["class_id"] for t in twin["top_k"]] == [t["class_id"] for t in record["top_k"]]
-        got, want = [t["probability"] for t in twin["top_k"]], [t["probability"] for t in record["top_k"]]
-        assert got == pytest.approx(want, abs=1e-5)
-    reasons = [{p: r["reason"] for p, r in _by_path(_read(out, "errors")).items()} for out in (one, other)]
-    assert reasons[0] == reasons[1]
 
 
 def _job(tree: Path, output: Path, *source: str, extra: tuple[str, ...] = (), test_pipeline=None) -> job.JobResult:
@@ -279,8 +235,11 @@ def test_no_runner_given_never_starts_prism_and_progress_is_shown(tree, model_ba
     # the whole job's done/total, elapsed, time left and rate
     assert re.search(r"progress: 100%.* 3/3 \[\d\d:\d\d<00:00, +[\d.]+(file/s|s/file)\]", err), err
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # Pipeline() makes a temp dir that only run() removes
-    assert type(job.make_pipeline([]).runner).__name__ == "FnApiRunner"
-    assert type(job.make_pipeline(["--runner", "BundleBasedDirectRunner"]).runner).__name__ == "BundleBasedDirectRunner"
+    assert type(launcher.make_pipeline([]).runner).__name__ == "FnApiRunner"
+    assert (
+        type(launcher.make_pipeline(["--runner", "BundleBasedDirectRunner"]).runner).__name__
+        == "BundleBasedDirectRunner"
+    )
 
 
 def test_server_lost_during_the_job_fails_it_naming_the_server(tree, tmp_path):
@@ -305,6 +264,22 @@ def test_server_lost_during_the_job_fails_it_naming_the_server(tree, tmp_path):
     assert not (tmp_path / "_SUCCESS").exists()
 
 
+@pytest.mark.parametrize("running_mode", ["in_memory", "multi_processing"])
+def test_a_server_lost_during_the_job_reaches_the_launcher_as_its_type(running_mode, tree, tmp_path):
+    """Beam hands the launcher a worker's exception as text, in this process or from another; the job's error
+    is still the type of the status the worker got, from the note it left."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{probe.getsockname()[1]}"
+    argv = ["--input", f"{tree}/Coat", "--output", str(tmp_path), "--server", target, "--retries", "0"]
+    beam_args = ["--direct_num_workers=2", f"--direct_running_mode={running_mode}"]
+    with pytest.raises(ServerLost) as raised:
+        job.run([*argv, *beam_args], client_factory=_AlwaysReady)
+    assert type(raised.value.error) is serving_errors.Unavailable and raised.value.error.target == target
+    assert str(raised.value).endswith("then run the job again with --resume")
+    assert not list(tmp_path.glob("_failed-*")) and not (tmp_path / "_SUCCESS").exists()
+
+
 @pytest.mark.slow
 def test_multi_process_run_gives_the_same_records_and_the_whole_jobs_progress(served, tree, server, tmp_path, capsys):
     extra = ("--direct_num_workers=2", "--direct_running_mode=multi_processing", "--progress-seconds=0")
@@ -316,134 +291,20 @@ def test_multi_process_run_gives_the_same_records_and_the_whole_jobs_progress(se
     assert f"{total}/{total} [" in capsys.readouterr().err
 
 
-# --- units: batching and bisection, input patterns, arguments -------------------------------------
+# --- units: the classification step, reading, input patterns --------------------------------------
 
 
-def _fake_model(calls: list[int]):
-    """Scores each image by its first byte; rejects a request holding a b"!" image, as the graph would."""
-
-    def predict(encoded: list[bytes]) -> Scores:
-        calls.append(len(encoded))
-        if any(data.startswith(b"!") for data in encoded):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Invalid PNG data", "fake:1")
-        probabilities = np.zeros((len(encoded), names.NUM_CLASSES), np.float32)
-        probabilities[np.arange(len(encoded)), [data[0] % names.NUM_CLASSES for data in encoded]] = 1.0
-        return Scores(probabilities, "m", 7)
-
-    return predict
-
-
-def _rejected(error: Exception) -> bool:
-    return isinstance(error, ServingError) and error.code == grpc.StatusCode.INVALID_ARGUMENT
-
-
-def test_a_rejected_batch_is_bisected_so_its_good_images_are_still_classified():
-    images = [Encoded(f"f{i}", bytes([i]) * 10, None) for i in range(16)]
-    images[5] = Encoded("bad", b"!" * 10, None)
-    calls: list[int] = []
-    outcomes = classify(images, _fake_model(calls), _rejected, max_request_bytes=1 << 20)
-    assert [o.path for o in outcomes] == [i.path for i in images]
-    assert outcomes[5] == Failed("bad", Reason.REJECTED, "Invalid PNG data")
-    assert all(
-        isinstance(o, Classified) and o.class_id == i % 10 and o.model_version == 7
-        for i, o in enumerate(outcomes)
-        if i != 5
-    )
-    assert len(calls) <= 2 * 4 + 1  # bisection: about 2·log2(16), not 16 singles
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=30),
-    bad=st.sets(st.integers(0, 29)),
-    max_bytes=st.integers(1, 120),
-)
-def test_every_image_gets_exactly_one_outcome_in_order(sizes, bad, max_bytes):
-    images = [Encoded(f"f{i}", (b"!" if i in bad else bytes([i])) * n, None) for i, n in enumerate(sizes)]
-    calls: list[int] = []
-    outcomes = classify(images, _fake_model(calls), _rejected, max_request_bytes=max_bytes)
-    assert [o.path for o in outcomes] == [i.path for i in images]
-    assert [isinstance(o, Failed) for o in outcomes] == [i in bad for i in range(len(images))]
-
-
-def test_requests_are_split_by_bytes_and_other_errors_fail_the_job():
-    images = [Encoded(f"f{i}", bytes([i]) * 100, None) for i in range(5)]
-    calls: list[int] = []
-    classify(images, _fake_model(calls), _rejected, max_request_bytes=250)
-    assert calls == [2, 2, 1]
-
-    def down(encoded):
-        raise ServingError(grpc.StatusCode.UNAVAILABLE, "connection refused", "host:1")
-
-    with pytest.raises(ServingError, match="host:1"):
-        classify(images, down, _rejected, max_request_bytes=1 << 20)
-
-
-class _RpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str):
-        self._code, self._details = code, details
-
-    def code(self):
-        return self._code
-
-    def details(self):
-        return self._details
-
-
-class _Images(ModelHandler):
-    """A handler of encoded images that logs each request.
-
-    b"bad" is rejected, b"boom" fails the model, b"gone" the server.
-    """
-
-    target = "host:1"
-
-    def __init__(self):
-        super().__init__()
-        self.requests: list[list[bytes]] = []
-
-    def load_model(self):
-        return _Images  # anything RunInference can hold a weak reference to
-
-    def run_inference(self, batch, model, inference_args=None):
-        self.requests.append(list(batch))
-        for marker, code in (
-            (b"bad", grpc.StatusCode.INVALID_ARGUMENT),
-            (b"boom", grpc.StatusCode.INTERNAL),
-            (b"gone", grpc.StatusCode.UNAVAILABLE),
-        ):
-            if marker in batch:
-                raise _RpcError(code, f"{code.name.lower()} here")
-        return [PredictionResult(e, {names.OUTPUT_PROBABILITIES: np.eye(10)[len(e) % 10]}, "m:3") for e in batch]
-
-
-def test_image_batches_bisect_a_rejected_batch_and_keep_read_failures_in_order():
-    images = _Images()
-    handler = ImageBatches(images, max_request_bytes=1 << 20)
-    unreadable = Failed("u", Reason.UNREADABLE, "gone")
-    batch = [Encoded("a", b"a", None), unreadable, Encoded("b", b"bad", None), Encoded("c", b"cc", None)]
-    [outcomes] = handler.run_inference([batch], _Images)
-    assert images.requests == [[b"a", b"bad", b"cc"], [b"a"], [b"bad", b"cc"], [b"bad"], [b"cc"]]
-    assert [o.path for o in outcomes] == ["u", "a", "b", "c"]
-    assert (
-        outcomes[0] is unreadable
-        and outcomes[2].reason == Reason.REJECTED
-        and outcomes[2].detail == "invalid_argument here"
-    )
-    assert (outcomes[1].class_id, outcomes[1].model_name, outcomes[1].model_version, outcomes[3].class_id) == (
-        1,
-        "m",
-        3,
-        2,
-    )
-
-
-def test_image_batches_tell_a_failed_batch_from_a_lost_server():
-    handler = ImageBatches(_Images(), max_request_bytes=1 << 20)
-    with pytest.raises(BatchFailed, match="INTERNAL: internal here"):
-        handler.run_inference([[Encoded("a", b"boom", None)]], _Images)
-    with pytest.raises(ServingError, match="host:1: UNAVAILABLE: unavailable here"):
-        handler.run_inference([[Encoded("a", b"gone", None)]], _Images)
+def test_classify_gives_a_failed_batchs_files_as_dead_letters_only_when_asked():
+    batches = [[Encoded("a", b"a", None)], [Encoded("b", b"boom", None), Failed("u", Reason.UNREADABLE, "gone")]]
+    with beam_testing.TestPipeline(runner="FnApiRunner") as pipeline:
+        step = Classify(_Images(), max_request_bytes=1 << 20).with_exception_handling()
+        outcomes, dead = pipeline | beam.Create(batches) | step
+        assert_that(outcomes | beam.Map(lambda found: [o.path for o in found]), equal_to([["a"]]), label="outcomes")
+        failed = [Failed("b", Reason.INFERENCE_FAILED, "INTERNAL: internal here"), batches[1][1]]
+        assert_that(dead, equal_to([failed]), label="dead letters")
+    with pytest.raises(Exception, match="INTERNAL: internal here"):
+        with beam_testing.TestPipeline(runner="FnApiRunner") as pipeline:
+            _ = pipeline | beam.Create(batches) | Classify(_Images(), max_request_bytes=1 << 20)
 
 
 def test_a_batch_the_model_fails_on_goes_to_the_errors_output_and_the_job_goes_on(tree, tmp_path):
@@ -496,26 +357,3 @@ def test_input_patterns_read_folders_recursively_and_keep_globs_and_files(tree):
     # ** also matches no folder at all, as with a shell's globstar
     assert input_patterns("i/**/*.png") == ["i/**/*.png", "i/*.png"]
     assert input_patterns("**/a/**/*.png") == ["**/a/**/*.png", "**/a/*.png", "a/**/*.png", "a/*.png"]
-
-
-def test_unknown_arguments_are_left_for_beam_and_bad_ones_are_refused(capsys):
-    beam = ["--runner", "FlinkRunner", "--flink_master=x:8081"]
-    config, beam_args = job.parse_args(["--input", "a", "--output", "o", "--server", "h:1", "--format", "csv", *beam])
-    assert (config.inputs, config.server.target, config.file_format) == (("a",), "h:1", "csv")
-    assert beam_args == beam
-    for bad in (["--top-k", "11"], ["--batch-size", "0"], ["--in-process", "/nonexistent"]):
-        with pytest.raises(SystemExit):
-            job.parse_args(
-                ["--input", "a", "--output", "o", *(bad if bad[0] == "--in-process" else ["--server", "h:1", *bad])]
-            )
-
-
-def test_cli_error_line_drops_beams_worker_decoration():
-    from fmnist.batch.job import _last_line
-
-    beam_error = RuntimeError(
-        "Traceback (most recent call last):\n  File ...\n"
-        "serving.client.ServingError: 127.0.0.1:5: UNAVAILABLE: failed to connect "
-        "[while running 'RunInference/BeamML_RunInference']"
-    )
-    assert _last_line(beam_error) == "127.0.0.1:5: UNAVAILABLE: failed to connect"

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fmnist.batch import compare, io, job
+from fmnist.batch import compare, job, readers, records
 from fmnist.batch.outcomes import Classified, Image, Reason
 from fmnist.common import names, tensors
 from fmnist.common.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
+from fmnist.common.imagefile import Limits
 
 BATCH = 8  # the truncated file shares a request with good ones, so the request is bisected
 BAD = {"truncated.png": Reason.REJECTED, "notes.txt": Reason.NOT_AN_IMAGE}  # labelled_tree's two errors
@@ -251,7 +252,7 @@ def test_in_process_runs_write_the_same_prediction_logs(labelled_tree, model_bas
 
 
 def _readme_readers() -> list[str]:
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "batch.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "batch.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     return [b for b in blocks if "predictions-*.tfrecord" in b and "PredictionLog.FromString" in b]
 
@@ -288,7 +289,7 @@ def _log_bytes(images: list[bytes], origin: str = "") -> bytes:
 
 def test_a_logged_origin_names_the_replayed_image_and_its_folder_labels_it(labelled_tree):
     png = next(labelled_tree.rglob("*.png")).read_bytes()
-    read = io.LoggedImages(io.Limits())
+    read = readers.LoggedImages(Limits())
     (one,) = read.process(("log.tfrecord", _log_bytes([png], "/data/Bag/7.png")))
     assert one == Image("/data/Bag/7.png", png, names.CLASS_NAMES.index("Bag"))
     several = list(read.process(("log.tfrecord", _log_bytes([png, png], "client-a"))))
@@ -300,10 +301,10 @@ def test_a_logged_origin_names_the_replayed_image_and_its_folder_labels_it(label
 def test_an_outcome_without_its_bytes_cannot_become_a_prediction_log():
     probabilities = (0.0, 0.9) + (0.0125,) * 8
     with pytest.raises(ValueError, match="a.png: no image bytes"):
-        io.prediction_log(Classified("a.png", None, probabilities, names.MODEL_NAME, 3))
+        records.prediction_log(Classified("a.png", None, probabilities, names.MODEL_NAME, 3))
     kept = Classified("a.png", None, probabilities, names.MODEL_NAME, 3, b"png")
     assert kept == Classified("a.png", None, probabilities, names.MODEL_NAME, 3)  # the bytes are not the outcome
-    log = prediction_log_pb2.PredictionLog.FromString(io.prediction_log(kept))
+    log = prediction_log_pb2.PredictionLog.FromString(records.prediction_log(kept))
     assert log.predict_log.request.inputs[names.INPUT_IMAGE_BYTES].string_val == [b"png"]
     assert log.predict_log.response.outputs[names.OUTPUT_CLASS_IDS].int64_val == [1]
     assert log.predict_log.response.model_spec.version.value == 3

@@ -2,7 +2,7 @@
 
 Options, reused output folders, Ctrl-C, a server lost mid-job, a wrong model
 name, progress and the closing listing; what the job computes is checked in
-test_batch.py.
+test_job.py.
 """
 
 from __future__ import annotations

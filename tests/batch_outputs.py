@@ -1,0 +1,57 @@
+"""What a batch job wrote, read back for the tests: rows of every shard whatever the format, keyed by path.
+
+Usage: ``from batch_outputs import assert_same_outputs, by_path, read_rows``
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+
+def read_rows(output: Path, name: str) -> list[dict]:
+    """Rows of every ``name-*`` shard, whatever the format; CSV cells parsed back to their types."""
+    rows = []
+    for shard in sorted(output.glob(f"{name}-*")):
+        if shard.suffix == ".parquet":
+            rows += pq.read_table(shard).to_pylist()
+        elif shard.suffix == ".csv":
+            for row in csv.DictReader(shard.open(newline="")):
+                rows.append(
+                    {
+                        k: json.loads(v) if k in ("class_id", "confidence", "top_k", "model_version") else v
+                        for k, v in row.items()
+                    }
+                )
+        else:
+            rows += [json.loads(line) for line in shard.read_text().splitlines()]
+    return rows
+
+
+def by_path(rows: list[dict]) -> dict[str, dict]:
+    keyed = {row["path"]: row for row in rows}
+    assert len(keyed) == len(rows), "a file was written twice"
+    return keyed
+
+
+def assert_same_outputs(one: Path, other: Path) -> None:
+    """Same files, classes, versions and error reasons; probabilities equal up to float32 rounding.
+
+    Batches are composed differently by different runs, and the CPU kernels
+    round differently by batch shape, so bit equality would be luck.
+    """
+    first, second = by_path(read_rows(one, "predictions")), by_path(read_rows(other, "predictions"))
+    assert first.keys() == second.keys()
+    for path, record in first.items():
+        twin = second[path]
+        for key in ("class_id", "class_name", "model_name", "model_version"):
+            assert twin[key] == record[key], (path, key)
+        assert [t["class_id"] for t in twin["top_k"]] == [t["class_id"] for t in record["top_k"]]
+        got, want = [t["probability"] for t in twin["top_k"]], [t["probability"] for t in record["top_k"]]
+        assert got == pytest.approx(want, abs=1e-5)
+    reasons = [{p: r["reason"] for p, r in by_path(read_rows(out, "errors")).items()} for out in (one, other)]
+    assert reasons[0] == reasons[1]
