@@ -26,7 +26,7 @@ from PIL import Image
 
 from fmnist.common import imagefile
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 _WATCH = '''
 import os, sys

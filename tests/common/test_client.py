@@ -414,7 +414,7 @@ def test_classify_unreachable_server_is_one_line_without_traceback(image_files):
     dead = f"127.0.0.1:{_closed_port()}"
     result = subprocess.run(
         [sys.executable, "-m", "fmnist.cli", "classify", next(iter(image_files)), "--server", dead, "--timeout", "2"],
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
         capture_output=True,
         text=True,
         timeout=120,

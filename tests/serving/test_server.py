@@ -454,7 +454,7 @@ def test_pushed_version_takes_over_and_corrupt_version_leaves_it_serving(models_
     base = models_dir / names.MODEL_NAME
     (base / "not_a_version").mkdir()
     shutil.copytree(base / "1", base / "12abc")  # not numeric: never a version
-    server = start_server(base, max_num_load_retries=0)  # retries: tests/test_reliability.py
+    server = start_server(base, max_num_load_retries=0)  # retries: tests/serving/test_reliability.py
     client = Client(server.port)
     try:
         assert list(client.status()) == [1]
@@ -728,7 +728,7 @@ def test_deadline_exceeded_and_graceful_stop_finishes_in_flight(_pushed_once, im
 
 # -- REST API and metrics ----------------------------------------------------------------
 
-SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"
+SERVING_DIR = Path(__file__).resolve().parents[2] / "serving"
 
 
 def free_port() -> int:

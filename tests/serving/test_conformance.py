@@ -1208,7 +1208,7 @@ def test_model_config_reload(tfs_models, tmp_path):
 def test_logging_config_needs_a_collector_this_server_has(tfs_models, tmp_path):
     """TF Serving refuses a logging_config it has no log collector for ("No request-logger-creator
     provided" in the open-source build, which has none); this server has one, type "file"
-    (tests/test_request_log.py), and refuses the others the same way, at start."""
+    (tests/serving/test_request_log.py), and refuses the others the same way, at start."""
     config = tmp_path / "models.config"
     config.write_text(
         f'model_config_list {{ config {{ name: "default" base_path: "{tfs_models.half_plus_two}" '

@@ -6,7 +6,7 @@ in requests and seconds, and every RPC carries a deadline, so a hang fails
 instead of stalling the suite. Answers are checked against the SavedModel's
 signatures called directly, not against the server itself.
 
-Bad input already covered in tests/test_server.py is not repeated here:
+Bad input already covered in tests/serving/test_server.py is not repeated here:
 wrong dtype and shape, bytes that are not an image, a 100,000 × 100,000 PNG,
 an oversized message, unknown model, version, label, signature and input
 name, a batch over ``max_batch_size`` on the pixel input. This file adds the
