@@ -45,7 +45,7 @@ from test_server import TIMEOUT, Client, State, push_copy, request_for, rpc_erro
 from fmnist.batch import TFServingModelHandler, job
 from fmnist.common import names
 from fmnist.common.client import PredictionClient, ServingError
-from fmnist.serving import models
+from fmnist.serving import loader
 from fmnist.serving import server as serving_server
 
 LOAD_SECONDS = 5.0
@@ -204,9 +204,9 @@ def test_failed_loads_are_retried_so_a_half_copied_version_loads_once_complete(m
     base = models_dir / names.MODEL_NAME
     attempts: collections.Counter[int] = collections.Counter()
 
-    def counting_loader(name: str, version: int, path: str) -> models.LoadedVersion:
+    def counting_loader(name: str, version: int, path: str) -> loader.LoadedVersion:
         attempts[version] += 1
-        return models.load_saved_model(name, version, path)
+        return loader.load_saved_model(name, version, path)
 
     config = serving_server.ServerConfig(
         port=0,

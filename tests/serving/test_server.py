@@ -43,7 +43,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from fmnist.common import names
 from fmnist.pipeline import model as model_lib
-from fmnist.serving import models
+from fmnist.serving import loader, serve
 from fmnist.serving import server as serving_server
 
 TIMEOUT = 10.0
@@ -158,10 +158,10 @@ def test_predict_serving_default_names_the_answering_version(shared, images):
 
 
 def test_tf_serving_thread_flags_configure_the_session_and_keep_the_answers(shared, _pushed_once, images):
-    args = serving_server._parser("fmnist serve").parse_args(
+    args = serve.build_parser("fmnist serve").parse_args(
         ["--model_base_path", "m", "--tensorflow_intra_op_parallelism", "1", "--tensorflow_inter_op_parallelism", "1"]
     )
-    config = serving_server._config_from(args)
+    config = serve.config_from(args)
     assert (config.tensorflow_intra_op_parallelism, config.tensorflow_inter_op_parallelism) == (1, 1)
     server = start_server(
         _pushed_once / names.MODEL_NAME,
@@ -549,7 +549,7 @@ def test_new_version_is_loading_until_loaded_and_warmed_up(models_dir, images):
     def gated_loader(name: str, version: int, path: str):
         if version == 2:
             gate.wait(TIMEOUT)
-        return models.load_saved_model(name, version, path)
+        return loader.load_saved_model(name, version, path)
 
     server = serving_server.start(
         serving_server.ServerConfig(
@@ -807,7 +807,7 @@ def test_rest_api_and_prometheus_metrics(_pushed_once, shared, images):
 def test_config_files_for_the_real_server_parse():
     from fmnist.serving.batching import read_batching_parameters
     from fmnist.serving.metrics import read_monitoring_config
-    from fmnist.serving.models import read_config_file, validate_config
+    from fmnist.serving.model_config import read_config_file, validate_config
 
     config = read_config_file(SERVING_DIR / "models.config")
     validate_config(config)
@@ -822,14 +822,14 @@ def test_config_files_for_the_real_server_parse():
 
 def test_cli_help_and_bad_configuration(capsys, tmp_path):
     with pytest.raises(SystemExit) as done:
-        serving_server.main(["--help"], prog="fmnist serve")
+        serve.main(["--help"], prog="fmnist serve")
     assert done.value.code == 0 and "--model_base_path" in capsys.readouterr().out
-    assert serving_server.main(["--port", "0"], prog="fmnist serve") == 1
+    assert serve.main(["--port", "0"], prog="fmnist serve") == 1
     error = capsys.readouterr().err.strip()
     assert error == "fmnist serve: error: one of --model_base_path or --model_config_file is required"
     bad = tmp_path / "batching.config"
     bad.write_text("max_batch_size { value: 8 } allowed_batch_sizes: 4")
-    code = serving_server.main(
+    code = serve.main(
         [
             "--port",
             "0",
@@ -876,8 +876,8 @@ def test_fmnist_serve_runs_until_sigterm_then_exits_zero(_pushed_once, images):
 
 
 def test_mixed_precision_bfloat16_rewrites_the_session_and_keeps_the_answers(shared, _pushed_once, images):
-    config = serving_server._config_from(
-        serving_server._parser("fmnist serve").parse_args(["--model_base_path", "m", "--mixed_precision", "bfloat16"])
+    config = serve.config_from(
+        serve.build_parser("fmnist serve").parse_args(["--model_base_path", "m", "--mixed_precision", "bfloat16"])
     )
     assert config.mixed_precision == "bfloat16"
     server = start_server(_pushed_once / names.MODEL_NAME, file_system_poll_wait_seconds=0, mixed_precision="bfloat16")
@@ -900,7 +900,7 @@ def test_an_unknown_mixed_precision_mode_is_refused():
     with pytest.raises(ValueError, match="--mixed_precision must be bfloat16 or empty, not 'float16'"):
         serving_server.ServerConfig(model_base_path="m", mixed_precision="float16")
     with pytest.raises(SystemExit):
-        serving_server._parser("fmnist serve").parse_args(["--model_base_path", "m", "--mixed_precision", "float16"])
+        serve.build_parser("fmnist serve").parse_args(["--model_base_path", "m", "--mixed_precision", "float16"])
 
 
 @pytest.mark.slow
@@ -948,7 +948,7 @@ def test_a_busy_port_is_an_error(_pushed_once):
 
 def test_use_tf_serving_without_the_binary_is_a_clear_error(capsys, monkeypatch):
     monkeypatch.setenv("PATH", "")
-    assert serving_server.main(["--use-tf-serving", "--model_base_path", "/models/x"], prog="fmnist serve") == 2
+    assert serve.main(["--use-tf-serving", "--model_base_path", "/models/x"], prog="fmnist serve") == 2
     assert "tensorflow_model_server is not on PATH" in capsys.readouterr().err
 
 
@@ -1002,7 +1002,7 @@ def test_batching_parameters_text_format():
 
 
 def test_version_policies():
-    from fmnist.serving.models import aspired_versions
+    from fmnist.serving.model_config import aspired_versions
 
     def config(policy: str) -> model_server_config_pb2.ModelConfig:
         return text_format.Parse(
