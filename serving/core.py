@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import grpc
 import numpy as np
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -35,9 +34,10 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from fmnist.common import errors
 from fmnist.serving import batching, inference, metrics, models, predict
 from fmnist.serving.loader import LoadedVersion
-from fmnist.serving.predict import ServingError
+from fmnist.serving.signature import DEFAULT_SIGNATURE, Signature
 
 SIGNATURE_DEF_FIELD = "signature_def"
 
@@ -65,11 +65,11 @@ class ServingCore:
 
     def _resolve(self, spec: model_pb2.ModelSpec, timeout: float | None) -> LoadedVersion:
         if timeout is not None and timeout <= 0:
-            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            raise errors.DeadlineExceeded("Deadline Exceeded")
         return self.manager.resolve(spec)
 
     def _run(
-        self, version: LoadedVersion, signature: predict.Signature, inputs: dict, timeout: float | None
+        self, version: LoadedVersion, signature: Signature, inputs: dict, timeout: float | None
     ) -> dict[str, np.ndarray]:
         """Run validated inputs, through the batch scheduler when batching is on."""
         if self.scheduler is None:
@@ -144,24 +144,24 @@ class ServingCore:
         plan, keys, input_tensor = [], set(), None
         for task in request.tasks:
             if not task.model_spec.name:
-                raise predict.invalid("Found ModelSpec with an empty model name.")
+                raise errors.InvalidArgument("Found ModelSpec with an empty model name.")
             if task.model_spec.name != first.name:
-                raise predict.invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
-            key = task.model_spec.signature_name or predict.DEFAULT_SIGNATURE
+                raise errors.InvalidArgument(
+                    "All ModelSpecs in a MultiInferenceRequest must access the same model name."
+                )
+            key = task.model_spec.signature_name or DEFAULT_SIGNATURE
             if key in keys:
-                raise predict.invalid(f"Duplicate evaluation of signature: {key}")
+                raise errors.InvalidArgument(f"Duplicate evaluation of signature: {key}")
             keys.add(key)
             if key not in version.signatures:
-                raise predict.invalid(f"Requested signature not found in model graph: {key}")
+                raise errors.InvalidArgument(f"Requested signature not found in model graph: {key}")
             if task.method_name not in checks:
-                raise ServingError(
-                    grpc.StatusCode.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}"
-                )
+                raise errors.Unimplemented(f"Unsupported signature method_name: {task.method_name}")
             signature = version.signatures[key]
             checks[task.method_name](signature.definition, self.check_method_names)
             tensor = signature.definition.inputs[inference.INPUTS].name
             if input_tensor not in (None, tensor):
-                raise predict.invalid("Input tensor must be the same for all Signatures.")
+                raise errors.InvalidArgument("Input tensor must be the same for all Signatures.")
             input_tensor = tensor
             plan.append((task, signature))
         examples = inference.serialized_examples(request.input)
@@ -183,10 +183,10 @@ class ServingCore:
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         _require_model_spec(request)
         if not request.metadata_field:
-            raise predict.invalid("GetModelMetadataRequest must specify at least one metadata_field")
+            raise errors.InvalidArgument("GetModelMetadataRequest must specify at least one metadata_field")
         for field in request.metadata_field:
             if field != SIGNATURE_DEF_FIELD:
-                raise predict.invalid(f"Metadata field {field} is not supported")
+                raise errors.InvalidArgument(f"Metadata field {field} is not supported")
         version = self.manager.resolve(request.model_spec)
         signature_defs = get_model_metadata_pb2.SignatureDefMap()
         for key, definition in version.signature_defs.items():
@@ -224,4 +224,4 @@ class ServingCore:
 def _require_model_spec(request) -> None:
     """Every TF Serving API but MultiInference refuses a request without a ModelSpec first."""
     if not request.HasField("model_spec"):
-        raise predict.invalid("Missing ModelSpec")
+        raise errors.InvalidArgument("Missing ModelSpec")

@@ -24,8 +24,8 @@ from collections.abc import Callable
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from fmnist.common import errors
 from fmnist.serving.core import ServingCore
-from fmnist.serving.predict import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ class _OverCore:
         code, details, response = grpc.StatusCode.OK, "", None
         try:
             response = handler(*args)
-        except ServingError as error:
-            code, details = error.code, error.message
+        except errors.ServingError as error:
+            code, details = error.code, error.details
         except Exception as error:  # no request may take the server down
             log.exception("%s failed", api)
             code, details = grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"

@@ -30,6 +30,7 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config
 from tensorflow_serving.apis import prediction_log_pb2
 
 from fmnist.serving import inference, predict
+from fmnist.serving.signature import Function, Signature
 
 SERVE_TAG = "serve"
 WARMUP_PATH = ("assets.extra", "tf_serving_warmup_requests")  # where TF Serving looks
@@ -45,7 +46,7 @@ class LoadedVersion:
     version: int
     path: str
     signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]  # every one, as GetModelMetadata returns
-    signatures: Mapping[str, predict.Signature]  # the callable ones
+    signatures: Mapping[str, Signature]  # the callable ones
     handle: object = None
 
 
@@ -95,7 +96,7 @@ def load_saved_model(
         meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), path)
     signature_defs = dict(meta_graph.signature_def)
     signatures = {
-        key: predict.Signature(key, definition, _session_callable(session, definition))
+        key: Signature(key, definition, _session_callable(session, definition))
         for key, definition in signature_defs.items()
         if not key.startswith("__")  # __saved_model_init_op: run by the loader, not callable
     }
@@ -113,7 +114,7 @@ def _tf_warnings_off() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _session_callable(session: tf.compat.v1.Session, definition: meta_graph_pb2.SignatureDef) -> predict.Function:
+def _session_callable(session: tf.compat.v1.Session, definition: meta_graph_pb2.SignatureDef) -> Function:
     """The signature as one session callable, fed and fetched by tensor name, run inline.
 
     Built from CallableOptions, as TF Serving's session runs it: the feeds go to the C++
@@ -160,7 +161,7 @@ def replay_warmup(version: LoadedVersion, limits: predict.Limits, iterations: in
 
 def _warmup_runs(
     version: LoadedVersion, entry: prediction_log_pb2.PredictionLog, limits: predict.Limits
-) -> list[tuple[predict.Signature, dict[str, np.ndarray]]]:
+) -> list[tuple[Signature, dict[str, np.ndarray]]]:
     """The (signature, inputs) calls one warmup record stands for."""
     kind = entry.WhichOneof("log_type")
     if kind == "predict_log":

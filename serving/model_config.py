@@ -20,7 +20,8 @@ import os
 
 from tensorflow_serving.config import model_server_config_pb2
 
-from fmnist.serving import predict, protos
+from fmnist.common import errors
+from fmnist.serving import protos
 
 FILE_SCHEME = "file://"
 TENSORFLOW_PLATFORM = "tensorflow"
@@ -81,21 +82,21 @@ def read_config_file(path: str | os.PathLike) -> model_server_config_pb2.ModelSe
 def validate_config(config: model_server_config_pb2.ModelServerConfig) -> None:
     """ServerCore's checks, as INVALID_ARGUMENT ServingErrors."""
     if config.WhichOneof("config") != "model_config_list":
-        raise predict.invalid(
+        raise errors.InvalidArgument(
             "ServerModelConfig type not supported by HandleReloadConfigRequest. "
             "Only ModelConfigList is currently supported"
         )
     seen: set[str] = set()
     for entry in config.model_config_list.config:
         if not entry.name:
-            raise predict.invalid("Model config entry without a name")
+            raise errors.InvalidArgument("Model config entry without a name")
         if entry.name in seen:
-            raise predict.invalid(f"Illegal to list model {entry.name} multiple times in config list")
+            raise errors.InvalidArgument(f"Illegal to list model {entry.name} multiple times in config list")
         seen.add(entry.name)
         if not entry.base_path:
-            raise predict.invalid(f"Model {entry.name} has no base_path")
+            raise errors.InvalidArgument(f"Model {entry.name} has no base_path")
         if _is_relative(entry.base_path):
-            raise predict.invalid(
+            raise errors.InvalidArgument(
                 f"Expected model {entry.name} to have an absolute path or URI; got base_path()={entry.base_path}"
             )
     for entry in config.model_config_list.config:
@@ -106,15 +107,15 @@ def _check_platform(entry: model_server_config_pb2.ModelConfig) -> None:
     """ServerCore's GetPlatform checks: TensorFlow, named by ``model_platform`` or the deprecated ``model_type``."""
     if entry.model_type != model_server_config_pb2.MODEL_TYPE_UNSPECIFIED:
         if entry.model_platform:
-            raise predict.invalid(
+            raise errors.InvalidArgument(
                 "Illegal setting both ModelServerConfig::model_type (deprecated) and ModelServerConfig::model_platform."
             )
         if entry.model_type != model_server_config_pb2.TENSORFLOW:
-            raise predict.invalid(f"ModelServerConfig::model_type choice {entry.model_type} not supported.")
+            raise errors.InvalidArgument(f"ModelServerConfig::model_type choice {entry.model_type} not supported.")
         return
     if not entry.model_platform:
-        raise predict.invalid(
+        raise errors.InvalidArgument(
             "Illegal setting neither ModelServerConfig::model_type (deprecated) nor ModelServerConfig::model_platform."
         )
     if entry.model_platform != TENSORFLOW_PLATFORM:
-        raise predict.invalid(f"Model {entry.name} has unsupported model_platform '{entry.model_platform}'")
+        raise errors.InvalidArgument(f"Model {entry.name} has unsupported model_platform '{entry.model_platform}'")

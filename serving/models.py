@@ -43,10 +43,10 @@ from google.protobuf.message import DecodeError
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from fmnist.common import errors
 from fmnist.serving import predict, request_log
 from fmnist.serving.loader import LoadedVersion, Loader, load_saved_model, replay_warmup
 from fmnist.serving.model_config import aspired_versions, local_path, validate_config, version_folders
-from fmnist.serving.predict import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,10 @@ State = get_model_status_pb2.ModelVersionStatus.State
 
 def _load_error_code(error: Exception) -> grpc.StatusCode:
     """The status code a failed load reports, as close to TF Serving's as the exception tells."""
-    if isinstance(error, ServingError):
+    if isinstance(error, errors.ServingError):
         return error.code
     if isinstance(error, tf.errors.OpError):
-        return predict.status_code(error.error_code)
+        return errors.status_code(error.error_code)
     if isinstance(error, DecodeError):
         return grpc.StatusCode.DATA_LOSS
     if isinstance(error, FileNotFoundError):
@@ -268,8 +268,7 @@ class ModelManager:
         for label, version in labels.items():
             new_label = label not in model.labels
             if version not in model.loaded and not (self._labels_for_unavailable and new_label):
-                raise ServingError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                raise errors.FailedPrecondition(
                     f"Request to assign label to version {version} of model {model.config.name}, "
                     "which is not currently available for inference",
                 )
@@ -280,7 +279,7 @@ class ModelManager:
     def resolve(self, spec: model_pb2.ModelSpec) -> LoadedVersion:
         """The loaded version a ModelSpec names: explicit version, label, or the latest."""
         if not spec.name:
-            raise predict.invalid("ModelSpec has no name specified.")
+            raise errors.InvalidArgument("ModelSpec has no name specified.")
         model = self._models.get(spec.name)
         choice = spec.WhichOneof("version_choice")
         if choice == "version_label":
@@ -294,7 +293,7 @@ class ModelManager:
             request = f"Latest({spec.name})"
         loaded = model.loaded.get(version) if model is not None and version is not None else None
         if loaded is None:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
+            raise errors.NotFound(f"Servable not found for request: {request}")
         return loaded
 
     def statuses(self, name: str, version: int | None = None) -> list[tuple[int, VersionStatus]]:
@@ -304,14 +303,14 @@ class ModelManager:
             statuses = dict(model.statuses) if model is not None else {}
         if version is not None:
             if version not in statuses:
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
+                raise errors.NotFound(f"Could not find version {version} of model {name}")
             return [(version, statuses[version])]
         if not statuses:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+            raise errors.NotFound(f"Could not find any versions of model {name}")
         return sorted(statuses.items(), reverse=True)
 
     def label_version(self, name: str, label: str) -> int:
         model = self._models.get(name)
         if model is None or label not in model.labels:
-            raise predict.invalid(f"Unrecognized servable version label: {label}")
+            raise errors.InvalidArgument(f"Unrecognized servable version label: {label}")
         return model.labels[label]

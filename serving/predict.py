@@ -1,4 +1,4 @@
-"""Predict, request side and response side: validation, TensorProto <-> numpy, errors.
+"""Predict, request side and response side: validation, TensorProto <-> numpy.
 
 TF Serving's messages and status codes are the contract clients code against
 (``predict_util.cc``), so they are reproduced here word for word where TF
@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
 import tensorflow as tf
 from PIL import Image
@@ -30,29 +28,12 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from fmnist.common import names
+from fmnist.common import errors, names
+from fmnist.serving.signature import DEFAULT_SIGNATURE, Signature, dtype_text
 
-DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # what an empty signature_name means
 DEFAULT_MAX_IMAGE_PIXELS = names.MAX_IMAGE_PIXELS
 DEFAULT_MAX_IMAGE_BYTES = names.MAX_IMAGE_BYTES
 DEFAULT_MAX_TENSOR_BYTES = 256 * 1024 * 1024
-
-
-class ServingError(Exception):
-    """An error with the gRPC status code TF Serving answers it with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def invalid(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def failed_precondition(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.FAILED_PRECONDITION, message)
 
 
 @dataclass(frozen=True)
@@ -64,58 +45,11 @@ class Limits:
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES  # per decoded input tensor (strings: 8 bytes each)
 
 
-Function = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
-
-
-@dataclass(frozen=True)
-class Signature:
-    """One callable signature of a loaded version.
-
-    ``function`` maps input alias → array to output alias → array, for
-    inputs :func:`prepare` has validated against ``definition``.
-    """
-
-    key: str
-    definition: meta_graph_pb2.SignatureDef
-    function: Function
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        """Execute on already validated inputs; graph errors become ServingErrors."""
-        try:
-            return self.function(inputs)
-        except tf.errors.OpError as error:
-            raise ServingError(status_code(error.error_code), graph_error_message(error.message)) from None
-
-
-# TF/absl error codes and gRPC status codes share one numbering.
-_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def status_code(tf_code: int) -> grpc.StatusCode:
-    """The gRPC status code of a TF error code."""
-    return _STATUS_BY_NUMBER.get(tf_code, grpc.StatusCode.UNKNOWN)
-
-
-_NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces unavailable>|\s*\[\[|\s*$)")
-
-
-def graph_error_message(message: str) -> str:
-    """The line of a TF runtime error that names the problem, without node names and op ids.
-
-    TF 2 wraps every kernel error as "Graph execution error: ... Detected at
-    node ... <the real message> [[{{node ...}}]] [Op:__inference_...]".
-    """
-    lines = [line for line in message.splitlines() if not _NOISE.match(line)]
-    text = re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", lines[0] if lines else message).strip()
-    assertion = re.match(r"assertion failed: \[([^\]]*)\]", text)  # tf.debugging.assert_*: its message
-    return (assertion.group(1) if assertion else text) or message.strip()
-
-
 def find_signature(signatures: Mapping[str, Signature], signature_name: str) -> Signature:
     """The signature a request names ('' is serving_default); FAILED_PRECONDITION if absent."""
     key = signature_name or DEFAULT_SIGNATURE
     if key not in signatures:
-        raise failed_precondition(f'Serving signature key "{key}" not found.')
+        raise errors.FailedPrecondition(f'Serving signature key "{key}" not found.')
     return signatures[key]
 
 
@@ -182,16 +116,10 @@ def check_method_name(definition: meta_graph_pb2.SignatureDef) -> None:
     """``--enable_signature_method_name_check``: Predict runs predict, classify and regress
     signatures only (INTERNAL, as TF Serving's VerifySignature answers)."""
     if definition.method_name not in PREDICT_METHODS:
-        raise ServingError(
-            grpc.StatusCode.INTERNAL,
+        raise errors.Internal(
             f"Expected prediction signature method_name to be one of {{{', '.join(PREDICT_METHODS)}}}. "
             f"Was: {definition.method_name}",
         )
-
-
-def dtype_text(dtype: int) -> str:
-    """TensorFlow's DataTypeString: DT_FLOAT → float, DT_INT32 → int32, DT_STRING → string."""
-    return types_pb2.DataType.Name(dtype)[len("DT_") :].lower()
 
 
 def _header_size(value: bytes) -> tuple[int, int] | None:
@@ -233,13 +161,13 @@ def _check_images(alias: str, array: np.ndarray, limits: Limits) -> None:
         if not isinstance(value, bytes):
             continue
         if len(value) > limits.max_image_bytes:
-            raise invalid(
+            raise errors.InvalidArgument(
                 f"input '{alias}' element {index} is {len(value)} bytes, "
                 f"more than the limit of {limits.max_image_bytes} bytes"
             )
         size = _header_size(value)
         if size is not None and size[0] * size[1] > limits.max_image_pixels:
-            raise invalid(
+            raise errors.InvalidArgument(
                 f"input '{alias}' element {index}: image too large: its header claims "
                 f"{size[0]}x{size[1]} pixels, more than the limit of {limits.max_image_pixels}"
             )
@@ -253,7 +181,7 @@ def prepare(
     definition = signature.definition
     if len(request.inputs) != len(definition.inputs):
         sent, wanted = set(request.inputs), set(definition.inputs)
-        raise invalid(
+        raise errors.InvalidArgument(
             f"input size does not match signature: {len(sent)}!={len(wanted)} "
             f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(wanted))}}}). "
             f"Sent extra: {{{','.join(sorted(sent - wanted))}}}. "
@@ -262,19 +190,19 @@ def prepare(
     inputs: dict[str, np.ndarray] = {}
     for alias, proto in request.inputs.items():
         if alias not in definition.inputs:
-            raise invalid(
+            raise errors.InvalidArgument(
                 f"input tensor alias not found in signature: {alias}. "
                 f"Inputs expected to be in the set {{{','.join(sorted(definition.inputs))}}}."
             )
         try:
             array = tensor_to_array(proto, limits.max_tensor_bytes)
         except Exception as error:
-            raise invalid(f"tensor parsing error: {alias}: {error}") from None
+            raise errors.InvalidArgument(f"tensor parsing error: {alias}: {error}") from None
         # Shapes are not checked against the signature, as in TF Serving's predict_util.cc: the
         # graph decides (a [-1, 1] input fed [1] runs). A dtype the session would refuse is
         # refused here in the session's words, as TF Serving reports it.
         if proto.dtype != definition.inputs[alias].dtype:
-            raise invalid(
+            raise errors.InvalidArgument(
                 f"Expects arg[{sorted(definition.inputs).index(alias)}] to be "
                 f"{dtype_text(definition.inputs[alias].dtype)} but {dtype_text(proto.dtype)} is provided"
             )
@@ -284,12 +212,12 @@ def prepare(
     aliases: list[str] = []
     for alias in request.output_filter:
         if alias not in definition.outputs:
-            raise invalid(
+            raise errors.InvalidArgument(
                 f"output tensor alias not found in signature: {alias} "
                 f"Outputs expected to be in the set {{{','.join(sorted(definition.outputs))}}}."
             )
         if alias in aliases:
-            raise invalid(f"duplicate output tensor alias: {alias}")
+            raise errors.InvalidArgument(f"duplicate output tensor alias: {alias}")
         aliases.append(alias)
     return inputs, aliases or sorted(definition.outputs)
 

@@ -41,9 +41,10 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from fmnist.serving import metrics, predict, rest_json
+from fmnist.common import errors
+from fmnist.serving import metrics, rest_json
 from fmnist.serving.core import ServingCore
-from fmnist.serving.predict import ServingError
+from fmnist.serving.signature import DEFAULT_SIGNATURE
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +63,6 @@ _GET_PATH = re.compile(
 )
 _MAX_VERSION = 2**63 - 1  # versions are int64
 
-# Google's canonical gRPC → HTTP mapping, which TF Serving's REST API uses.
-_HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
-    grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.BAD_REQUEST,
-    grpc.StatusCode.OUT_OF_RANGE: HTTPStatus.BAD_REQUEST,
-    grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
-    grpc.StatusCode.ALREADY_EXISTS: HTTPStatus.CONFLICT,
-    grpc.StatusCode.ABORTED: HTTPStatus.CONFLICT,
-    grpc.StatusCode.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
-    grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,
-    grpc.StatusCode.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.TOO_MANY_REQUESTS,
-    grpc.StatusCode.UNIMPLEMENTED: HTTPStatus.NOT_IMPLEMENTED,
-    grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
-}
-
 
 def _model_spec(match: re.Match) -> model_pb2.ModelSpec:
     """ParseModelInfo: a URL-decoded name and label, and a version that must fit an int64."""
@@ -85,7 +70,7 @@ def _model_spec(match: re.Match) -> model_pb2.ModelSpec:
     if match["version"]:
         version = int(match["version"])
         if version > _MAX_VERSION:
-            raise predict.invalid(f"Failed to convert version: {match['version']} to numeric.")
+            raise errors.InvalidArgument(f"Failed to convert version: {match['version']} to numeric.")
         spec.version.value = version
     elif match["label"]:
         spec.version_label = urllib.parse.unquote(match["label"])
@@ -129,12 +114,12 @@ class RestServer:
 
     def status(self, spec: model_pb2.ModelSpec) -> dict:
         if not spec.name:
-            raise predict.invalid("Missing model name in request.")
+            raise errors.InvalidArgument("Missing model name in request.")
         return rest_json.message_json(self.core.status(get_model_status_pb2.GetModelStatusRequest(model_spec=spec)))
 
     def metadata(self, spec: model_pb2.ModelSpec) -> dict:
         if not spec.name:
-            raise predict.invalid("Missing model name in request.")
+            raise errors.InvalidArgument("Missing model name in request.")
         request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
         response = self.core.metadata(request)
         signature_defs = get_model_metadata_pb2.SignatureDefMap()
@@ -146,15 +131,15 @@ class RestServer:
 
     def predict(self, spec: model_pb2.ModelSpec, body: Any) -> dict:
         if not isinstance(body, dict):
-            raise predict.invalid("JSON Value: request body must be a JSON object")
+            raise errors.InvalidArgument("JSON Value: request body must be a JSON object")
         signature_name = body.get("signature_name", "")
         if not isinstance(signature_name, str):
-            raise predict.invalid("'signature_name' key must be a string value.")
+            raise errors.InvalidArgument("'signature_name' key must be a string value.")
         spec.signature_name = signature_name
         version = self.core.manager.resolve(spec)
-        key = signature_name or predict.DEFAULT_SIGNATURE
+        key = signature_name or DEFAULT_SIGNATURE
         if key not in version.signature_defs:
-            raise predict.invalid(f'Serving signature name: "{key}" not found in signature def')
+            raise errors.InvalidArgument(f'Serving signature name: "{key}" not found in signature def')
         inputs = version.signature_defs[key].inputs
         columns, rows = rest_json.input_columns(body, inputs)
         request = predict_pb2.PredictRequest(model_spec=spec)
@@ -176,10 +161,10 @@ class RestServer:
         """Fill a Classify/Regress request from {"signature_name"?, "context"?, "examples": [...]}."""
         body = rest_json.unb64(body)
         if not isinstance(body, dict) or not isinstance(body.get("examples"), list):
-            raise predict.invalid("'examples' must be a JSON array of examples")
+            raise errors.InvalidArgument("'examples' must be a JSON array of examples")
         signature_name = body.get("signature_name", "")
         if not isinstance(signature_name, str):
-            raise predict.invalid("'signature_name' key must be a string value.")
+            raise errors.InvalidArgument("'signature_name' key must be a string value.")
         request.model_spec.signature_name = signature_name
         examples = [rest_json.example(item) for item in body["examples"]]
         if "context" in body:
@@ -227,7 +212,7 @@ class _Handler(BaseHTTPRequestHandler):
         pattern = {"POST": _POST_PATH, "GET": _GET_PATH}.get(method)
         match = pattern.fullmatch(path) if pattern is not None else None
         if match is None:
-            raise predict.invalid(f"Malformed request: {method} {path}")
+            raise errors.InvalidArgument(f"Malformed request: {method} {path}")
         return _model_spec(match), (match["action"] or "status").lower()
 
     def _answer(self, method: str) -> None:
@@ -238,7 +223,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.OK, self.rest.core.metrics.exposition(), "text/plain; version=0.0.4")
                 return
             if not path.lower().startswith(_API_PREFIX):
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {method} {path}")
+                raise errors.NotFound(f"Not found: {method} {path}")
             spec, action = self._route(method, path)
             model = spec.name
             if method == "GET":  # _route let only GET and POST through
@@ -249,9 +234,9 @@ class _Handler(BaseHTTPRequestHandler):
                     action
                 ]
                 self._json(HTTPStatus.OK, handler(spec, self._body()))
-        except ServingError as error:
+        except errors.ServingError as error:
             code = error.code
-            self._json(_HTTP_STATUS.get(error.code, HTTPStatus.INTERNAL_SERVER_ERROR), {"error": error.message})
+            self._json(error.http_status, {"error": error.details})  # the type names its HTTP status
         except Exception as error:  # a request never takes the server down
             code = grpc.StatusCode.INTERNAL
             log.exception("REST %s %s failed", method, path)
@@ -263,8 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length > self.rest.max_body_bytes:
             self.close_connection = True
-            raise ServingError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            raise errors.ResourceExhausted(
                 f"Request body of {length} bytes exceeds the limit of {self.rest.max_body_bytes}",
             )
         return rest_json.parse_json(self.rfile.read(length))

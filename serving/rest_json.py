@@ -29,7 +29,8 @@ from google.protobuf import json_format
 from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import types_pb2
 
-from fmnist.serving import predict
+from fmnist.common import errors
+from fmnist.serving.signature import dtype_text
 
 # rapidjson's words for the parse errors TF Serving reports, by Python's.
 _JSON_ERRORS = {
@@ -47,14 +48,14 @@ _JSON_ERRORS = {
 def parse_json(body: bytes) -> Any:
     """The request body as JSON, or INVALID_ARGUMENT in rapidjson's words, as TF Serving reports it."""
     if not body.strip():
-        raise predict.invalid("JSON Parse error: The document is empty. at offset: 0")
+        raise errors.InvalidArgument("JSON Parse error: The document is empty. at offset: 0")
     try:
         return json.loads(body)
     except json.JSONDecodeError as error:
         reason = _JSON_ERRORS.get(error.msg, error.msg)
-        raise predict.invalid(f"JSON Parse error: {reason} at offset: {error.pos}") from None
+        raise errors.InvalidArgument(f"JSON Parse error: {reason} at offset: {error.pos}") from None
     except UnicodeDecodeError:
-        raise predict.invalid("JSON Parse error: Invalid encoding in string.") from None
+        raise errors.InvalidArgument("JSON Parse error: Invalid encoding in string.") from None
 
 
 def unb64(value: Any) -> Any:
@@ -64,7 +65,7 @@ def unb64(value: Any) -> Any:
             try:
                 return base64.b64decode(value["b64"], validate=True)
             except (ValueError, TypeError):
-                raise predict.invalid("Unable to base64 decode") from None
+                raise errors.InvalidArgument("Unable to base64 decode") from None
         return {key: unb64(item) for key, item in value.items()}
     if isinstance(value, list):
         return [unb64(item) for item in value]
@@ -114,19 +115,19 @@ def input_array(alias: str, value: Any, dtype: int | None) -> np.ndarray:
         inferred = np.array(value)
     except (ValueError, TypeError) as error:
         kind = types_pb2.DataType.Name(dtype) if dtype is not None else "tensor"
-        raise predict.invalid(f"input '{alias}' is not a well-formed {kind} value: {error}") from None
+        raise errors.InvalidArgument(f"input '{alias}' is not a well-formed {kind} value: {error}") from None
     target = np.dtype(tf.dtypes.as_dtype(dtype).as_numpy_dtype)
     kinds = _ACCEPTED_KINDS.get(target.kind, "")
     if inferred.size and inferred.dtype.kind not in kinds:
         misfit = _first_misfit(value, kinds)
-        raise predict.invalid(f"JSON Value: {_json_text(misfit)} not of expected type: {predict.dtype_text(dtype)}")
+        raise errors.InvalidArgument(f"JSON Value: {_json_text(misfit)} not of expected type: {dtype_text(dtype)}")
     return inferred.astype(target, copy=False)
 
 
 def input_columns(body: dict, inputs: dict) -> tuple[dict[str, Any], bool]:
     """(alias → value, row format?) from a predict body's "instances" or "inputs"."""
     if ("instances" in body) == ("inputs" in body):
-        raise predict.invalid(
+        raise errors.InvalidArgument(
             "Missing 'inputs' or 'instances' key"
             if "instances" not in body
             else "Not formatted correctly expecting only one of 'inputs' or 'instances' keys exist"
@@ -136,21 +137,21 @@ def input_columns(body: dict, inputs: dict) -> tuple[dict[str, Any], bool]:
         return (value if isinstance(value, dict) else {next(iter(inputs)): value}), False
     instances = unb64(body["instances"])
     if not isinstance(instances, list):
-        raise predict.invalid("'instances' must be a JSON array")
+        raise errors.InvalidArgument("'instances' must be a JSON array")
     if instances and all(isinstance(row, dict) for row in instances):
         keys = set(instances[0])
         if any(set(row) != keys for row in instances):
-            raise predict.invalid("The instances do not all have the same named inputs")
+            raise errors.InvalidArgument("The instances do not all have the same named inputs")
         return {key: [row[key] for row in instances] for key in keys}, True
     if len(inputs) != 1:
-        raise predict.invalid("instances without names need a signature with exactly one input")
+        raise errors.InvalidArgument("instances without names need a signature with exactly one input")
     return {next(iter(inputs)): instances}, True
 
 
 def example(value: Any) -> example_pb2.Example:
     """A JSON object of feature name → value or list (numbers, strings, b64 bytes) as a tf.Example."""
     if not isinstance(value, dict):
-        raise predict.invalid("an example must be a JSON object of features")
+        raise errors.InvalidArgument("an example must be a JSON object of features")
     example = example_pb2.Example()
     for name, feature_value in value.items():
         values = feature_value if isinstance(feature_value, list) else [feature_value]
@@ -162,7 +163,7 @@ def example(value: Any) -> example_pb2.Example:
         elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             feature.float_list.value.extend(values)
         else:
-            raise predict.invalid(f"feature '{name}' must hold numbers or strings, not a mix")
+            raise errors.InvalidArgument(f"feature '{name}' must hold numbers or strings, not a mix")
     return example
 
 

@@ -35,12 +35,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from fmnist.common import errors
 from fmnist.serving import batching, metrics, model_config, models, predict, request_log
 from fmnist.serving.config import ServerConfig, channel_arguments
 from fmnist.serving.core import ServingCore
 from fmnist.serving.grpc_services import ModelService, PredictionService
 from fmnist.serving.loader import LoadedVersion, Loader, load_saved_model, replay_warmup
-from fmnist.serving.predict import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _watch_config_file(
                     last = text
                     log.info("Model config file %s changed; reloading", path)
                     manager.reload(model_config.read_config_file(path))
-            except (OSError, ValueError, ServingError) as error:
+            except (OSError, ValueError, errors.ServingError) as error:
                 log.error("Cannot reload model config file %s: %s", path, error)
 
     thread = threading.Thread(target=watch, name="config-watcher", daemon=True)
@@ -205,9 +205,9 @@ def start(
         health_servicer.set(entry.name, health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
         manager.reload(initial)
-    except ServingError as error:
+    except errors.ServingError as error:
         manager.stop()
-        raise ValueError(error.message) from None
+        raise ValueError(error.details) from None
     scheduler = batching.BatchScheduler(params, clock=clock, on_batch=monitor.observe_batch) if params else None
     core = ServingCore(manager, config.limits(), scheduler, monitor, config.enable_signature_method_name_check)
 

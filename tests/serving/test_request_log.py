@@ -14,8 +14,8 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from fmnist.common import tensors
+from fmnist.common.errors import ServingError
 from fmnist.serving import request_log
-from fmnist.serving.predict import ServingError
 
 
 def _config(

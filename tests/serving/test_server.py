@@ -976,7 +976,7 @@ GRAPH_ERRORS = {
 
 @pytest.mark.parametrize("raw, meaningful", GRAPH_ERRORS.items())
 def test_graph_error_message_keeps_the_line_that_names_the_problem(raw, meaningful):
-    from fmnist.serving.predict import graph_error_message
+    from fmnist.serving.signature import graph_error_message
 
     assert graph_error_message(raw) == meaningful
 
