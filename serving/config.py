@@ -24,8 +24,8 @@ from pathlib import Path
 import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from fmnist.common import names
-from fmnist.serving import batching, loader, model_config, predict, protos
+from fmnist.common import imagefile, names
+from fmnist.serving import batching, loader, model_config, protos
 
 DEFAULT_MODEL_NAME = "default"  # tensorflow_model_server's --model_name default
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -54,9 +54,9 @@ class ServerConfig:
     tensorflow_inter_op_parallelism: int = 0  # threads for independent ops; 0: TensorFlow picks
     mixed_precision: str = ""  # "bfloat16": run float32 graphs' matmuls and convolutions in bfloat16
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    max_image_bytes: int = predict.DEFAULT_MAX_IMAGE_BYTES
-    max_image_pixels: int = predict.DEFAULT_MAX_IMAGE_PIXELS
-    max_tensor_bytes: int = predict.DEFAULT_MAX_TENSOR_BYTES
+    max_image_bytes: int = names.MAX_IMAGE_BYTES
+    max_image_pixels: int = names.MAX_IMAGE_PIXELS
+    max_tensor_bytes: int = imagefile.DEFAULT_MAX_TENSOR_BYTES
     tls_cert: str | None = None  # PEM files; both or neither
     tls_key: str | None = None
     ssl_config_file: str | None = None  # text-format SSLConfig: TF Serving's way to TLS (and mutual TLS)
@@ -102,8 +102,9 @@ class ServerConfig:
             threads = max(threads, min(batching_params.max_batch_size, MAX_AUTO_THREADS))
         return threads
 
-    def limits(self) -> predict.Limits:
-        return predict.Limits(self.max_image_bytes, self.max_image_pixels, self.max_tensor_bytes)
+    def limits(self) -> imagefile.Limits:
+        """What a request may make the server decode (``--max-image-bytes``, ``-pixels``, ``--max-tensor-bytes``)."""
+        return imagefile.Limits(self.max_image_bytes, self.max_image_pixels, self.max_tensor_bytes)
 
     def saved_model_tag_set(self) -> tuple[str, ...]:
         """``--saved_model_tags`` as the loader takes them: comma-separated, blanks dropped."""

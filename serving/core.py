@@ -34,7 +34,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from fmnist.common import errors
+from fmnist.common import errors, imagefile
 from fmnist.serving import batching, inference, metrics, models, predict
 from fmnist.serving.loader import LoadedVersion
 from fmnist.serving.signature import DEFAULT_SIGNATURE, Signature
@@ -52,7 +52,7 @@ class ServingCore:
     def __init__(
         self,
         manager: models.ModelManager,
-        limits: predict.Limits,
+        limits: imagefile.Limits,
         scheduler: batching.BatchScheduler | None,
         monitor: metrics.Metrics,
         check_method_names: bool = False,

@@ -29,6 +29,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from fmnist.common import imagefile
 from fmnist.serving import inference, predict
 from fmnist.serving.signature import Function, Signature
 
@@ -137,7 +138,7 @@ def _session_callable(session: tf.compat.v1.Session, definition: meta_graph_pb2.
     return run
 
 
-def replay_warmup(version: LoadedVersion, limits: predict.Limits, iterations: int = 1) -> int:
+def replay_warmup(version: LoadedVersion, limits: imagefile.Limits, iterations: int = 1) -> int:
     """Run the version's warmup records, as TF Serving does before a version takes traffic.
 
     Predict, Classify, Regress and MultiInference logs are replayed, each
@@ -160,7 +161,7 @@ def replay_warmup(version: LoadedVersion, limits: predict.Limits, iterations: in
 
 
 def _warmup_runs(
-    version: LoadedVersion, entry: prediction_log_pb2.PredictionLog, limits: predict.Limits
+    version: LoadedVersion, entry: prediction_log_pb2.PredictionLog, limits: imagefile.Limits
 ) -> list[tuple[Signature, dict[str, np.ndarray]]]:
     """The (signature, inputs) calls one warmup record stands for."""
     kind = entry.WhichOneof("log_type")

@@ -43,8 +43,8 @@ from google.protobuf.message import DecodeError
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from fmnist.common import errors
-from fmnist.serving import predict, request_log
+from fmnist.common import errors, imagefile
+from fmnist.serving import request_log
 from fmnist.serving.loader import LoadedVersion, Loader, load_saved_model, replay_warmup
 from fmnist.serving.model_config import aspired_versions, local_path, validate_config, version_folders
 
@@ -94,8 +94,8 @@ class ModelManager:
         self,
         *,
         loader: Loader = load_saved_model,
-        warmup: Callable[[LoadedVersion, predict.Limits], int] = replay_warmup,
-        limits: predict.Limits = predict.Limits(),
+        warmup: Callable[[LoadedVersion, imagefile.Limits], int] = replay_warmup,
+        limits: imagefile.Limits = imagefile.Limits(),
         on_change: Callable[[str, list[int]], None] = lambda name, versions: None,
         max_num_load_retries: int = 5,
         load_retry_interval_micros: int = 60_000_000,

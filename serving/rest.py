@@ -31,7 +31,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
-import tensorflow as tf
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -41,7 +40,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from fmnist.common import errors
+from fmnist.common import errors, tensors
 from fmnist.serving import metrics, rest_json
 from fmnist.serving.core import ServingCore
 from fmnist.serving.signature import DEFAULT_SIGNATURE
@@ -145,10 +144,10 @@ class RestServer:
         request = predict_pb2.PredictRequest(model_spec=spec)
         for alias, value in columns.items():
             dtype = inputs[alias].dtype if alias in inputs else None
-            request.inputs[alias].CopyFrom(tf.make_tensor_proto(rest_json.input_array(alias, value, dtype)))
+            tensors.fill(request.inputs[alias], rest_json.input_array(alias, value, dtype))
         response = self.core.predict(request, self.timeout)
         outputs = {
-            alias: rest_json.json_value(alias, tf.make_ndarray(t)) for alias, t in sorted(response.outputs.items())
+            alias: rest_json.json_value(alias, tensors.to_ndarray(t)) for alias, t in sorted(response.outputs.items())
         }
         if not rows:
             return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}

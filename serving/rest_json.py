@@ -24,12 +24,11 @@ import json
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import types_pb2
 
-from fmnist.common import errors
+from fmnist.common import errors, tensors
 from fmnist.serving.signature import dtype_text
 
 # rapidjson's words for the parse errors TF Serving reports, by Python's.
@@ -116,7 +115,7 @@ def input_array(alias: str, value: Any, dtype: int | None) -> np.ndarray:
     except (ValueError, TypeError) as error:
         kind = types_pb2.DataType.Name(dtype) if dtype is not None else "tensor"
         raise errors.InvalidArgument(f"input '{alias}' is not a well-formed {kind} value: {error}") from None
-    target = np.dtype(tf.dtypes.as_dtype(dtype).as_numpy_dtype)
+    target = tensors.numpy_dtype(dtype)
     kinds = _ACCEPTED_KINDS.get(target.kind, "")
     if inferred.size and inferred.dtype.kind not in kinds:
         misfit = _first_misfit(value, kinds)

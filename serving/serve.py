@@ -25,8 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fmnist.common import names
-from fmnist.serving import loader, predict, server
+from fmnist.common import imagefile, names
+from fmnist.serving import loader, server
 from fmnist.serving.config import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MODEL_NAME, ServerConfig
 
 log = logging.getLogger(__name__)
@@ -197,17 +197,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ours.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 to expose)")
     ours.add_argument("--use-tf-serving", action="store_true", help=f"run {TF_SERVING_BINARY} (must be on PATH)")
     ours.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest gRPC message")
-    ours.add_argument(
-        "--max-image-bytes", type=int, default=predict.DEFAULT_MAX_IMAGE_BYTES, help="largest encoded image"
-    )
+    ours.add_argument("--max-image-bytes", type=int, default=names.MAX_IMAGE_BYTES, help="largest encoded image")
     ours.add_argument(
         "--max-image-pixels",
         type=int,
-        default=predict.DEFAULT_MAX_IMAGE_PIXELS,
+        default=names.MAX_IMAGE_PIXELS,
         help="largest image a header may claim",
     )
     ours.add_argument(
-        "--max-tensor-bytes", type=int, default=predict.DEFAULT_MAX_TENSOR_BYTES, help="largest decoded input tensor"
+        "--max-tensor-bytes", type=int, default=imagefile.DEFAULT_MAX_TENSOR_BYTES, help="largest decoded input tensor"
     )
     ours.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve gRPC over TLS)")
     ours.add_argument("--tls-key", help="PEM private key")

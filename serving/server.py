@@ -35,8 +35,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from fmnist.common import errors
-from fmnist.serving import batching, metrics, model_config, models, predict, request_log
+from fmnist.common import errors, imagefile
+from fmnist.serving import batching, metrics, model_config, models, request_log
 from fmnist.serving.config import ServerConfig, channel_arguments
 from fmnist.serving.core import ServingCore
 from fmnist.serving.grpc_services import ModelService, PredictionService
@@ -145,7 +145,7 @@ def start(
     config: ServerConfig,
     *,
     loader: Loader | None = None,
-    warmup: Callable[[LoadedVersion, predict.Limits], int] | None = None,
+    warmup: Callable[[LoadedVersion, imagefile.Limits], int] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Server:
     """Load the initial versions, then start serving; returns the running Server.
@@ -253,7 +253,7 @@ def start(
     return server
 
 
-def _no_warmup(version: LoadedVersion, limits: predict.Limits) -> int:
+def _no_warmup(version: LoadedVersion, limits: imagefile.Limits) -> int:
     return 0
 
 

@@ -1,4 +1,4 @@
-"""serving.tensors against TensorFlow's own conversions: the wire format is TensorFlow's, either way it is written."""
+"""common.tensors against TensorFlow's own conversions: the wire format is TensorFlow's, either way it is written."""
 
 from __future__ import annotations
 
@@ -22,20 +22,24 @@ NUMERIC = [
     np.uint32,
     np.uint64,
     np.bool_,
+    np.complex64,
+    np.complex128,
 ]
 
 
-def _filled(values) -> tensor_pb2.TensorProto:
+def _filled(values, typed: bool = False) -> tensor_pb2.TensorProto:
     proto = tensor_pb2.TensorProto()
-    tensors.fill(proto, values)
+    tensors.fill(proto, values, typed=typed)
     return proto
 
 
-@pytest.mark.parametrize("dtype", NUMERIC)
-def test_numbers_round_trip_and_read_as_tensorflow_reads_them(dtype):
+@pytest.mark.parametrize("typed", [False, True], ids=["tensor_content", "typed fields"])
+@pytest.mark.parametrize("dtype", [*NUMERIC, tf.bfloat16.as_numpy_dtype])
+def test_numbers_round_trip_and_read_as_tensorflow_reads_them(dtype, typed):
     array = (np.arange(24).reshape(2, 3, 4) % 7).astype(dtype)
-    proto = _filled(array)
+    proto = _filled(array, typed)
     assert proto.dtype == tf.as_dtype(dtype).as_datatype_enum
+    assert bool(proto.tensor_content) != typed  # typed: the *_val fields, as TF Serving's AsProtoField writes them
     np.testing.assert_array_equal(tf.make_ndarray(proto), array)
     back = tensors.to_ndarray(proto, dtype)
     assert back.dtype == np.dtype(dtype) and back.shape == (2, 3, 4)
@@ -44,16 +48,32 @@ def test_numbers_round_trip_and_read_as_tensorflow_reads_them(dtype):
 
 
 @pytest.mark.parametrize("dtype", NUMERIC)
-def test_typed_value_fields_as_tf_serving_writes_them_are_read_with_the_last_value_repeated(dtype):
+def test_typed_value_fields_are_read_with_the_last_value_repeated_and_none_as_zeros(dtype):
     array = np.array([[1, 0, 1], [1, 1, 1]]).astype(dtype)
-    proto = tf.make_tensor_proto(array)
-    field = tensors._NUMERIC[np.dtype(dtype)][1]
-    proto.ClearField("tensor_content")
-    proto.ClearField(field)
-    values = [1, 0, 1, 1]  # the last value stands for the two missing ones
-    getattr(proto, field).extend(np.array(values, dtype).view(np.uint16).tolist() if dtype == np.float16 else values)
-    np.testing.assert_array_equal(tensors.to_ndarray(proto), array)
-    np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+    short = _filled(array[0, :2], typed=True)  # 1, 0
+    short.ClearField("tensor_shape")
+    for size in array.shape:
+        short.tensor_shape.dim.add(size=size)
+    repeated = array.copy()
+    repeated.ravel()[2:] = 0  # the last value given stands for the missing ones
+    np.testing.assert_array_equal(tensors.to_ndarray(short), repeated)
+    np.testing.assert_array_equal(tf.make_ndarray(short), repeated)
+    empty = tensor_pb2.TensorProto(dtype=short.dtype, tensor_shape=short.tensor_shape)
+    np.testing.assert_array_equal(tensors.to_ndarray(empty), np.zeros_like(array))
+    np.testing.assert_array_equal(tf.make_ndarray(empty), np.zeros_like(array))
+
+
+def test_a_shape_claiming_more_than_max_bytes_is_refused_before_anything_is_allocated():
+    splat = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1.0])  # one value fills any shape
+    for size in (100_000, 28, 28):
+        splat.tensor_shape.dim.add(size=size)
+    with pytest.raises(ValueError, match=r"\[100000, 28, 28\] float32 tensor exceeds 1048576 bytes"):
+        tensors.to_ndarray(splat, max_bytes=1 << 20)
+    assert tensors.to_ndarray(splat, max_bytes=100_000 * 28 * 28 * 4).shape == (100_000, 28, 28)
+    negative = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    negative.tensor_shape.dim.add(size=-1)
+    with pytest.raises(ValueError, match="negative dimension"):
+        tensors.to_ndarray(negative)
 
 
 def test_strings_go_as_string_val_and_come_back_as_bytes():
@@ -70,5 +90,7 @@ def test_a_type_other_than_the_expected_one_is_an_error():
         tensors.to_ndarray(_filled(np.arange(3)), np.float32)
     with pytest.raises(ValueError, match="expected DT_INT64, got DT_STRING"):
         tensors.to_ndarray(_filled([b"x"]), np.int64)
-    with pytest.raises(TypeError, match="no TensorFlow type for numpy dtype complex128"):
-        _filled(np.zeros(2, np.complex128))
+    with pytest.raises(TypeError, match=r"no TensorFlow type for numpy dtype datetime64\[s\]"):
+        _filled(np.zeros(2, "datetime64[s]"))
+    with pytest.raises(ValueError, match="unsupported tensor type DT_RESOURCE"):
+        tensors.to_ndarray(tensor_pb2.TensorProto(dtype=types_pb2.DT_RESOURCE))

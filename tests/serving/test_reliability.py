@@ -33,7 +33,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import encode_png
+from conftest import encode_png, webp_claiming
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -506,6 +506,8 @@ BAD_INPUT = {
     "GIF header claiming 65535 x 65535": (image_bytes([GIF_BOMB]), INVALID, "image too large"),
     "BMP header claiming 100000 x 100000": (image_bytes([BMP_BOMB]), INVALID, "image too large"),
     "JPEG header claiming 65500 x 65500": (image_bytes([JPEG_BOMB]), INVALID, "image too large"),
+    # The graph refuses WebP, but tf.io.decode_image decodes it: the server refuses a WebP bomb by its header.
+    "WebP header claiming 100000 x 100000": (image_bytes([webp_claiming(100_000, 100_000)]), INVALID, "100000x100000"),
     f"{MAX_BATCH + 1} encoded images, over max_batch_size": (
         image_bytes([GOOD_PNG] * (MAX_BATCH + 1)),
         INVALID,
