@@ -121,7 +121,7 @@ def _run(client: PredictionClient, args: argparse.Namespace, prog: str) -> int:
                 print(f"{prog}: {path}: {problem[0]}: {problem[1]}", file=sys.stderr)
             else:
                 readable.append((path, data))
-        for path, outcome in _classify(client, readable, args):
+        for path, outcome in _predictions(client, readable, args):
             if isinstance(outcome, errors.ServingError):
                 failures += 1
                 reason = f"{outcome.code.name}: {outcome.details}"
@@ -142,7 +142,7 @@ def _batches(paths: Sequence[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _classify(
+def _predictions(
     client: PredictionClient, files: list[tuple[str, bytes]], args: argparse.Namespace
 ) -> Iterator[tuple[str, Prediction | errors.ServingError]]:
     """Each file with its one-row Prediction, or with the per-image error that rejected it.

@@ -1,4 +1,4 @@
-"""TF Serving's REST API (and Prometheus metrics) over the same handlers as the gRPC API.
+"""TF Serving's REST API (and Prometheus metrics) over the same :class:`ServingCore` as the gRPC API.
 
 Endpoints, as TF Serving names and shapes them::
 
@@ -14,8 +14,13 @@ whose alias ends in ``_bytes`` or that are not UTF-8) in responses. Paths are
 matched as TF Serving's handler matches them (case-insensitively); any other
 ``/v1/`` path is 400 "Malformed request". Each response leaves in one write on
 a TCP_NODELAY socket, so kept-alive connections do not wait on delayed ACKs.
+JSON is read and written by :mod:`fmnist.serving.rest_json`; a ServingError
+answers with the HTTP status its type names (TF Serving's ToHTTPStatusCode),
+in one place, ``_Handler._answer``, which also counts each request.
 
 Usage: ``rest = RestServer(core, "127.0.0.1", 8501, MonitoringConfig()); rest.start(); ...; rest.stop()``
+
+Thread safety: one thread per connection (``ThreadingHTTPServer``), all calling the thread-safe core.
 """
 
 from __future__ import annotations
@@ -109,14 +114,14 @@ class RestServer:
             self._http.shutdown()
         self._http.server_close()
 
-    # -- endpoints -------------------------------------------------------------------
+    # -- endpoints: one per HTTP method and action, each the JSON answer of one core call ------------
 
-    def status(self, spec: model_pb2.ModelSpec) -> dict:
+    def get_status(self, spec: model_pb2.ModelSpec) -> dict:
         if not spec.name:
             raise errors.InvalidArgument("Missing model name in request.")
         return rest_json.message_json(self.core.status(get_model_status_pb2.GetModelStatusRequest(model_spec=spec)))
 
-    def metadata(self, spec: model_pb2.ModelSpec) -> dict:
+    def get_metadata(self, spec: model_pb2.ModelSpec) -> dict:
         if not spec.name:
             raise errors.InvalidArgument("Missing model name in request.")
         request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
@@ -128,7 +133,7 @@ class RestServer:
             "metadata": {"signature_def": rest_json.message_json(signature_defs)},
         }
 
-    def predict(self, spec: model_pb2.ModelSpec, body: Any) -> dict:
+    def post_predict(self, spec: model_pb2.ModelSpec, body: Any) -> dict:
         if not isinstance(body, dict):
             raise errors.InvalidArgument("JSON Value: request body must be a JSON object")
         signature_name = body.get("signature_name", "")
@@ -173,12 +178,12 @@ class RestServer:
             request.input.example_list.examples.extend(examples)
         return request
 
-    def classify(self, spec: model_pb2.ModelSpec, body: Any) -> dict:
+    def post_classify(self, spec: model_pb2.ModelSpec, body: Any) -> dict:
         request = self._examples_request(classification_pb2.ClassificationRequest(model_spec=spec), body)
         result = self.core.classify(request, self.timeout).result
         return {"results": [[[c.label, c.score] for c in row.classes] for row in result.classifications]}
 
-    def regress(self, spec: model_pb2.ModelSpec, body: Any) -> dict:
+    def post_regress(self, spec: model_pb2.ModelSpec, body: Any) -> dict:
         request = self._examples_request(regression_pb2.RegressionRequest(model_spec=spec), body)
         result = self.core.regress(request, self.timeout).result
         return {"results": [regression.value for regression in result.regressions]}
@@ -226,12 +231,14 @@ class _Handler(BaseHTTPRequestHandler):
             spec, action = self._route(method, path)
             model = spec.name
             if method == "GET":  # _route let only GET and POST through
-                handler = self.rest.metadata if action == "metadata" else self.rest.status
+                handler = self.rest.get_metadata if action == "metadata" else self.rest.get_status
                 self._json(HTTPStatus.OK, handler(spec))
             else:
-                handler = {"predict": self.rest.predict, "classify": self.rest.classify, "regress": self.rest.regress}[
-                    action
-                ]
+                handler = {
+                    "predict": self.rest.post_predict,
+                    "classify": self.rest.post_classify,
+                    "regress": self.rest.post_regress,
+                }[action]
                 self._json(HTTPStatus.OK, handler(spec, self._body()))
         except errors.ServingError as error:
             code = error.code
