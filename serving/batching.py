@@ -15,6 +15,10 @@ Usage::
 
     scheduler = BatchScheduler(read_batching_parameters("batching.config"))
     outputs = scheduler.run(("fashion_mnist", 1), signature, inputs, timeout=5.0)
+
+Thread safety: ``run`` is called from many request threads at once and blocks
+each until its rows are done; the scheduler owns its batch threads, which
+``stop()`` ends after running what is queued.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ Usage::
     core = ServingCore(manager, Limits(), scheduler=None, monitor=metrics.Metrics())
     response = core.predict(request, timeout=5.0)
 
+Ownership: the core owns nothing; the :class:`~fmnist.serving.server.Server`
+that made it owns the manager and the scheduler it calls.
+
 Thread safety: every method may be called from many request threads at once;
 the core holds no state of its own beyond what it was given.
 """

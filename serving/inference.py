@@ -15,6 +15,8 @@ Usage::
     check_regression(signature.definition, check_method_name=False)
     examples = serialized_examples(request.input)
     regression_result(signature.run({INPUTS: examples}), len(examples), response.result)
+
+Thread safety: pure functions.
 """
 
 from __future__ import annotations

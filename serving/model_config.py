@@ -12,6 +12,8 @@ Usage::
     config = read_config_file("models.config")    # or single_model_config("m", "/models/m")
     validate_config(config)                          # INVALID_ARGUMENT ServingErrors, in TF Serving's words
     aspired = aspired_versions(config.model_config_list.config[0], list(version_folders(base_path)))
+
+Thread safety: pure functions (of their arguments and the file system).
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ Usage::
     manager.start_polling(1.0)
     version = manager.resolve(request.model_spec)
 
+Ownership: the manager owns the loaded versions (their sessions close when
+the last request holding one lets go), the poll thread and the request logs.
+
 Thread safety: every method may be called from any thread. Reloads and polls
 take turns under one lock; request threads read the loaded versions and labels
 without a lock, because those maps are replaced whole, never changed in place.

@@ -16,6 +16,10 @@ Usage::
     server = start(ServerConfig(port=0, model_name="m", model_base_path="/models/m"))
     ...; server.stop()
 
+Ownership: a :class:`Server` owns all that :func:`start` made (the gRPC and
+REST servers, the batch scheduler, the model manager and its request logs, the
+config-file watcher) and :meth:`Server.stop` releases them, in that order.
+
 Thread safety: :meth:`Server.stop` may be called from any thread, more than
 once; requests run on gRPC's and the REST server's threads.
 """
@@ -30,6 +34,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -41,6 +46,9 @@ from fmnist.serving.config import ServerConfig, channel_arguments
 from fmnist.serving.core import ServingCore
 from fmnist.serving.grpc_services import ModelService, PredictionService
 from fmnist.serving.loader import LoadedVersion, Loader, load_saved_model, replay_warmup
+
+if TYPE_CHECKING:
+    from fmnist.serving.rest import RestServer
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +62,7 @@ class Server:
         port: int,
         core: ServingCore,
         health_servicer: health.HealthServicer,
-        rest_server=None,
+        rest_server: RestServer | None = None,
     ):
         self.port = port
         self.core = core
