@@ -37,7 +37,7 @@ class ServerConfig:
     """Everything ``fmnist serve`` accepts; field names follow tensorflow_model_server's flags."""
 
     port: int = names.GRPC_PORT  # 0 = pick a free port
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # fmnist serve's --host defaults to all interfaces, as tensorflow_model_server
     rest_api_port: int = 0  # 0 = off
     model_name: str | None = None  # with model_base_path, one model
     model_base_path: str | None = None

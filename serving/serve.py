@@ -6,7 +6,8 @@ for :func:`fmnist.serving.server.run`. Its tuning hints that mean nothing here
 (``--num_load_threads``, ``--rest_api_num_threads``, ...) are accepted and
 logged once as ignored, so one command line serves both servers. When the
 real ``tensorflow_model_server`` is on PATH (or with ``--use-tf-serving``)
-the command runs that instead, with the same arguments.
+the command runs that instead, with the same arguments. Like it, the command
+listens on all interfaces unless ``--host`` says otherwise.
 
 Usage::
 
@@ -32,6 +33,9 @@ from fmnist.serving.config import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MODEL_NAME,
 log = logging.getLogger(__name__)
 
 TF_SERVING_BINARY = "tensorflow_model_server"
+# tensorflow_model_server listens on 0.0.0.0:<port> (server.cc), so the command does too; ServerConfig's
+# own default stays the loopback, for servers started inside another process (tests, the demo).
+ALL_INTERFACES = "0.0.0.0"
 
 # tensorflow_model_server's tuning hints: how many threads, caches, GPU memory. The embedded
 # server has nothing they would tune, so it takes them (one command line serves both) and logs
@@ -194,7 +198,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "AVX512-BF16 or AMX: about 1.5x the cnn's throughput here); default off",
     )
     ours = parser.add_argument_group("embedded server only")
-    ours.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 to expose)")
+    ours.add_argument(
+        "--host",
+        default=ALL_INTERFACES,
+        help="interface gRPC and REST bind (default: all, as tensorflow_model_server; 127.0.0.1: this machine only)",
+    )
     ours.add_argument("--use-tf-serving", action="store_true", help=f"run {TF_SERVING_BINARY} (must be on PATH)")
     ours.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest gRPC message")
     ours.add_argument("--max-image-bytes", type=int, default=names.MAX_IMAGE_BYTES, help="largest encoded image")

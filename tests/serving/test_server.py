@@ -846,6 +846,13 @@ def test_cli_help_and_bad_configuration(capsys, tmp_path):
     )
 
 
+def test_fmnist_serve_listens_on_all_interfaces_unless_told_otherwise():
+    """As tensorflow_model_server, which binds 0.0.0.0:<port>; --host keeps the choice."""
+    parse = serve.build_parser("fmnist serve").parse_args
+    assert serve.config_from(parse(["--model_base_path", "/m"])).host == "0.0.0.0"
+    assert serve.config_from(parse(["--model_base_path", "/m", "--host", "127.0.0.1"])).host == "127.0.0.1"
+
+
 def fmnist_serve(*args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "fmnist.cli", "serve", *args],
@@ -864,9 +871,11 @@ def test_fmnist_serve_runs_until_sigterm_then_exits_zero(_pushed_once, images):
         port = None
         for line in process.stderr:
             if "Running gRPC ModelServer at" in line:
-                port = int(line.rsplit(":", 1)[1].split()[0])
+                address = line.split("Running gRPC ModelServer at ")[1].split()[0]
+                port = int(address.rsplit(":", 1)[1])
                 break
         assert port, "server never reported its port"
+        assert address.startswith("0.0.0.0:")  # every interface, loopback included
         assert Client(port).predict(request_for(images[:1])).model_spec.version.value == 1
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
