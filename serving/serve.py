@@ -6,8 +6,12 @@ for :func:`fmnist.serving.server.run`. Its tuning hints that mean nothing here
 (``--num_load_threads``, ``--rest_api_num_threads``, ...) are accepted and
 logged once as ignored, so one command line serves both servers. When the
 real ``tensorflow_model_server`` is on PATH (or with ``--use-tf-serving``)
-the command runs that instead, with the same arguments. Like it, the command
-listens on all interfaces unless ``--host`` says otherwise.
+the command runs that instead, with the same arguments, unless
+``--use-embedded`` is given. The binary runs with ``FMNIST_SERVE_HANDED_OFF``
+set in its environment, and a ``fmnist serve`` that finds it set serves
+embedded: a stand-in ``tensorflow_model_server`` that runs ``fmnist serve``
+(the Docker stand-in image's) is run once, never in a loop. Like the real
+binary, the command listens on all interfaces unless ``--host`` says otherwise.
 
 Usage::
 
@@ -36,6 +40,9 @@ TF_SERVING_BINARY = "tensorflow_model_server"
 # tensorflow_model_server listens on 0.0.0.0:<port> (server.cc), so the command does too; ServerConfig's
 # own default stays the loopback, for servers started inside another process (tests, the demo).
 ALL_INTERFACES = "0.0.0.0"
+# Set for the tensorflow_model_server this command hands off to: if that is a stand-in that runs
+# fmnist serve again, the second fmnist serve sees it and serves embedded instead of handing off again.
+HANDED_OFF = "FMNIST_SERVE_HANDED_OFF"
 
 # tensorflow_model_server's tuning hints: how many threads, caches, GPU memory. The embedded
 # server has nothing they would tune, so it takes them (one command line serves both) and logs
@@ -94,7 +101,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Serve SavedModels over TensorFlow Serving's gRPC (and REST) API. "
-        f"Runs {TF_SERVING_BINARY} instead when it is on PATH or --use-tf-serving is given.",
+        f"Runs {TF_SERVING_BINARY} instead when it is on PATH (unless --use-embedded) or --use-tf-serving is given.",
     )
     tf_flags = parser.add_argument_group("tensorflow_model_server flags (same names and meanings)")
     tf_flags.add_argument("--port", type=int, default=names.GRPC_PORT, help="gRPC port (0: any free port)")
@@ -203,7 +210,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=ALL_INTERFACES,
         help="interface gRPC and REST bind (default: all, as tensorflow_model_server; 127.0.0.1: this machine only)",
     )
-    ours.add_argument("--use-tf-serving", action="store_true", help=f"run {TF_SERVING_BINARY} (must be on PATH)")
+    which = ours.add_mutually_exclusive_group()
+    which.add_argument("--use-tf-serving", action="store_true", help=f"run {TF_SERVING_BINARY} (must be on PATH)")
+    which.add_argument(
+        "--use-embedded", action="store_true", help=f"serve embedded even when {TF_SERVING_BINARY} is on PATH"
+    )
     ours.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest gRPC message")
     ours.add_argument("--max-image-bytes", type=int, default=names.MAX_IMAGE_BYTES, help="largest encoded image")
     ours.add_argument(
@@ -243,13 +254,24 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     name = parser.prog
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     binary = shutil.which(TF_SERVING_BINARY)
-    if args.use_tf_serving or binary:
+    handed_off = HANDED_OFF in os.environ  # a tensorflow_model_server that this command ran runs it again
+    if args.use_tf_serving:
         if not binary:
             print(f"{name}: error: --use-tf-serving given but {TF_SERVING_BINARY} is not on PATH", file=sys.stderr)
             return 2
+        if handed_off:
+            print(
+                f"{name}: error: --use-tf-serving given, but the {TF_SERVING_BINARY} on PATH ({binary}) runs "
+                f"{name} itself ({HANDED_OFF} is set): it is a stand-in, not the real server",
+                file=sys.stderr,
+            )
+            return 2
+    if binary and not args.use_embedded and not handed_off:
         command = _tf_serving_argv(binary, args, parser)
         log.info("Running %s", " ".join(command))
-        os.execv(binary, command)
+        os.execve(binary, command, {**os.environ, HANDED_OFF: "1"})
+    if binary and handed_off and not args.use_embedded:
+        log.info("%s was run by %s; serving embedded rather than running it again", name, binary)
     for flag in _HINT_FLAGS:
         if getattr(args, flag) is not None:
             log.info("--%s is a tuning hint of %s; the embedded server ignores it", flag, TF_SERVING_BINARY)

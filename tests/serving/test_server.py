@@ -961,6 +961,61 @@ def test_use_tf_serving_without_the_binary_is_a_clear_error(capsys, monkeypatch)
     assert "tensorflow_model_server is not on PATH" in capsys.readouterr().err
 
 
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch) -> Path:
+    """A tensorflow_model_server on PATH that runs fmnist serve, as the Docker stand-in image's does; each run
+    adds a line to ``<it>.runs``."""
+    fake = tmp_path / "tensorflow_model_server"
+    fake.write_text(f'#!/bin/sh\necho run >> "$0.runs"\nexec "{sys.executable}" -m fmnist.cli serve "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    return fake
+
+
+class HandedOff(Exception):
+    """What os.execve raises in these tests instead of replacing the test's process."""
+
+
+def test_the_hand_off_marks_the_binarys_environment_and_a_marked_or_embedded_run_serves_embedded(
+    stand_in, monkeypatch, capsys
+):
+    def execve(path, argv, env):
+        raise HandedOff(path, argv, env)
+
+    ran = []
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.setattr(serving_server, "run", lambda config: ran.append(config) or 0)
+    monkeypatch.delenv(serve.HANDED_OFF, raising=False)
+    with pytest.raises(HandedOff) as handed:
+        serve.main(["--model_base_path", "/m"], prog="fmnist serve")
+    path, argv, env = handed.value.args
+    assert (path, argv[1:]) == (str(stand_in), ["--port=8500", "--model_base_path=/m"])
+    assert env[serve.HANDED_OFF] == "1"
+    assert serve.main(["--use-embedded", "--model_base_path", "/m"], prog="fmnist serve") == 0
+    monkeypatch.setenv(serve.HANDED_OFF, "1")  # run by the stand-in: serve, do not hand off again
+    assert serve.main(["--model_base_path", "/m"], prog="fmnist serve") == 0
+    assert [config.model_base_path for config in ran] == ["/m", "/m"]
+    assert serve.main(["--use-tf-serving", "--model_base_path", "/m"], prog="fmnist serve") == 2
+    assert "it is a stand-in, not the real server" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        serve.main(["--use-tf-serving", "--use-embedded", "--model_base_path", "/m"], prog="fmnist serve")
+    assert usage.value.code == 2
+
+
+@pytest.mark.slow
+def test_a_stand_in_binary_that_runs_fmnist_serve_is_run_once_not_in_a_loop(stand_in, tmp_path):
+    bad = tmp_path / "bad.config"  # the embedded server refuses it at once, so the run ends
+    bad.write_text("improperly formatted")
+    done = subprocess.run(
+        [sys.executable, "-m", "fmnist.cli", "serve", "--port", "0", "--model_config_file", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and f"Invalid protobuf file: '{bad}'" in done.stderr, done.stderr
+    assert (tmp_path / "tensorflow_model_server.runs").read_text() == "run\n"
+
+
 # -- units behind the server -------------------------------------------------------------
 
 GRAPH_ERRORS = {
