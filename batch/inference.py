@@ -41,7 +41,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from fmnist.batch.outcomes import Classified, Failed, Image, Outcome, Reason
 from fmnist.batch.tfserving import TRANSIENT_CODES, TFServingModelHandler, per_example
-from fmnist.common import names, quiet
+from fmnist.common import errors, names, quiet
 from fmnist.common.client import Prediction, PredictionClient, ServingError
 
 NAMESPACE = "fmnist.batch"  # Beam metrics namespace of everything the job counts
@@ -247,7 +247,8 @@ class ImageBatches(ModelHandler[list[Image | Failed], list[Outcome], Any]):
                 )
             except grpc.RpcError as error:
                 if error.code() in SERVER_CODES:
-                    raise ServingError(error.code(), error.details(), getattr(self._images, "target", "?")) from error
+                    target = getattr(self._images, "target", "?")
+                    raise errors.from_code(error.code(), error.details(), target=target) from error
                 raise BatchFailed(f"{error.code().name}: {_detail(error)}") from error
             except Exception as error:
                 raise BatchFailed(f"{type(error).__name__}: {_detail(error)}") from error

@@ -1028,7 +1028,11 @@ def _explained(line: str, rerun: str = "--overwrite") -> str:
     return line
 
 
-_WORKER_DECORATION = re.compile(r"^(?:[\w.]+(?:Error|Exception): )+|\s*\[while running '[^']*'\]$")
+# A worker's exception class, as its traceback's last line names it (the ServingError types in
+# fmnist.common.errors are named by their status, without an Error suffix), and the step it ran in.
+_WORKER_DECORATION = re.compile(
+    r"^(?:(?:[\w.]+(?:Error|Exception)|fmnist\.common\.errors\.\w+): )+|\s*\[while running '[^']*'\]$"
+)
 
 
 def _last_line(error: BaseException) -> str:
