@@ -249,6 +249,8 @@ def _tf_serving_argv(binary: str, args: argparse.Namespace, parser: argparse.Arg
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``fmnist serve``: 0 after a clean stop, 1 when the server cannot start, 2 for a usage error (or never
+    returns: the real binary replaces this process)."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     name = parser.prog
