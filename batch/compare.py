@@ -45,7 +45,8 @@ from fmnist.batch.launcher import execute, make_pipeline, print_outputs, run_cli
 from fmnist.batch.options import CompareConfig, parse_compare_args
 from fmnist.batch.output import COMPARISON_FILE
 from fmnist.common import names
-from fmnist.common.client import PredictionClient, ServingError
+from fmnist.common.client import PredictionClient
+from fmnist.common.errors import ServingError
 
 FAILS_GATE = 3  # exit code: the job ran, and the candidate should not be promoted
 RERUN = "--overwrite"  # what runs this job again in the same --output once its server is back

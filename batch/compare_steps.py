@@ -26,7 +26,8 @@ from fmnist.batch.options import CompareConfig, Version
 from fmnist.batch.outcomes import Classified, Failed, Image, Outcome
 from fmnist.batch.steps import ERRORS, GALLERY, RECORDS, TALLIES, ReadInputs, WriteGallery, WriteTallies
 from fmnist.common import names
-from fmnist.common.client import PredictionClient, ServingError
+from fmnist.common.client import PredictionClient
+from fmnist.common.errors import ServingError
 
 DISAGREEMENT_SCHEMA = pa.schema(
     [("path", pa.string()), ("label", pa.string())]

@@ -46,7 +46,8 @@ from fmnist.batch.outcomes import Classified, Failed, Image, Outcome, Reason
 from fmnist.batch.output import FailureNotes
 from fmnist.batch.tfserving import TRANSIENT_CODES, TFServingModelHandler, per_example
 from fmnist.common import errors, names, quiet
-from fmnist.common.client import Prediction, PredictionClient, ServingError
+from fmnist.common.client import Prediction, PredictionClient
+from fmnist.common.errors import ServingError
 
 NAMESPACE = "fmnist.batch"  # Beam metrics namespace of everything the job counts
 # What the jobs retry: the handler's transient codes (the server restarting, too slow this once, shedding

@@ -43,7 +43,8 @@ from fmnist.batch.errors import FAILED, INTERRUPTED, JobError, stopped_by
 from fmnist.batch.inference import ServerSettings
 from fmnist.batch.output import FailureNotes
 from fmnist.common import quiet
-from fmnist.common.client import PredictionClient, ServingError
+from fmnist.common.client import PredictionClient
+from fmnist.common.errors import ServingError
 
 R = TypeVar("R")  # what a command's work returns to its finish (run_cli)
 _INTERRUPT_GRACE = 5.0  # seconds a Ctrl-C'd job may take to wind down before the process leaves anyway

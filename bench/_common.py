@@ -116,7 +116,7 @@ def free_port() -> int:
 class ServerProcess:
     """``fmnist serve`` (the embedded server) in a child process, ready when a model is AVAILABLE.
 
-    ``program`` replaces ``-m serving.server`` for another server with the same flags' subset
+    ``program`` replaces ``-m fmnist.serving.serve`` for another server with the same flags' subset
     (``--port``, ``--log-level``), such as bench/_floor_server.py.
 
     ``stop()`` sends SIGTERM (graceful stop) and returns the child's peak RSS
@@ -129,7 +129,7 @@ class ServerProcess:
         ready_model: str,
         log_path: Path,
         timeout: float = 120.0,
-        program: Sequence[str] = ("-m", "fmnist.serving.server"),
+        program: Sequence[str] = ("-m", "fmnist.serving.serve"),
     ):
         from fmnist.common.client import PredictionClient
 

@@ -19,7 +19,7 @@ measures its worst case) it measures, side by side in one run:
   HTTP clients call it): p50/p99 on one connection, images/s on 1 and 16
   (batching off).
 
-The server runs in a child process (``python -m serving.server``) so client
+The server runs in a child process (``python -m fmnist.serving.serve``) so client
 and server do not share a GIL; both share the machine's cores, as on a
 single-host deployment. With batching it uses the parameters in
 :data:`BATCHING` (see bench/README.md for why they differ from

@@ -2,14 +2,15 @@
 
 It speaks only the public ``tensorflow-serving-api`` protos, so it works the
 same against the embedded server and the real binary; it imports them
-through :mod:`serving.apis`, which keeps TensorFlow's runtime out of the
+through :mod:`fmnist.common.apis`, which keeps TensorFlow's runtime out of the
 process (``fmnist classify`` starts in well under a second). Requests are built from
 numpy directly (``tensor_content`` bytes, ``string_val``) rather than through
 ``tf.make_tensor_proto``, because the batch job builds one per batch in a hot
 loop. Only UNAVAILABLE is retried by default: the server is down, restarting
 or shedding load, and every call here is idempotent, so trying again is safe
 and may help; any other failure would only repeat, so it is reported at once,
-as a :class:`ServingError` naming the server and the gRPC code.
+as a :class:`~fmnist.common.errors.ServingError` of the gRPC code's type, naming the server
+(``str(error)`` reads "target: CODE: details").
 
 Usage::
 
@@ -32,7 +33,7 @@ import grpc
 import numpy as np
 
 from fmnist.common import names, tensors
-from fmnist.common.apis import (  # the official protos, without TensorFlow's start-up (see serving/apis.py)
+from fmnist.common.apis import (  # the official protos, without TensorFlow's start-up (see common/apis.py)
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_management_pb2,
@@ -42,24 +43,10 @@ from fmnist.common.apis import (  # the official protos, without TensorFlow's st
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+from fmnist.common.errors import DeadlineExceeded, Internal, ServingError, from_code, status_code
 
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # TensorFlow's error codes are gRPC's numbers
 _MAX_POLL_INTERVAL = 1.0  # seconds between GetModelStatus polls, at most
-
-
-class ServingError(Exception):
-    """An RPC that failed for good (after any retries), with the server it went to.
-
-    ``code`` is a ``grpc.StatusCode``; callers branch on it (INVALID_ARGUMENT
-    means "this input", UNAVAILABLE means "this server") without parsing text.
-    """
-
-    def __init__(self, code: grpc.StatusCode, details: str, target: str):
-        self.code = code
-        self.details = details
-        self.target = target
-        super().__init__(f"{target}: {code.name}: {details}")
 
 
 @dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous, so identity
@@ -225,8 +212,8 @@ class PredictionClient:
         request = model_management_pb2.ReloadConfigRequest(config=config)
         response = self._call(self._models.HandleReloadConfigRequest, request, timeout)
         if response.status.error_code:  # a failed reload's status may also come here, in an OK RPC
-            code = _STATUS_CODES.get(response.status.error_code, grpc.StatusCode.UNKNOWN)
-            raise ServingError(code, _one_line(response.status.error_message), self.target)
+            code = status_code(response.status.error_code)
+            raise from_code(code, _one_line(response.status.error_message), target=self.target)
 
     def wait_until_available(self, timeout: float = 30.0, not_found_grace: float | None = None) -> int:
         """Block until some version is AVAILABLE and return the newest such; raise ServingError after ``timeout`` s.
@@ -260,10 +247,8 @@ class PredictionClient:
                     return max(available)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ServingError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"model {self.model_name!r} not AVAILABLE after {timeout:g}s (last: {last})",
-                    self.target,
+                raise DeadlineExceeded(
+                    f"model {self.model_name!r} not AVAILABLE after {timeout:g}s (last: {last})", target=self.target
                 )
             self._sleep(min(interval, remaining))
             interval = min(interval * 2, _MAX_POLL_INTERVAL)
@@ -315,7 +300,7 @@ class PredictionClient:
                 rows = (len(probabilities), len(class_ids), len(class_names))
                 raise ValueError(f"outputs disagree on the number of rows: {rows}")
         except ValueError as error:
-            raise ServingError(grpc.StatusCode.INTERNAL, f"malformed PredictResponse: {error}", self.target) from None
+            raise Internal(f"malformed PredictResponse: {error}", target=self.target) from None
         return Prediction(
             probabilities=probabilities,
             class_ids=class_ids,
@@ -338,7 +323,7 @@ class PredictionClient:
             attempt += 1
 
     def _error(self, error: grpc.RpcError) -> ServingError:
-        return ServingError(error.code(), _one_line(error.details()), self.target)
+        return from_code(error.code(), _one_line(error.details()), target=self.target)
 
 
 def open_channel(

@@ -13,6 +13,7 @@ Usage::
 
     raise errors.InvalidArgument("Expected Tensor shape: [batch_size num_classes] but got [3]")
     raise errors.from_code(rpc_error.code(), rpc_error.details(), target="localhost:8500")
+    raise errors.from_code(errors.status_code(op_error.error_code), op_error.message)   # a TensorFlow error
 
 Thread safety: the classes are immutable; instances are raised, not shared.
 """
@@ -126,3 +127,12 @@ _BY_CODE: dict[grpc.StatusCode, type[ServingError]] = {
 def from_code(code: grpc.StatusCode, details: str, *, target: str | None = None) -> ServingError:
     """The error of ``code``'s type (``Unknown`` for OK or a code TF Serving never answers with)."""
     return _BY_CODE.get(code, Unknown)(details, target=target)
+
+
+_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The gRPC status code numbered ``number``: TensorFlow's (absl's) error codes share gRPC's numbering,
+    so an ``OpError.error_code`` or a ``StatusProto.error_code`` maps by number (UNKNOWN for none)."""
+    return _CODE_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)

@@ -19,7 +19,7 @@ from fmnist.common import quiet
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("fmnist.pipeline.exporter", "train, evaluate, bless and push a versioned SavedModel"),
     "images": ("fmnist.pipeline.images", "write Fashion-MNIST images as PNG files, one folder per class"),
-    "serve": ("fmnist.serving.server", "serve models over TF Serving's gRPC API (embedded, or the real binary)"),
+    "serve": ("fmnist.serving.serve", "serve models over TF Serving's gRPC API (embedded, or the real binary)"),
     "classify": ("fmnist.serving.classify", "classify image files through a running server"),
     "batch": ("fmnist.batch.job", "classify folders of images in bulk with Apache Beam"),
     "compare": ("fmnist.batch.compare", "compare two served versions on the same images before promoting one"),

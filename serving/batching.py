@@ -15,6 +15,10 @@ Usage::
 
     scheduler = BatchScheduler(read_batching_parameters("batching.config"))
     outputs = scheduler.run(("fashion_mnist", 1), signature, inputs, timeout=5.0)
+
+Thread safety: ``run`` is called from many request threads at once and blocks
+each until its rows are done; the scheduler owns its batch threads, which
+``stop()`` ends after running what is queued.
 """
 
 from __future__ import annotations
@@ -28,12 +32,12 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 from google.protobuf import text_format
 
-from fmnist.serving import predict, protos
-from fmnist.serving.predict import ServingError
+from fmnist.common import errors
+from fmnist.serving import protos
+from fmnist.serving.signature import Signature
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +156,14 @@ def read_batching_parameters(path: str | os.PathLike) -> BatchingParameters:
 
 @dataclass
 class _Task:
-    signature: predict.Signature
+    signature: Signature
     inputs: Mapping[str, np.ndarray]
     size: int
     enqueued: float
     done: threading.Event = field(default_factory=threading.Event)
     cancelled: bool = False
     result: dict[str, np.ndarray] | None = None
-    error: ServingError | None = None
+    error: errors.ServingError | None = None
 
 
 @dataclass
@@ -171,10 +175,10 @@ class _Queue:
 def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:
     """The rows of a request, with batching_session.cc's checks and messages."""
     if any(array.ndim == 0 for array in inputs.values()):
-        raise predict.invalid("Batching Run() input tensors must have at least one dimension")
+        raise errors.InvalidArgument("Batching Run() input tensors must have at least one dimension")
     sizes = {array.shape[0] for array in inputs.values()}
     if len(sizes) != 1:
-        raise predict.invalid("Batching Run() input tensors must have equal 0th-dimension size")
+        raise errors.InvalidArgument("Batching Run() input tensors must have equal 0th-dimension size")
     return sizes.pop()
 
 
@@ -226,12 +230,12 @@ class BatchScheduler:
             worker.start()
 
     def run(
-        self, key: Hashable, signature: predict.Signature, inputs: Mapping[str, np.ndarray], timeout: float | None
+        self, key: Hashable, signature: Signature, inputs: Mapping[str, np.ndarray], timeout: float | None
     ) -> dict[str, np.ndarray]:
         """Run ``inputs`` as part of a batch; blocks until done or ``timeout`` seconds pass."""
         size = _batch_size(inputs)
         if size > self.params.max_batch_size:
-            raise predict.invalid(
+            raise errors.InvalidArgument(
                 f"Task size {size} is larger than maximum input batch size {self.params.max_batch_size}"
             )
         if self.params.pad_variable_length_inputs:
@@ -241,19 +245,17 @@ class BatchScheduler:
         task = _Task(signature, inputs, size, self._clock())
         with self._cond:
             if self._closed:
-                raise ServingError(grpc.StatusCode.UNAVAILABLE, "Batch scheduler is shutting down")
+                raise errors.Unavailable("Batch scheduler is shutting down")
             queue = self._queues.setdefault((key, signature.key, shapes), _Queue())
             if queue.rows + size > self._capacity:
-                raise ServingError(
-                    grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full"
-                )
+                raise errors.Unavailable("The batch scheduling queue to which this task was submitted is full")
             queue.tasks.append(task)
             queue.rows += size
             self._cond.notify()
         if not task.done.wait(timeout):
             with self._cond:
                 task.cancelled = True
-            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            raise errors.DeadlineExceeded("Deadline Exceeded")
         if task.error is not None:
             raise task.error
         return task.result
@@ -311,7 +313,7 @@ class BatchScheduler:
         padded = self._padded_size(rows)
         try:
             outputs = batch[0].signature.run(_merge(batch, padded, self.params.pad_variable_length_inputs))
-        except ServingError as error:
+        except errors.ServingError as error:
             if len(batch) > 1:
                 for task in batch:
                     self._execute([task])
@@ -321,7 +323,7 @@ class BatchScheduler:
         except Exception as error:  # never let a worker die with callers waiting
             log.exception("batch failed")
             for task in batch:
-                self._finish(task, error=ServingError(grpc.StatusCode.INTERNAL, str(error)))
+                self._finish(task, error=errors.Internal(str(error)))
             return
         self._on_batch(rows, padded)
         start = 0
@@ -337,6 +339,6 @@ class BatchScheduler:
             start = end
 
     @staticmethod
-    def _finish(task: _Task, *, result: dict | None = None, error: ServingError | None = None) -> None:
+    def _finish(task: _Task, *, result: dict | None = None, error: errors.ServingError | None = None) -> None:
         task.result, task.error = result, error
         task.done.set()

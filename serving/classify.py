@@ -23,11 +23,11 @@ from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import TextIO
 
-from fmnist.common import imagefile, names
-from fmnist.common.client import Prediction, PredictionClient, ServingError
+from fmnist.common import errors, imagefile, names
+from fmnist.common.client import Prediction, PredictionClient
 
 # A bad file fails its whole batch with one of these; resending singly finds it.
-_PER_IMAGE_CODES = ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED")
+_PER_IMAGE_ERRORS = (errors.InvalidArgument, errors.ResourceExhausted)
 
 
 def _top_k(value: str) -> int:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     )
     try:
         failures = _run(client, args, prog)
-    except ServingError as error:
+    except errors.ServingError as error:
         print(f"{prog}: {_describe(error)}", file=sys.stderr)
         return 1
     finally:
@@ -121,8 +121,8 @@ def _run(client: PredictionClient, args: argparse.Namespace, prog: str) -> int:
                 print(f"{prog}: {path}: {problem[0]}: {problem[1]}", file=sys.stderr)
             else:
                 readable.append((path, data))
-        for path, outcome in _classify(client, readable, args):
-            if isinstance(outcome, ServingError):
+        for path, outcome in _predictions(client, readable, args):
+            if isinstance(outcome, errors.ServingError):
                 failures += 1
                 reason = f"{outcome.code.name}: {outcome.details}"
                 print(f"{prog}: {path}: rejected by the server: {reason}", file=sys.stderr)
@@ -142,9 +142,9 @@ def _batches(paths: Sequence[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _classify(
+def _predictions(
     client: PredictionClient, files: list[tuple[str, bytes]], args: argparse.Namespace
-) -> Iterator[tuple[str, Prediction | ServingError]]:
+) -> Iterator[tuple[str, Prediction | errors.ServingError]]:
     """Each file with its one-row Prediction, or with the per-image error that rejected it.
 
     Sends the batch once; only if the server rejects the batch for its content
@@ -156,20 +156,17 @@ def _classify(
     kwargs = dict(version=args.model_version, version_label=args.version_label, timeout=args.timeout)
     try:
         prediction = client.predict_encoded([data for _, data in files], **kwargs)
-    except ServingError as error:
-        if error.code.name not in _PER_IMAGE_CODES:
-            raise
-    else:
-        for row, (path, _) in enumerate(files):
-            yield path, _row(prediction, row)
+    except _PER_IMAGE_ERRORS:  # some file in the batch is bad: one request per file tells which
+        for path, data in files:
+            try:
+                one = client.predict_encoded([data], **kwargs)
+            except _PER_IMAGE_ERRORS as error:
+                yield path, error
+            else:
+                yield path, one
         return
-    for path, data in files:
-        try:
-            yield path, client.predict_encoded([data], **kwargs)
-        except ServingError as error:
-            if error.code.name not in _PER_IMAGE_CODES:
-                raise
-            yield path, error
+    for row, (path, _) in enumerate(files):
+        yield path, _row(prediction, row)
 
 
 def _row(prediction: Prediction, row: int) -> Prediction:
@@ -199,8 +196,8 @@ def _print(path: str, prediction: Prediction, k: int, as_json: bool, out: TextIO
     print("\n".join(lines), file=out, flush=True)
 
 
-def _describe(error: ServingError) -> str:
-    if error.code.name == "UNAVAILABLE":
+def _describe(error: errors.ServingError) -> str:
+    if isinstance(error, errors.Unavailable):
         return f"cannot reach the server at {error.target}: {error.details}"
     return str(error)
 

@@ -15,6 +15,8 @@ Usage::
     check_regression(signature.definition, check_method_name=False)
     examples = serialized_examples(request.input)
     regression_result(signature.run({INPUTS: examples}), len(examples), response.result)
+
+Thread safety: pure functions.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2, regression_pb2
 
-from fmnist.serving import predict
+from fmnist.common import errors
+from fmnist.serving.signature import DEFAULT_SIGNATURE, Signature, dtype_text
 
 # TensorFlow's own names for the classification and regression APIs.
 CLASSIFY_METHOD = tf.saved_model.CLASSIFY_METHOD_NAME
@@ -39,30 +42,32 @@ SCORES = tf.saved_model.CLASSIFY_OUTPUT_SCORES
 OUTPUTS = tf.saved_model.REGRESS_OUTPUTS
 
 
-def find_signature(signatures: Mapping[str, predict.Signature], signature_name: str) -> predict.Signature:
+def find_signature(signatures: Mapping[str, Signature], signature_name: str) -> Signature:
     """The signature a Classify or Regress request names ('' is serving_default), or INVALID_ARGUMENT."""
-    key = signature_name or predict.DEFAULT_SIGNATURE
+    key = signature_name or DEFAULT_SIGNATURE
     if key not in signatures:
-        raise predict.invalid(f"No signature was found with the name: {key}")
+        raise errors.InvalidArgument(f"No signature was found with the name: {key}")
     return signatures[key]
 
 
 def _check_method(definition: meta_graph_pb2.SignatureDef, kind: str, method: str, check: bool) -> None:
     if check and definition.method_name != method:
-        raise predict.invalid(f"Expected {kind} signature method_name to be {method}. Was: {definition.method_name}")
+        raise errors.InvalidArgument(
+            f"Expected {kind} signature method_name to be {method}. Was: {definition.method_name}"
+        )
 
 
 def check_classification(definition: meta_graph_pb2.SignatureDef, check_method_name: bool) -> None:
     """PreProcessClassification's checks of a signature, with its messages."""
     _check_method(definition, "classification", CLASSIFY_METHOD, check_method_name)
     if len(definition.inputs) != 1:
-        raise predict.invalid("Expected one input Tensor.")
+        raise errors.InvalidArgument("Expected one input Tensor.")
     if len(definition.outputs) not in (1, 2):
-        raise predict.invalid(f"Expected one or two output Tensors, found {len(definition.outputs)}")
+        raise errors.InvalidArgument(f"Expected one or two output Tensors, found {len(definition.outputs)}")
     if INPUTS not in definition.inputs:
-        raise predict.failed_precondition(f"No classification inputs found in SignatureDef: {definition}")
+        raise errors.FailedPrecondition(f"No classification inputs found in SignatureDef: {definition}")
     if CLASSES not in definition.outputs and SCORES not in definition.outputs:
-        raise predict.failed_precondition(
+        raise errors.FailedPrecondition(
             f'Expected classification signature outputs to contain at least one of "{CLASSES}" or "{SCORES}". '
             f"Signature was: {definition}"
         )
@@ -72,13 +77,13 @@ def check_regression(definition: meta_graph_pb2.SignatureDef, check_method_name:
     """PreProcessRegression's checks of a signature, with its messages."""
     _check_method(definition, "regression", REGRESS_METHOD, check_method_name)
     if len(definition.inputs) != 1:
-        raise predict.invalid("Expected one input Tensor.")
+        raise errors.InvalidArgument("Expected one input Tensor.")
     if len(definition.outputs) != 1:
-        raise predict.invalid("Expected one output Tensor.")
+        raise errors.InvalidArgument("Expected one output Tensor.")
     if INPUTS not in definition.inputs:
-        raise predict.failed_precondition(f"No regression inputs found in SignatureDef: {definition}")
+        raise errors.FailedPrecondition(f"No regression inputs found in SignatureDef: {definition}")
     if OUTPUTS not in definition.outputs:
-        raise predict.failed_precondition(f"No regression outputs found in SignatureDef: {definition}")
+        raise errors.FailedPrecondition(f"No regression outputs found in SignatureDef: {definition}")
 
 
 def check_examples_input(definition: meta_graph_pb2.SignatureDef) -> None:
@@ -86,7 +91,7 @@ def check_examples_input(definition: meta_graph_pb2.SignatureDef) -> None:
     refuses it (a signature such as classify_x2_to_y3 takes floats)."""
     dtype = definition.inputs[INPUTS].dtype
     if dtype != types_pb2.DT_STRING:
-        raise predict.invalid(f"Expects arg[0] to be {predict.dtype_text(dtype)} but string is provided")
+        raise errors.InvalidArgument(f"Expects arg[0] to be {dtype_text(dtype)} but string is provided")
 
 
 def serialized_examples(request_input: input_pb2.Input) -> np.ndarray:
@@ -109,14 +114,14 @@ def serialized_examples(request_input: input_pb2.Input) -> np.ndarray:
     else:
         examples = []
     if not examples:
-        raise predict.invalid("Input is empty.")
+        raise errors.InvalidArgument("Input is empty.")
     return np.array([example.SerializeToString() for example in examples], dtype=object)
 
 
 def model_spec(name: str, signature_name: str, version: int, spec: model_pb2.ModelSpec) -> None:
     """A response's ModelSpec as TF Serving's MakeModelSpec fills it ('' is serving_default)."""
     spec.name = name
-    spec.signature_name = signature_name or predict.DEFAULT_SIGNATURE
+    spec.signature_name = signature_name or DEFAULT_SIGNATURE
     spec.version.value = version
 
 
@@ -125,12 +130,12 @@ def _checked(outputs: Mapping[str, np.ndarray], alias: str, dtype: np.dtype, num
         return None
     tensor = outputs[alias]
     if tensor.ndim != 2:
-        raise predict.invalid(f"Expected Tensor shape: [batch_size num_classes] but got {_shape(tensor)}")
+        raise errors.InvalidArgument(f"Expected Tensor shape: [batch_size num_classes] but got {_shape(tensor)}")
     if tensor.dtype != dtype:
         expected = "DT_STRING" if dtype.kind == "O" else "DT_FLOAT"
-        raise predict.invalid(f"Expected {alias} Tensor of {expected}. Got: {_dtype_name(tensor)}")
+        raise errors.InvalidArgument(f"Expected {alias} Tensor of {expected}. Got: {_dtype_name(tensor)}")
     if tensor.shape[0] != num_examples:
-        raise predict.invalid(f"Expected {alias} output batch size of {num_examples}. Got: {tensor.shape[0]}")
+        raise errors.InvalidArgument(f"Expected {alias} output batch size of {num_examples}. Got: {tensor.shape[0]}")
     return tensor
 
 
@@ -150,7 +155,7 @@ def classification_result(
     classes = _checked(outputs, CLASSES, np.dtype(object), num_examples)
     scores = _checked(outputs, SCORES, np.dtype(np.float32), num_examples)
     if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
-        raise predict.invalid(
+        raise errors.InvalidArgument(
             f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. {scores.shape[1]}"
         )
     width = (classes if classes is not None else scores).shape[1]
@@ -170,12 +175,14 @@ def regression_result(
     """PostProcessRegressionResult: one value per example, from a [batch] or [batch, 1] float output."""
     tensor = outputs[OUTPUTS]
     if not (tensor.ndim == 1 or (tensor.ndim == 2 and tensor.shape[1] == 1)):
-        raise predict.invalid(
+        raise errors.InvalidArgument(
             f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {_shape(tensor)}"
         )
     if tensor.shape[0] != num_examples:
-        raise predict.invalid(f"Input batch size did not match output batch size: {num_examples} vs. {tensor.shape[0]}")
+        raise errors.InvalidArgument(
+            f"Input batch size did not match output batch size: {num_examples} vs. {tensor.shape[0]}"
+        )
     if tensor.dtype != np.float32:
-        raise predict.invalid(f"Expected output Tensor of DT_FLOAT.  Got: {_dtype_name(tensor)}")
+        raise errors.InvalidArgument(f"Expected output Tensor of DT_FLOAT.  Got: {_dtype_name(tensor)}")
     for value in tensor.ravel().tolist():
         result.regressions.add(value=value)

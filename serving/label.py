@@ -30,7 +30,8 @@ from google.protobuf import text_format
 
 from fmnist.common import names
 from fmnist.common.apis import get_model_status_pb2, model_server_config_pb2
-from fmnist.common.client import PredictionClient, ServingError
+from fmnist.common.client import PredictionClient
+from fmnist.common.errors import ServingError
 
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 

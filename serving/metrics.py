@@ -9,6 +9,8 @@ Usage::
     metrics = Metrics()
     metrics.observe_request("fashion_mnist", "Predict", "OK", 0.0004)
     text = metrics.exposition()
+
+Thread safety: prometheus_client's metrics may be updated from any thread.
 """
 
 from __future__ import annotations

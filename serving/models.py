@@ -13,287 +13,55 @@ directory that appeared before its files were complete still loads; a base
 path that cannot be listed changes nothing (FileSystemStoragePathSource emits
 no aspired versions for it), while a listable, empty one unloads everything.
 
+What a version is, which ones a policy wants and whether a config is valid
+are :mod:`fmnist.serving.model_config`'s answers; loading one and replaying
+its warmup are :mod:`fmnist.serving.loader`'s.
+
 Usage::
 
     manager = ModelManager()
-    manager.reload(single_model_config("fashion_mnist", "/models/fashion_mnist"))  # blocks while loading
+    manager.reload(model_config.single_model_config("fashion_mnist", "/models/fashion_mnist"))  # blocks
     manager.start_polling(1.0)
     version = manager.resolve(request.model_spec)
+
+Ownership: the manager owns the loaded versions (their sessions close when
+the last request holding one lets go), the poll thread and the request logs.
+
+Thread safety: every method may be called from any thread. Reloads and polls
+take turns under one lock; request threads read the loaded versions and labels
+without a lock, because those maps are replaced whole, never changed in place.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
-import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
-from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
-from tensorflow_serving.apis import get_model_status_pb2, model_pb2, prediction_log_pb2
+from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from fmnist.serving import inference, predict, protos, request_log
-from fmnist.serving.predict import ServingError
+from fmnist.common import errors, imagefile
+from fmnist.serving import request_log
+from fmnist.serving.loader import LoadedVersion, Loader, load_saved_model, replay_warmup
+from fmnist.serving.model_config import aspired_versions, local_path, validate_config, version_folders
 
 log = logging.getLogger(__name__)
 
 State = get_model_status_pb2.ModelVersionStatus.State
-SERVE_TAG = "serve"
-WARMUP_PATH = ("assets.extra", "tf_serving_warmup_requests")  # where TF Serving looks
-MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
-FILE_SCHEME = "file://"
-TENSORFLOW_PLATFORM = "tensorflow"
-
-
-@dataclass(frozen=True)
-class LoadedVersion:
-    """One loaded, servable version. ``handle`` keeps the SavedModel (and its variables) alive."""
-
-    name: str
-    version: int
-    path: str
-    signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]  # every one, as GetModelMetadata returns
-    signatures: Mapping[str, predict.Signature]  # the callable ones
-    handle: object = None
-
-
-Loader = Callable[[str, int, str], LoadedVersion]
-
-
-MIXED_PRECISION_MODES = ("", "bfloat16")  # TF Serving's --mixed_precision values ("": off)
-
-
-def load_saved_model(
-    name: str,
-    version: int,
-    path: str,
-    *,
-    intra_op_threads: int = 0,
-    inter_op_threads: int = 0,
-    mixed_precision: str = "",
-    tags: tuple[str, ...] = (SERVE_TAG,),
-) -> LoadedVersion:
-    """The real loader: the ``serve`` meta graph in a session of its own, as TF Serving loads a SavedModel.
-
-    Each signature becomes a session callable run in the calling thread
-    (``inter_op_thread_pool=-1``): no Python-level argument binding of a
-    concrete function and no hand-off to TF's inter-op threads. For the mlp
-    that halves the model call (0.30 → 0.16 ms for one image); convolutions
-    still use the intra-op threads. The session closes when the last request
-    holding this version lets go of it. The thread counts are TF Serving's
-    ``--tensorflow_intra_op_parallelism`` and ``--tensorflow_inter_op_parallelism`` (0: TF picks).
-
-    ``tags`` pick the meta graph (``--saved_model_tags``, default ``serve``).
-
-    ``mixed_precision="bfloat16"`` is TF Serving's ``--mixed_precision=bfloat16``:
-    TF's oneDNN auto-mixed-precision rewrite runs the float32 graph's matmuls
-    and convolutions in bfloat16. TF applies it on any AVX-512 CPU but it pays
-    only where bfloat16 is native (AVX512-BF16, AMX); the exported model stays
-    float32, so the choice belongs to the host that serves it.
-    """
-    if mixed_precision not in MIXED_PRECISION_MODES:
-        raise ValueError(f"unknown mixed_precision {mixed_precision!r}; choose bfloat16 or leave it empty")
-    graph = tf.Graph()
-    config = tf.compat.v1.ConfigProto(
-        intra_op_parallelism_threads=intra_op_threads, inter_op_parallelism_threads=inter_op_threads
-    )
-    if mixed_precision == "bfloat16":
-        config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = (
-            rewriter_config_pb2.RewriterConfig.ON
-        )
-    session = tf.compat.v1.Session(graph=graph, config=config)
-    with graph.as_default(), _tf_warnings_off():  # the v1 loader is "deprecated" for training code, not for this
-        meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), path)
-    signature_defs = dict(meta_graph.signature_def)
-    signatures = {
-        key: predict.Signature(key, definition, _session_callable(session, definition))
-        for key, definition in signature_defs.items()
-        if not key.startswith("__")  # __saved_model_init_op: run by the loader, not callable
-    }
-    return LoadedVersion(name, version, path, signature_defs, signatures, session)
-
-
-@contextlib.contextmanager
-def _tf_warnings_off() -> Iterator[None]:
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _session_callable(session: tf.compat.v1.Session, definition: meta_graph_pb2.SignatureDef) -> predict.Function:
-    """The signature as one session callable, fed and fetched by tensor name, run inline.
-
-    Built from CallableOptions, as TF Serving's session runs it: the feeds go to the C++
-    session as they are, which refuses a wrong dtype ("Expects arg[0] to be float but string
-    is provided") and leaves shapes to the graph. (``Session.make_callable`` with a feed list
-    would go through ``Session.run``, which casts feeds and refuses shapes the placeholder
-    does not declare, unlike TF Serving.)
-    """
-    inputs, outputs = sorted(definition.inputs), sorted(definition.outputs)
-    options = config_pb2.CallableOptions(
-        feed=[definition.inputs[alias].name for alias in inputs],
-        fetch=[definition.outputs[alias].name for alias in outputs],
-    )
-    options.run_options.inter_op_thread_pool = -1
-    call = session._make_callable_from_options(options)  # the public make_callable's fetch-only path
-
-    def run(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(outputs, call(*(arrays[alias] for alias in inputs)), strict=False))
-
-    return run
-
-
-def replay_warmup(version: LoadedVersion, limits: predict.Limits, iterations: int = 1) -> int:
-    """Run the version's warmup records, as TF Serving does before a version takes traffic.
-
-    Predict, Classify, Regress and MultiInference logs are replayed, each
-    ``iterations`` times (``--num_request_iterations_for_warmup``). Any failing
-    record fails the load. Returns the number of records replayed.
-    """
-    path = Path(version.path, *WARMUP_PATH)
-    if not path.is_file():
-        return 0
-    count = 0
-    for record in tf.data.TFRecordDataset(str(path)):
-        count += 1
-        if count > MAX_WARMUP_RECORDS:
-            raise ValueError(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
-        runs = _warmup_runs(version, prediction_log_pb2.PredictionLog.FromString(record.numpy()), limits)
-        for _ in range(iterations):
-            for signature, inputs in runs:
-                signature.run(inputs)
-    return count
-
-
-def _warmup_runs(
-    version: LoadedVersion, entry: prediction_log_pb2.PredictionLog, limits: predict.Limits
-) -> list[tuple[predict.Signature, dict[str, np.ndarray]]]:
-    """The (signature, inputs) calls one warmup record stands for."""
-    kind = entry.WhichOneof("log_type")
-    if kind == "predict_log":
-        request = entry.predict_log.request
-        signature = predict.find_signature(version.signatures, request.model_spec.signature_name)
-        inputs, _ = predict.prepare(signature, request, limits)
-        return [(signature, inputs)]
-    if kind in ("classify_log", "regress_log", "multi_inference_log"):
-        request = getattr(entry, kind).request
-        specs = [task.model_spec for task in request.tasks] if kind == "multi_inference_log" else [request.model_spec]
-        examples = {inference.INPUTS: inference.serialized_examples(request.input)}
-        return [(inference.find_signature(version.signatures, spec.signature_name), examples) for spec in specs]
-    raise ValueError(f"Unsupported log_type for warmup: {kind}")
-
-
-def version_folders(base_path: str) -> dict[int, str]:
-    """Version → folder name for the numeric sub-directories of ``base_path``, oldest first.
-
-    A folder name is parsed as a number, as TF Serving's file-system source
-    does, so ``00000123`` is version 123 (and is loaded from ``00000123``);
-    anything else (staging dirs, files) is ignored. Raises OSError when
-    ``base_path`` itself cannot be listed: a missing base path is not an
-    empty one, and must not unload what is serving.
-    """
-    folders: dict[int, str] = {}
-    with os.scandir(local_path(base_path)) as entries:
-        for entry in sorted(entries, key=lambda e: e.name):
-            if entry.name.isascii() and entry.name.isdigit() and entry.is_dir():
-                folders.setdefault(int(entry.name), entry.name)
-    return dict(sorted(folders.items()))
-
-
-def local_path(base_path: str) -> str:
-    """A base path as a local path: TF Serving takes ``file://`` URIs for local directories."""
-    return base_path[len(FILE_SCHEME) :] if base_path.startswith(FILE_SCHEME) else base_path
-
-
-def _is_relative(base_path: str) -> bool:
-    """TF Serving's UriIsRelativePath: no scheme, no host and not an absolute path."""
-    return "://" not in base_path and not os.path.isabs(base_path)
-
-
-def aspired_versions(config: model_server_config_pb2.ModelConfig, present: list[int]) -> set[int]:
-    """The versions the model's version policy wants loaded, of those on disk."""
-    policy = config.model_version_policy
-    choice = policy.WhichOneof("policy_choice")
-    if choice == "all":
-        return set(present)
-    if choice == "specific":
-        return set(present) & set(policy.specific.versions)
-    count = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions > 0 else 1
-    return set(present[-count:])
-
-
-def single_model_config(name: str, base_path: str) -> model_server_config_pb2.ModelServerConfig:
-    """The config ``--model_name``/``--model_base_path`` stand for."""
-    config = model_server_config_pb2.ModelServerConfig()
-    entry = config.model_config_list.config.add()
-    entry.name, entry.base_path, entry.model_platform = name, base_path, TENSORFLOW_PLATFORM
-    return config
-
-
-def read_config_file(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
-    """Parse a text-format ModelServerConfig file (``--model_config_file``); ValueError if bad."""
-    return protos.parse_text_file(path, model_server_config_pb2.ModelServerConfig())
-
-
-def validate_config(config: model_server_config_pb2.ModelServerConfig) -> None:
-    """ServerCore's checks, as INVALID_ARGUMENT ServingErrors."""
-    if config.WhichOneof("config") != "model_config_list":
-        raise predict.invalid(
-            "ServerModelConfig type not supported by HandleReloadConfigRequest. "
-            "Only ModelConfigList is currently supported"
-        )
-    seen: set[str] = set()
-    for entry in config.model_config_list.config:
-        if not entry.name:
-            raise predict.invalid("Model config entry without a name")
-        if entry.name in seen:
-            raise predict.invalid(f"Illegal to list model {entry.name} multiple times in config list")
-        seen.add(entry.name)
-        if not entry.base_path:
-            raise predict.invalid(f"Model {entry.name} has no base_path")
-        if _is_relative(entry.base_path):
-            raise predict.invalid(
-                f"Expected model {entry.name} to have an absolute path or URI; got base_path()={entry.base_path}"
-            )
-    for entry in config.model_config_list.config:
-        _check_platform(entry)
-
-
-def _check_platform(entry: model_server_config_pb2.ModelConfig) -> None:
-    """ServerCore's GetPlatform checks: TensorFlow, named by ``model_platform`` or the deprecated ``model_type``."""
-    if entry.model_type != model_server_config_pb2.MODEL_TYPE_UNSPECIFIED:
-        if entry.model_platform:
-            raise predict.invalid(
-                "Illegal setting both ModelServerConfig::model_type (deprecated) and ModelServerConfig::model_platform."
-            )
-        if entry.model_type != model_server_config_pb2.TENSORFLOW:
-            raise predict.invalid(f"ModelServerConfig::model_type choice {entry.model_type} not supported.")
-        return
-    if not entry.model_platform:
-        raise predict.invalid(
-            "Illegal setting neither ModelServerConfig::model_type (deprecated) nor ModelServerConfig::model_platform."
-        )
-    if entry.model_platform != TENSORFLOW_PLATFORM:
-        raise predict.invalid(f"Model {entry.name} has unsupported model_platform '{entry.model_platform}'")
 
 
 def _load_error_code(error: Exception) -> grpc.StatusCode:
     """The status code a failed load reports, as close to TF Serving's as the exception tells."""
-    if isinstance(error, ServingError):
+    if isinstance(error, errors.ServingError):
         return error.code
     if isinstance(error, tf.errors.OpError):
-        return predict.status_code(error.error_code)
+        return errors.status_code(error.error_code)
     if isinstance(error, DecodeError):
         return grpc.StatusCode.DATA_LOSS
     if isinstance(error, FileNotFoundError):
@@ -329,8 +97,8 @@ class ModelManager:
         self,
         *,
         loader: Loader = load_saved_model,
-        warmup: Callable[[LoadedVersion, predict.Limits], int] = replay_warmup,
-        limits: predict.Limits = predict.Limits(),
+        warmup: Callable[[LoadedVersion, imagefile.Limits], int] = replay_warmup,
+        limits: imagefile.Limits = imagefile.Limits(),
         on_change: Callable[[str, list[int]], None] = lambda name, versions: None,
         max_num_load_retries: int = 5,
         load_retry_interval_micros: int = 60_000_000,
@@ -503,8 +271,7 @@ class ModelManager:
         for label, version in labels.items():
             new_label = label not in model.labels
             if version not in model.loaded and not (self._labels_for_unavailable and new_label):
-                raise ServingError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                raise errors.FailedPrecondition(
                     f"Request to assign label to version {version} of model {model.config.name}, "
                     "which is not currently available for inference",
                 )
@@ -515,7 +282,7 @@ class ModelManager:
     def resolve(self, spec: model_pb2.ModelSpec) -> LoadedVersion:
         """The loaded version a ModelSpec names: explicit version, label, or the latest."""
         if not spec.name:
-            raise predict.invalid("ModelSpec has no name specified.")
+            raise errors.InvalidArgument("ModelSpec has no name specified.")
         model = self._models.get(spec.name)
         choice = spec.WhichOneof("version_choice")
         if choice == "version_label":
@@ -529,7 +296,7 @@ class ModelManager:
             request = f"Latest({spec.name})"
         loaded = model.loaded.get(version) if model is not None and version is not None else None
         if loaded is None:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
+            raise errors.NotFound(f"Servable not found for request: {request}")
         return loaded
 
     def statuses(self, name: str, version: int | None = None) -> list[tuple[int, VersionStatus]]:
@@ -539,14 +306,14 @@ class ModelManager:
             statuses = dict(model.statuses) if model is not None else {}
         if version is not None:
             if version not in statuses:
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
+                raise errors.NotFound(f"Could not find version {version} of model {name}")
             return [(version, statuses[version])]
         if not statuses:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+            raise errors.NotFound(f"Could not find any versions of model {name}")
         return sorted(statuses.items(), reverse=True)
 
     def label_version(self, name: str, label: str) -> int:
         model = self._models.get(name)
         if model is None or label not in model.labels:
-            raise predict.invalid(f"Unrecognized servable version label: {label}")
+            raise errors.InvalidArgument(f"Unrecognized servable version label: {label}")
         return model.labels[label]

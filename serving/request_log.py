@@ -38,8 +38,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from fmnist.common import names
-from fmnist.serving import predict
+from fmnist.common import errors, names
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +201,12 @@ class RequestLogs:
                 continue
             collector = entry.logging_config.log_collector_config
             if collector.type != FILE_COLLECTOR:
-                raise predict.invalid(
+                raise errors.InvalidArgument(
                     f"Model {entry.name}: unsupported log collector type {collector.type!r} "
                     f"(this server writes type {FILE_COLLECTOR!r}: TFRecord files)"
                 )
             if not collector.filename_prefix:
-                raise predict.invalid(f"Model {entry.name}: log_collector_config needs a filename_prefix")
+                raise errors.InvalidArgument(f"Model {entry.name}: log_collector_config needs a filename_prefix")
             wanted[entry.name] = entry.logging_config
         with self._lock:
             old, self._writers = self._writers, {}

@@ -44,6 +44,13 @@ def png_claiming(width: int, height: int, bit_depth: int = 8) -> bytes:
     )
 
 
+def webp_claiming(width: int, height: int) -> bytes:
+    """An extended (VP8X) WebP header whose canvas is ``width`` x ``height``: a decompression bomb."""
+    vp8x = bytes(4) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    body = b"WEBP" + b"VP8X" + len(vp8x).to_bytes(4, "little") + vp8x
+    return b"RIFF" + len(body).to_bytes(4, "little") + body
+
+
 @pytest.fixture(scope="session")
 def dataset():
     from fmnist.pipeline import data

@@ -15,7 +15,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from browser import (
@@ -34,7 +33,7 @@ from fmnist.batch.errors import ServerLost
 from fmnist.batch.outcomes import Reason
 from fmnist.common import errors as serving_errors
 from fmnist.common import names
-from fmnist.common.client import Prediction, PredictionClient, ServingError
+from fmnist.common.client import Prediction, PredictionClient
 from fmnist.serving.server import ServerConfig, start
 
 FILES_PER_CLASS = 5
@@ -327,7 +326,7 @@ class _LosesTheServer:
     def predict_encoded(self, encoded, version=None, version_label=None):
         _LosesTheServer.calls.append(len(encoded))
         if len(_LosesTheServer.calls) > 2:
-            raise ServingError(grpc.StatusCode.UNAVAILABLE, "failed to connect", self.target)
+            raise serving_errors.Unavailable("failed to connect", target=self.target)
         return Prediction(np.full((1, 10), 0.1, np.float32), np.zeros(1, np.int64), ["T-shirt/top"], "m", 1)
 
     def close(self):

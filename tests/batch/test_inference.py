@@ -16,7 +16,7 @@ from fmnist.batch.outcomes import Classified, Failed, Reason
 from fmnist.batch.outcomes import Image as Encoded
 from fmnist.common import errors as serving_errors
 from fmnist.common import names
-from fmnist.common.client import ServingError
+from fmnist.common.errors import ServingError
 
 
 def _fake_model(calls: list[int]):
@@ -25,7 +25,7 @@ def _fake_model(calls: list[int]):
     def predict(encoded: list[bytes]) -> Scores:
         calls.append(len(encoded))
         if any(data.startswith(b"!") for data in encoded):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Invalid PNG data", "fake:1")
+            raise serving_errors.InvalidArgument("Invalid PNG data", target="fake:1")
         probabilities = np.zeros((len(encoded), names.NUM_CLASSES), np.float32)
         probabilities[np.arange(len(encoded)), [data[0] % names.NUM_CLASSES for data in encoded]] = 1.0
         return Scores(probabilities, "m", 7)
@@ -73,7 +73,7 @@ def test_requests_are_split_by_bytes_and_other_errors_fail_the_job():
     assert calls == [2, 2, 1]
 
     def down(encoded):
-        raise ServingError(grpc.StatusCode.UNAVAILABLE, "connection refused", "host:1")
+        raise serving_errors.Unavailable("connection refused", target="host:1")
 
     with pytest.raises(ServingError, match="host:1"):
         classify(images, down, _rejected, max_request_bytes=1 << 20)

@@ -6,13 +6,12 @@ import grpc
 
 from fmnist.batch import output
 from fmnist.common import errors as serving_errors
-from fmnist.common.client import ServingError
 
 
 def test_a_noted_serving_error_is_taken_back_as_its_type_once(tmp_path):
     notes = output.FailureNotes(str(tmp_path))
     assert notes.taken() is None
-    notes.note(ServingError(grpc.StatusCode.UNAVAILABLE, "failed to connect", "127.0.0.1:5"))  # as the client raises it
+    notes.note(serving_errors.Unavailable("failed to connect", target="127.0.0.1:5"))  # as the client raises it
     taken = notes.taken()
     assert type(taken) is serving_errors.Unavailable
     assert (taken.code, taken.details, taken.target) == (

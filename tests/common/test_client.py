@@ -27,7 +27,8 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from fmnist.common import client as client_module
 from fmnist.common import names
-from fmnist.common.client import Prediction, PredictionClient, ServingError
+from fmnist.common.client import Prediction, PredictionClient
+from fmnist.common.errors import ServingError
 from fmnist.serving import classify
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -223,10 +224,13 @@ def test_the_client_imports_neither_server_nor_pipeline_code():
     imported |= {(a.name, None) for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     third_party = {(m, name) for m, name in imported if m.split(".")[0] not in sys.stdlib_module_names}
     assert {m.split(".")[0] for m, _ in third_party} == {"grpc", "numpy", "fmnist"}
-    # the shared names, the protos and their numpy conversion, and nothing else
-    assert {(m, name) for m, name in third_party if m.startswith("fmnist")} == {
-        ("fmnist.common.apis", name) for m, name in third_party if m == "fmnist.common.apis"
-    } | {("fmnist.common", "names"), ("fmnist.common", "tensors")}
+    # the shared names, the protos and their numpy conversion, the error types, and nothing else
+    assert {m for m, _ in third_party if m.startswith("fmnist")} == {
+        "fmnist.common",
+        "fmnist.common.apis",
+        "fmnist.common.errors",
+    }
+    assert {name for m, name in third_party if m == "fmnist.common"} == {"names", "tensors"}
 
 
 # --- failures, retries, deadlines --------------------------------------------------------------
@@ -414,7 +418,7 @@ def test_classify_unreachable_server_is_one_line_without_traceback(image_files):
     dead = f"127.0.0.1:{_closed_port()}"
     result = subprocess.run(
         [sys.executable, "-m", "fmnist.cli", "classify", next(iter(image_files)), "--server", dead, "--timeout", "2"],
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
         capture_output=True,
         text=True,
         timeout=120,

@@ -43,6 +43,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from fmnist.serving import serve
 from fmnist.serving import server as serving_server
 
 RPC_TIMEOUT = 5.0
@@ -280,7 +281,7 @@ def test_bad_model_config(tmp_path, capsys):
     """TMS testBadModelConfig: an unparsable config file stops start-up with "Invalid protobuf file: '<path>'"."""
     bad = tmp_path / "bad_model_config.txt"
     bad.write_text("improperly formatted file")
-    assert serving_server.main(["--port", "0", "--model_config_file", str(bad)], prog="fmnist serve") == 1
+    assert serve.main(["--port", "0", "--model_config_file", str(bad)], prog="fmnist serve") == 1
     assert f"Invalid protobuf file: '{bad}'" in capsys.readouterr().err
 
 
@@ -1042,8 +1043,8 @@ def test_tuning_hint_flags_are_accepted_and_logged_once(tfs_models, caplog, monk
         "grpc.max_connection_age_ms=2000",
         "--enable_signature_method_name_check",
     ]
-    with caplog.at_level("INFO", logger="fmnist.serving.server"):
-        assert serving_server.main(argv, prog="fmnist serve") == 0
+    with caplog.at_level("INFO", logger="fmnist.serving.serve"):
+        assert serve.main(argv, prog="fmnist serve") == 0
     ignored = [r.getMessage() for r in caplog.records if "ignores it" in r.getMessage()]
     assert len(ignored) == 2 and "--rest_api_num_threads" in ignored[0] and "--num_load_threads" in ignored[1]
     assert (
@@ -1208,7 +1209,7 @@ def test_model_config_reload(tfs_models, tmp_path):
 def test_logging_config_needs_a_collector_this_server_has(tfs_models, tmp_path):
     """TF Serving refuses a logging_config it has no log collector for ("No request-logger-creator
     provided" in the open-source build, which has none); this server has one, type "file"
-    (tests/test_request_log.py), and refuses the others the same way, at start."""
+    (tests/serving/test_request_log.py), and refuses the others the same way, at start."""
     config = tmp_path / "models.config"
     config.write_text(
         f'model_config_list {{ config {{ name: "default" base_path: "{tfs_models.half_plus_two}" '

@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
+from fmnist.common.errors import ServingError
 from fmnist.serving.batching import BatchingParameters, BatchScheduler
-from fmnist.serving.predict import ServingError, Signature
+from fmnist.serving.signature import Signature
 
 
 class Recorder:
@@ -81,7 +82,7 @@ def test_a_full_batch_closes_before_the_timeout_and_big_tasks_are_refused(schedu
     with pytest.raises(ServingError) as caught:
         scheduler.run("model", recorder.signature, {"x": np.ones((5, 1), np.float32)}, 1.0)
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert caught.value.message == "Task size 5 is larger than maximum input batch size 4"
+    assert caught.value.details == "Task size 5 is larger than maximum input batch size 4"
 
 
 def test_full_queue_is_unavailable_and_deadline_is_deadline_exceeded(scheduler_for):
@@ -94,7 +95,7 @@ def test_full_queue_is_unavailable_and_deadline_is_deadline_exceeded(scheduler_f
     time.sleep(0.1)
     with pytest.raises(ServingError) as caught:
         scheduler.run("model", recorder.signature, {"x": np.ones((2, 1), np.float32)}, 5.0)
-    assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "queue" in caught.value.message
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "queue" in caught.value.details
     with pytest.raises(ServingError) as caught:  # other row shape: its own queue, waiting for its timeout
         scheduler.run("model", recorder.signature, {"x": np.ones((1, 2), np.float32)}, 0.05)
     assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -122,7 +123,7 @@ def test_a_failing_batch_is_retried_per_request(scheduler_for):
     results = run_concurrently(scheduler, recorder.signature, [good, bad])
     np.testing.assert_array_equal(results[0]["y"], good * 2)
     assert isinstance(results[1], ServingError) and results[1].code == grpc.StatusCode.INVALID_ARGUMENT
-    assert results[1].message == "poisoned row"
+    assert results[1].details == "poisoned row"
     assert sorted(recorder.shapes) == [(1, 1), (2, 1), (3, 1)]
 
 

@@ -6,7 +6,7 @@ in requests and seconds, and every RPC carries a deadline, so a hang fails
 instead of stalling the suite. Answers are checked against the SavedModel's
 signatures called directly, not against the server itself.
 
-Bad input already covered in tests/test_server.py is not repeated here:
+Bad input already covered in tests/serving/test_server.py is not repeated here:
 wrong dtype and shape, bytes that are not an image, a 100,000 × 100,000 PNG,
 an oversized message, unknown model, version, label, signature and input
 name, a batch over ``max_batch_size`` on the pixel input. This file adds the
@@ -33,7 +33,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import encode_png
+from conftest import encode_png, webp_claiming
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -44,8 +44,9 @@ from test_server import TIMEOUT, Client, State, push_copy, request_for, rpc_erro
 
 from fmnist.batch import TFServingModelHandler, job
 from fmnist.common import names
-from fmnist.common.client import PredictionClient, ServingError
-from fmnist.serving import models
+from fmnist.common.client import PredictionClient
+from fmnist.common.errors import ServingError
+from fmnist.serving import loader
 from fmnist.serving import server as serving_server
 
 LOAD_SECONDS = 5.0
@@ -204,9 +205,9 @@ def test_failed_loads_are_retried_so_a_half_copied_version_loads_once_complete(m
     base = models_dir / names.MODEL_NAME
     attempts: collections.Counter[int] = collections.Counter()
 
-    def counting_loader(name: str, version: int, path: str) -> models.LoadedVersion:
+    def counting_loader(name: str, version: int, path: str) -> loader.LoadedVersion:
         attempts[version] += 1
-        return models.load_saved_model(name, version, path)
+        return loader.load_saved_model(name, version, path)
 
     config = serving_server.ServerConfig(
         port=0,
@@ -506,6 +507,8 @@ BAD_INPUT = {
     "GIF header claiming 65535 x 65535": (image_bytes([GIF_BOMB]), INVALID, "image too large"),
     "BMP header claiming 100000 x 100000": (image_bytes([BMP_BOMB]), INVALID, "image too large"),
     "JPEG header claiming 65500 x 65500": (image_bytes([JPEG_BOMB]), INVALID, "image too large"),
+    # The graph refuses WebP, but tf.io.decode_image decodes it: the server refuses a WebP bomb by its header.
+    "WebP header claiming 100000 x 100000": (image_bytes([webp_claiming(100_000, 100_000)]), INVALID, "100000x100000"),
     f"{MAX_BATCH + 1} encoded images, over max_batch_size": (
         image_bytes([GOOD_PNG] * (MAX_BATCH + 1)),
         INVALID,

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from fmnist.common import tensors
+from fmnist.common.errors import ServingError
 from fmnist.serving import request_log
-from fmnist.serving.predict import ServingError
 
 
 def _config(
@@ -106,8 +106,15 @@ def test_fmnist_batch_replays_logged_requests_through_the_model(tmp_path, _pushe
 
     from fmnist.batch import job
     from fmnist.common import names
-    from fmnist.common.client import PredictionClient
+    from fmnist.common.client import open_channel
     from fmnist.serving.server import ServerConfig, start
+
+    def images_request(images: list[bytes]) -> predict_pb2.PredictRequest:
+        """What PredictionClient.predict_encoded sends."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name, request.model_spec.signature_name = names.MODEL_NAME, names.PREDICT_IMAGES
+        tensors.fill(request.inputs[names.INPUT_IMAGE_BYTES], images)
+        return request
 
     server = start(
         ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(_pushed_once / names.MODEL_NAME))
@@ -118,17 +125,18 @@ def test_fmnist_batch_replays_logged_requests_through_the_model(tmp_path, _pushe
         config = _config(tmp_path / "logs" / names.MODEL_NAME)
         config.model_config_list.config[0].name = names.MODEL_NAME
         logs.configure(config)
-        with PredictionClient(target) as client:
+        with open_channel(target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             logged = {}
             for start_at in range(0, 12, 4):  # three requests of four images, as a client sent them
                 images = [encode_png(image) for image in dataset.test.images[start_at : start_at + 4]]
-                request = client._encoded_request(images, None, None)
-                response = client._predictions.Predict(request, timeout=30)
+                request = images_request(images)
+                response = stub.Predict(request, timeout=30)
                 logs.log("predict", request, response)
                 logged.update(
                     zip(images, tensors.to_ndarray(response.outputs[names.OUTPUT_CLASS_IDS]).tolist(), strict=False)
                 )
-            request = client._encoded_request([b"not an image"], None, None)  # refused by the header check
+            request = images_request([b"not an image"])  # refused by the header check
             logs.log("predict", request, predict_pb2.PredictResponse(model_spec=request.model_spec))
         logs.close()
         result = job.run(

@@ -43,7 +43,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from fmnist.common import names
 from fmnist.pipeline import model as model_lib
-from fmnist.serving import models
+from fmnist.serving import loader, serve
 from fmnist.serving import server as serving_server
 
 TIMEOUT = 10.0
@@ -158,10 +158,10 @@ def test_predict_serving_default_names_the_answering_version(shared, images):
 
 
 def test_tf_serving_thread_flags_configure_the_session_and_keep_the_answers(shared, _pushed_once, images):
-    args = serving_server._parser("fmnist serve").parse_args(
+    args = serve.build_parser("fmnist serve").parse_args(
         ["--model_base_path", "m", "--tensorflow_intra_op_parallelism", "1", "--tensorflow_inter_op_parallelism", "1"]
     )
-    config = serving_server._config_from(args)
+    config = serve.config_from(args)
     assert (config.tensorflow_intra_op_parallelism, config.tensorflow_inter_op_parallelism) == (1, 1)
     server = start_server(
         _pushed_once / names.MODEL_NAME,
@@ -454,7 +454,7 @@ def test_pushed_version_takes_over_and_corrupt_version_leaves_it_serving(models_
     base = models_dir / names.MODEL_NAME
     (base / "not_a_version").mkdir()
     shutil.copytree(base / "1", base / "12abc")  # not numeric: never a version
-    server = start_server(base, max_num_load_retries=0)  # retries: tests/test_reliability.py
+    server = start_server(base, max_num_load_retries=0)  # retries: tests/serving/test_reliability.py
     client = Client(server.port)
     try:
         assert list(client.status()) == [1]
@@ -549,7 +549,7 @@ def test_new_version_is_loading_until_loaded_and_warmed_up(models_dir, images):
     def gated_loader(name: str, version: int, path: str):
         if version == 2:
             gate.wait(TIMEOUT)
-        return models.load_saved_model(name, version, path)
+        return loader.load_saved_model(name, version, path)
 
     server = serving_server.start(
         serving_server.ServerConfig(
@@ -728,7 +728,7 @@ def test_deadline_exceeded_and_graceful_stop_finishes_in_flight(_pushed_once, im
 
 # -- REST API and metrics ----------------------------------------------------------------
 
-SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"
+SERVING_DIR = Path(__file__).resolve().parents[2] / "serving"
 
 
 def free_port() -> int:
@@ -807,7 +807,7 @@ def test_rest_api_and_prometheus_metrics(_pushed_once, shared, images):
 def test_config_files_for_the_real_server_parse():
     from fmnist.serving.batching import read_batching_parameters
     from fmnist.serving.metrics import read_monitoring_config
-    from fmnist.serving.models import read_config_file, validate_config
+    from fmnist.serving.model_config import read_config_file, validate_config
 
     config = read_config_file(SERVING_DIR / "models.config")
     validate_config(config)
@@ -822,14 +822,14 @@ def test_config_files_for_the_real_server_parse():
 
 def test_cli_help_and_bad_configuration(capsys, tmp_path):
     with pytest.raises(SystemExit) as done:
-        serving_server.main(["--help"], prog="fmnist serve")
+        serve.main(["--help"], prog="fmnist serve")
     assert done.value.code == 0 and "--model_base_path" in capsys.readouterr().out
-    assert serving_server.main(["--port", "0"], prog="fmnist serve") == 1
+    assert serve.main(["--port", "0"], prog="fmnist serve") == 1
     error = capsys.readouterr().err.strip()
     assert error == "fmnist serve: error: one of --model_base_path or --model_config_file is required"
     bad = tmp_path / "batching.config"
     bad.write_text("max_batch_size { value: 8 } allowed_batch_sizes: 4")
-    code = serving_server.main(
+    code = serve.main(
         [
             "--port",
             "0",
@@ -844,6 +844,13 @@ def test_cli_help_and_bad_configuration(capsys, tmp_path):
     assert code == 1 and capsys.readouterr().err.strip().endswith(
         "final entry in allowed_batch_sizes must equal max_batch_size"
     )
+
+
+def test_fmnist_serve_listens_on_all_interfaces_unless_told_otherwise():
+    """As tensorflow_model_server, which binds 0.0.0.0:<port>; --host keeps the choice."""
+    parse = serve.build_parser("fmnist serve").parse_args
+    assert serve.config_from(parse(["--model_base_path", "/m"])).host == "0.0.0.0"
+    assert serve.config_from(parse(["--model_base_path", "/m", "--host", "127.0.0.1"])).host == "127.0.0.1"
 
 
 def fmnist_serve(*args: str, **env: str) -> subprocess.Popen:
@@ -864,9 +871,11 @@ def test_fmnist_serve_runs_until_sigterm_then_exits_zero(_pushed_once, images):
         port = None
         for line in process.stderr:
             if "Running gRPC ModelServer at" in line:
-                port = int(line.rsplit(":", 1)[1].split()[0])
+                address = line.split("Running gRPC ModelServer at ")[1].split()[0]
+                port = int(address.rsplit(":", 1)[1])
                 break
         assert port, "server never reported its port"
+        assert address.startswith("0.0.0.0:")  # every interface, loopback included
         assert Client(port).predict(request_for(images[:1])).model_spec.version.value == 1
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
@@ -876,8 +885,8 @@ def test_fmnist_serve_runs_until_sigterm_then_exits_zero(_pushed_once, images):
 
 
 def test_mixed_precision_bfloat16_rewrites_the_session_and_keeps_the_answers(shared, _pushed_once, images):
-    config = serving_server._config_from(
-        serving_server._parser("fmnist serve").parse_args(["--model_base_path", "m", "--mixed_precision", "bfloat16"])
+    config = serve.config_from(
+        serve.build_parser("fmnist serve").parse_args(["--model_base_path", "m", "--mixed_precision", "bfloat16"])
     )
     assert config.mixed_precision == "bfloat16"
     server = start_server(_pushed_once / names.MODEL_NAME, file_system_poll_wait_seconds=0, mixed_precision="bfloat16")
@@ -900,7 +909,7 @@ def test_an_unknown_mixed_precision_mode_is_refused():
     with pytest.raises(ValueError, match="--mixed_precision must be bfloat16 or empty, not 'float16'"):
         serving_server.ServerConfig(model_base_path="m", mixed_precision="float16")
     with pytest.raises(SystemExit):
-        serving_server._parser("fmnist serve").parse_args(["--model_base_path", "m", "--mixed_precision", "float16"])
+        serve.build_parser("fmnist serve").parse_args(["--model_base_path", "m", "--mixed_precision", "float16"])
 
 
 @pytest.mark.slow
@@ -948,8 +957,63 @@ def test_a_busy_port_is_an_error(_pushed_once):
 
 def test_use_tf_serving_without_the_binary_is_a_clear_error(capsys, monkeypatch):
     monkeypatch.setenv("PATH", "")
-    assert serving_server.main(["--use-tf-serving", "--model_base_path", "/models/x"], prog="fmnist serve") == 2
+    assert serve.main(["--use-tf-serving", "--model_base_path", "/models/x"], prog="fmnist serve") == 2
     assert "tensorflow_model_server is not on PATH" in capsys.readouterr().err
+
+
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch) -> Path:
+    """A tensorflow_model_server on PATH that runs fmnist serve, as the Docker stand-in image's does; each run
+    adds a line to ``<it>.runs``."""
+    fake = tmp_path / "tensorflow_model_server"
+    fake.write_text(f'#!/bin/sh\necho run >> "$0.runs"\nexec "{sys.executable}" -m fmnist.cli serve "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    return fake
+
+
+class HandedOff(Exception):
+    """What os.execve raises in these tests instead of replacing the test's process."""
+
+
+def test_the_hand_off_marks_the_binarys_environment_and_a_marked_or_embedded_run_serves_embedded(
+    stand_in, monkeypatch, capsys
+):
+    def execve(path, argv, env):
+        raise HandedOff(path, argv, env)
+
+    ran = []
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.setattr(serving_server, "run", lambda config: ran.append(config) or 0)
+    monkeypatch.delenv(serve.HANDED_OFF, raising=False)
+    with pytest.raises(HandedOff) as handed:
+        serve.main(["--model_base_path", "/m"], prog="fmnist serve")
+    path, argv, env = handed.value.args
+    assert (path, argv[1:]) == (str(stand_in), ["--port=8500", "--model_base_path=/m"])
+    assert env[serve.HANDED_OFF] == "1"
+    assert serve.main(["--use-embedded", "--model_base_path", "/m"], prog="fmnist serve") == 0
+    monkeypatch.setenv(serve.HANDED_OFF, "1")  # run by the stand-in: serve, do not hand off again
+    assert serve.main(["--model_base_path", "/m"], prog="fmnist serve") == 0
+    assert [config.model_base_path for config in ran] == ["/m", "/m"]
+    assert serve.main(["--use-tf-serving", "--model_base_path", "/m"], prog="fmnist serve") == 2
+    assert "it is a stand-in, not the real server" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        serve.main(["--use-tf-serving", "--use-embedded", "--model_base_path", "/m"], prog="fmnist serve")
+    assert usage.value.code == 2
+
+
+@pytest.mark.slow
+def test_a_stand_in_binary_that_runs_fmnist_serve_is_run_once_not_in_a_loop(stand_in, tmp_path):
+    bad = tmp_path / "bad.config"  # the embedded server refuses it at once, so the run ends
+    bad.write_text("improperly formatted")
+    done = subprocess.run(
+        [sys.executable, "-m", "fmnist.cli", "serve", "--port", "0", "--model_config_file", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and f"Invalid protobuf file: '{bad}'" in done.stderr, done.stderr
+    assert (tmp_path / "tensorflow_model_server.runs").read_text() == "run\n"
 
 
 # -- units behind the server -------------------------------------------------------------
@@ -976,7 +1040,7 @@ GRAPH_ERRORS = {
 
 @pytest.mark.parametrize("raw, meaningful", GRAPH_ERRORS.items())
 def test_graph_error_message_keeps_the_line_that_names_the_problem(raw, meaningful):
-    from fmnist.serving.predict import graph_error_message
+    from fmnist.serving.signature import graph_error_message
 
     assert graph_error_message(raw) == meaningful
 
@@ -1002,7 +1066,7 @@ def test_batching_parameters_text_format():
 
 
 def test_version_policies():
-    from fmnist.serving.models import aspired_versions
+    from fmnist.serving.model_config import aspired_versions
 
     def config(policy: str) -> model_server_config_pb2.ModelConfig:
         return text_format.Parse(
