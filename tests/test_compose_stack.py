@@ -22,6 +22,7 @@ import json
 import os
 import queue
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -267,16 +268,19 @@ class Checks:
             (r"\brun --rm exporter\b", self.version_served),
             (r"\brun --rm samples\b", self.samples_written),
             (r"\brun --rm batch\b", self.batch_classified),
-            (r"--scale serving=(\d+)", self.replicas_healthy),
+            (r"\bup -d serving\b", self.replicas_healthy),
             (r"\brun --rm batch\b", self.replicas_shared),
             (r"\bdown -v\b", self.nothing_left),
         ]
 
     def after(self, command: str) -> None:
-        if self.pending and (match := re.search(self.pending[0][0], command)):
-            self.pending.pop(0)[1](match)
+        words = shlex.split(command, comments=True)
+        if words[0] == "export":
+            self.settings |= dict(word.split("=", 1) for word in words[1:])
+        if self.pending and re.search(self.pending[0][0], command):
+            self.pending.pop(0)[1]()
 
-    def image_built(self, _) -> None:
+    def image_built(self) -> None:
         uid, gid = self.owner.split(":")
         assert _docker("run", "--rm", "--entrypoint", "id", PROJECT_IMAGE).stdout.split()[:2] == [
             f"uid={uid}(fmnist)",
@@ -284,11 +288,11 @@ class Checks:
         ]
         _docker("build", "--quiet", "--tag", STANDIN_IMAGE, str(self.work / STANDIN_DIR))
 
-    def serving_started(self, _) -> None:
+    def serving_started(self) -> None:
         [container] = _project("container", service="serving")
         assert _health(container) != "healthy"  # nothing to serve yet
 
-    def version_served(self, _) -> None:
+    def version_served(self) -> None:
         models = _volume_files("models")
         versions = [p.split("/")[1] for p in models if re.fullmatch(rf"{self.model}/\d+", p)]
         assert len(versions) == 1, sorted(models)
@@ -299,14 +303,14 @@ class Checks:
         status = json.loads(_rest(container, f"/v1/models/{self.model}"))["model_version_status"]
         assert [(s["version"], s["state"]) for s in status] == [(self.version, "AVAILABLE")]
 
-    def samples_written(self, _) -> None:
+    def samples_written(self) -> None:
         samples = self.work / self.settings["BATCH_INPUT"]
         pngs = list(samples.rglob("*.png"))
         assert len(pngs) == self.count
         assert {p.parent.name for p in pngs} == {names.folder_name(c) for c in range(names.NUM_CLASSES)}
         assert _owners(samples) == {self.owner}
 
-    def batch_classified(self, _) -> None:
+    def batch_classified(self) -> None:
         output = self.work / self.settings["BATCH_OUTPUT"]
         summary = json.loads((output / "summary.json").read_text())
         assert (summary["inputs"], summary["classified"], summary["errors"]) == (self.count, self.count, 0)
@@ -318,15 +322,18 @@ class Checks:
         assert len(records) == self.count
         assert _owners(output) == {self.owner}
 
-    def replicas_healthy(self, match: re.Match) -> None:
-        self.requests = {c: _predict_requests(c) for c in _wait_healthy(int(match[1]))}
+    def replicas_healthy(self) -> None:
+        replicas = int(self.settings["SERVING_REPLICAS"])
+        assert replicas > 1, "the block scales serving out before its second batch run"
+        self.requests = {c: _predict_requests(c) for c in _wait_healthy(replicas)}
 
-    def replicas_shared(self, match: re.Match) -> None:
-        self.batch_classified(match)
+    def replicas_shared(self) -> None:
+        self.batch_classified()
+        assert sorted(_project("container", service="serving")) == sorted(self.requests)  # none scaled away
         after = {c: _predict_requests(c) for c in self.requests}
         assert all(after[c] > self.requests[c] for c in after), (self.requests, after)
 
-    def nothing_left(self, _) -> None:
+    def nothing_left(self) -> None:
         for kind in ("container", "volume", "network"):
             assert not _project(kind), kind
 
@@ -368,9 +375,11 @@ def test_the_documented_commands_run_the_stack(base_image):
         checks = Checks(work, f"{uid}:{gid}", settings)
         try:
             for command in block:
+                started = time.monotonic()
                 rc, output = shell.run(command, timeout=1800 if "build" in command else 600)
                 assert rc == 0, f"{command!r} exited with {rc}:\n{output[-4000:]}"
                 checks.after(command)
+                print(f"{time.monotonic() - started:6.1f} s  {command}")  # shown by pytest -s
             assert not checks.pending, f"the block has no line for {[p for p, _ in checks.pending]}"
         finally:
             shell.close()

@@ -108,7 +108,7 @@ def test_ports_agree_with_the_shared_names(compose):
     assert int(flags["port"]) == names.GRPC_PORT and int(flags["rest_api_port"]) == names.REST_PORT
     published = {int(p["target"]): p["published"] for p in serving["ports"]}
     assert set(published) == {names.GRPC_PORT, names.REST_PORT}
-    # Replicas (--scale) each take a host port from a range (see the block's test below); by default
+    # Replicas (SERVING_REPLICAS) each take a host port from a range (see the block's test below); by default
     # a range holds one port, the same one whenever serving is re-created.
     assert {target: str(port) for target, port in published.items()} == {
         names.GRPC_PORT: f"{names.GRPC_PORT}-{names.GRPC_PORT}",
@@ -152,7 +152,7 @@ def test_the_image_user_owns_every_volume_it_mounts(compose):
                 assert target in made, f"{name} mounts {mount['source']} on {target}, which the image lacks"
     # The serving image is not ours: its mount must not hand the volume its own (root's) mount point.
     models = _mounts(compose["services"]["serving"])["/models"]
-    assert models["read_only"] and models["volume"]["nocopy"]
+    assert models["read_only"] and models.get("volume", {}).get("nocopy"), models
     # The data lands where the pipeline looks, in the image user's home.
     [data] = [t for t in _mounts(compose["services"]["exporter"]) if t.endswith("fashion-mnist")]
     assert Path(data) == Path(f"/home/{user}") / data_module.KERAS_CACHE.relative_to(Path.home())
@@ -183,10 +183,12 @@ def test_the_documented_commands_fit_the_compose_file(compose):
             if verb in line:
                 named = [a for a in line[line.index(verb) + 1 :] if not a.startswith("-") and "=" not in a]
                 assert set(named) <= services, line
-    # The build names every profile a service with a build is in, else it builds nothing.
-    [build] = [line for line in compose_lines if "build" in line]
-    profiles = {p for s in compose["services"].values() if "build" in s for p in s.get("profiles", [])}
-    assert profiles == {build[i + 1] for i, a in enumerate(build) if a == "--profile"}
+    # build and down name every profile: else build builds nothing, and Compose v2's down leaves the
+    # volumes of the services in the others.
+    profiles = {p for s in compose["services"].values() for p in s.get("profiles", [])}
+    for verb in ("build", "down"):
+        [line] = [line for line in compose_lines if verb in line]
+        assert {line[i + 1] for i, a in enumerate(line) if a == "--profile"} == profiles, line
     # The host folders exist, created by the user, before the first docker-compose line.
     settings = _env_file()
     first = next(i for i, c in enumerate(commands) if "docker-compose" in c)
@@ -194,15 +196,19 @@ def test_the_documented_commands_fit_the_compose_file(compose):
     assert {Path(settings["BATCH_INPUT"]), Path(settings["BATCH_OUTPUT"])} <= made
     exported = {a.split("=")[0] for c in commands[:first] if c[0] == "export" for a in c[1:]}
     assert {"HOST_UID", "HOST_GID"} <= exported
-    # Before scaling to N replicas, the block widens both host port ranges to N ports, apart.
-    [(scale_at, replicas)] = [
-        (i, int(a.split("=")[1])) for i, c in enumerate(commands) for a in c if a.startswith("serving=")
-    ]
-    for c in commands[:scale_at]:
+    # Each `up` publishes every replica: host port ranges of as many ports, apart; and the block scales out.
+    replicas = []
+    for c in commands:
         if c[0] == "export":
             settings |= dict(a.split("=", 1) for a in c[1:])
-    grpc, rest = (range(int(settings[f"{p}_PORT"]), int(settings[f"{p}_PORT_LAST"]) + 1) for p in ("GRPC", "REST"))
-    assert len(grpc) >= replicas and len(rest) >= replicas and not set(grpc) & set(rest)
+        if "up" in c:
+            replicas.append(int(settings["SERVING_REPLICAS"]))
+            grpc, rest = (
+                range(int(settings[f"{p}_PORT"]), int(settings[f"{p}_PORT_LAST"]) + 1) for p in ("GRPC", "REST")
+            )
+            assert len(grpc) >= replicas[-1] and len(rest) >= replicas[-1] and not set(grpc) & set(rest), c
+    assert replicas[0] == 1 and max(replicas) > 1, replicas
+    assert compose["services"]["serving"]["scale"] == 1
 
 
 def test_readme_shows_the_same_commands():
