@@ -22,7 +22,6 @@ import json
 import os
 import queue
 import re
-import shlex
 import shutil
 import socket
 import subprocess
@@ -34,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_stack import ROOT, compose_block
+from test_stack import ROOT, block_settings, compose_block, env_file, published_ports
 
 from fmnist.common import names
 
@@ -104,9 +103,10 @@ def base_image(engine) -> None:
     with tempfile.TemporaryDirectory(prefix="fmnist-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         debootstrap = ["debootstrap", "--variant=minbase", "--include=ca-certificates,python3,python3-venv"]
-        subprocess.run(
-            ["nice", "-n", "10", *debootstrap, "bookworm", str(rootfs), DEBIAN_MIRROR], check=True, capture_output=True
+        made = subprocess.run(
+            ["nice", "-n", "10", *debootstrap, "bookworm", str(rootfs), DEBIAN_MIRROR], capture_output=True, text=True
         )
+        assert made.returncode == 0, f"debootstrap failed:\n{(made.stdout + made.stderr)[-4000:]}"
         for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
             shutil.rmtree(rootfs / cache)
             (rootfs / cache).mkdir()
@@ -187,17 +187,17 @@ def _copy_checkout(dest: Path) -> None:
             shutil.copy2(source, dest / name)
 
 
-def _env_file() -> dict[str, str]:
-    lines = (ROOT / ".env").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
-
-
 def _ports_in_use(block: list[str]) -> list[int]:
-    """The host ports .env and the block publish on that something here already holds."""
-    settings = "\n".join([*block, (ROOT / ".env").read_text()])
-    numbers = [int(n) for n in re.findall(r"\w*PORT\w*=(\d+)", settings)]
+    """The host ports the block's `up` lines publish on that something here already holds."""
+    ports = {
+        port
+        for words, settings in block_settings(block)
+        if "up" in words
+        for r in published_ports(settings)
+        for port in r
+    }
     busy = []
-    for port in range(min(numbers), max(numbers) + 1):
+    for port in sorted(ports):
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 busy.append(port)
@@ -257,9 +257,9 @@ def _owners(folder: Path) -> set[str]:
 class Checks:
     """What each line of the block should have done, looked at right after it, in the block's order."""
 
-    def __init__(self, work: Path, owner: str, settings: dict[str, str]):
-        self.work, self.owner, self.settings = work, owner, settings
-        self.model, self.count = settings["MODEL_NAME"], int(settings["SAMPLE_COUNT"])
+    def __init__(self, work: Path, owner: str):
+        self.work, self.owner, self.settings = work, owner, env_file()
+        self.model, self.count = self.settings["MODEL_NAME"], int(self.settings["SAMPLE_COUNT"])
         self.version: str | None = None
         self.requests: dict[str, float] = {}
         self.pending = [
@@ -273,10 +273,8 @@ class Checks:
             (r"\bdown -v\b", self.nothing_left),
         ]
 
-    def after(self, command: str) -> None:
-        words = shlex.split(command, comments=True)
-        if words[0] == "export":
-            self.settings |= dict(word.split("=", 1) for word in words[1:])
+    def after(self, command: str, settings: dict[str, str]) -> None:
+        self.settings = settings
         if self.pending and re.search(self.pending[0][0], command):
             self.pending.pop(0)[1]()
 
@@ -345,7 +343,6 @@ def test_the_documented_commands_run_the_stack(base_image):
         pytest.skip(f"host ports {busy} are in use; the stack publishes on them")
     as_root = os.geteuid() == 0
     uid, gid = (TEST_UID, TEST_UID) if as_root else (os.geteuid(), os.getegid())
-    settings = _env_file()
     with tempfile.TemporaryDirectory(prefix="fmnist-compose-") as tmp:
         work, home = Path(tmp) / "checkout", Path(tmp) / "home"
         home.mkdir()
@@ -372,13 +369,13 @@ def test_the_documented_commands_run_the_stack(base_image):
 
         down()
         shell = Shell(work, env, uid if as_root else None)
-        checks = Checks(work, f"{uid}:{gid}", settings)
+        checks = Checks(work, f"{uid}:{gid}")
         try:
-            for command in block:
+            for command, (_, settings) in zip(block, block_settings(block), strict=True):
                 started = time.monotonic()
                 rc, output = shell.run(command, timeout=1800 if "build" in command else 600)
                 assert rc == 0, f"{command!r} exited with {rc}:\n{output[-4000:]}"
-                checks.after(command)
+                checks.after(command, settings)
                 print(f"{time.monotonic() - started:6.1f} s  {command}")  # shown by pytest -s
             assert not checks.pending, f"the block has no line for {[p for p, _ in checks.pending]}"
         finally:

@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,20 +39,33 @@ def compose_block() -> list[str]:
     return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _env_file() -> dict[str, str]:
+def env_file() -> dict[str, str]:
+    """.env's settings."""
     lines = (ROOT / ".env").read_text().splitlines()
     return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("docker-compose") is None, reason="docker-compose (Debian package) not installed; .ci/run installs it"
-)
+def block_settings(block: list[str]) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """Each line of the block as words, with the settings it runs with: .env's, and what the lines before export."""
+    settings = env_file()
+    for line in block:
+        words = shlex.split(line, comments=True)
+        if words[0] == "export":
+            settings = settings | dict(word.split("=", 1) for word in words[1:])
+        yield words, settings
+
+
+def published_ports(settings: dict[str, str]) -> tuple[range, range]:
+    """The host port ranges serving's replicas publish gRPC and REST on."""
+    return tuple(range(int(settings[f"{p}_PORT"]), int(settings[f"{p}_PORT_LAST"]) + 1) for p in ("GRPC", "REST"))
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose (Debian package) not installed; .ci/run installs it")
     # .env's values, not the shell's (where FASHION_MNIST_DIR is usually set)
-    env = {k: v for k, v in os.environ.items() if k not in _env_file()}
+    env = {k: v for k, v in os.environ.items() if k not in env_file()}
     resolved = subprocess.run(["docker-compose", "config"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert resolved.returncode == 0, resolved.stderr
     return yaml.safe_load(resolved.stdout)
@@ -158,7 +172,7 @@ def test_the_image_user_owns_every_volume_it_mounts(compose):
     assert Path(data) == Path(f"/home/{user}") / data_module.KERAS_CACHE.relative_to(Path.home())
     # The user gets the ids .env gives (the block exports the host user's).
     args = compose["services"]["exporter"]["build"]["args"]
-    settings = _env_file()
+    settings = env_file()
     assert (args["FMNIST_UID"], args["FMNIST_GID"]) == (settings["HOST_UID"], settings["HOST_GID"])
     assert {"FMNIST_UID", "FMNIST_GID"} <= set(re.findall(r"^ARG (\w+)", dockerfile, re.M))
 
@@ -174,9 +188,8 @@ def test_build_context_holds_what_the_dockerfile_copies_and_nothing_else():
 
 
 def test_the_documented_commands_fit_the_compose_file(compose):
-    block = compose_block()
-    commands = [shlex.split(line, comments=True) for line in block]
-    compose_lines = [c[c.index("docker-compose") :] for c in commands if "docker-compose" in c]
+    lines = list(block_settings(compose_block()))
+    compose_lines = [words[words.index("docker-compose") :] for words, _ in lines if "docker-compose" in words]
     services = set(compose["services"])
     for line in compose_lines:
         for verb in ("run", "up"):
@@ -189,24 +202,20 @@ def test_the_documented_commands_fit_the_compose_file(compose):
     for verb in ("build", "down"):
         [line] = [line for line in compose_lines if verb in line]
         assert {line[i + 1] for i, a in enumerate(line) if a == "--profile"} == profiles, line
-    # The host folders exist, created by the user, before the first docker-compose line.
-    settings = _env_file()
-    first = next(i for i, c in enumerate(commands) if "docker-compose" in c)
-    made = {Path(a) for c in commands[:first] if c[:2] == ["mkdir", "-p"] for a in c[2:]}
+    # The host folders exist, created by the user, and the user's ids are exported, before the first
+    # docker-compose line.
+    first = next(i for i, (words, _) in enumerate(lines) if "docker-compose" in words)
+    settings = lines[first][1]
+    made = {Path(a) for words, _ in lines[:first] if words[:2] == ["mkdir", "-p"] for a in words[2:]}
     assert {Path(settings["BATCH_INPUT"]), Path(settings["BATCH_OUTPUT"])} <= made
-    exported = {a.split("=")[0] for c in commands[:first] if c[0] == "export" for a in c[1:]}
-    assert {"HOST_UID", "HOST_GID"} <= exported
+    assert settings["HOST_UID"] == "$(id -u)" and settings["HOST_GID"] == "$(id -g)"
     # Each `up` publishes every replica: host port ranges of as many ports, apart; and the block scales out.
     replicas = []
-    for c in commands:
-        if c[0] == "export":
-            settings |= dict(a.split("=", 1) for a in c[1:])
-        if "up" in c:
+    for words, settings in lines:
+        if "up" in words:
             replicas.append(int(settings["SERVING_REPLICAS"]))
-            grpc, rest = (
-                range(int(settings[f"{p}_PORT"]), int(settings[f"{p}_PORT_LAST"]) + 1) for p in ("GRPC", "REST")
-            )
-            assert len(grpc) >= replicas[-1] and len(rest) >= replicas[-1] and not set(grpc) & set(rest), c
+            grpc, rest = published_ports(settings)
+            assert len(grpc) >= replicas[-1] and len(rest) >= replicas[-1] and not set(grpc) & set(rest), words
     assert replicas[0] == 1 and max(replicas) > 1, replicas
     assert compose["services"]["serving"]["scale"] == 1
 
