@@ -3,7 +3,7 @@
 README.md's fenced ``bash`` blocks are read line by line (a trailing ``\\`` continues a line, an
 unquoted ``#`` starts a comment). :func:`runner_of` says who runs each command:
 
-* ``make demo``, ``make test`` and ``docker compose …`` are run by the test or script it names
+* ``make demo``, ``make test`` and the compose section's commands are run by the test or script it names
   (:data:`ELSEWHERE`), whose file must be in the tree;
 * every other command runs here, as written, in README order, in a fresh project folder (a copy of
   ``serving/``'s config files and ``.venv`` linked to this interpreter's environment), as one shell
@@ -91,11 +91,18 @@ def readme_commands() -> list[str]:
     return [c for b in blocks(README.read_text()) if b.language == "bash" for c in commands(b.text)]
 
 
+def compose_commands() -> list[str]:
+    """The commands of the bash block of README's ``## Docker compose`` section (tests/test_stack.py checks
+    that it is docs/compose.md's block, which tests/test_compose_stack.py runs line by line)."""
+    section = README.read_text().split("## Docker compose", 1)[1].split("\n## ", 1)[0]
+    return commands(next(b for b in blocks(section) if b.language == "bash").text)
+
+
 def runner_of(command: str) -> str | None:
     """Who runs ``command``: a file (see ELSEWHERE), a session of this module, or None (nobody)."""
     if command in ELSEWHERE:
         return ELSEWHERE[command][0]
-    if command.startswith("docker compose "):
+    if command in compose_commands():
         return COMPOSE_TEST
     if command.split()[0] in ("make", "docker", "docker-compose"):
         return None
@@ -118,7 +125,7 @@ def test_every_readme_command_is_run_by_a_test():
     assert commands(next(b for b in blocks(set_up) if b.language == "bash").text) == SETUP_COMMANDS
 
 
-@pytest.mark.parametrize("command", [c for c in readme_commands() if c in ELSEWHERE or c.startswith("docker compose ")])
+@pytest.mark.parametrize("command", [c for c in readme_commands() if c in ELSEWHERE or c in compose_commands()])
 def test_commands_run_elsewhere_have_their_test_in_the_tree(command):
     if runner_of(command) == COMPOSE_TEST:
         found = sorted((ROOT / "tests").rglob(COMPOSE_TEST))
