@@ -31,12 +31,11 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from fmnist.common import imagefile
 from fmnist.serving import inference, predict
+from fmnist.serving.config import MIXED_PRECISION_MODES, SERVE_TAG
 from fmnist.serving.signature import Function, Signature
 
-SERVE_TAG = "serve"
 WARMUP_PATH = ("assets.extra", "tf_serving_warmup_requests")  # where TF Serving looks
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
-MIXED_PRECISION_MODES = ("", "bfloat16")  # TF Serving's --mixed_precision values ("": off)
 
 
 @dataclass(frozen=True)
