@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fmnist.common import imagefile, names, quiet
+from fmnist.common import imagefile, logs, names, quiet
 from fmnist.serving.config import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MODEL_NAME,
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     name = parser.prog
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level)
     binary = shutil.which(TF_SERVING_BINARY)
     handed_off = HANDED_OFF in os.environ  # a tensorflow_model_server that this command ran runs it again
     if args.use_tf_serving:

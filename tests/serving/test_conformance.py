@@ -1052,6 +1052,8 @@ def test_tuning_hint_flags_are_accepted_and_logged_once(tfs_models, caplog, monk
     ran = []
     monkeypatch.setattr(serving_server, "run", lambda config: ran.append(config) or 0)
     argv = [
+        "--port",
+        "0",  # fmnist serve binds its port before it runs the server: 8500 may be taken on this machine
         "--model_base_path",
         str(tfs_models.half_plus_two),
         "--rest_api_num_threads",
