@@ -34,7 +34,7 @@ class ConformanceModels:
     no_shape: Path  # version 1; predict signature whose input declares no shape
 
 
-def _half_plus(path: Path, b: float) -> None:
+def half_plus(path: Path, b: float) -> None:
     """saved_model_half_plus_two.py's graph: a=0.5, b, c=3; x and x2 parsed from tf.Examples."""
     graph = tf.Graph()
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
@@ -164,10 +164,10 @@ def build_all(root: Path) -> ConformanceModels:
         keras=root / "saved_model_half_plus_two_keras",
         no_shape=root / "saved_model_no_shape",
     )
-    _half_plus(models.half_plus_two / "00000123", 2.0)
+    half_plus(models.half_plus_two / "00000123", 2.0)
     for version in TWO_VERSIONS:
-        _half_plus(models.half_plus_two_2_versions / version, 2.0)
-    _half_plus(models.half_plus_three / "00000123", 3.0)
+        half_plus(models.half_plus_two_2_versions / version, 2.0)
+    half_plus(models.half_plus_three / "00000123", 3.0)
     _counter(models.counter / "1")
     _tf2(models.tf2 / "1")
     _keras(models.keras / "1")
