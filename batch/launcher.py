@@ -42,7 +42,7 @@ from fmnist.batch import progress
 from fmnist.batch.errors import FAILED, INTERRUPTED, JobError, stopped_by
 from fmnist.batch.inference import ServerSettings
 from fmnist.batch.output import FailureNotes
-from fmnist.common import quiet
+from fmnist.common import logs, quiet
 from fmnist.common.client import PredictionClient
 from fmnist.common.errors import ServingError
 
@@ -139,7 +139,7 @@ def run_cli(prog: str, verbose: bool, work: Callable[[TextIO], R], finish: Calla
     run). Without ``verbose`` Beam's logs and whatever worker processes write
     to standard error are hidden.
     """
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(logging.WARNING)
     logging.getLogger("fmnist.batch").setLevel(logging.INFO)
     interrupted = threading.Event()
     stderr = os.dup(2)  # the terminal, even while descriptor 2 is hushed

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -104,6 +105,33 @@ def extract_tree(rev: str, into: Path) -> Path:
     into.mkdir()
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+# The first commit whose modules import as fmnist.*: setuptools package-dir maps fmnist.common to common/ and so on.
+LAYOUT_COMMIT = "a462ff5"
+
+
+def importable(tree: Path, into: Path) -> Path:
+    """A folder that, first on PYTHONPATH, makes ``import fmnist.*`` run ``tree``'s code; ValueError for an older tree.
+
+    ``fmnist.common`` and its siblings are folders at the top of the tree, mapped under ``fmnist``
+    by the tree's ``[tool.setuptools.package-dir]``, which only an install applies, and the editable
+    install maps them to this checkout alone. Here the mapping is laid out as symlinks under
+    ``into/fmnist``. A tree from before :data:`LAYOUT_COMMIT` has no such mapping: its modules
+    were ``serving.*``, ``pipeline.*``, ..., which today's commands and scripts do not import.
+    """
+    settings = tomllib.loads((tree / "pyproject.toml").read_text()).get("tool", {}).get("setuptools", {})
+    folders = settings.get("package-dir", {})
+    if "fmnist.common" not in folders:
+        raise ValueError(f"it predates the fmnist.* package layout ({LAYOUT_COMMIT}): its modules are not fmnist.*")
+    top = into / "fmnist"
+    top.mkdir(parents=True)
+    for entry in (tree / folders["fmnist"]).iterdir():
+        (top / entry.name).symlink_to(entry.resolve())
+    for package, folder in folders.items():
+        if package != "fmnist":
+            top.joinpath(*package.split(".")[1:]).symlink_to((tree / folder).resolve(), target_is_directory=True)
     return into
 
 

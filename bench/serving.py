@@ -6,7 +6,7 @@ is unsure of, which with fresh weights is every image, so an untrained cnn
 measures its worst case) it measures, side by side in one run:
 
 - single-image ``Predict`` latency p50/p99 at concurrency 1 through
-  :class:`serving.client.PredictionClient`, batching off and on;
+  :class:`fmnist.common.client.PredictionClient`, batching off and on;
 - throughput in images/s at concurrency 1, 8 and 32 with 1, 32 and 256
   images per request, batching off and on;
 - the same inputs through the SavedModel's ``serving_default`` signature

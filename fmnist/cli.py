@@ -13,7 +13,7 @@ import importlib
 import sys
 from types import ModuleType
 
-from fmnist.common import quiet
+from fmnist.common import logs, quiet
 
 # subcommand → (module whose main(argv, prog) runs it, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"fmnist: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    logs.configure()  # before the command's libraries are imported: one of them may log as it loads
     try:
         module = _quiet_import(COMMANDS[command][0])
         return module.main(rest, prog=f"fmnist {command}")

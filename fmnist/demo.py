@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import shutil
 import sys
 import time
@@ -23,7 +24,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 
 from fmnist.batch import job
 from fmnist.batch import summary as batch_summary
-from fmnist.common import names
+from fmnist.common import logs, names
 from fmnist.common.client import PredictionClient
 from fmnist.pipeline import data, evaluator, exporter, images, trainer
 from fmnist.serving import server as serving_server
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--min-accuracy", type=float, default=defaults.min_accuracy)
     parser.add_argument("--max-regression", type=float, default=defaults.max_regression)
     args = parser.parse_args(argv)
+    logs.configure(logging.INFO)
     config = DemoConfig(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig) if hasattr(args, f.name)}
     )

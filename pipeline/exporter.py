@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist.common import names
+from fmnist.common import logs, names
 from fmnist.common.report import confusion_matrix_png
 from fmnist.pipeline import data, evaluator, export, model_card, plots, pusher, trainer
 from fmnist.pipeline.model import PROFILES, network_of
@@ -214,8 +214,7 @@ def config_from_args(args: argparse.Namespace) -> ExporterConfig:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # it logs every asset it writes
+    logs.configure(logging.INFO)
     try:
         result = run(config_from_args(args))
     except data.DataError as e:

@@ -7,10 +7,13 @@ and nothing changes. Field names are tensorflow_model_server's flags, so
 derives what start-up needs from them: the initial ModelServerConfig, the
 gRPC worker count, the request limits and the TLS credentials.
 
+Nothing here starts TensorFlow, so ``fmnist serve`` refuses contradicting
+flags before it pays for that.
+
 Usage::
 
-    config = ServerConfig(port=0, model_name="m", model_base_path="/models/m")
-    initial = config.model_server_config()      # ValueError when the flags contradict each other
+    config = ServerConfig(port=0, model_name="m", model_base_path="/models/m")  # ValueError: flags contradict
+    initial = config.model_server_config()      # ValueError when the config file does not parse
 
 Thread safety: immutable.
 """
@@ -20,16 +23,22 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
-from tensorflow_serving.config import model_server_config_pb2
 
 from fmnist.common import imagefile, names
-from fmnist.serving import batching, loader, model_config, protos
+from fmnist.serving import model_config, protos
+
+if TYPE_CHECKING:
+    from fmnist.common.apis import model_server_config_pb2
+    from fmnist.serving.batching import BatchingParameters
 
 DEFAULT_MODEL_NAME = "default"  # tensorflow_model_server's --model_name default
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_AUTO_THREADS = 256
+SERVE_TAG = "serve"  # --saved_model_tags' default: the meta graph a SavedModel serves from
+MIXED_PRECISION_MODES = ("", "bfloat16")  # TF Serving's --mixed_precision values ("": off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +76,13 @@ class ServerConfig:
     enable_signature_method_name_check: bool = False
     enable_model_warmup: bool = True  # replay assets.extra/tf_serving_warmup_requests before serving
     num_request_iterations_for_warmup: int = 1  # times each warmup record is replayed
-    saved_model_tags: str = loader.SERVE_TAG  # comma-separated tags of the meta graph to load
+    saved_model_tags: str = SERVE_TAG  # comma-separated tags of the meta graph to load
 
     def __post_init__(self) -> None:
+        if self.model_config_file and self.model_base_path:
+            raise ValueError("--model_config_file and --model_base_path are mutually exclusive")
+        if not self.model_config_file and not self.model_base_path:
+            raise ValueError("one of --model_base_path or --model_config_file is required")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         if self.tls_cert and self.ssl_config_file:
@@ -78,21 +91,19 @@ class ServerConfig:
         for name in ("port", "rest_api_port"):
             if not 0 <= getattr(self, name) < 65536:
                 raise ValueError(f"--{name} must be between 0 and 65535")
-        if self.mixed_precision not in loader.MIXED_PRECISION_MODES:
+        if self.rest_api_port and self.rest_api_port == self.port:
+            raise ValueError("--rest_api_port cannot be the same as --port")
+        if self.mixed_precision not in MIXED_PRECISION_MODES:
             raise ValueError(f"--mixed_precision must be bfloat16 or empty, not {self.mixed_precision!r}")
 
     def model_server_config(self) -> model_server_config_pb2.ModelServerConfig:
-        """The initial ModelServerConfig these settings describe; ValueError if contradictory."""
-        if self.model_config_file and self.model_base_path:
-            raise ValueError("--model_config_file and --model_base_path are mutually exclusive")
+        """The initial ModelServerConfig these settings describe; ValueError if the config file does not parse."""
         if self.model_config_file:
             return model_config.read_config_file(self.model_config_file)
-        if not self.model_base_path:
-            raise ValueError("one of --model_base_path or --model_config_file is required")
         base_path = os.path.abspath(self.model_base_path)
         return model_config.single_model_config(self.model_name or DEFAULT_MODEL_NAME, base_path)
 
-    def grpc_threads(self, batching_params: batching.BatchingParameters | None) -> int:
+    def grpc_threads(self, batching_params: BatchingParameters | None) -> int:
         """Worker threads: as given, else 4 per core (TF Serving's default), and with batching
         at least one full batch of waiting requests (each waits on a thread here)."""
         if self.grpc_max_threads:
@@ -109,6 +120,10 @@ class ServerConfig:
     def saved_model_tag_set(self) -> tuple[str, ...]:
         """``--saved_model_tags`` as the loader takes them: comma-separated, blanks dropped."""
         return tuple(tag.strip() for tag in self.saved_model_tags.split(",") if tag.strip())
+
+    def address(self, port: int) -> str:
+        """``host:port`` as gRPC takes it and the logs and errors name it (``[::1]:port`` for IPv6)."""
+        return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS for the gRPC port from --ssl_config_file or --tls-cert/--tls-key; None: plaintext.

@@ -136,7 +136,13 @@ class ServingCore:
 
         Each task's signature runs as its own call over the shared examples, where TF Serving
         fetches the union of their outputs in one session run: the same answers for any
-        stateless graph.
+        stateless graph. In a TF1 export the signatures name tensors of one graph, and
+        multi_inference.cc refuses tasks whose inputs are different tensors (the examples
+        cannot feed ``x2``). A TF2 export gives every signature a placeholder of its own, so
+        the names always differ; there TF Serving's runtime for functions
+        (tfrt_multi_inference.cc) feeds each task's function the same serialized examples
+        without comparing names, and so does this server. Either way each task's input
+        must take serialized examples.
         """
         first = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
         version = self._resolve(first, timeout)
@@ -163,12 +169,13 @@ class ServingCore:
             signature = version.signatures[key]
             checks[task.method_name](signature.definition, self.check_method_names)
             tensor = signature.definition.inputs[inference.INPUTS].name
-            if input_tensor not in (None, tensor):
+            if not version.functions and input_tensor not in (None, tensor):
                 raise errors.InvalidArgument("Input tensor must be the same for all Signatures.")
             input_tensor = tensor
             plan.append((task, signature))
         examples = inference.serialized_examples(request.input)
-        inference.check_examples_input(plan[0][1].definition)  # every task shares this input
+        for _, signature in plan:
+            inference.check_examples_input(signature.definition)
         response = inference_pb2.MultiInferenceResponse()
         for task, signature in plan:
             outputs = self._run(version, signature, {inference.INPUTS: examples}, timeout)

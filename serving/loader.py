@@ -31,17 +31,21 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from fmnist.common import imagefile
 from fmnist.serving import inference, predict
+from fmnist.serving.config import MIXED_PRECISION_MODES, SERVE_TAG
 from fmnist.serving.signature import Function, Signature
 
-SERVE_TAG = "serve"
 WARMUP_PATH = ("assets.extra", "tf_serving_warmup_requests")  # where TF Serving looks
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
-MIXED_PRECISION_MODES = ("", "bfloat16")  # TF Serving's --mixed_precision values ("": off)
 
 
 @dataclass(frozen=True)
 class LoadedVersion:
-    """One loaded, servable version. ``handle`` keeps the SavedModel (and its variables) alive."""
+    """One loaded, servable version. ``handle`` keeps the SavedModel (and its variables) alive.
+
+    ``functions`` is true for a TF2 export (``tf.saved_model.save``, Keras ``export``): each
+    signature is a function of its own, fed through a placeholder of its own, where a TF1
+    export's signatures name tensors of one shared graph.
+    """
 
     name: str
     version: int
@@ -49,6 +53,7 @@ class LoadedVersion:
     signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]  # every one, as GetModelMetadata returns
     signatures: Mapping[str, Signature]  # the callable ones
     handle: object = None
+    functions: bool = False
 
 
 Loader = Callable[[str, int, str], LoadedVersion]
@@ -101,7 +106,9 @@ def load_saved_model(
         for key, definition in signature_defs.items()
         if not key.startswith("__")  # __saved_model_init_op: run by the loader, not callable
     }
-    return LoadedVersion(name, version, path, signature_defs, signatures, session)
+    # A TF2 export carries its object graph (its functions and variables); a TF1 export has none.
+    functions = bool(meta_graph.object_graph_def.nodes)
+    return LoadedVersion(name, version, path, signature_defs, signatures, session, functions)
 
 
 @contextlib.contextmanager

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import os
 
-from tensorflow_serving.config import model_server_config_pb2
-
 from fmnist.common import errors
+from fmnist.common.apis import model_server_config_pb2  # without starting TensorFlow: fmnist serve checks first
 from fmnist.serving import protos
 
 FILE_SCHEME = "file://"

@@ -36,9 +36,20 @@ def message_class(schema: str, full_name: str) -> type:
 
 
 def parse_text_file(path: str | os.PathLike, message: M) -> M:
-    """``message`` filled from the text-format file ``path``; ValueError in TF Serving's words
-    ("Invalid protobuf file: '<path>'", as its ParseProtoTextFile reports every config file), with why."""
+    """``message`` filled from the text-format file ``path``, or ValueError in TF Serving's words.
+
+    TF Serving's ParseProtoTextFile fails every config file it cannot read with "Invalid
+    protobuf file: '<path>'"; when the text does not parse, protobuf's parser has logged
+    "Error parsing text-format <message type>: <line>:<column>: <why>" just before, and the
+    error says both.
+    """
     try:
-        return text_format.Parse(Path(path).read_text(), message)
-    except (OSError, text_format.ParseError) as error:
+        text = Path(path).read_text()
+    except OSError as error:
         raise ValueError(f"Invalid protobuf file: '{path}': {error}") from None
+    try:
+        return text_format.Parse(text, message)
+    except text_format.ParseError as error:
+        raise ValueError(
+            f"Invalid protobuf file: '{path}': Error parsing text-format {message.DESCRIPTOR.full_name}: {error}"
+        ) from None

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -81,6 +82,20 @@ def _model_spec(match: re.Match) -> model_pb2.ModelSpec:
     return spec
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    """One thread per connection, with a listen backlog that takes a burst of new connections.
+
+    socketserver listens with a backlog of 5. Loopback clients opening more connections than
+    that at once (16 bench threads, a pool's first requests) overflowed it: Linux answered the
+    extra SYNs with SYN cookies, dropped their handshakes while the accept queue was full, and
+    reset those connections when their first request arrived (ConnectionResetError on a
+    fresh keep-alive connection). The kernel caps the backlog at ``net.core.somaxconn``.
+    """
+
+    request_queue_size = socket.SOMAXCONN
+    daemon_threads = True
+
+
 class RestServer:
     """A threaded HTTP server bound at construction (so a busy port fails start()).
 
@@ -101,8 +116,7 @@ class RestServer:
         self.max_body_bytes = max_body_bytes
         self.timeout = timeout
         handler = type("Handler", (_Handler,), {"rest": self})
-        self._http = ThreadingHTTPServer((host, port), handler)
-        self._http.daemon_threads = True
+        self._http = _HTTPServer((host, port), handler)
         self.port = self._http.server_address[1]
         self._thread = threading.Thread(target=self._http.serve_forever, name="rest", daemon=True)
 
@@ -133,7 +147,8 @@ class RestServer:
             "metadata": {"signature_def": rest_json.message_json(signature_defs)},
         }
 
-    def post_predict(self, spec: model_pb2.ModelSpec, body: Any) -> dict:
+    def post_predict(self, spec: model_pb2.ModelSpec, raw: bytes) -> dict:
+        body = rest_json.parse_json(raw)
         if not isinstance(body, dict):
             raise errors.InvalidArgument("JSON Value: request body must be a JSON object")
         signature_name = body.get("signature_name", "")
@@ -161,9 +176,9 @@ class RestServer:
         count = len(next(iter(outputs.values())))
         return {"predictions": [{alias: value[i] for alias, value in outputs.items()} for i in range(count)]}
 
-    def _examples_request(self, request, body: Any):
+    def _examples_request(self, request, raw: bytes):
         """Fill a Classify/Regress request from {"signature_name"?, "context"?, "examples": [...]}."""
-        body = rest_json.unb64(body)
+        body = rest_json.unb64(rest_json.parse_json(raw))
         if not isinstance(body, dict) or not isinstance(body.get("examples"), list):
             raise errors.InvalidArgument("'examples' must be a JSON array of examples")
         signature_name = body.get("signature_name", "")
@@ -178,13 +193,13 @@ class RestServer:
             request.input.example_list.examples.extend(examples)
         return request
 
-    def post_classify(self, spec: model_pb2.ModelSpec, body: Any) -> dict:
-        request = self._examples_request(classification_pb2.ClassificationRequest(model_spec=spec), body)
+    def post_classify(self, spec: model_pb2.ModelSpec, raw: bytes) -> dict:
+        request = self._examples_request(classification_pb2.ClassificationRequest(model_spec=spec), raw)
         result = self.core.classify(request, self.timeout).result
         return {"results": [[[c.label, c.score] for c in row.classes] for row in result.classifications]}
 
-    def post_regress(self, spec: model_pb2.ModelSpec, body: Any) -> dict:
-        request = self._examples_request(regression_pb2.RegressionRequest(model_spec=spec), body)
+    def post_regress(self, spec: model_pb2.ModelSpec, raw: bytes) -> dict:
+        request = self._examples_request(regression_pb2.RegressionRequest(model_spec=spec), raw)
         result = self.core.regress(request, self.timeout).result
         return {"results": [regression.value for regression in result.regressions]}
 
@@ -223,6 +238,10 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         started, model, code = time.perf_counter(), "", grpc.StatusCode.OK
         try:
+            # The whole body is read before anything can answer: a body left unread on a kept-alive
+            # connection would be parsed as the next request (an HTML 400 "Bad request syntax" for
+            # the client's next, valid one), and closing over unread bytes resets the connection.
+            raw = self._read_body()
             if method == "GET" and self.rest.monitoring.enabled and path == self.rest.monitoring.path:
                 self._send(HTTPStatus.OK, self.rest.core.metrics.exposition(), "text/plain; version=0.0.4")
                 return
@@ -239,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "classify": self.rest.post_classify,
                     "regress": self.rest.post_regress,
                 }[action]
-                self._json(HTTPStatus.OK, handler(spec, self._body()))
+                self._json(HTTPStatus.OK, handler(spec, raw))
         except errors.ServingError as error:
             code = error.code
             self._json(error.http_status, {"error": error.details})  # the type names its HTTP status
@@ -250,14 +269,19 @@ class _Handler(BaseHTTPRequestHandler):
         if model:
             self.rest.core.metrics.observe_request(model, f"REST {method}", code.name, time.perf_counter() - started)
 
-    def _body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
+    def _read_body(self) -> bytes:
+        """The request's Content-Length bytes; a body over the limit is left unread and the connection closed."""
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if not (text.isascii() and text.isdigit()):  # where this body ends is unknown
+            self.close_connection = True
+            raise errors.InvalidArgument(f"Malformed Content-Length: {text}")
+        length = int(text)
         if length > self.rest.max_body_bytes:
             self.close_connection = True
             raise errors.ResourceExhausted(
                 f"Request body of {length} bytes exceeds the limit of {self.rest.max_body_bytes}",
             )
-        return rest_json.parse_json(self.rfile.read(length))
+        return self.rfile.read(length)
 
     def do_GET(self) -> None:
         self._answer("GET")

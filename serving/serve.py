@@ -26,13 +26,19 @@ import dataclasses
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
 
-from fmnist.common import imagefile, names
-from fmnist.serving import loader, server
-from fmnist.serving.config import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MODEL_NAME, ServerConfig
+from fmnist.common import imagefile, logs, names, quiet
+from fmnist.serving.config import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MODEL_NAME,
+    MIXED_PRECISION_MODES,
+    SERVE_TAG,
+    ServerConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +196,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     tf_flags.add_argument(
         "--saved_model_tags",
-        default=loader.SERVE_TAG,
+        default=SERVE_TAG,
         metavar="TAGS",
         help="comma-separated tags of the meta graph to load (default serve)",
     )
@@ -199,7 +205,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     tf_flags.add_argument(
         "--mixed_precision",
         default="",
-        choices=loader.MIXED_PRECISION_MODES,
+        choices=MIXED_PRECISION_MODES,
         metavar="MODE",
         help="bfloat16: run matmuls and convolutions in bfloat16 (pays on CPUs with "
         "AVX512-BF16 or AMX: about 1.5x the cnn's throughput here); default off",
@@ -250,11 +256,15 @@ def _tf_serving_argv(binary: str, args: argparse.Namespace, parser: argparse.Arg
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``fmnist serve``: 0 after a clean stop, 1 when the server cannot start, 2 for a usage error (or never
-    returns: the real binary replaces this process)."""
+    returns: the real binary replaces this process).
+
+    Flags, their combinations and the ports are checked before TensorFlow is imported or any
+    model loads, so a mistyped flag or a busy port is one line at once, not after the load.
+    """
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     name = parser.prog
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level)
     binary = shutil.which(TF_SERVING_BINARY)
     handed_off = HANDED_OFF in os.environ  # a tensorflow_model_server that this command ran runs it again
     if args.use_tf_serving:
@@ -274,14 +284,46 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         os.execve(binary, command, {**os.environ, HANDED_OFF: "1"})
     if binary and handed_off and not args.use_embedded:
         log.info("%s was run by %s; serving embedded rather than running it again", name, binary)
+    try:
+        config = config_from(args)
+    except ValueError as error:  # flags that contradict each other
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return 2
     for flag in _HINT_FLAGS:
         if getattr(args, flag) is not None:
             log.info("--%s is a tuning hint of %s; the embedded server ignores it", flag, TF_SERVING_BINARY)
     try:
-        return server.run(config_from(args))
+        check_ports(config)
+        quiet.import_tensorflow()  # the server needs it; its C++ start-up banner stays off stderr
+        from fmnist.serving import server
+
+        return server.run(config)
     except (ValueError, OSError) as error:
         print(f"{name}: error: {error}", file=sys.stderr)
         return 1
+
+
+def check_ports(config: ServerConfig) -> None:
+    """OSError naming the first of the gRPC and REST ports that cannot be bound (0, any free port, always can).
+
+    Each is bound once and let go, as the servers will bind it (``SO_REUSEADDR``, so a port a
+    stopped server left in TIME_WAIT is free), so a busy port is reported before the models
+    load. tensorflow_model_server finds out only when it binds, after loading, and exits with
+    "Failed to BuildAndStart gRPC server". Another process can still take the port in between;
+    then the bind at start-up reports it in the same words.
+    """
+    for api, port in (("gRPC", config.port), ("REST", config.rest_api_port)):
+        if not port:
+            continue
+        try:
+            family, kind, protocol, _, address = socket.getaddrinfo(
+                config.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            with socket.socket(family, kind, protocol) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as error:
+            raise OSError(f"cannot bind {api} to {config.address(port)}: {error.strerror or error}") from None
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:

@@ -105,13 +105,9 @@ class Server:
         self.stop()
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _bind(server: grpc.Server, config: ServerConfig) -> int:
     """Bind the gRPC port (TLS if configured) and, with --grpc_socket_path, a Unix socket."""
-    address = _address(config.host, config.port)
+    address = config.address(config.port)
     credentials = config.server_credentials()
     try:
         if credentials is not None:
@@ -236,9 +232,12 @@ def start(
             from fmnist.serving import rest  # only servers with REST pay for it
 
             timeout = config.rest_api_timeout_in_ms / 1000 if config.rest_api_timeout_in_ms > 0 else None
-            rest_server = rest.RestServer(
-                core, config.host, config.rest_api_port, monitoring, config.max_message_bytes, timeout
-            )
+            try:
+                rest_server = rest.RestServer(
+                    core, config.host, config.rest_api_port, monitoring, config.max_message_bytes, timeout
+                )
+            except OSError as error:
+                raise OSError(f"cannot bind REST to {config.address(config.rest_api_port)}: {error.strerror}") from None
     except (OSError, ValueError):
         grpc_server.stop(None)
         if scheduler is not None:
@@ -255,9 +254,9 @@ def start(
         server.config_watcher = _watch_config_file(
             config.model_config_file, config.model_config_file_poll_wait_seconds, manager, server.stopping
         )
-    log.info("Running gRPC ModelServer at %s ...", _address(config.host, port))
+    log.info("Running gRPC ModelServer at %s ...", config.address(port))
     if rest_server is not None:
-        log.info("Exporting HTTP/REST API at %s ...", _address(config.host, rest_server.port))
+        log.info("Exporting HTTP/REST API at %s ...", config.address(rest_server.port))
     return server
 
 

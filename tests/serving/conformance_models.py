@@ -29,12 +29,12 @@ class ConformanceModels:
     half_plus_two_2_versions: Path  # versions 123 and 124 (folders 00000123, 00000124)
     half_plus_three: Path  # version 123; y = 0.5 x + 3
     counter: Path  # version 1; get_counter, incr_counter, incr_counter_by, reset_counter
-    tf2: Path  # version 1; tf.function signature x:[None, 1] float32 → y = 0.5 x + 2
+    tf2: Path  # version 1; tf.functions y = 0.5 x + 2: serving_default (x:[None, 1]), regress/classify_x_to_y
     keras: Path  # version 1; Dense(1) with weight 0.5 and bias 2, exported by Keras
     no_shape: Path  # version 1; predict signature whose input declares no shape
 
 
-def _half_plus(path: Path, b: float) -> None:
+def half_plus(path: Path, b: float) -> None:
     """saved_model_half_plus_two.py's graph: a=0.5, b, c=3; x and x2 parsed from tf.Examples."""
     graph = tf.Graph()
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
@@ -110,7 +110,12 @@ def _no_shape(path: Path) -> None:
         _save_v1(session, path, {"serving_default": signature})
 
 
+_EXAMPLES = tf.TensorSpec([None], tf.string, name="inputs")  # serialized tf.Examples
+
+
 class _HalfPlusTwo(tf.Module):
+    """saved_model_half_plus_two_tf2's functions: predict over x, regress and classify over tf.Examples."""
+
     def __init__(self):
         super().__init__()
         self.a = tf.Variable(0.5)
@@ -120,10 +125,24 @@ class _HalfPlusTwo(tf.Module):
     def serve(self, x):
         return {"y": self.a * x + self.b}
 
+    def _y(self, serialized):
+        x = tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([1], tf.float32)})["x"]
+        return self.a * x + self.b
+
+    @tf.function(input_signature=[_EXAMPLES])
+    def regress(self, inputs):
+        return {"outputs": self._y(inputs)}
+
+    @tf.function(input_signature=[_EXAMPLES])
+    def classify(self, inputs):
+        return {"scores": self._y(inputs)}
+
 
 def _tf2(path: Path) -> None:
+    """Each signature its own function, fed through its own placeholder (regress_x_to_y_inputs:0, ...)."""
     module = _HalfPlusTwo()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    signatures = {"serving_default": module.serve, "regress_x_to_y": module.regress, "classify_x_to_y": module.classify}
+    tf.saved_model.save(module, str(path), signatures=signatures)
 
 
 def _keras(path: Path) -> None:
@@ -145,10 +164,10 @@ def build_all(root: Path) -> ConformanceModels:
         keras=root / "saved_model_half_plus_two_keras",
         no_shape=root / "saved_model_no_shape",
     )
-    _half_plus(models.half_plus_two / "00000123", 2.0)
+    half_plus(models.half_plus_two / "00000123", 2.0)
     for version in TWO_VERSIONS:
-        _half_plus(models.half_plus_two_2_versions / version, 2.0)
-    _half_plus(models.half_plus_three / "00000123", 3.0)
+        half_plus(models.half_plus_two_2_versions / version, 2.0)
+    half_plus(models.half_plus_three / "00000123", 3.0)
     _counter(models.counter / "1")
     _tf2(models.tf2 / "1")
     _keras(models.keras / "1")

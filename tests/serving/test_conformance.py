@@ -211,6 +211,21 @@ def test_regress(default_server):
 
 def test_multi_inference(default_server):
     """TMS testMultiInference: a regress and a classify task over one example, both 3.0."""
+    verify_multi_inference(default_server, 123)
+
+
+def test_multi_inference_tf2(tfs_models):
+    """TMS testMultiInferenceTf2: the same tasks on a TF2 export, whose regress_x_to_y and
+    classify_x_to_y are functions fed through placeholders of their own (names that differ)."""
+    server = start(tfs_models.tf2)
+    try:
+        verify_multi_inference(server, 1)
+    finally:
+        server.stop()
+
+
+def verify_multi_inference(server: serving_server.Server, version: int) -> None:
+    """TMS _TestMultiInference: regress_x_to_y and classify_x_to_y of x=2 are 3.0; specs echoed."""
     request = inference_pb2.MultiInferenceRequest()
     for signature, method in (
         ("regress_x_to_y", "tensorflow/serving/regress"),
@@ -220,14 +235,14 @@ def test_multi_inference(default_server):
         task.model_spec.name = "default"
         task.model_spec.signature_name = signature
     example_input(request)
-    result = stubs(default_server).predictions.MultiInference(request, RPC_TIMEOUT)
+    result = stubs(server).predictions.MultiInference(request, RPC_TIMEOUT)
     assert len(result.results) == 2
     assert result.results[0].regression_result.regressions[0].value == 3.0
     assert result.results[1].classification_result.classifications[0].classes[0].score == 3.0
-    for task, answer in zip(request.tasks, result.results, strict=False):
+    for task, answer in zip(request.tasks, result.results, strict=True):
         assert answer.model_spec.name == task.model_spec.name
         assert answer.model_spec.signature_name == task.model_spec.signature_name
-        assert answer.model_spec.version.value == 123
+        assert answer.model_spec.version.value == version
 
 
 @pytest.mark.parametrize("batch_input", [False, True])
@@ -278,11 +293,15 @@ def test_good_model_config(tfs_models, tmp_path):
 
 
 def test_bad_model_config(tmp_path, capsys):
-    """TMS testBadModelConfig: an unparsable config file stops start-up with "Invalid protobuf file: '<path>'"."""
+    """TMS testBadModelConfig: an unparsable config file stops start-up; stderr holds protobuf's
+    "Error parsing text-format tensorflow.serving.ModelServerConfig" (the words TMS looks for) and
+    ParseProtoTextFile's "Invalid protobuf file: '<path>'"."""
     bad = tmp_path / "bad_model_config.txt"
     bad.write_text("improperly formatted file")
     assert serve.main(["--port", "0", "--model_config_file", str(bad)], prog="fmnist serve") == 1
-    assert f"Invalid protobuf file: '{bad}'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in err
+    assert f"Invalid protobuf file: '{bad}'" in err
 
 
 def test_good_grpc_channel_args(tfs_models):
@@ -1033,6 +1052,8 @@ def test_tuning_hint_flags_are_accepted_and_logged_once(tfs_models, caplog, monk
     ran = []
     monkeypatch.setattr(serving_server, "run", lambda config: ran.append(config) or 0)
     argv = [
+        "--port",
+        "0",  # fmnist serve binds its port before it runs the server: 8500 may be taken on this machine
         "--model_base_path",
         str(tfs_models.half_plus_two),
         "--rest_api_num_threads",

@@ -824,7 +824,7 @@ def test_cli_help_and_bad_configuration(capsys, tmp_path):
     with pytest.raises(SystemExit) as done:
         serve.main(["--help"], prog="fmnist serve")
     assert done.value.code == 0 and "--model_base_path" in capsys.readouterr().out
-    assert serve.main(["--port", "0"], prog="fmnist serve") == 1
+    assert serve.main(["--port", "0"], prog="fmnist serve") == 2  # a usage error, found before any work
     error = capsys.readouterr().err.strip()
     assert error == "fmnist serve: error: one of --model_base_path or --model_config_file is required"
     bad = tmp_path / "batching.config"
@@ -844,6 +844,56 @@ def test_cli_help_and_bad_configuration(capsys, tmp_path):
     assert code == 1 and capsys.readouterr().err.strip().endswith(
         "final entry in allowed_batch_sizes must equal max_batch_size"
     )
+
+
+# Runs fmnist serve's command line in a fresh interpreter, then says whether TensorFlow was imported:
+# what a start-up mistake must be refused without (so without loading any model either).
+_SERVE_THEN_REPORT_TENSORFLOW = """
+import sys
+from fmnist import cli
+try:
+    code = cli.main(["serve", "--use-embedded", *sys.argv[1:]])
+except SystemExit as usage:  # argparse's way out
+    code = usage.code
+print("tensorflow imported" if "tensorflow.python" in sys.modules else "tensorflow not imported")
+sys.exit(code)
+"""
+
+
+def _serve_mistake(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", _SERVE_THEN_REPORT_TENSORFLOW, *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("api", ["gRPC", "REST"])
+def test_a_busy_port_is_one_line_before_tensorflow_or_any_model_loads(tmp_path, api):
+    """tensorflow_model_server finds a busy port only after loading every model (Failed to BuildAndStart
+    gRPC server); fmnist serve binds each port first and stops with one line naming it, exit 1."""
+    write_classifier(tmp_path / "m" / "1")  # a model that would load, were it tried
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = ["--port", str(port)] if api == "gRPC" else ["--port", "0", "--rest_api_port", str(port)]
+        done = _serve_mistake(*ports, "--model_base_path", str(tmp_path / "m"))
+    assert done.returncode == 1
+    assert done.stderr == f"fmnist serve: error: cannot bind {api} to 0.0.0.0:{port}: Address already in use\n"
+    assert done.stdout == "tensorflow not imported\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model_base_pth", "/m"], "unrecognized arguments: --model_base_pth /m"),
+        (["--port", "8600", "--rest_api_port", "8600", "--model_base_path", "/m"], "--rest_api_port cannot be"),
+    ],
+)
+def test_a_mistyped_flag_is_a_usage_error_before_tensorflow_is_imported(args, message):
+    done = _serve_mistake(*args)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].startswith("fmnist serve: error: ") and message in done.stderr
+    assert done.stdout == "tensorflow not imported\n"
 
 
 def test_fmnist_serve_listens_on_all_interfaces_unless_told_otherwise():
@@ -991,9 +1041,9 @@ def test_the_hand_off_marks_the_binarys_environment_and_a_marked_or_embedded_run
     path, argv, env = handed.value.args
     assert (path, argv[1:]) == (str(stand_in), ["--port=8500", "--model_base_path=/m"])
     assert env[serve.HANDED_OFF] == "1"
-    assert serve.main(["--use-embedded", "--model_base_path", "/m"], prog="fmnist serve") == 0
+    assert serve.main(["--use-embedded", "--port", "0", "--model_base_path", "/m"], prog="fmnist serve") == 0
     monkeypatch.setenv(serve.HANDED_OFF, "1")  # run by the stand-in: serve, do not hand off again
-    assert serve.main(["--model_base_path", "/m"], prog="fmnist serve") == 0
+    assert serve.main(["--port", "0", "--model_base_path", "/m"], prog="fmnist serve") == 0
     assert [config.model_base_path for config in ran] == ["/m", "/m"]
     assert serve.main(["--use-tf-serving", "--model_base_path", "/m"], prog="fmnist serve") == 2
     assert "it is a stand-in, not the real server" in capsys.readouterr().err
