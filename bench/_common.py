@@ -21,6 +21,7 @@ import time
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -185,17 +186,28 @@ class ServerProcess:
         return usage.ru_maxrss / 1024
 
 
-# Runs argv[2:] and writes "exit-code peak-KiB wall-seconds" of it to the file argv[1]. Linux carries a
+# Runs argv[2:] and writes "exit-code peak-KiB wall-seconds cpu-seconds" of it to the file argv[1]. Linux carries a
 # process's peak RSS over fork and exec, so a child of this process (which has TensorFlow loaded) would
-# report at least this process's peak; a child of this small interpreter reports its own.
+# report at least this process's peak; a child of this small interpreter reports its own. The CPU seconds
+# are the command's and those of the children it waited for (user and system).
 _MEASURE = """
 import os, subprocess, sys, time
 started = time.perf_counter()
 child = subprocess.Popen(sys.argv[2:])
 _, status, usage = os.wait4(child.pid, 0)
 with open(sys.argv[1], "w") as report:
-    report.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss} {time.perf_counter() - started}")
+    cpu = usage.ru_utime + usage.ru_stime
+    report.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss} {time.perf_counter() - started} {cpu}")
 """
+
+
+class ChildRun(NamedTuple):
+    """What :func:`run_child` measured of one command."""
+
+    code: int  # its exit code
+    wall_s: float
+    peak_rss_mib: float  # the largest of the command and the children it waited for
+    cpu_s: float  # user + system, the command's and its waited-for children's
 
 
 def run_child(
@@ -204,10 +216,9 @@ def run_child(
     cwd: Path = ROOT,
     env: dict[str, str] | None = None,
     while_running: Callable[[int], None] | None = None,
-) -> tuple[int, float, float]:
-    """(exit code, wall seconds, peak RSS MiB) of a command run in ``cwd``, its output to ``log_path``.
+) -> ChildRun:
+    """What a command run in ``cwd`` cost (:class:`ChildRun`), its output to ``log_path``.
 
-    The peak is the largest of the command and the children it waited for.
     ``while_running`` is called with the command's pid every 50 ms while it runs.
     """
     report = log_path.with_suffix(".rusage")
@@ -221,8 +232,8 @@ def run_child(
             time.sleep(0.05)
     if helper.returncode != 0:
         raise RuntimeError(f"could not run {argv[0]}; see {log_path}")
-    code, peak_kib, wall = report.read_text().split()
-    return int(code), float(wall), int(peak_kib) / 1024
+    code, peak_kib, wall, cpu = report.read_text().split()
+    return ChildRun(int(code), float(wall), int(peak_kib) / 1024, float(cpu))
 
 
 def children(pid: int) -> list[int]:

@@ -13,17 +13,23 @@ starts the embedded server in a child process, and runs, side by side:
 - with ``--mixed-precision``, the served job on all files once more against a
   server started with ``--mixed_precision=bfloat16``;
 - ``fmnist batch --in-process`` (Beam RunInference, no server) on all files;
+- the lean loop (``bench/lean.py``), the anchor the job is measured by: served on
+  the same server and files with 4 and with 1 request in flight, and in-process on
+  the same version (``fmnist batch`` ÷ lean is the ratio to watch);
+- with ``--formats``, the served job writing parquet, csv and tfrecord;
 - a naive loop reading one file and sending it as one request, over
   ``--naive-count`` files.
 
 Every job runs as its own process (``python -m fmnist.batch.job``), so its peak RSS
-comes from ``wait4``; its rate is the job's own (``summary.json``: pipeline
+and CPU come from ``wait4``; its rate is the job's own (``summary.json``: pipeline
 start to finish, without interpreter and TensorFlow start-up, which the wall
-column includes).
+column includes); the lean loop's rate is its loop's. ``cpu_us_per_file`` is the
+whole process's (start-up included, workers included), per file.
 
 Usage::
 
     python bench/batch.py                # 10,000 files, a few minutes on 2 cores
+    python bench/batch.py --count 20000  # 20,000 files
     python bench/batch.py --large        # 100,000 files
     python bench/batch.py --quick        # 2,000 files
     python bench/batch.py --count 5000 --batch-size 64 --images-dir /tmp/pngs
@@ -100,7 +106,7 @@ def run_job(
     if batch_size:
         argv += ["--batch-size", str(batch_size)]
     env = None if tree == _common.ROOT else {**os.environ, "PYTHONPATH": str(tree)}
-    code, wall, rss = _common.run_child(argv, work / f"{slug}.log", cwd=tree, env=env)
+    code, wall, rss, cpu = _common.run_child(argv, work / f"{slug}.log", cwd=tree, env=env)
     if code != 0:
         raise RuntimeError(f"{label} job failed ({code}); see {work / f'{slug}.log'}")
     summary = json.loads((output / "summary.json").read_text())
@@ -113,10 +119,37 @@ def run_job(
         "images_per_s": files / summary["elapsed_seconds"],
         "us_per_file": summary["elapsed_seconds"] / files * 1e6,
         "wall_s": wall,
+        "cpu_us_per_file": cpu / files * 1e6,
         "peak_rss_mib": rss,
     }
     print(f"  {label} {files} files: {row['images_per_s']:,.0f} images/s, peak {rss:.0f} MiB", flush=True)
     return row
+
+
+def run_lean(label: str, input_dir: Path, files: int, source: list[str], work: Path) -> dict:
+    """One ``bench/lean.py`` run as a child process: its own rate (the loop, without start-up) and, like
+    :func:`run_job`'s, the whole process's CPU and peak RSS."""
+    slug = label.replace(", ", "-").replace(" ", "-")
+    argv = [sys.executable, str(_common.ROOT / "bench" / "lean.py"), "--input", str(input_dir)]
+    argv += ["--output", str(work / f"{slug}.jsonl"), *source]
+    log = work / f"{slug}.log"
+    code, wall, rss, cpu = _common.run_child(argv, log)
+    if code != 0:
+        raise RuntimeError(f"{label} failed ({code}); see {log}")
+    measured = json.loads(log.read_text().strip().splitlines()[-1])
+    if measured["files"] != files:
+        raise RuntimeError(f"{label}: {measured['files']} of {files} files")
+    print(f"  {label} {files} files: {measured['images_per_s']:,.0f} images/s, peak {rss:.0f} MiB", flush=True)
+    return {
+        "mode": label,
+        "files": files,
+        "seconds": measured["seconds"],
+        "images_per_s": measured["images_per_s"],
+        "us_per_file": measured["seconds"] / files * 1e6,
+        "wall_s": wall,
+        "cpu_us_per_file": cpu / files * 1e6,
+        "peak_rss_mib": rss,
+    }
 
 
 def naive_loop(target: str, paths: list[Path]) -> dict:
@@ -169,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         "with this checkout's, and print this checkout's rate ÷ its",
     )
     parser.add_argument(
+        "--formats",
+        action="store_true",
+        help="also run the served job with --format parquet, csv and tfrecord",
+    )
+    parser.add_argument(
         "--mixed-precision",
         action="store_true",
         help="also serve with --mixed_precision=bfloat16 and run the job against that server",
@@ -216,6 +254,28 @@ def main(argv: list[str] | None = None) -> int:
                 "served, 2 workers", every, args.count, ["--server", server.target, *TWO_WORKERS], args.batch_size, work
             )
         )
+        for in_flight in (4, 1):  # the lean loop on the same server and files: the anchor of the served job
+            rows.append(
+                run_lean(
+                    f"lean, {in_flight} in flight",
+                    every,
+                    args.count,
+                    ["--server", server.target, "--in-flight", str(in_flight)],
+                    work,
+                )
+            )
+        if args.formats:
+            for form in ("parquet", "csv", "tfrecord"):
+                rows.append(
+                    run_job(
+                        f"served, {form}",
+                        every,
+                        args.count,
+                        ["--server", server.target, "--format", form],
+                        args.batch_size,
+                        work,
+                    )
+                )
         if args.baseline:
             tree = _common.extract_tree(args.baseline, work / "baseline")
             for n in (1, 2):  # alternating with this checkout's, on the same server
@@ -248,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
     rows.append(run_job("in-process", every, args.count, ["--in-process", str(model_base)], args.batch_size, work))
+    version = sorted(p for p in model_base.iterdir() if p.name.isdigit())[-1]
+    rows.append(run_lean("lean, in-process", every, args.count, ["--model-dir", str(version)], work))
 
     served = [r for r in rows if r["mode"] == "served"]
     slope, fixed = np.polyfit([r["files"] for r in served], [r["seconds"] for r in served], 1)
@@ -261,6 +323,14 @@ def main(argv: list[str] | None = None) -> int:
         "fixed seconds per job (served)": fixed,
         "peak RSS growth, smallest to largest run (MiB)": served[-1]["peak_rss_mib"] - served[0]["peak_rss_mib"],
     }
+    mode = {r["mode"]: r for r in rows}
+    ratios["served / lean, 4 in flight"] = full["images_per_s"] / mode["lean, 4 in flight"]["images_per_s"]
+    ratios["served / lean, 1 in flight"] = full["images_per_s"] / mode["lean, 1 in flight"]["images_per_s"]
+    ratios["in-process / lean, in-process"] = in_process["images_per_s"] / mode["lean, in-process"]["images_per_s"]
+    for form in ("parquet", "csv", "tfrecord") if args.formats else ():
+        ratios[f"served, {form} / lean, 4 in flight"] = (
+            mode[f"served, {form}"]["images_per_s"] / mode["lean, 4 in flight"]["images_per_s"]
+        )
     two_workers = next(r for r in rows if r["mode"] == "served, 2 workers")
     ratios["served, 2 workers / served"] = two_workers["images_per_s"] / full["images_per_s"]
     if args.baseline:
@@ -271,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         bfloat16 = next(r for r in rows if r["mode"] == "served, bfloat16 server")
         ratios["served, bfloat16 server / served"] = bfloat16["images_per_s"] / full["images_per_s"]
     print(f"\nBatch job, {args.profile}, {args.count:,} PNG files, --batch-size {args.batch_size or 'default'}\n")
-    print(_common.table(rows, ["mode", "files", "seconds", "images_per_s", "us_per_file", "wall_s", "peak_rss_mib"]))
+    columns = ["mode", "files", "seconds", "images_per_s", "us_per_file", "wall_s", "cpu_us_per_file", "peak_rss_mib"]
+    print(_common.table(rows, columns))
     print()
     for name, value in ratios.items():
         print(f"{name}: {value:.3g}")

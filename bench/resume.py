@@ -61,7 +61,7 @@ sys.exit(job.main(sys.argv[3:]))
 def run(label: str, checkpoints: bool, argv: list[str], log: Path) -> tuple[float, float]:
     """(the job's own seconds (summary.json), pipeline start to finish; its CPU seconds in that time)."""
     cpu_file = log.with_suffix(".cpu")
-    code, wall, rss = _common.run_child(
+    code, wall, rss, _ = _common.run_child(
         [sys.executable, "-c", _CHILD, "on" if checkpoints else "off", str(cpu_file), *argv], log
     )
     if code != 0:

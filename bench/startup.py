@@ -112,7 +112,7 @@ def _run(name: str, tree: Tree, argv: list[str], log_path: Path, worker_peaks: d
             worker_peaks[pid] = max(worker_peaks.get(pid, 0), _peak_kib(pid))
             pending += _common.children(pid)
 
-    code, wall, peak = _common.run_child(
+    code, wall, peak, _ = _common.run_child(
         argv, log_path, cwd=tree.path, env=_env(tree), while_running=sample if worker_peaks is not None else None
     )
     if code != 0:
