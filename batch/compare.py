@@ -5,7 +5,7 @@ batch`` does (:mod:`batch.readers`), then each batch goes to the server twice: o
 naming the baseline, once the candidate, each as a version number or a
 version label (TF Serving's ``version_label``: ``stable``, ``canary``; any
 ``V`` that is not a number is a label). Rejected batches are bisected
-(:func:`batch.inference.classify`), so a bad file is an error, not a failed job
+(:func:`batch.inference.predict_splitting_rejected`), so a bad file is an error, not a failed job
 (:mod:`batch.compare_steps`). The launcher writes ``comparison.json`` (agreement,
 flips from baseline to candidate class, the versions that answered each side,
 accuracy of each for labelled folders; :mod:`batch.comparison`), sharded

@@ -21,7 +21,7 @@ from apache_beam.metrics import Metrics
 
 from fmnist.batch import output, progress, records
 from fmnist.batch.comparison import GALLERY_SIZE
-from fmnist.batch.inference import NAMESPACE, Predict, Scores, ServerSettings, classify_read, is_rejected_input
+from fmnist.batch.inference import NAMESPACE, Predict, Scores, ServerSettings, is_rejected_input, predict_read_batch
 from fmnist.batch.options import CompareConfig, Version
 from fmnist.batch.outcomes import Classified, Failed, Image, Outcome
 from fmnist.batch.steps import ERRORS, GALLERY, RECORDS, TALLIES, ReadInputs, WriteGallery, WriteTallies
@@ -51,7 +51,7 @@ def predictor(client: PredictionClient, version: Version) -> Predict:
 class _AskBothVersions(beam.DoFn):
     """A read batch → one (baseline outcome, candidate outcome) pair per file: two requests, one per version.
 
-    Each side goes through :func:`~batch.inference.classify_read`, so retries
+    Each side goes through :func:`~batch.inference.predict_read_batch`, so retries
     and bisection are the batch job's; files that failed to read are the same
     :class:`Failed` on both sides. A serving error that stops the job is noted
     in ``failures`` first, for the launcher.
@@ -80,13 +80,13 @@ class _AskBothVersions(beam.DoFn):
     def process(self, batch: list[Image | Failed]) -> Iterator[list[tuple[Outcome, Outcome]]]:
         try:
             baseline, candidate = (
-                classify_read(batch, predict, is_rejected_input, max_request_bytes=self._max_request_bytes)
+                predict_read_batch(batch, predict, is_rejected_input, max_request_bytes=self._max_request_bytes)
                 for predict in self._predict
             )
         except ServingError as error:
             self._failures.note(error)
             raise
-        # classify_read keeps the batch's order within read failures and images alike, so the sides line up
+        # predict_read_batch keeps the batch's order within read failures and images alike, so the sides line up
         yield list(zip(baseline, candidate, strict=True))
 
     def teardown(self) -> None:

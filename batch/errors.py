@@ -70,13 +70,3 @@ class ServerLost(ServingFailed):
 def stopped_by(error: errors.ServingError, rerun: str) -> ServingFailed:
     """The job's error for a serving error a worker stopped it on: :class:`ServerLost` when the server went away."""
     return ServerLost(error, rerun) if isinstance(error, _SERVER_GONE) else ServingFailed(error)
-
-
-class BatchFailed(Exception):
-    """A batch the model failed on for a reason of its own (not a rejected file, not the server's availability).
-
-    It never leaves the pipeline, so it has no exit code:
-    ``RunInference(...).with_exception_handling`` catches exactly this class
-    (:class:`batch.job_steps.Classify`), so such a batch becomes error
-    records and the job goes on; any other exception fails the job.
-    """

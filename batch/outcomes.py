@@ -35,9 +35,7 @@ class Reason:
     UNSUPPORTED_FORMAT = imagefile.UNSUPPORTED_FORMAT
     TOO_LARGE = imagefile.TOO_LARGE
     REJECTED = "rejected_by_model"  # the model could not decode it (INVALID_ARGUMENT)
-    INFERENCE_FAILED = (
-        "inference_failed"  # the model failed on its batch for another reason (RunInference's dead letters)
-    )
+    INFERENCE_FAILED = "inference_failed"  # the model failed on its batch as a whole, for another reason
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,7 @@ class PredictionClient:
         response = self._call(self._models.HandleReloadConfigRequest, request, timeout)
         if response.status.error_code:  # a failed reload's status may also come here, in an OK RPC
             code = status_code(response.status.error_code)
-            raise from_code(code, _one_line(response.status.error_message), target=self.target)
+            raise from_code(code, one_line(response.status.error_message), target=self.target)
 
     def wait_until_available(self, timeout: float = 30.0, not_found_grace: float | None = None) -> int:
         """Block until some version is AVAILABLE and return the newest such; raise ServingError after ``timeout`` s.
@@ -236,7 +236,7 @@ class PredictionClient:
             except grpc.RpcError as error:
                 if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
                     raise self._error(error) from None
-                last = f"{error.code().name}: {_one_line(error.details())}"
+                last = f"{error.code().name}: {one_line(error.details())}"
                 if error.code() == grpc.StatusCode.NOT_FOUND:
                     first_not_found = first_not_found or time.monotonic()
                     if not_found_grace is not None and time.monotonic() - first_not_found >= not_found_grace:
@@ -323,7 +323,7 @@ class PredictionClient:
             attempt += 1
 
     def _error(self, error: grpc.RpcError) -> ServingError:
-        return from_code(error.code(), _one_line(error.details()), target=self.target)
+        return from_code(error.code(), one_line(error.details()), target=self.target)
 
 
 def open_channel(
@@ -384,6 +384,7 @@ def _ip_family(address: str) -> str | None:
         return None
 
 
-def _one_line(text: str | None) -> str:
-    """Server messages (TF op errors especially) span lines; logs and CLIs want one."""
+def one_line(text: str | None) -> str:
+    """A server's message as one line: TF's op errors span several, and may end in spaces; logs and CLIs want
+    one."""
     return " ".join((text or "").split())
