@@ -41,7 +41,7 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 from fmnist.batch import progress
 from fmnist.batch.errors import FAILED, INTERRUPTED, JobError, stopped_by
 from fmnist.batch.inference import ServerSettings
-from fmnist.batch.output import FailureNotes
+from fmnist.batch.output import FailureNotes, scratch_removed_on_failure
 from fmnist.common import quiet
 from fmnist.common.client import PredictionClient
 from fmnist.common.errors import ServingError
@@ -108,9 +108,13 @@ def execute(
     ``failures``: the job's error is then :func:`~batch.errors.stopped_by` of
     that note (a lost server's line says to run again with ``rerun``), whatever
     Beam made of the worker's exception. Notes of a failure the runner
-    retried past are removed with the others.
+    retried past are removed with the others. A run that fails leaves no
+    scratch in the output folder (:func:`~batch.output.scratch_removed_on_failure`).
     """
-    with progress.Progress(total, every=progress_seconds, stream=stream) as shown:
+    with (
+        progress.Progress(total, every=progress_seconds, stream=stream) as shown,
+        scratch_removed_on_failure(failures.output),
+    ):
         build_into(pipeline, shown.address)
         try:
             result = pipeline.run()

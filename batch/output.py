@@ -27,13 +27,14 @@ the launcher alone reads and removes them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TextIO
@@ -129,21 +130,42 @@ def is_finished(output: str) -> bool:
 
 
 def clear_output(output: str, results: list[str]) -> None:
-    """Remove ``results`` (being overwritten) and the scratch an interrupted run left.
+    """Remove ``results`` (being overwritten) and the scratch an interrupted run left (:func:`remove_scratch`)."""
+    if results:
+        FileSystems.delete(results)
+    remove_scratch(output)
 
-    Scratch (Beam's ``beam-temp-*`` folders, the tallies, the gallery, failure
-    notes) always goes: it is no one's result, and a run that finished removed
-    its own. Files that are not the job's are never touched.
+
+def remove_scratch(output: str) -> None:
+    """Remove the scratch in ``output``: Beam's ``beam-temp-*`` folders, the tallies, the gallery, failure notes.
+
+    It is no one's result: a run that finishes removes its own, a run that
+    fails too (:func:`scratch_removed_on_failure`), and the next run removes
+    what an interrupted one left. Files that are not the job's are never touched.
     """
     # Beam's match lists files, so a temp folder goes with its files; locally, empty ones go too.
     patterns = ("beam-temp-**", COUNTS_FILE, GALLERY_FILE, f"{_FAILURE_PREFIX}*")
     scratch = [path for pattern in patterns for path in listed(output, pattern)]
-    if results or scratch:
-        FileSystems.delete(results + scratch)
+    if scratch:
+        FileSystems.delete(scratch)
     if os.path.isdir(output):
         for name in os.listdir(output):
             if name.startswith("beam-temp-"):
                 shutil.rmtree(os.path.join(output, name), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_removed_on_failure(output: str) -> Iterator[None]:
+    """Around a run: if it fails, remove its scratch (:func:`remove_scratch`) and, when the run made ``output``
+    and left nothing else in it, the folder too. Checkpoints stay, for ``--resume``."""
+    existed = os.path.isdir(output)
+    try:
+        yield
+    except BaseException:
+        remove_scratch(output)
+        if not existed and os.path.isdir(output) and not os.listdir(output):
+            os.rmdir(output)
+        raise
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -33,7 +33,7 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from fmnist.batch.errors import JobError
-from fmnist.batch.outcomes import Failed, Image, Reason
+from fmnist.batch.outcomes import Failed, Image, Reason, uncarried
 from fmnist.batch.threaded import ThreadedDoFn
 from fmnist.common import imagefile, names
 from fmnist.common.apis import prediction_log_pb2  # the protos alone (no TensorFlow runtime)
@@ -153,7 +153,8 @@ class LoggedImages(beam.DoFn):
 
 
 class ReadImages(ThreadedDoFn):
-    """A batch of (path, matched size) → one list holding each file's :class:`Image` or :class:`Failed`.
+    """A batch of (path, matched size) → one list holding each file's :class:`Image` or :class:`Failed`; each path
+    as :func:`~batch.outcomes.carried` gives it.
 
     From here to the writers a batch, not a file, is the element: Beam's
     per-element work in the Python SDK (a few microseconds per step) was
@@ -171,8 +172,8 @@ class ReadImages(ThreadedDoFn):
         super().setup()
         self._file_systems: dict[str | None, FileSystem] = {}
 
-    def work(self, batch: list[tuple[str, int]]) -> list[list[Image | Failed]]:
-        return [[self._read(path, size) for path, size in batch]]
+    def work(self, batch: list[tuple[bytes, int]]) -> list[list[Image | Failed]]:
+        return [[self._read(uncarried(path), size) for path, size in batch]]
 
     def _file_system(self, path: str) -> FileSystem:
         """One file system per scheme: ``FileSystems`` makes a new one for every call (a tenth of the job's time)."""

@@ -23,7 +23,7 @@ import apache_beam as beam
 from PIL import Image as PILImage
 
 from fmnist.batch import summary as summary_lib
-from fmnist.batch.outcomes import Classified, Outcome
+from fmnist.batch.outcomes import Classified, Outcome, carried, utf8_text
 from fmnist.common import names
 
 REPORT_FILE = "report.html"
@@ -34,7 +34,7 @@ LEAST_SURE, SUREST_MISTAKES = "least_sure", "surest_mistakes"
 
 def _entry(outcome: Classified) -> dict:
     return {
-        "path": outcome.path,
+        "path": carried(outcome.path),  # a bare str must be UTF-8 for Beam, and a file name may not be
         "label": outcome.label,
         "confidence": max(outcome.probabilities),
         "top3": outcome.top_k(3),
@@ -189,7 +189,8 @@ def _card(entry: dict, read: Callable[[str], bytes]) -> str:
 def card(path: str, caption: str, read: Callable[[str], bytes]) -> str:
     """One gallery card: the file's thumbnail (read now), ``caption`` (HTML) and its path."""
     try:
-        picture = f"<img alt='{html.escape(path)}' src='{_thumbnail(read(path))}'>"
+        picture = f"<img alt='{html.escape(utf8_text(path))}' src='{_thumbnail(read(path))}'>"
     except (OSError, ValueError) as error:  # changed or gone since the job read it; PIL's errors are OSErrors
         picture = f"<p>(cannot show it now: {html.escape(str(error))})</p>"
-    return f"<div class='card'>{picture}<div>{caption}</div><div class='path'>{html.escape(path)}</div></div>"
+    shown = html.escape(utf8_text(path))
+    return f"<div class='card'>{picture}<div>{caption}</div><div class='path'>{shown}</div></div>"

@@ -28,7 +28,7 @@ from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
 from fmnist.batch import readers, summary
-from fmnist.batch.outcomes import Failed, Image
+from fmnist.batch.outcomes import Failed, Image, carried, json_uncarried, uncarried
 from fmnist.batch.output import COUNTS_FILE, GALLERY_FILE
 from fmnist.common.imagefile import Limits
 
@@ -115,8 +115,8 @@ class ReadInputs(beam.PTransform):
         return Inputs(tallies | "AllInputCounts" >> beam.Flatten(), tuple(read) | "AllRead" >> beam.Flatten())
 
 
-def _path_and_size(metadata: FileMetadata) -> tuple[str, int]:
-    return metadata.path, metadata.size_in_bytes
+def _path_and_size(metadata: FileMetadata) -> tuple[bytes, int]:
+    return carried(metadata.path), metadata.size_in_bytes
 
 
 def _first_copy(copies):
@@ -124,8 +124,8 @@ def _first_copy(copies):
     return next(iter(copies))
 
 
-def _file_not_done(path_and_size: tuple[str, int], done: frozenset[str]) -> bool:
-    return path_and_size[0] not in done
+def _file_not_done(path_and_size: tuple[bytes, int], done: frozenset[str]) -> bool:
+    return uncarried(path_and_size[0]) not in done
 
 
 def _image_not_done(item: Image | Failed, done: frozenset[str]) -> bool:
@@ -153,8 +153,8 @@ class WriteTallies(beam.PTransform):
 
 
 class WriteGallery(beam.PTransform):
-    """Lists of gallery candidates → the report's one gallery (``combine``'s output, JSON-ready), in the scratch
-    :func:`batch.output.read_gallery` reads."""
+    """Lists of gallery candidates → the report's one gallery (``combine``'s output, JSON-ready but for paths,
+    which travel :func:`~batch.outcomes.carried`), in the scratch :func:`batch.output.read_gallery` reads."""
 
     def __init__(self, output: str, combine: beam.CombineFn):
         super().__init__()
@@ -165,6 +165,6 @@ class WriteGallery(beam.PTransform):
         return (
             candidates
             | "Gallery" >> beam.CombineGlobally(self._combine)
-            | "GalleryAsJson" >> beam.Map(json.dumps)
+            | "GalleryAsJson" >> beam.Map(json.dumps, default=json_uncarried)
             | "WriteGallery" >> beam.io.WriteToText(self._path, shard_name_template="")
         )

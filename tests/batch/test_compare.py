@@ -9,6 +9,7 @@ through the real command in a subprocess; the report in headless Chromium.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -211,6 +212,20 @@ def test_version_numbers_compare_the_same_as_their_labels(compared, images, serv
     assert by_number.comparison.requested == {"baseline": "version 1", "candidate": "version 2"}
     for field in ("files", "compared", "errors", "agreement", "flips", "versions", "accuracy"):
         assert getattr(by_number.comparison, field) == getattr(by_label.comparison, field), field
+
+
+def test_file_names_utf8_cannot_hold_are_compared_and_read_back_the_same(images, server, tmp_path):
+    """A Latin-1 é in a file name: Python holds it as a lone surrogate, which Beam's UTF-8 coder refuses."""
+    folder = tmp_path / "in" / "Bag"
+    folder.mkdir(parents=True)
+    for name in (b"caf\xe9.png", b"ok.png"):
+        shutil.copy(next((images / "Bag").glob("*.png")), os.fsdecode(bytes(folder) + b"/" + name))
+    Path(os.fsdecode(bytes(folder) + b"/notes\xe9.txt")).write_text("not an image")
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--server", server]
+    result = compare.run([*argv, "--baseline", "1", "--candidate", "2"])
+    assert (result.comparison.files, result.comparison.compared, result.comparison.errors) == (3, 2, 1)
+    [error] = [json.loads(line) for line in next((tmp_path / "out").glob("errors-*")).read_text().splitlines()]
+    assert error["path"] == os.fsdecode(bytes(folder) + b"/notes\xe9.txt") and Path(error["path"]).is_file()
 
 
 def _compare(*args: str) -> subprocess.CompletedProcess:

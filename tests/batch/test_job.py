@@ -278,6 +278,7 @@ def test_a_server_lost_during_the_job_reaches_the_launcher_as_its_type(running_m
     assert type(raised.value.error) is serving_errors.Unavailable and raised.value.error.target == target
     assert str(raised.value).endswith("then run the job again with --resume")
     assert not list(tmp_path.glob("_failed-*")) and not (tmp_path / "_SUCCESS").exists()
+    assert not list(tmp_path.glob("beam-temp-*")), "a failed run leaves no scratch behind"
 
 
 @pytest.mark.slow

@@ -8,8 +8,10 @@ test_job.py.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -17,9 +19,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from batch_outputs import read_rows
 from conftest import encode_png
 
 from fmnist.common import names
+from fmnist.common.apis import prediction_log_pb2
 from fmnist.serving.server import ServerConfig, start
 
 FILES_PER_CLASS = 4
@@ -256,3 +260,72 @@ def test_several_servers_share_the_job_round_robin(tmp_path, _pushed_once, image
     models = json.loads((tmp_path / "out" / "summary.json").read_text())["models"]
     assert {m["model_version"] for m in models} == {1, 2}
     assert sum(m["files"] for m in models) == FILES_PER_CLASS * names.NUM_CLASSES + 2
+
+
+@pytest.fixture(scope="module")
+def undecodable(tmp_path_factory, dataset) -> Path:
+    """A class folder whose files are named by bytes UTF-8 cannot decode (a Latin-1 é), beside a plain one."""
+    root = tmp_path_factory.mktemp("undecodable")
+    bag = root / names.folder_name(8)
+    bag.mkdir()
+    for name, data in (
+        (b"caf\xe9.png", encode_png(dataset.test.images[0])),
+        (b"plain.png", encode_png(dataset.test.images[1])),
+        (b"notes\xe9.txt", b"not an image"),
+    ):
+        Path(os.fsdecode(bytes(bag) + b"/" + name)).write_bytes(data)
+    return root
+
+
+def _named(root: Path, name: bytes) -> str:
+    """The path Python, and so the job, gives the file ``name`` under ``root``'s class folder."""
+    return os.fsdecode(bytes(root / names.folder_name(8)) + b"/" + name)
+
+
+@pytest.mark.parametrize("mode", ["in_memory", "multi_processing"])
+def test_a_file_name_utf8_cannot_hold_is_classified_and_its_json_path_reads_back_the_same(
+    mode, tmp_path, server, undecodable
+):
+    result = _batch(
+        "--input",
+        str(undecodable),
+        "--output",
+        str(tmp_path),
+        "--server",
+        server,
+        "--direct_num_workers=2",
+        f"--direct_running_mode={mode}",
+    )
+    assert result.returncode == 0, result.stderr
+    predicted = {row["path"] for row in read_rows(tmp_path, "predictions")}
+    assert predicted == {_named(undecodable, b"caf\xe9.png"), _named(undecodable, b"plain.png")}
+    [error] = read_rows(tmp_path, "errors")
+    assert (error["path"], error["reason"]) == (_named(undecodable, b"notes\xe9.txt"), "not_an_image")
+    assert Path(error["path"]).read_bytes() == b"not an image"  # the path read back opens the file
+    assert "caf\\udce9.png" in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("file_format", ["csv", "parquet", "tfrecord"])
+def test_formats_that_hold_only_utf8_write_such_a_name_escaped(file_format, tmp_path, server, undecodable):
+    result = _batch("--input", str(undecodable), "--output", str(tmp_path), "--server", server, "--format", file_format)
+    assert result.returncode == 0, result.stderr
+    escaped = f"{undecodable / names.folder_name(8)}/caf\\udce9.png"
+    if file_format == "tfrecord":
+        logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in _tfrecords(tmp_path, "predictions")]
+        assert escaped in {log.log_metadata.request_origin for log in logs}
+    else:
+        assert escaped in {row["path"] for row in read_rows(tmp_path, "predictions")}
+        errors = {row["path"] for row in read_rows(tmp_path, "errors")}
+        assert errors == {f"{undecodable / names.folder_name(8)}/notes\\udce9.txt"}
+
+
+def _tfrecords(output: Path, name: str) -> list[bytes]:
+    """The records of every ``name-*.tfrecord`` shard (length, its CRC, the record, its CRC)."""
+    found = []
+    for shard in sorted(output.glob(f"{name}-*.tfrecord")):
+        data = shard.read_bytes()
+        while data:
+            length = struct.unpack("<Q", data[:8])[0]
+            found.append(data[12 : 12 + length])
+            data = data[16 + length :]
+    return found
