@@ -116,9 +116,9 @@ def run_config(
     """:func:`run` for parsed arguments; progress goes to ``stream`` (standard error by default)."""
     stream = stream or sys.stderr
     results = output.check_output(config.output, config.overwrite, output.COMPARE_RESULTS)
+    matched, total = readers.describe_matches(config.inputs)  # each --input gives a file: usage errors first
     wait_for_server(config.server, client_factory)
     _check_versions(config, client_factory)
-    matched, total = readers.describe_matches(config.inputs)
     output.clear_output(config.output, results)
     print(
         f"matched {matched}; comparing baseline {config.baseline} with candidate {config.candidate} "

@@ -45,6 +45,13 @@ class OutputInUse(JobError):
     exit_code = USAGE
 
 
+class NoInput(JobError):
+    """An ``--input`` gives no file: no such path, a folder holding none, or a pattern matching none; a usage
+    error (exit 2), raised before any work."""
+
+    exit_code = USAGE
+
+
 class ServingFailed(JobError):
     """A worker's request failed for good on something other than a file: the model unknown, the call
     refused (exit 1). ``error`` is the :mod:`fmnist.common.errors` type of the status the worker noted."""

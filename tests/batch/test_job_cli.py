@@ -329,3 +329,68 @@ def _tfrecords(output: Path, name: str) -> list[bytes]:
             found.append(data[12 : 12 + length])
             data = data[16 + length :]
     return found
+
+
+@pytest.fixture(scope="module")
+def linked(tmp_path_factory, dataset) -> Path:
+    """top/ with a file, a link to a class folder elsewhere, a link to nothing, and a link back to top/ itself."""
+    root = tmp_path_factory.mktemp("linked")
+    (root / "elsewhere/Bag").mkdir(parents=True)
+    (root / "top").mkdir()
+    for i in range(3):
+        (root / "elsewhere/Bag" / f"{i}.png").write_bytes(encode_png(dataset.test.images[i]))
+    (root / "top/own.png").write_bytes(encode_png(dataset.test.images[3]))
+    (root / "top/Bag").symlink_to("../elsewhere/Bag")
+    (root / "top/gone.png").symlink_to("../elsewhere/nothing.png")
+    (root / "top/again").symlink_to(".")
+    return root
+
+
+@pytest.mark.parametrize("pattern", ["{top}", "{top}/**/*.png"])
+def test_links_to_folders_are_followed_and_a_link_to_nothing_is_an_error_saying_so(pattern, tmp_path, server, linked):
+    top = linked / "top"
+    result = _batch("--input", pattern.format(top=top), "--output", str(tmp_path), "--server", server)
+    assert result.returncode == 0, result.stderr
+    assert "matched 5 files" in result.stderr  # own.png, Bag/0-2.png through the link, gone.png; not again/...
+    predicted = {row["path"] for row in read_rows(tmp_path, "predictions")}
+    assert predicted == {str(top / "own.png")} | {str(top / "Bag" / f"{i}.png") for i in range(3)}
+    [error] = read_rows(tmp_path, "errors")
+    assert error == {
+        "path": str(top / "gone.png"),
+        "reason": "unreadable",
+        "detail": "a symbolic link to ../elsewhere/nothing.png, which does not exist",
+    }
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["inputs"] == summary["classified"] + summary["errors"] == 5
+
+
+def test_globstar_over_class_folders_alone_matches_their_files(tmp_path, server, undecodable):
+    # undecodable/ holds only its class folder, so undecodable/*.png (what **/ matching no folder gives) is empty
+    result = _batch("--input", f"{undecodable}/**/*.png", "--output", str(tmp_path), "--server", server)
+    assert result.returncode == 0, result.stderr
+    assert "matched 2 files" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "given, said",
+    [
+        ("{root}/nowhere", "no such folder or file: {root}/nowhere"),
+        ("{root}/empty", "no image files under {root}/empty"),
+        ("{root}/empty/**/*.png", "no file matches {root}/empty/**/*.png"),
+    ],
+)
+def test_an_input_that_gives_no_file_is_a_usage_error_saying_why(given, said, tmp_path, server, images):
+    (tmp_path / "empty/sub").mkdir(parents=True)
+    result = _batch(
+        "--input",
+        str(images),
+        "--input",
+        given.format(root=tmp_path),
+        "--output",
+        str(tmp_path / "out"),
+        "--server",
+        server,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == f"fmnist batch: error: {said.format(root=tmp_path)}"
+    assert not (tmp_path / "out").exists()
