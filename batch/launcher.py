@@ -48,20 +48,28 @@ from fmnist.common.errors import ServingError
 
 R = TypeVar("R")  # what a command's work returns to its finish (run_cli)
 _INTERRUPT_GRACE = 5.0  # seconds a Ctrl-C'd job may take to wind down before the process leaves anyway
-_NOT_FOUND_GRACE = 3.0  # seconds a server that answers may say NOT_FOUND for the model (still loading it)
+_GRACE = 3.0  # seconds a server may be unreachable, or say NOT_FOUND for the model, before it is believed
 
 
 def wait_for_server(server: ServerSettings, client_factory: Callable[..., PredictionClient]) -> None:
-    """Wait up to the server's timeout for it to serve ``server.model_name``; :class:`JobError` naming it otherwise."""
+    """Wait up to the server's timeout for it to serve ``server.model_name``; :class:`JobError` naming it otherwise.
+
+    A server that is not there at all (its name does not resolve, it refuses
+    the connection, it does not speak gRPC) or has no such model is believed
+    after a few seconds (``_GRACE``), not after the whole timeout: long enough
+    for one that is starting, or loading the model.
+    """
     client = server.connect(client_factory)
     try:
-        client.wait_until_available(timeout=server.timeout, not_found_grace=min(_NOT_FOUND_GRACE, server.timeout))
+        client.wait_until_available(timeout=server.timeout, grace=min(_GRACE, server.timeout))
     except ServingError as error:
         if error.code == grpc.StatusCode.NOT_FOUND:
             raise JobError(
                 f"the server at {server.target} has no model named {server.model_name!r} "
                 f"(NOT_FOUND: {error.details}); check --model-name"
             ) from error
+        if error.code == grpc.StatusCode.UNAVAILABLE:
+            raise JobError(f"cannot reach the server at {server.target}: {error.details}; check --server") from error
         raise JobError(f"the server at {server.target} did not answer: {error}") from error
     except Exception as error:  # whatever a custom factory's client raises
         raise JobError(f"the server at {server.target} did not answer: {error}") from error

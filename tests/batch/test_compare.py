@@ -335,7 +335,7 @@ class _LosesTheServer:
     def __init__(self, target, **settings):
         self.target = target
 
-    def wait_until_available(self, timeout, not_found_grace=None):
+    def wait_until_available(self, timeout, grace=None):
         return 1
 
     def predict_encoded(self, encoded, version=None, version_label=None):

@@ -331,7 +331,7 @@ class _AlwaysReady:
     def __init__(self, target, **settings):
         pass
 
-    def wait_until_available(self, timeout, not_found_grace=None):
+    def wait_until_available(self, timeout, grace=None):
         return 1
 
     def close(self):

@@ -7,13 +7,16 @@ test_job.py.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -394,3 +397,36 @@ def test_an_input_that_gives_no_file_is_a_usage_error_saying_why(given, said, tm
     assert result.returncode == 2
     assert result.stderr.splitlines()[0] == f"fmnist batch: error: {said.format(root=tmp_path)}"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def http1_port():
+    """A port where an HTTP/1 server answers (what a REST port is), not gRPC."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["refused", "unresolved", "http1"])
+def test_a_server_that_is_not_there_fails_within_seconds_naming_why(kind, tmp_path, images, http1_port):
+    target, said = {
+        "refused": (f"127.0.0.1:{_closed_port()}", "connection refused by 127.0.0.1:"),
+        "unresolved": ("nothing-here.invalid:8500", "the name nothing-here.invalid does not resolve"),
+        "http1": (f"127.0.0.1:{http1_port}", "does not speak gRPC (its answer is not HTTP/2; is it the REST port?)"),
+    }[kind]
+    started = time.monotonic()
+    result = _batch("--input", str(images), "--output", str(tmp_path / "out"), "--server", target)  # --timeout 30
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"fmnist batch: error: cannot reach the server at {target}: ") and said in line
+    assert elapsed < 15, f"{elapsed:.1f}s: it waited out --timeout for a server that is not there"

@@ -425,7 +425,23 @@ def test_classify_unreachable_server_is_one_line_without_traceback(image_files):
     )
     assert result.returncode == 1 and result.stdout == ""
     (line,) = result.stderr.splitlines()
-    assert line.startswith("fmnist classify: cannot reach the server at " + dead)
+    assert line == f"fmnist classify: cannot reach the server at {dead}: connection refused by {dead}"
+
+
+def test_an_ipv6_address_is_written_as_people_write_it(image_files):
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))  # a free port on the IPv6 loopback (and a check that there is one)
+        dead = f"[::1]:{probe.getsockname()[1]}"
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist.cli", "classify", next(iter(image_files)), "--server", dead],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stderr.splitlines() == [
+        f"fmnist classify: cannot reach the server at {dead}: connection refused by {dead}"
+    ]
 
 
 def test_classify_help_and_usage_errors(capsys):
