@@ -64,9 +64,11 @@ def wait_for_server(server: ServerSettings, client_factory: Callable[..., Predic
         client.wait_until_available(timeout=server.timeout, grace=min(_GRACE, server.timeout))
     except ServingError as error:
         if error.code == grpc.StatusCode.NOT_FOUND:
-            raise JobError(
-                f"the server at {server.target} has no model named {server.model_name!r} "
-                f"(NOT_FOUND: {error.details}); check --model-name"
+            raise JobError(  # the same NOT_FOUND for a name the server does not know and a model it has no version of
+                f"the server at {server.target} has no version of model {server.model_name!r} "
+                f"(NOT_FOUND: {error.details}): nothing is pushed under its model base path yet, so push a version "
+                f"with fmnist train --models-dir DIR, for a server of DIR/{server.model_name} (fmnist demo pushes "
+                "to runs/demo/models/); or it serves the model under another name: check --model-name"
             ) from error
         if error.code == grpc.StatusCode.UNAVAILABLE:
             raise JobError(f"cannot reach the server at {server.target}: {error.details}; check --server") from error

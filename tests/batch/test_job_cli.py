@@ -236,8 +236,25 @@ def test_a_server_without_the_model_says_not_found_within_seconds(tmp_path, serv
     )
     elapsed = time.monotonic() - started
     assert result.returncode == 1
-    assert f"the server at {server} has no model named 'nope' (NOT_FOUND" in result.stderr
+    assert f"the server at {server} has no version of model 'nope' (NOT_FOUND" in result.stderr
     assert elapsed < 60, "it waited for the start-up deadline instead of believing NOT_FOUND"
+
+
+def test_a_server_with_no_version_pushed_says_how_to_push_one(tmp_path, images):
+    empty = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(tmp_path / "models/m")))
+    try:
+        result = _batch(
+            "--input", str(images), "--output", str(tmp_path / "out"), "--server", f"127.0.0.1:{empty.port}"
+        )
+    finally:
+        empty.stop()
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert f"has no version of model '{names.MODEL_NAME}' (NOT_FOUND: " in line
+    assert (
+        "nothing is pushed under its model base path yet, so push a version with fmnist train --models-dir DIR" in line
+    )
+    assert "fmnist demo pushes to runs/demo/models/" in line
 
 
 def test_several_servers_share_the_job_round_robin(tmp_path, _pushed_once, images):
