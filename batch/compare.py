@@ -116,6 +116,7 @@ def run_config(
     """:func:`run` for parsed arguments; progress goes to ``stream`` (standard error by default)."""
     stream = stream or sys.stderr
     results = output.check_output(config.output, config.overwrite, output.COMPARE_RESULTS)
+    output.check_writable(config.output)
     matched, total = readers.describe_matches(config.inputs)  # each --input gives a file: usage errors first
     wait_for_server(config.server, client_factory)
     _check_versions(config, client_factory)

@@ -45,6 +45,13 @@ class OutputInUse(JobError):
     exit_code = USAGE
 
 
+class OutputUnwritable(JobError):
+    """``--output`` cannot be written: a file, a link to nothing, or a folder the job may not write in, along
+    its path; a usage error (exit 2), raised before any work."""
+
+    exit_code = USAGE
+
+
 class NoInput(JobError):
     """An ``--input`` gives no file: no such path, a folder holding none, or a pattern matching none; a usage
     error (exit 2), raised before any work."""

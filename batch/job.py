@@ -94,6 +94,7 @@ def run_config(
         print(f"nothing to resume: --output {config.output} holds a finished run", file=stream, flush=True)
         return JobResult(None, None, output.result_files(config.output, output.BATCH_RESULTS))
     results, resuming = output.check_job_output(config.output, config.overwrite, config.resume)
+    output.check_writable(config.output)
     matched = readers.match_inputs(config.inputs)  # each --input gives a file: usage errors before any work
     source = _check_source(config, client_factory)
     files, logs, resumption = _plan(config, matched, resuming, stream)

@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,7 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from fmnist.batch import report, summary
-from fmnist.batch.errors import OutputInUse
+from fmnist.batch.errors import OutputInUse, OutputUnwritable
 from fmnist.batch.outcomes import Outcome, from_json, to_json
 from fmnist.common import errors
 
@@ -97,6 +98,30 @@ def check_output(output: str, overwrite: bool, result_patterns: Sequence[str]) -
             "choose another folder, or add --overwrite to replace them"
         )
     return results
+
+
+def check_writable(output: str) -> None:
+    """Refuse (:class:`~batch.errors.OutputUnwritable`) a local ``output`` the job could not write, before any work.
+
+    The deepest part of the path that exists must be a folder the job can
+    create a file in (a temporary file, made and gone at once): there the job
+    makes whatever folders are missing, then writes. Other file systems are
+    Beam's to judge, when the job writes.
+    """
+    if FileSystems.get_scheme(output) is not None:
+        return
+    existing = os.path.abspath(output)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if os.path.islink(existing) and not os.path.exists(existing):
+        raise OutputUnwritable(f"--output {output}: {existing} is a symbolic link to nothing")
+    if not os.path.isdir(existing):
+        raise OutputUnwritable(f"--output {output}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise OutputUnwritable(f"--output {output}: cannot write in {existing}: {error.strerror or error}") from error
 
 
 def check_job_output(output: str, overwrite: bool, resume: bool) -> tuple[list[str], bool]:

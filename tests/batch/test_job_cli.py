@@ -447,3 +447,23 @@ def test_a_server_that_is_not_there_fails_within_seconds_naming_why(kind, tmp_pa
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"fmnist batch: error: cannot reach the server at {target}: ") and said in line
     assert elapsed < 15, f"{elapsed:.1f}s: it waited out --timeout for a server that is not there"
+
+
+@pytest.mark.parametrize(
+    "output, said",
+    [
+        ("{file}/out", "--output {file}/out: {file} is a file, not a folder"),
+        ("{file}", "--output {file}: {file} is a file, not a folder"),
+        ("{gone}/out", "--output {gone}/out: {gone} is a symbolic link to nothing"),
+        # sysfs takes no new file, whoever asks (root too): a permission error without chmod, which root overrides
+        ("/sys/fmnist-out", "--output /sys/fmnist-out: cannot write in /sys: "),
+    ],
+)
+def test_an_output_the_job_cannot_write_is_a_usage_error_before_any_work(output, said, tmp_path, server, images):
+    (tmp_path / "file").write_text("a file")
+    (tmp_path / "gone").symlink_to(tmp_path / "nothing")
+    paths = {"file": tmp_path / "file", "gone": tmp_path / "gone"}
+    result = _batch("--input", str(images), "--output", output.format(**paths), "--server", server)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0].startswith(f"fmnist batch: error: {said.format(**paths)}")
+    assert "matched" not in result.stderr and not (tmp_path / "nothing").exists()
