@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from fmnist.common import errors
+from fmnist.common import errors, usage
 
-USAGE = 2  # exit code: the command line, or what it names, cannot be used as given; checked before any work
+USAGE = usage.USAGE  # exit code: the command line, or what it names, cannot be used as given; checked before any work
 FAILED = 1  # exit code: the job could not run, or did not finish
 INTERRUPTED = 130  # exit code: Ctrl-C (128 + SIGINT, as a shell reports it)
 

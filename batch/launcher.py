@@ -39,10 +39,10 @@ from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from fmnist.batch import progress
-from fmnist.batch.errors import FAILED, INTERRUPTED, JobError, stopped_by
+from fmnist.batch.errors import FAILED, INTERRUPTED, USAGE, JobError, stopped_by
 from fmnist.batch.inference import ServerSettings
 from fmnist.batch.output import FailureNotes, scratch_removed_on_failure
-from fmnist.common import quiet
+from fmnist.common import quiet, usage
 from fmnist.common.client import PredictionClient
 from fmnist.common.errors import ServingError
 
@@ -183,6 +183,8 @@ def run_cli(prog: str, verbose: bool, work: Callable[[TextIO], R], finish: Calla
             leave()
         if not isinstance(error, Exception):
             raise
+        if isinstance(error, JobError) and error.exit_code == USAGE:  # found once the command line was read
+            return usage.refuse(prog, str(error))
         print(f"{prog}: error: {_last_line(error)}", file=sys.stderr)
         return error.exit_code if isinstance(error, JobError) else FAILED
     finally:

@@ -17,7 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import difflib
+import functools
 from dataclasses import dataclass, field
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -27,6 +27,7 @@ from fmnist.batch.inference import LocalModel, ServerSettings
 from fmnist.batch.output import CHECKPOINTS
 from fmnist.common import names
 from fmnist.common.imagefile import Limits
+from fmnist.common.usage import CommandParser
 
 
 @dataclass(frozen=True)
@@ -230,9 +231,11 @@ def parse_compare_args(argv: list[str] | None, prog: str | None = None) -> tuple
 
 
 def beam_command_parser(prog: str | None, description: str, output_help: str) -> argparse.ArgumentParser:
-    """A parser with the options every Beam command over image files shares (inputs, output, calls, display)."""
-    parser = argparse.ArgumentParser(
+    """A parser with the options every Beam command over image files shares (inputs, output, calls, display);
+    Beam's pipeline options pass through it (:class:`~fmnist.common.usage.CommandParser`'s ``passes_on``)."""
+    parser = CommandParser(
         prog=prog,
+        passes_on=_beam_parser()._option_string_actions,
         allow_abbrev=False,  # "--dir..." must not swallow a Beam option that merely starts alike
         description=description + " Besides the options below it takes Beam's pipeline options (--runner, "
         "--direct_num_workers, --project, ...); without --runner the job runs locally.",
@@ -293,21 +296,19 @@ def beam_command_parser(prog: str | None, description: str, output_help: str) ->
 def parse_with_beam_options(
     parser: argparse.ArgumentParser, argv: list[str] | None
 ) -> tuple[argparse.Namespace, list[str]]:
-    """(this command's arguments, Beam's); an option that is neither is a usage error, with a guess."""
+    """(this command's arguments, Beam's); an option that is neither is a usage error, with a guess (the parser's
+    own check), and so is anything else Beam's own parser would discard."""
     args, beam_args = parser.parse_known_args(argv)
-    unknown = _not_beam_options(beam_args)
+    unknown = _beam_parser().parse_known_args(beam_args)[1]
     if unknown:
-        ours = [option for option in parser._option_string_actions if option.startswith("--")]
-        guesses = difflib.get_close_matches(unknown[0].split("=")[0], ours, n=1)
-        parser.error(
-            f"unrecognized arguments: {' '.join(unknown)} (neither an option of this command nor a "
-            f"Beam pipeline option{f'; did you mean {guesses[0]}?' if guesses else ''})"
-        )
+        parser.error(f"unexpected argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)}")
     return args, beam_args
 
 
-def _not_beam_options(beam_args: list[str]) -> list[str]:
-    """The arguments Beam's own option parser would discard (it only warns, then runs with defaults)."""
+@functools.cache
+def _beam_parser() -> argparse.ArgumentParser:
+    """The parser of every Beam pipeline option; Beam's own use of it only warns of what it discards, then runs
+    with defaults."""
     parsers = []
-    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)  # the parser of every Beam option
-    return parsers[0].parse_known_args(beam_args)[1]
+    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+    return parsers[0]
