@@ -44,7 +44,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from fmnist.batch.outcomes import Classified, Failed, Image, Outcome, Reason
 from fmnist.batch.output import FailureNotes
 from fmnist.batch.tfserving import TRANSIENT_CODES, TFServingModelHandler, per_example
-from fmnist.common import errors, names, quiet
+from fmnist.common import errors, imagefile, names, quiet
 from fmnist.common.client import Prediction, PredictionClient, one_line
 from fmnist.common.errors import ServingError
 
@@ -93,12 +93,28 @@ def predict_splitting_rejected(
             if not is_rejection(error):
                 raise
             if len(chunk) == 1:
-                return [Failed(chunk[0].path, Reason.REJECTED, _detail(error))]
+                return [_refused(chunk[0], error)]
             middle = len(chunk) // 2
             return attempt(chunk[:middle]) + attempt(chunk[middle:])
         return _answered(chunk, scores, clock() - start)
 
     return [outcome for chunk in _chunks(images, max_request_bytes) for outcome in attempt(chunk)]
+
+
+def _refused(image: Image, error: Exception) -> Failed:
+    """A file the model refused on its own: ``rejected_by_model``, or ``too_large`` when it is beyond the serving
+    side's default limits, which the job's own, raised, let through (the server and the model's graph check
+    them too, and refuse with the same INVALID_ARGUMENT as an undecodable file)."""
+    beyond = imagefile.check(image.data, imagefile.Limits())
+    if beyond is not None and beyond[0] == imagefile.TOO_LARGE:
+        return Failed(
+            image.path,
+            Reason.TOO_LARGE,
+            f"refused by the server's limit, which the job's raised one let through: {beyond[1]} by default, and "
+            "fmnist serve takes the same option (for pixels, so does fmnist train: its model checks them too) "
+            f"[server: {_detail(error)}]",
+        )
+    return Failed(image.path, Reason.REJECTED, _detail(error))
 
 
 def _answered(images: Sequence[Image], scores: Scores, seconds: float) -> list[Outcome]:

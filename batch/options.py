@@ -29,6 +29,8 @@ from fmnist.common import names
 from fmnist.common.imagefile import Limits
 from fmnist.common.usage import CommandParser
 
+MAX_REQUEST_BYTES = 32 << 20  # of images in one request: half the client's 64 MiB message limit
+
 
 @dataclass(frozen=True)
 class JobConfig:
@@ -43,7 +45,7 @@ class JobConfig:
     batch_size: int = 64
     top_k: int = 3
     limits: Limits = field(default_factory=Limits)
-    max_request_bytes: int = 32 << 20  # half the client's 64 MiB message limit
+    max_request_bytes: int = MAX_REQUEST_BYTES
     progress_seconds: float = 10.0
     overwrite: bool = False  # replace an earlier run's results in output
     resume: bool = False  # finish the interrupted run in output, keeping what its checkpoints hold
@@ -78,7 +80,7 @@ class CompareConfig:
     min_accuracy_delta: float | None = None  # the gate, labelled folders only: candidate − baseline accuracy
     batch_size: int = 64
     limits: Limits = field(default_factory=Limits)
-    max_request_bytes: int = 32 << 20  # half the client's 64 MiB message limit
+    max_request_bytes: int = MAX_REQUEST_BYTES
     progress_seconds: float = 10.0
     overwrite: bool = False
     verbose: bool = False
@@ -154,7 +156,7 @@ def parse_job_args(argv: list[str] | None, prog: str | None = None) -> tuple[Job
         file_format=args.file_format,
         batch_size=args.batch_size,
         top_k=args.top_k,
-        limits=Limits(max_pixels=args.max_image_pixels),
+        limits=Limits(max_file_bytes=args.max_image_bytes, max_pixels=args.max_image_pixels),
         progress_seconds=args.progress_seconds,
         overwrite=args.overwrite,
         resume=args.resume,
@@ -222,7 +224,7 @@ def parse_compare_args(argv: list[str] | None, prog: str | None = None) -> tuple
         max_disagreement=args.max_disagreement,
         min_accuracy_delta=args.min_accuracy_delta,
         batch_size=args.batch_size,
-        limits=Limits(max_pixels=args.max_image_pixels),
+        limits=Limits(max_file_bytes=args.max_image_bytes, max_pixels=args.max_image_pixels),
         progress_seconds=args.progress_seconds,
         overwrite=args.overwrite,
         verbose=args.verbose,
@@ -276,11 +278,20 @@ def beam_command_parser(prog: str | None, description: str, output_help: str) ->
         "DEADLINE_EXCEEDED, ...; default 3)",
     )
     parser.add_argument(
+        "--max-image-bytes",
+        type=_positive,
+        default=names.MAX_IMAGE_BYTES,
+        metavar="N",
+        help="refuse a file of more bytes before sending it, as the server would (default 16 MiB, the server's); "
+        "raising it here alone lets the server refuse it",
+    )
+    parser.add_argument(
         "--max-image-pixels",
         type=_positive,
         default=names.MAX_IMAGE_PIXELS,
         metavar="N",
-        help="refuse an image whose header claims more pixels, as the server does (default 4096x4096)",
+        help="refuse an image whose header claims more pixels before sending it, as the server would (default "
+        "4096x4096, the server's and the model's); raising it here alone lets the server refuse it",
     )
     parser.add_argument("--verbose", action="store_true", help="show Beam's own logs, worker tracebacks included")
     parser.add_argument(
@@ -299,6 +310,8 @@ def parse_with_beam_options(
     """(this command's arguments, Beam's); an option that is neither is a usage error, with a guess (the parser's
     own check), and so is anything else Beam's own parser would discard."""
     args, beam_args = parser.parse_known_args(argv)
+    if args.max_image_bytes > MAX_REQUEST_BYTES:
+        parser.error(f"--max-image-bytes: at most {MAX_REQUEST_BYTES:,}, the most one request carries")
     unknown = _beam_parser().parse_known_args(beam_args)[1]
     if unknown:
         parser.error(f"unexpected argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)}")

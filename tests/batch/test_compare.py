@@ -27,6 +27,7 @@ from browser import (
     table_rows,
 )
 from conftest import encode_png
+from test_job import corrupt_png
 
 from fmnist.batch import compare, report
 from fmnist.batch.comparison import GALLERY_SIZE
@@ -39,7 +40,7 @@ from fmnist.serving.server import ServerConfig, start
 
 FILES_PER_CLASS = 5
 BATCH = 8  # small, so the corrupt file shares a request with good ones
-BAD = {"notes.txt": Reason.NOT_AN_IMAGE, "Coat/truncated.png": Reason.REJECTED}
+BAD = {"notes.txt": Reason.NOT_AN_IMAGE, "Coat/corrupt.png": Reason.REJECTED}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,8 @@ def server(model_config):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory, dataset) -> Path:
-    """FILES_PER_CLASS test images in each class folder, plus a text file and a truncated PNG."""
+    """FILES_PER_CLASS test images in each class folder, plus a text file and a PNG only the model can tell is
+    broken."""
     root = tmp_path_factory.mktemp("compare-images")
     counts = Counter()
     for pixels, label in zip(dataset.test.images, dataset.test.labels, strict=False):
@@ -85,7 +87,7 @@ def images(tmp_path_factory, dataset) -> Path:
             (folder / f"{sum(counts.values())}.png").write_bytes(encode_png(pixels))
             counts[int(label)] += 1
     (root / "notes.txt").write_text("not an image")
-    (root / "Coat/truncated.png").write_bytes(encode_png(dataset.test.images[0])[:60])
+    (root / "Coat/corrupt.png").write_bytes(corrupt_png(encode_png(dataset.test.images[0])))
     return root
 
 

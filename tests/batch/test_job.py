@@ -15,6 +15,7 @@ import json
 import re
 import socket
 import tempfile
+import zlib
 from pathlib import Path
 
 import apache_beam as beam
@@ -55,12 +56,23 @@ def _encode(pixels: np.ndarray, fmt: str, mode: str, size: tuple[int, int]) -> b
 
 # path relative to the tree → reason; the corrupt one sits among good files of its class.
 BAD = {
-    "Coat/truncated.png": Reason.REJECTED,
+    "Coat/corrupt.png": Reason.REJECTED,  # whole and well-formed, its pixels' compressed stream broken
+    "Coat/truncated.png": Reason.NOT_AN_IMAGE,  # cut short: refused before sending, wherever it is
     "Bag/empty.png": Reason.EMPTY,
     "notes/readme.txt": Reason.NOT_AN_IMAGE,
     "notes/huge.png": Reason.TOO_LARGE,
     "notes/scan.tiff": Reason.UNSUPPORTED_FORMAT,
 }
+
+
+def corrupt_png(png: bytes) -> bytes:
+    """``png`` with its IDAT's compressed stream garbled and its CRC made right again: only a decoder (the
+    model's) can tell that it is no image."""
+    at = png.index(b"IDAT") - 4
+    length = int.from_bytes(png[at : at + 4], "big")
+    data = bytes(b ^ 0x5A for b in png[at + 8 : at + 8 + length])
+    chunk = png[at : at + 8] + data + zlib.crc32(b"IDAT" + data).to_bytes(4, "big")
+    return png[:at] + chunk + png[at + 12 + length :]
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +95,7 @@ def tree(tmp_path_factory, dataset) -> Path:
     (root / "notes").mkdir()
     for folder in ("Coat", "Bag"):
         (root / folder).mkdir(exist_ok=True)
+    (root / "Coat/corrupt.png").write_bytes(corrupt_png(encode_png(dataset.test.images[0])))
     (root / "Coat/truncated.png").write_bytes(encode_png(dataset.test.images[0])[:60])
     (root / "Bag/empty.png").write_bytes(b"")
     (root / "notes/readme.txt").write_text("not an image")

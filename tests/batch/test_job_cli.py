@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from batch_outputs import read_rows
-from conftest import encode_png
+from conftest import encode_png, png_claiming
 
 from fmnist.common import names
 from fmnist.common.apis import prediction_log_pb2
@@ -473,3 +473,59 @@ def test_an_output_the_job_cannot_write_is_a_usage_error_before_any_work(output,
     assert result.returncode == 2
     assert result.stderr.splitlines()[0].startswith(f"fmnist batch: error: {said.format(**paths)}")
     assert "matched" not in result.stderr and not (tmp_path / "nothing").exists()
+
+
+@pytest.fixture(scope="module")
+def limits_tree(tmp_path_factory, dataset) -> Path:
+    """Good files beside PNGs cut short at two places (in IHDR, in IDAT) and one claiming 5000x5000 pixels."""
+    root = tmp_path_factory.mktemp("limits")
+    for folder, name, data in (
+        ("Bag", "good.png", encode_png(dataset.test.images[0])),
+        ("Bag", "cut-in-idat.png", encode_png(dataset.test.images[1])[:60]),
+        ("Coat", "good.png", encode_png(dataset.test.images[2])),
+        ("Coat", "cut-in-ihdr.png", encode_png(dataset.test.images[3])[:20]),
+        ("Coat", "5000x5000.png", png_claiming(5000, 5000)),
+    ):
+        (root / folder).mkdir(exist_ok=True)
+        (root / folder / name).write_bytes(data)
+    return root
+
+
+def _errors(output: Path) -> dict[str, dict]:
+    return {Path(row["path"]).name: row for row in read_rows(output, "errors")}
+
+
+def test_a_truncated_png_is_not_an_image_wherever_it_is_and_a_too_large_reason_names_its_option(
+    tmp_path, server, limits_tree
+):
+    result = _batch("--input", str(limits_tree), "--output", str(tmp_path), "--server", server, "--batch-size", "2")
+    assert result.returncode == 0, result.stderr
+    errors = _errors(tmp_path)
+    assert {name: row["reason"] for name, row in errors.items()} == {
+        "cut-in-idat.png": "not_an_image",
+        "cut-in-ihdr.png": "not_an_image",
+        "5000x5000.png": "too_large",
+    }
+    assert errors["cut-in-idat.png"]["detail"] == "truncated PNG: its 60 bytes end before its IEND chunk"
+    assert "more than --max-image-pixels allows (4096x4096)" in errors["5000x5000.png"]["detail"]
+
+    smaller = _batch(
+        "--input", str(limits_tree / "Bag"), "--output", str(tmp_path / "small"), "--server", server,
+        "--max-image-bytes", "100",
+    )  # fmt: skip
+    assert smaller.returncode == 0, smaller.stderr
+    assert _errors(tmp_path / "small")["good.png"]["detail"] == "more than --max-image-bytes allows (100 bytes)"
+
+
+def test_an_image_the_servers_limit_refuses_says_so_and_names_its_option(tmp_path, server, limits_tree):
+    result = _batch(
+        "--input", str(limits_tree / "Coat"), "--output", str(tmp_path), "--server", server,
+        "--max-image-pixels", str(5000 * 5000),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    refused = _errors(tmp_path)["5000x5000.png"]
+    assert refused["reason"] == "too_large"
+    assert refused["detail"].startswith(
+        "refused by the server's limit, which the job's raised one let through: its header claims 5000x5000 "
+        "pixels, more than --max-image-pixels allows (4096x4096) by default, and fmnist serve takes the same option"
+    )
