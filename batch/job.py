@@ -43,6 +43,7 @@ from fmnist.batch import output, readers, report, summary
 from fmnist.batch.job_steps import ClassifyFiles
 from fmnist.batch.launcher import execute, make_pipeline, print_outputs, run_cli, wait_for_server
 from fmnist.batch.options import JobConfig, parse_job_args
+from fmnist.batch.summary import counted
 from fmnist.common.client import PredictionClient
 
 RERUN = "--resume"  # what finishes this job's run in the same --output once its server is back
@@ -102,11 +103,11 @@ def run_config(
     if config.overwrite:
         output.remove_checkpoints(config.output)
     output.clear_output(config.output, results)
-    print(f"matched {readers.describe(files, logs)}; classifying them via {source}", file=stream, flush=True)
+    print(f"matched {readers.describe(files, logs)}; classifying via {source}", file=stream, flush=True)
     total = None if logs else files  # with logs, their images are counted as read
     done = resumption.done if resumption else 0
     if resumption:
-        of = f" of {files:,} files" if total is not None else " of the files and logged images"
+        of = f" of {counted(files, 'file')}" if total is not None else " of the files and logged images"
         print(f"resuming: {done:,}{of} already classified", file=stream, flush=True)
         total = total and total - done
     started = clock()

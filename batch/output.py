@@ -137,7 +137,7 @@ def check_job_output(output: str, overwrite: bool, resume: bool) -> tuple[list[s
         if not resume:
             count = sum(is_checkpoint(FileSystems.split(path)[1]) for path in saved)
             raise OutputInUse(
-                f"--output {output} holds an interrupted run ({count:,} checkpoints in "
+                f"--output {output} holds an interrupted run ({summary.counted(count, 'checkpoint')} in "
                 f"{CHECKPOINTS}/); add --resume to finish it, or --overwrite to start again"
             )
         return [path for pattern in BATCH_RESULTS for path in listed(output, pattern)], True
@@ -358,7 +358,7 @@ def plan_resumption(output: str, files: set[str], logs: set[str], stream: TextIO
     gone = sum(not is_input(path) for path in owner)
     if gone:
         print(
-            f"resuming: {gone:,} files the checkpoints hold are no longer among the inputs: left out",
+            f"resuming: {summary.counted(gone, 'file')} in the checkpoints, no longer among the inputs, left out",
             file=stream,
             flush=True,
         )

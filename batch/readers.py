@@ -34,6 +34,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from fmnist.batch.errors import JobError, NoInput
 from fmnist.batch.outcomes import Failed, Image, Reason, uncarried
+from fmnist.batch.summary import counted
 from fmnist.batch.threaded import ThreadedDoFn
 from fmnist.common import imagefile, names
 from fmnist.common.apis import prediction_log_pb2  # the protos alone (no TensorFlow runtime)
@@ -180,7 +181,7 @@ def _reason(error: Exception) -> str:
 
 def describe(files: int, logs: int) -> str:
     """ "N files and M request logs", for the line the launcher writes once it has matched them."""
-    return f"{files:,} files" + (f" and {logs:,} request logs" if logs else "")
+    return counted(files, "file") + (f" and {counted(logs, 'request log')}" if logs else "")
 
 
 def describe_matches(inputs: Sequence[str]) -> tuple[str, int | None]:

@@ -95,7 +95,9 @@ def _thumbnail(data: bytes) -> str:
 
 def render(summary: summary_lib.Summary, gallery: dict[str, list[dict]], read: Callable[[str], bytes]) -> str:
     """The report page; ``read(path)`` returns a gallery file's bytes (through Beam's file systems)."""
-    models = ", ".join(f"{m['model_name']} v{m['model_version']} ({m['files']:,} files)" for m in summary.models)
+    models = ", ".join(
+        f"{m['model_name']} v{m['model_version']} ({summary_lib.counted(m['files'], 'file')})" for m in summary.models
+    )
     facts = [
         ("Files", f"{summary.inputs:,}"),
         ("Classified", f"{summary.classified:,}"),
@@ -106,9 +108,16 @@ def render(summary: summary_lib.Summary, gallery: dict[str, list[dict]], read: C
         ("Model versions", models),
     ]
     if summary.resumed:
-        facts.insert(4, ("Resumed", f"{summary.resumed:,} files done by an interrupted run (Files/s counts the rest)"))
-    if summary.evaluation:
-        facts.append(("Accuracy", f"{summary.evaluation.accuracy:.2%} on {summary.evaluation.files:,} labelled files"))
+        facts.insert(
+            4,
+            (
+                "Resumed",
+                f"{summary_lib.counted(summary.resumed, 'file')} done by an interrupted run (Files/s counts the rest)",
+            ),
+        )
+    if evaluation := summary.evaluation:
+        labelled = summary_lib.counted(evaluation.files, "labelled file")
+        facts.append(("Accuracy", f"{evaluation.accuracy:.2%} on {labelled}"))
     parts = ["<h2>Summary</h2>" + facts_table("summary", facts)]
     if summary.errors_by_reason:
         parts.append(errors_section(summary.errors_by_reason))

@@ -529,3 +529,11 @@ def test_an_image_the_servers_limit_refuses_says_so_and_names_its_option(tmp_pat
         "refused by the server's limit, which the job's raised one let through: its header claims 5000x5000 "
         "pixels, more than --max-image-pixels allows (4096x4096) by default, and fmnist serve takes the same option"
     )
+
+
+def test_one_file_is_counted_in_the_singular(tmp_path, server, images):
+    one = next(images.glob("*.png"))
+    result = _batch("--input", str(one), "--output", str(tmp_path), "--server", server)
+    assert result.returncode == 0, result.stderr
+    assert f"matched 1 file; classifying via server {server}" in result.stderr
+    assert result.stdout.startswith("1 file: 1 classified, 0 errors in ")
