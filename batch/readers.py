@@ -275,11 +275,9 @@ class ReadImages(ThreadedDoFn):
             with file_system.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
                 # One byte past the limit is enough for the check to see a file over it.
                 data = read_at_most(file, self._limits.max_file_bytes + 1, matched_size)
-        except FileNotFoundError as error:
-            if _is_local(path) and os.path.islink(path):
-                return Failed(path, Reason.UNREADABLE, f"a symbolic link to {os.readlink(path)}, which does not exist")
-            return Failed(path, Reason.UNREADABLE, f"{type(error).__name__}: {error}")
         except OSError as error:
+            if isinstance(error, FileNotFoundError) and _is_local(path) and os.path.islink(path):
+                return Failed(path, Reason.UNREADABLE, f"a symbolic link to {os.readlink(path)}, which does not exist")
             return Failed(path, Reason.UNREADABLE, f"{type(error).__name__}: {error}")
         problem = imagefile.check(data, self._limits)
         # os.path.dirname, not the file system's split, which normalises the path again (8 % of the job).

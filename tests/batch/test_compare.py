@@ -26,8 +26,7 @@ from browser import (
     screenshot,
     table_rows,
 )
-from conftest import encode_png
-from test_job import corrupt_png
+from conftest import corrupt_png, encode_png
 
 from fmnist.batch import compare, report
 from fmnist.batch.comparison import GALLERY_SIZE

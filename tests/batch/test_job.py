@@ -15,7 +15,6 @@ import json
 import re
 import socket
 import tempfile
-import zlib
 from pathlib import Path
 
 import apache_beam as beam
@@ -27,7 +26,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from batch_outputs import assert_same_outputs as _assert_same_outputs
 from batch_outputs import by_path as _by_path
 from batch_outputs import read_rows as _read
-from conftest import encode_png, png_claiming
+from conftest import corrupt_png, encode_png, png_claiming
 from PIL import Image
 from test_inference import _Images
 
@@ -63,16 +62,6 @@ BAD = {
     "notes/huge.png": Reason.TOO_LARGE,
     "notes/scan.tiff": Reason.UNSUPPORTED_FORMAT,
 }
-
-
-def corrupt_png(png: bytes) -> bytes:
-    """``png`` with its IDAT's compressed stream garbled and its CRC made right again: only a decoder (the
-    model's) can tell that it is no image."""
-    at = png.index(b"IDAT") - 4
-    length = int.from_bytes(png[at : at + 4], "big")
-    data = bytes(b ^ 0x5A for b in png[at + 8 : at + 8 + length])
-    chunk = png[at : at + 8] + data + zlib.crc32(b"IDAT" + data).to_bytes(4, "big")
-    return png[:at] + chunk + png[at + 12 + length :]
 
 
 @pytest.fixture(scope="module")

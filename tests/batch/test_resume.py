@@ -238,7 +238,9 @@ def test_ctrl_c_then_resume_on_the_command_line_in_parquet(images, slow_server, 
     assert f"resuming: {done:,} of {INPUTS:,} files already classified" in resumed.stderr
     remaining = INPUTS - done
     assert f"{remaining}/{remaining} [" in resumed.stderr  # the progress counts what is left to do
-    assert f"{INPUTS} files: " in resumed.stdout and f"{done} of them resumed from an interrupted run" in resumed.stdout
+    assert (
+        f"{INPUTS:,} files: " in resumed.stdout and f"{done} of them resumed from an interrupted run" in resumed.stdout
+    )
     assert list(tmp_path.glob("predictions-*.parquet"))
     _assert_whole(tmp_path, reference, images, resumed=done)
 

@@ -288,7 +288,7 @@ def _log_bytes(images: list[bytes], origin: str = "") -> bytes:
 
 
 def test_a_logged_origin_names_the_replayed_image_and_its_folder_labels_it(labelled_tree):
-    png = next(labelled_tree.rglob("*.png")).read_bytes()
+    png = next(p for p in labelled_tree.rglob("*.png") if p.name not in BAD).read_bytes()
     read = readers.LoggedImages(Limits())
     (one,) = read.process(("log.tfrecord", _log_bytes([png], "/data/Bag/7.png")))
     assert one == Image("/data/Bag/7.png", png, names.CLASS_NAMES.index("Bag"))
