@@ -268,7 +268,7 @@ def beam_command_parser(prog: str | None, description: str, output_help: str) ->
         "--timeout",
         type=float,
         default=30.0,
-        help="deadline of each request, and the longest wait for the server at start, seconds (default 30)",
+        help="deadline of each request, and the longest wait for a server that is starting, seconds (default 30)",
     )
     parser.add_argument(
         "--retries",
