@@ -5,7 +5,7 @@ batch`` does (:mod:`batch.readers`), then each batch goes to the server twice: o
 naming the baseline, once the candidate, each as a version number or a
 version label (TF Serving's ``version_label``: ``stable``, ``canary``; any
 ``V`` that is not a number is a label). Rejected batches are bisected
-(:func:`batch.inference.classify`), so a bad file is an error, not a failed job
+(:func:`batch.inference.predict_splitting_rejected`), so a bad file is an error, not a failed job
 (:mod:`batch.compare_steps`). The launcher writes ``comparison.json`` (agreement,
 flips from baseline to candidate class, the versions that answered each side,
 accuracy of each for labelled folders; :mod:`batch.comparison`), sharded
@@ -116,9 +116,10 @@ def run_config(
     """:func:`run` for parsed arguments; progress goes to ``stream`` (standard error by default)."""
     stream = stream or sys.stderr
     results = output.check_output(config.output, config.overwrite, output.COMPARE_RESULTS)
+    output.check_writable(config.output)
+    matched, total = readers.describe_matches(config.inputs)  # each --input gives a file: usage errors first
     wait_for_server(config.server, client_factory)
     _check_versions(config, client_factory)
-    matched, total = readers.describe_matches(config.inputs)
     output.clear_output(config.output, results)
     print(
         f"matched {matched}; comparing baseline {config.baseline} with candidate {config.candidate} "

@@ -16,27 +16,17 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 import apache_beam as beam
-import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from fmnist.batch import output, progress, records
 from fmnist.batch.comparison import GALLERY_SIZE
-from fmnist.batch.inference import NAMESPACE, Predict, Scores, ServerSettings, classify_read, is_rejected_input
+from fmnist.batch.inference import NAMESPACE, Predict, Scores, ServerSettings, is_rejected_input, predict_read_batch
 from fmnist.batch.options import CompareConfig, Version
-from fmnist.batch.outcomes import Classified, Failed, Image, Outcome
+from fmnist.batch.outcomes import Classified, Failed, Image, Outcome, carried
 from fmnist.batch.steps import ERRORS, GALLERY, RECORDS, TALLIES, ReadInputs, WriteGallery, WriteTallies
 from fmnist.common import names
 from fmnist.common.client import PredictionClient
 from fmnist.common.errors import ServingError
-
-DISAGREEMENT_SCHEMA = pa.schema(
-    [("path", pa.string()), ("label", pa.string())]
-    + [
-        (f"{side}_{column}", kind)
-        for side in names.SIDES
-        for column, kind in (("class", pa.string()), ("confidence", pa.float64()), ("version", pa.int64()))
-    ]
-)
 
 
 def predictor(client: PredictionClient, version: Version) -> Predict:
@@ -51,7 +41,7 @@ def predictor(client: PredictionClient, version: Version) -> Predict:
 class _AskBothVersions(beam.DoFn):
     """A read batch → one (baseline outcome, candidate outcome) pair per file: two requests, one per version.
 
-    Each side goes through :func:`~batch.inference.classify_read`, so retries
+    Each side goes through :func:`~batch.inference.predict_read_batch`, so retries
     and bisection are the batch job's; files that failed to read are the same
     :class:`Failed` on both sides. A serving error that stops the job is noted
     in ``failures`` first, for the launcher.
@@ -80,13 +70,13 @@ class _AskBothVersions(beam.DoFn):
     def process(self, batch: list[Image | Failed]) -> Iterator[list[tuple[Outcome, Outcome]]]:
         try:
             baseline, candidate = (
-                classify_read(batch, predict, is_rejected_input, max_request_bytes=self._max_request_bytes)
+                predict_read_batch(batch, predict, is_rejected_input, max_request_bytes=self._max_request_bytes)
                 for predict in self._predict
             )
         except ServingError as error:
             self._failures.note(error)
             raise
-        # classify_read keeps the batch's order within read failures and images alike, so the sides line up
+        # predict_read_batch keeps the batch's order within read failures and images alike, so the sides line up
         yield list(zip(baseline, candidate, strict=True))
 
     def teardown(self) -> None:
@@ -125,8 +115,12 @@ def _tally(baseline: Classified, candidate: Classified) -> Iterator[tuple]:
 
 
 class _PairsToRecords(beam.DoFn):
-    """Lists of pairs → lists of disagreement records (main), of error records (``errors``), the
-    tallies (``tallies``) and the batch's gallery candidates (``gallery``); counts files for the progress display."""
+    """Lists of pairs → blocks of JSON lines of disagreement records (main) and of error records (``errors``),
+    none empty, the tallies (``tallies``) and the batch's gallery candidates (``gallery``); counts files for the
+    progress display. The records leave as JSON text, which holds any path (a bare ``str`` must be UTF-8 for
+    Beam, and a file name may not be)."""
+
+    JSON_LINES = records.BlockFormat("jsonl")
 
     def __init__(self, progress_address: tuple[str, int] | None):
         self._progress_address = progress_address
@@ -150,9 +144,13 @@ class _PairsToRecords(beam.DoFn):
         self._compared.inc(len(pairs) - len(errors))
         self._disagreements.inc(len(disagreements))
         self._errors.inc(len(errors))
-        yield disagreements
-        yield beam.pvalue.TaggedOutput(ERRORS, errors)
-        yield beam.pvalue.TaggedOutput(GALLERY, _surest_first(disagreements)[:GALLERY_SIZE])
+        if disagreements:
+            yield self.JSON_LINES(disagreements)
+        if errors:
+            yield beam.pvalue.TaggedOutput(ERRORS, self.JSON_LINES(errors))
+        # a bare str must be UTF-8 for Beam, and a file name may not be
+        candidates = [dict(record, path=carried(record["path"])) for record in _surest_first(disagreements)]
+        yield beam.pvalue.TaggedOutput(GALLERY, candidates[:GALLERY_SIZE])
         for key, count in tallies.items():
             yield beam.pvalue.TaggedOutput(TALLIES, (key, count))
         self._progress.add(len(pairs))
@@ -222,9 +220,10 @@ class CompareVersions(beam.PTransform):
         )
         return {
             output.DISAGREEMENTS: routed[RECORDS]
-            | "WriteDisagreements" >> records.Write(config.output, output.DISAGREEMENTS, "jsonl", DISAGREEMENT_SCHEMA),
+            | "WriteDisagreements"
+            >> records.Write.formatted_by(_PairsToRecords.JSON_LINES, config.output, output.DISAGREEMENTS),
             output.ERRORS: routed[ERRORS]
-            | "WriteErrors" >> records.Write(config.output, output.ERRORS, "jsonl", records.ERROR_SCHEMA),
+            | "WriteErrors" >> records.Write.formatted_by(_PairsToRecords.JSON_LINES, config.output, output.ERRORS),
             "gallery": routed[GALLERY] | "WriteGallery" >> WriteGallery(config.output, DisagreementGallery()),
             "tallies": (inputs.tallies, routed[TALLIES]) | "WriteTallies" >> WriteTallies(config.output),
         }

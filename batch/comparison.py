@@ -139,7 +139,8 @@ def to_json(comparison: Comparison, gate: Gate) -> str:
 def _answered(comparison: Comparison, side: str) -> str:
     """Who answered a side, e.g. "fashion_mnist v2 (38 files)"."""
     answered = ", ".join(
-        f"{m['model_name']} v{m['model_version']} ({m['files']:,} files)" for m in comparison.versions[side]
+        f"{m['model_name']} v{m['model_version']} ({summary.counted(m['files'], 'file')})"
+        for m in comparison.versions[side]
     )
     return f"{comparison.requested[side]} → {answered or 'no file'}"
 
@@ -167,7 +168,7 @@ def render_html(comparison: Comparison, gate: Gate, gallery: list[dict], read: C
         facts += [
             ("Baseline accuracy", f"{accuracy[names.BASELINE]:.2%}"),
             ("Candidate accuracy", f"{accuracy[names.CANDIDATE]:.2%}"),
-            ("Accuracy delta", f"{accuracy['delta']:+.2%} on {accuracy['files']:,} labelled files"),
+            ("Accuracy delta", f"{accuracy['delta']:+.2%} on {summary.counted(accuracy['files'], 'labelled file')}"),
         ]
     facts += [
         ("Gate", ("passed: " if gate.passed else "failed: ") + gate.reason),
@@ -210,8 +211,9 @@ def _card(record: dict, read: Callable[[str], bytes]) -> str:
 
 def render(comparison: Comparison, gate: Gate) -> str:
     """The comparison as a few lines for a terminal."""
+    files, errors = summary.counted(comparison.files, "file"), summary.counted(comparison.errors, "error")
     lines = [
-        f"{comparison.files} files: {comparison.compared} compared, {comparison.errors} errors "
+        f"{files}: {comparison.compared:,} compared, {errors} "
         f"in {comparison.elapsed_seconds:.1f}s via {comparison.source}",
         f"agreement {_agreement(comparison)}",
         *(f"{side}: {_answered(comparison, side)}" for side in names.SIDES),
@@ -226,7 +228,7 @@ def render(comparison: Comparison, gate: Gate) -> str:
     if comparison.accuracy:
         a = comparison.accuracy
         lines.append(
-            f"accuracy on {a['files']} labelled files: baseline {a[names.BASELINE]:.2%}, "
+            f"accuracy on {summary.counted(a['files'], 'labelled file')}: baseline {a[names.BASELINE]:.2%}, "
             f"candidate {a[names.CANDIDATE]:.2%}, delta {a['delta']:+.2%}"
         )
     lines.append(f"gate: {'passed' if gate.passed else 'failed'}: {gate.reason}")

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from fmnist.common import errors
+from fmnist.common import errors, usage
 
-USAGE = 2  # exit code: the command line, or what it names, cannot be used as given; checked before any work
+USAGE = usage.USAGE  # exit code: the command line, or what it names, cannot be used as given; checked before any work
 FAILED = 1  # exit code: the job could not run, or did not finish
 INTERRUPTED = 130  # exit code: Ctrl-C (128 + SIGINT, as a shell reports it)
 
@@ -41,6 +41,20 @@ class JobError(Exception):
 class OutputInUse(JobError):
     """``--output`` holds an earlier or an interrupted run's results, and the options do not let the job
     replace or finish them: a usage error (exit 2), raised before any work."""
+
+    exit_code = USAGE
+
+
+class OutputUnwritable(JobError):
+    """``--output`` cannot be written: a file, a link to nothing, or a folder the job may not write in, along
+    its path; a usage error (exit 2), raised before any work."""
+
+    exit_code = USAGE
+
+
+class NoInput(JobError):
+    """An ``--input`` gives no file: no such path, a folder holding none, or a pattern matching none; a usage
+    error (exit 2), raised before any work."""
 
     exit_code = USAGE
 
@@ -70,13 +84,3 @@ class ServerLost(ServingFailed):
 def stopped_by(error: errors.ServingError, rerun: str) -> ServingFailed:
     """The job's error for a serving error a worker stopped it on: :class:`ServerLost` when the server went away."""
     return ServerLost(error, rerun) if isinstance(error, _SERVER_GONE) else ServingFailed(error)
-
-
-class BatchFailed(Exception):
-    """A batch the model failed on for a reason of its own (not a rejected file, not the server's availability).
-
-    It never leaves the pipeline, so it has no exit code:
-    ``RunInference(...).with_exception_handling`` catches exactly this class
-    (:class:`batch.job_steps.Classify`), so such a batch becomes error
-    records and the job goes on; any other exception fails the job.
-    """

@@ -1,17 +1,18 @@
 """Classify batches of encoded images with ``RunInference``: through the served model, or in-process.
 
-Both paths are one ``RunInference(ImageBatches(handler)).with_exception_handling()``
-over the job's read batches; ``handler`` is Beam's kind of model handler for
-encoded images: :class:`~batch.tfserving.TFServingModelHandler` for the
-served model, :class:`SignatureHandler` for a SavedModel in the worker. Every
-batch goes through :func:`classify`. A batch goes out as one request (several
-if its bytes exceed ``max_request_bytes``). When the model rejects a request
-as a whole (INVALID_ARGUMENT: one file in it cannot be decoded), the batch is
-bisected until the bad files are isolated, so a corrupt file costs about
-2·log2(batch) extra calls and its neighbours are still classified. A batch
-that fails otherwise goes to the dead-letter output and becomes error records
-(:func:`dead_letters`); a server lost after retries, or one that does not know
-the model, fails the job, naming it. Only the in-process path imports
+Both paths are one ``RunInference(ImageBatches(handler))`` over the job's
+read batches; ``handler`` is Beam's kind of model handler for encoded images:
+:class:`~batch.tfserving.TFServingModelHandler` for the served model,
+:class:`SignatureHandler` for a SavedModel in the worker. Every batch goes
+through :func:`predict_splitting_rejected`. A batch goes out as one request
+(several if its bytes exceed ``max_request_bytes``). When the model rejects a
+request as a whole (INVALID_ARGUMENT: one file in it cannot be decoded), the
+batch is bisected until the bad files are isolated, so a corrupt file costs
+about 2·log2(batch) extra calls and its neighbours are still classified. A
+batch that fails otherwise becomes error records (``inference_failed``, with
+the failure's status or type and its message, taken from the exception where
+it is caught), and the job goes on; a server lost after retries, or one that
+does not know the model, fails the job, naming it. Only the in-process path imports
 TensorFlow, when it gets there (:func:`fmnist.quiet.import_tensorflow`): the
 served path needs the client's protos alone, so its launcher and each
 worker take about 160 MiB instead of 680 (bench/README.md, "Start-up").
@@ -19,10 +20,9 @@ worker take about 160 MiB instead of 680 (bench/README.md, "Start-up").
 Usage::
 
     handler = ImageBatches(ServerSettings("host:8500").handler(), max_request_bytes=32 << 20)
-    outcomes, failed = read_batches | RunInference(handler).with_exception_handling(exc_class=BatchFailed)
-    dead = failed.failed_inferences | beam.Map(dead_letters)
+    outcomes = read_batches | RunInference(handler)   # one list of outcomes per read batch
 
-(:class:`batch.job_steps.Classify` is that step.)
+(:class:`batch.job_steps.InferBatches` is that step.)
 """
 
 from __future__ import annotations
@@ -41,12 +41,11 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from fmnist.batch.errors import BatchFailed
 from fmnist.batch.outcomes import Classified, Failed, Image, Outcome, Reason
 from fmnist.batch.output import FailureNotes
 from fmnist.batch.tfserving import TRANSIENT_CODES, TFServingModelHandler, per_example
-from fmnist.common import errors, names, quiet
-from fmnist.common.client import Prediction, PredictionClient
+from fmnist.common import errors, imagefile, names, quiet
+from fmnist.common.client import Prediction, PredictionClient, one_line
 from fmnist.common.errors import ServingError
 
 NAMESPACE = "fmnist.batch"  # Beam metrics namespace of everything the job counts
@@ -74,7 +73,7 @@ class Scores:
 Predict = Callable[[list[bytes]], Scores]
 
 
-def classify(
+def predict_splitting_rejected(
     images: Sequence[Image],
     predict: Predict,
     is_rejection: Callable[[Exception], bool],
@@ -82,7 +81,9 @@ def classify(
     max_request_bytes: int,
     clock: Callable[[], float] = time.perf_counter,
 ) -> list[Outcome]:
-    """One outcome per image, in order; ``is_rejection(error)`` says "some input is bad", not "the model is"."""
+    """One outcome per image, in order: ``images`` sent in requests of at most ``max_request_bytes``, and a request
+    the model rejects split in halves until its bad images are alone. ``is_rejection(error)`` says "some input is
+    bad", not "the model is"; any other error is raised."""
 
     def attempt(chunk: Sequence[Image]) -> list[Outcome]:
         start = clock()
@@ -92,12 +93,28 @@ def classify(
             if not is_rejection(error):
                 raise
             if len(chunk) == 1:
-                return [Failed(chunk[0].path, Reason.REJECTED, _detail(error))]
+                return [_refused(chunk[0], error)]
             middle = len(chunk) // 2
             return attempt(chunk[:middle]) + attempt(chunk[middle:])
         return _answered(chunk, scores, clock() - start)
 
     return [outcome for chunk in _chunks(images, max_request_bytes) for outcome in attempt(chunk)]
+
+
+def _refused(image: Image, error: Exception) -> Failed:
+    """A file the model refused on its own: ``rejected_by_model``, or ``too_large`` when it is beyond the serving
+    side's default limits, which the job's own, raised, let through (the server and the model's graph check
+    them too, and refuse with the same INVALID_ARGUMENT as an undecodable file)."""
+    beyond = imagefile.check(image.data, imagefile.Limits())
+    if beyond is not None and beyond[0] == imagefile.TOO_LARGE:
+        return Failed(
+            image.path,
+            Reason.TOO_LARGE,
+            f"refused by the server's limit, which the job's raised one let through: {beyond[1]} by default, and "
+            "fmnist serve takes the same option (for pixels, so does fmnist train: its model checks them too) "
+            f"[server: {_detail(error)}]",
+        )
+    return Failed(image.path, Reason.REJECTED, _detail(error))
 
 
 def _answered(images: Sequence[Image], scores: Scores, seconds: float) -> list[Outcome]:
@@ -111,16 +128,17 @@ def _answered(images: Sequence[Image], scores: Scores, seconds: float) -> list[O
     ]
 
 
-def classify_read(
+def predict_read_batch(
     items: Sequence[Image | Failed],
     predict: Predict,
     is_rejection: Callable[[Exception], bool],
     *,
     max_request_bytes: int,
 ) -> list[Outcome]:
-    """Outcomes of a batch as :class:`~batch.readers.ReadImages` read it: files that failed to read stay failed."""
+    """Outcomes of a batch as :class:`~batch.readers.ReadImages` read it (:func:`predict_splitting_rejected` of its
+    images); files that failed to read stay failed, first."""
     images, failed = _partition(items)
-    return failed + classify(images, predict, is_rejection, max_request_bytes=max_request_bytes)
+    return failed + predict_splitting_rejected(images, predict, is_rejection, max_request_bytes=max_request_bytes)
 
 
 def _partition(items: Sequence[Image | Failed]) -> tuple[list[Image], list[Outcome]]:
@@ -153,7 +171,7 @@ def _detail(error: Exception) -> str:
     else:
         text = getattr(error, "message", str(error))
     lines = [line for line in str(text).splitlines() if not _TF_NOISE.match(line)]
-    text = " ".join((lines[-1] if lines else str(text)).split())
+    text = one_line(lines[-1] if lines else str(text))
     return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"
 
 
@@ -216,14 +234,16 @@ class ImageBatches(ModelHandler[list[Image | Failed], list[Outcome], Any]):
     ``model_id`` = ``name:version``: :class:`~batch.tfserving.TFServingModelHandler`
     for the served model (Beam's retries with backoff and client-side
     throttling included), :class:`SignatureHandler` in-process. Each batch
-    goes through :func:`classify`: requests capped at ``max_request_bytes``,
-    and a batch the model rejects (INVALID_ARGUMENT: a file it cannot decode)
-    bisected down to its bad files. Other failures raise
-    :class:`~batch.errors.BatchFailed` (the dead-letter output's) or, when
-    about the server or the model's identity (:data:`SERVER_CODES`), the
-    :mod:`fmnist.common.errors` type of the status, naming the server; that
-    one is noted in ``failures`` first, where the launcher finds it as a type
-    (Beam hands it the worker's exception as text).
+    goes through :func:`predict_read_batch`: requests capped at
+    ``max_request_bytes``, and a batch the model rejects (INVALID_ARGUMENT: a
+    file it cannot decode) bisected down to its bad files. A failure about
+    the server or the model's identity (:data:`SERVER_CODES`) raises the
+    :mod:`fmnist.common.errors` type of the status, naming the server, noted
+    in ``failures`` first, where the launcher finds it as a type (Beam hands
+    it the worker's exception as text). Any other failure is the batch's
+    own: its images become ``inference_failed`` outcomes, each detail made
+    here from the exception itself (its status or type, and its message),
+    and the job goes on.
     """
 
     def __init__(self, images: ModelHandler, *, max_request_bytes: int, failures: FailureNotes | None = None):
@@ -243,19 +263,19 @@ class ImageBatches(ModelHandler[list[Image | Failed], list[Outcome], Any]):
         for items in batch:
             try:
                 outcomes.append(
-                    classify_read(items, predict, is_rejected_input, max_request_bytes=self._max_request_bytes)
+                    predict_read_batch(items, predict, is_rejected_input, max_request_bytes=self._max_request_bytes)
                 )
             except grpc.RpcError as error:
                 if error.code() in SERVER_CODES:
                     stopped = errors.from_code(
-                        error.code(), error.details(), target=getattr(self._images, "target", "?")
+                        error.code(), one_line(error.details()), target=getattr(self._images, "target", "?")
                     )
                     if self._failures is not None:
                         self._failures.note(stopped)
                     raise stopped from error
-                raise BatchFailed(f"{error.code().name}: {_detail(error)}") from error
-            except Exception as error:
-                raise BatchFailed(f"{type(error).__name__}: {_detail(error)}") from error
+                outcomes.append(_failed_batch(items, f"{error.code().name}: {_detail(error)}"))
+            except Exception as error:  # the model's own failure on this batch, whatever it raised
+                outcomes.append(_failed_batch(items, f"{type(error).__name__}: {_detail(error)}"))
         return outcomes
 
     def _scores(self, model: Any, encoded: list[bytes]) -> Scores:
@@ -274,19 +294,10 @@ class ImageBatches(ModelHandler[list[Image | Failed], list[Outcome], Any]):
         return f"ImageBatches({self._images!r})"
 
 
-def dead_letters(failed: tuple[list[list[Image | Failed]], tuple[type, str, list[str]]]) -> list[Outcome]:
-    """A batch ``RunInference`` gave up on (``with_exception_handling``'s output) → an outcome per file.
-
-    Beam hands over the exception as (class, repr, formatted traceback); the
-    traceback's last line is "module.Class: message", and the message says why.
-    """
-    batches, (_, _, trace) = failed
-    detail = _detail(RuntimeError(trace[-1].split(": ", 1)[-1]))
-    return [
-        item if isinstance(item, Failed) else Failed(item.path, Reason.INFERENCE_FAILED, detail)
-        for items in batches
-        for item in items
-    ]
+def _failed_batch(items: Sequence[Image | Failed], detail: str) -> list[Outcome]:
+    """A batch the model failed on as a whole → an outcome per file: its images ``inference_failed``, with
+    ``detail``; files that failed to read keep their own error."""
+    return [item if isinstance(item, Failed) else Failed(item.path, Reason.INFERENCE_FAILED, detail) for item in items]
 
 
 def is_rejected_input(error: Exception) -> bool:

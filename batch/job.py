@@ -43,6 +43,7 @@ from fmnist.batch import output, readers, report, summary
 from fmnist.batch.job_steps import ClassifyFiles
 from fmnist.batch.launcher import execute, make_pipeline, print_outputs, run_cli, wait_for_server
 from fmnist.batch.options import JobConfig, parse_job_args
+from fmnist.batch.summary import counted
 from fmnist.common.client import PredictionClient
 
 RERUN = "--resume"  # what finishes this job's run in the same --output once its server is back
@@ -94,16 +95,19 @@ def run_config(
         print(f"nothing to resume: --output {config.output} holds a finished run", file=stream, flush=True)
         return JobResult(None, None, output.result_files(config.output, output.BATCH_RESULTS))
     results, resuming = output.check_job_output(config.output, config.overwrite, config.resume)
+    output.check_writable(config.output)
+    matched = readers.match_inputs(config.inputs)  # each --input gives a file: usage errors before any work
     source = _check_source(config, client_factory)
-    files, logs, resumption = _match_and_plan(config, resuming, stream)
+    files, logs, resumption = _plan(config, matched, resuming, stream)
+    del matched  # 100,000 paths are about 15 MiB, not to be held while the pipeline runs
     if config.overwrite:
         output.remove_checkpoints(config.output)
     output.clear_output(config.output, results)
-    print(f"matched {readers.describe(files, logs)}; classifying them via {source}", file=stream, flush=True)
+    print(f"matched {readers.describe(files, logs)}; classifying via {source}", file=stream, flush=True)
     total = None if logs else files  # with logs, their images are counted as read
     done = resumption.done if resumption else 0
     if resumption:
-        of = f" of {files:,} files" if total is not None else " of the files and logged images"
+        of = f" of {counted(files, 'file')}" if total is not None else " of the files and logged images"
         print(f"resuming: {done:,}{of} already classified", file=stream, flush=True)
         total = total and total - done
     started = clock()
@@ -140,10 +144,11 @@ def _check_source(config: JobConfig, client_factory: Callable[..., PredictionCli
     return f"server {config.server.target}"
 
 
-def _match_and_plan(config: JobConfig, resuming: bool, stream: TextIO) -> tuple[int, int, output.Resumption | None]:
-    """(files matched, request logs matched, the ``--resume`` plan). Only the counts outlive this call: the
-    matched paths (100,000 files: about 15 MiB) must not stay in memory while the pipeline runs."""
-    files, logs = readers.match_inputs(config.inputs)
+def _plan(
+    config: JobConfig, matched: tuple[set[str], set[str]], resuming: bool, stream: TextIO
+) -> tuple[int, int, output.Resumption | None]:
+    """(files matched, request logs matched, the ``--resume`` plan) of what :func:`readers.match_inputs` found."""
+    files, logs = matched
     plan = output.plan_resumption(config.output, files, logs, stream) if resuming else None
     return len(files), len(logs), plan
 

@@ -1,15 +1,15 @@
 """``fmnist batch``'s pipeline: read batches → classified → checkpointed → records, errors and tallies → files.
 
 :class:`ClassifyFiles` is the whole job, built from the steps here and the
-shared ones (:mod:`batch.steps`): :class:`Classify` (``RunInference`` over the
-read batches, with a dead-letter output opt-in, as ``RunInference`` has it),
+shared ones (:mod:`batch.steps`): :class:`InferBatches` (``RunInference`` over the
+read batches),
 :class:`ResumeCheckpoints` (an interrupted run's outcomes, for ``--resume``),
 a checkpoint per classified batch, and the records of each batch.
 
 Usage::
 
     pipeline | "Job" >> ClassifyFiles(config, progress_address=address)
-    outcomes, dead = read_batches | Classify(handler, max_request_bytes=32 << 20).with_exception_handling()
+    outcomes = read_batches | InferBatches(handler, max_request_bytes=32 << 20)
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from fmnist.batch import output, progress, records, report, summary
-from fmnist.batch.errors import BatchFailed
-from fmnist.batch.inference import NAMESPACE, ImageBatches, SignatureHandler, dead_letters
+from fmnist.batch.inference import NAMESPACE, ImageBatches, SignatureHandler
 from fmnist.batch.options import JobConfig
 from fmnist.batch.outcomes import Classified, Failed, Outcome
 from fmnist.batch.steps import ERRORS, GALLERY, RECORDS, TALLIES, ReadInputs, WriteGallery, WriteTallies
@@ -39,40 +38,23 @@ def images_handler(config: JobConfig) -> ModelHandler:
     return config.server.handler()
 
 
-class Classify(beam.PTransform):
+class InferBatches(beam.PTransform):
     """Read batches (lists of Image or Failed) → their lists of outcomes, through ``RunInference``.
 
     A batch goes to ``handler`` (a handler of encoded images) through
     :class:`~batch.inference.ImageBatches`: requests of at most
-    ``max_request_bytes``, a rejected one bisected down to its bad files. A
-    batch the model fails on otherwise fails the job, unless
-    :meth:`with_exception_handling`; a serving error a worker stops the job
-    on is noted in ``failures``, for the launcher.
+    ``max_request_bytes``, a rejected one bisected down to its bad files, and
+    a batch the model fails on as a whole given as ``inference_failed``
+    outcomes; a serving error a worker stops the job on is noted in
+    ``failures``, for the launcher.
     """
 
     def __init__(self, handler: ModelHandler, *, max_request_bytes: int, failures: output.FailureNotes | None = None):
         super().__init__()
         self._batches = ImageBatches(handler, max_request_bytes=max_request_bytes, failures=failures)
-        self._dead_letters = False
 
-    def with_exception_handling(self) -> Classify:
-        """Give (outcomes, dead letters) instead: each batch the model failed on (:class:`~batch.errors.BatchFailed`)
-        as a list of :class:`Failed`, one per file.
-
-        The two stay apart: Beam's local runner executes a Flatten of several
-        inputs itself, holding everything that reaches it, so merging them here
-        would keep every outcome of the job in memory before their records were made.
-        """
-        self._dead_letters = True
-        return self
-
-    def expand(self, batches: beam.PCollection) -> beam.PCollection | tuple[beam.PCollection, beam.PCollection]:
-        if not self._dead_letters:
-            return batches | "RunInference" >> RunInference(self._batches)
-        outcomes, failed = batches | "RunInference" >> RunInference(self._batches).with_exception_handling(
-            exc_class=BatchFailed
-        )
-        return outcomes, failed.failed_inferences | "DeadLetters" >> beam.Map(dead_letters)
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        return batches | "RunInference" >> RunInference(self._batches)
 
 
 class _SaveCheckpoint(ThreadedDoFn):
@@ -159,7 +141,7 @@ class _OutcomesToRecords(ThreadedDoFn):
 class Resumed(NamedTuple):
     """What :class:`ResumeCheckpoints` gives."""
 
-    outcomes: beam.PCollection  # one list of outcomes per checkpoint, as Classify gives them
+    outcomes: beam.PCollection  # one list of outcomes per checkpoint, as InferBatches gives them
     paths: beam.PCollection  # one frozenset: every path they hold (the files not to read again)
 
 
@@ -253,17 +235,17 @@ class ClassifyFiles(beam.PTransform):
         inputs = start | "ReadInputs" >> ReadInputs(
             config.inputs, batch_size=config.batch_size, limits=config.limits, skip=skip
         )
-        classify = Classify(
+        infer = InferBatches(
             self._handler or images_handler(config),
             max_request_bytes=config.max_request_bytes,
             failures=output.FailureNotes(config.output),
         )
-        classified, dead = inputs.batches | "Classify" >> classify.with_exception_handling()
         folder = FileSystems.join(config.output, output.CHECKPOINTS)
         keep_data = config.file_format == records.TFRECORD  # a PredictionLog's request holds the image
-        outcomes, dead = (
-            found | f"Checkpoint{name}" >> beam.ParDo(_SaveCheckpoint(folder, self._progress_address, keep_data))
-            for name, found in (("", classified), ("DeadLetters", dead))
+        outcomes = (
+            inputs.batches
+            | "InferBatches" >> infer
+            | "Checkpoint" >> beam.ParDo(_SaveCheckpoint(folder, self._progress_address, keep_data))
         )
         if resumed is not None:
             outcomes = (outcomes, resumed.outcomes) | "WithResumed" >> beam.Flatten()
@@ -273,20 +255,13 @@ class ClassifyFiles(beam.PTransform):
             # JSONL beside TFRecords: errors are no predictions
             records.BlockFormat(records.errors_format(config.file_format), records.ERROR_SCHEMA),
         )
-        routed, dead_routed = (
-            found | f"Records{name}" >> beam.ParDo(to_records).with_outputs(ERRORS, TALLIES, GALLERY, main=RECORDS)
-            for name, found in (("", outcomes), ("DeadLetters", dead))
-        )
-        # Dead letters hold no records; their errors join the others' after the records, where a Flatten holds
-        # only errors.
-        errors = (routed[ERRORS], dead_routed[ERRORS]) | "AllErrors" >> beam.Flatten()
+        routed = outcomes | "Records" >> beam.ParDo(to_records).with_outputs(ERRORS, TALLIES, GALLERY, main=RECORDS)
         return {
             output.PREDICTIONS: routed[RECORDS]
             | "WritePredictions"
             >> records.Write.formatted_by(to_records.record_format, config.output, output.PREDICTIONS),
-            output.ERRORS: errors
+            output.ERRORS: routed[ERRORS]
             | "WriteErrors" >> records.Write.formatted_by(to_records.error_format, config.output, output.ERRORS),
             "gallery": routed[GALLERY] | "WriteGallery" >> WriteGallery(config.output, report.Gallery()),
-            "tallies": (inputs.tallies, routed[TALLIES], dead_routed[TALLIES])
-            | "WriteTallies" >> WriteTallies(config.output),
+            "tallies": (inputs.tallies, routed[TALLIES]) | "WriteTallies" >> WriteTallies(config.output),
         }

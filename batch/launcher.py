@@ -39,29 +39,39 @@ from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from fmnist.batch import progress
-from fmnist.batch.errors import FAILED, INTERRUPTED, JobError, stopped_by
+from fmnist.batch.errors import FAILED, INTERRUPTED, USAGE, JobError, stopped_by
 from fmnist.batch.inference import ServerSettings
-from fmnist.batch.output import FailureNotes
-from fmnist.common import logs, quiet
+from fmnist.batch.output import FailureNotes, scratch_removed_on_failure
+from fmnist.common import logs, quiet, usage
 from fmnist.common.client import PredictionClient
 from fmnist.common.errors import ServingError
 
 R = TypeVar("R")  # what a command's work returns to its finish (run_cli)
 _INTERRUPT_GRACE = 5.0  # seconds a Ctrl-C'd job may take to wind down before the process leaves anyway
-_NOT_FOUND_GRACE = 3.0  # seconds a server that answers may say NOT_FOUND for the model (still loading it)
+_GRACE = 3.0  # seconds a server may be unreachable, or say NOT_FOUND for the model, before it is believed
 
 
 def wait_for_server(server: ServerSettings, client_factory: Callable[..., PredictionClient]) -> None:
-    """Wait up to the server's timeout for it to serve ``server.model_name``; :class:`JobError` naming it otherwise."""
+    """Wait up to the server's timeout for it to serve ``server.model_name``; :class:`JobError` naming it otherwise.
+
+    A server that is not there at all (its name does not resolve, it refuses
+    the connection, it does not speak gRPC) or has no such model is believed
+    after a few seconds (``_GRACE``), not after the whole timeout: long enough
+    for one that is starting, or loading the model.
+    """
     client = server.connect(client_factory)
     try:
-        client.wait_until_available(timeout=server.timeout, not_found_grace=min(_NOT_FOUND_GRACE, server.timeout))
+        client.wait_until_available(timeout=server.timeout, grace=min(_GRACE, server.timeout))
     except ServingError as error:
         if error.code == grpc.StatusCode.NOT_FOUND:
-            raise JobError(
-                f"the server at {server.target} has no model named {server.model_name!r} "
-                f"(NOT_FOUND: {error.details}); check --model-name"
+            raise JobError(  # the same NOT_FOUND for a name the server does not know and a model it has no version of
+                f"the server at {server.target} has no version of model {server.model_name!r} "
+                f"(NOT_FOUND: {error.details}): nothing is pushed under its model base path yet, so push a version "
+                f"with fmnist train --models-dir DIR, for a server of DIR/{server.model_name} (fmnist demo pushes "
+                "to runs/demo/models/); or it serves the model under another name: check --model-name"
             ) from error
+        if error.code == grpc.StatusCode.UNAVAILABLE:
+            raise JobError(f"cannot reach the server at {server.target}: {error.details}; check --server") from error
         raise JobError(f"the server at {server.target} did not answer: {error}") from error
     except Exception as error:  # whatever a custom factory's client raises
         raise JobError(f"the server at {server.target} did not answer: {error}") from error
@@ -108,9 +118,13 @@ def execute(
     ``failures``: the job's error is then :func:`~batch.errors.stopped_by` of
     that note (a lost server's line says to run again with ``rerun``), whatever
     Beam made of the worker's exception. Notes of a failure the runner
-    retried past are removed with the others.
+    retried past are removed with the others. A run that fails leaves no
+    scratch in the output folder (:func:`~batch.output.scratch_removed_on_failure`).
     """
-    with progress.Progress(total, every=progress_seconds, stream=stream) as shown:
+    with (
+        progress.Progress(total, every=progress_seconds, stream=stream) as shown,
+        scratch_removed_on_failure(failures.output),
+    ):
         build_into(pipeline, shown.address)
         try:
             result = pipeline.run()
@@ -169,6 +183,8 @@ def run_cli(prog: str, verbose: bool, work: Callable[[TextIO], R], finish: Calla
             leave()
         if not isinstance(error, Exception):
             raise
+        if isinstance(error, JobError) and error.exit_code == USAGE:  # found once the command line was read
+            return usage.refuse(prog, str(error))
         print(f"{prog}: error: {_last_line(error)}", file=sys.stderr)
         return error.exit_code if isinstance(error, JobError) else FAILED
     finally:

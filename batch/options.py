@@ -17,7 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import difflib
+import functools
 from dataclasses import dataclass, field
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -27,6 +27,9 @@ from fmnist.batch.inference import LocalModel, ServerSettings
 from fmnist.batch.output import CHECKPOINTS
 from fmnist.common import names
 from fmnist.common.imagefile import Limits
+from fmnist.common.usage import CommandParser
+
+MAX_REQUEST_BYTES = 32 << 20  # of images in one request: half the client's 64 MiB message limit
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class JobConfig:
     batch_size: int = 64
     top_k: int = 3
     limits: Limits = field(default_factory=Limits)
-    max_request_bytes: int = 32 << 20  # half the client's 64 MiB message limit
+    max_request_bytes: int = MAX_REQUEST_BYTES
     progress_seconds: float = 10.0
     overwrite: bool = False  # replace an earlier run's results in output
     resume: bool = False  # finish the interrupted run in output, keeping what its checkpoints hold
@@ -77,7 +80,7 @@ class CompareConfig:
     min_accuracy_delta: float | None = None  # the gate, labelled folders only: candidate − baseline accuracy
     batch_size: int = 64
     limits: Limits = field(default_factory=Limits)
-    max_request_bytes: int = 32 << 20  # half the client's 64 MiB message limit
+    max_request_bytes: int = MAX_REQUEST_BYTES
     progress_seconds: float = 10.0
     overwrite: bool = False
     verbose: bool = False
@@ -153,7 +156,7 @@ def parse_job_args(argv: list[str] | None, prog: str | None = None) -> tuple[Job
         file_format=args.file_format,
         batch_size=args.batch_size,
         top_k=args.top_k,
-        limits=Limits(max_pixels=args.max_image_pixels),
+        limits=Limits(max_file_bytes=args.max_image_bytes, max_pixels=args.max_image_pixels),
         progress_seconds=args.progress_seconds,
         overwrite=args.overwrite,
         resume=args.resume,
@@ -221,7 +224,7 @@ def parse_compare_args(argv: list[str] | None, prog: str | None = None) -> tuple
         max_disagreement=args.max_disagreement,
         min_accuracy_delta=args.min_accuracy_delta,
         batch_size=args.batch_size,
-        limits=Limits(max_pixels=args.max_image_pixels),
+        limits=Limits(max_file_bytes=args.max_image_bytes, max_pixels=args.max_image_pixels),
         progress_seconds=args.progress_seconds,
         overwrite=args.overwrite,
         verbose=args.verbose,
@@ -230,9 +233,11 @@ def parse_compare_args(argv: list[str] | None, prog: str | None = None) -> tuple
 
 
 def beam_command_parser(prog: str | None, description: str, output_help: str) -> argparse.ArgumentParser:
-    """A parser with the options every Beam command over image files shares (inputs, output, calls, display)."""
-    parser = argparse.ArgumentParser(
+    """A parser with the options every Beam command over image files shares (inputs, output, calls, display);
+    Beam's pipeline options pass through it (:class:`~fmnist.common.usage.CommandParser`'s ``passes_on``)."""
+    parser = CommandParser(
         prog=prog,
+        passes_on=_beam_parser()._option_string_actions,
         allow_abbrev=False,  # "--dir..." must not swallow a Beam option that merely starts alike
         description=description + " Besides the options below it takes Beam's pipeline options (--runner, "
         "--direct_num_workers, --project, ...); without --runner the job runs locally.",
@@ -263,7 +268,7 @@ def beam_command_parser(prog: str | None, description: str, output_help: str) ->
         "--timeout",
         type=float,
         default=30.0,
-        help="deadline of each request, and the longest wait for the server at start, seconds (default 30)",
+        help="deadline of each request, and the longest wait for a server that is starting, seconds (default 30)",
     )
     parser.add_argument(
         "--retries",
@@ -273,11 +278,20 @@ def beam_command_parser(prog: str | None, description: str, output_help: str) ->
         "DEADLINE_EXCEEDED, ...; default 3)",
     )
     parser.add_argument(
+        "--max-image-bytes",
+        type=_positive,
+        default=names.MAX_IMAGE_BYTES,
+        metavar="N",
+        help="refuse a file of more bytes before sending it, as the server would (default 16 MiB, the server's); "
+        "raising it here alone lets the server refuse it",
+    )
+    parser.add_argument(
         "--max-image-pixels",
         type=_positive,
         default=names.MAX_IMAGE_PIXELS,
         metavar="N",
-        help="refuse an image whose header claims more pixels, as the server does (default 4096x4096)",
+        help="refuse an image whose header claims more pixels before sending it, as the server would (default "
+        "4096x4096, the server's and the model's); raising it here alone lets the server refuse it",
     )
     parser.add_argument("--verbose", action="store_true", help="show Beam's own logs, worker tracebacks included")
     parser.add_argument(
@@ -293,21 +307,21 @@ def beam_command_parser(prog: str | None, description: str, output_help: str) ->
 def parse_with_beam_options(
     parser: argparse.ArgumentParser, argv: list[str] | None
 ) -> tuple[argparse.Namespace, list[str]]:
-    """(this command's arguments, Beam's); an option that is neither is a usage error, with a guess."""
+    """(this command's arguments, Beam's); an option that is neither is a usage error, with a guess (the parser's
+    own check), and so is anything else Beam's own parser would discard."""
     args, beam_args = parser.parse_known_args(argv)
-    unknown = _not_beam_options(beam_args)
+    if args.max_image_bytes > MAX_REQUEST_BYTES:
+        parser.error(f"--max-image-bytes: at most {MAX_REQUEST_BYTES:,}, the most one request carries")
+    unknown = _beam_parser().parse_known_args(beam_args)[1]
     if unknown:
-        ours = [option for option in parser._option_string_actions if option.startswith("--")]
-        guesses = difflib.get_close_matches(unknown[0].split("=")[0], ours, n=1)
-        parser.error(
-            f"unrecognized arguments: {' '.join(unknown)} (neither an option of this command nor a "
-            f"Beam pipeline option{f'; did you mean {guesses[0]}?' if guesses else ''})"
-        )
+        parser.error(f"unexpected argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)}")
     return args, beam_args
 
 
-def _not_beam_options(beam_args: list[str]) -> list[str]:
-    """The arguments Beam's own option parser would discard (it only warns, then runs with defaults)."""
+@functools.cache
+def _beam_parser() -> argparse.ArgumentParser:
+    """The parser of every Beam pipeline option; Beam's own use of it only warns of what it discards, then runs
+    with defaults."""
     parsers = []
-    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)  # the parser of every Beam option
-    return parsers[0].parse_known_args(beam_args)[1]
+    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+    return parsers[0]

@@ -35,9 +35,7 @@ class Reason:
     UNSUPPORTED_FORMAT = imagefile.UNSUPPORTED_FORMAT
     TOO_LARGE = imagefile.TOO_LARGE
     REJECTED = "rejected_by_model"  # the model could not decode it (INVALID_ARGUMENT)
-    INFERENCE_FAILED = (
-        "inference_failed"  # the model failed on its batch for another reason (RunInference's dead letters)
-    )
+    INFERENCE_FAILED = "inference_failed"  # the model failed on its batch as a whole, for another reason
 
 
 @dataclass(frozen=True)
@@ -94,6 +92,40 @@ class Failed:
 
 
 Outcome = Classified | Failed
+
+
+def carried(path: str) -> bytes:
+    """``path`` as Beam can carry it on its own: its UTF-8 bytes, a file name's undecodable bytes included.
+
+    Python holds those as lone surrogates (``os.fsdecode``), which UTF-8
+    cannot encode, and Beam encodes a bare ``str`` between steps as strict
+    UTF-8; inside the job's dataclasses a path travels pickled, as it is.
+    """
+    return path.encode("utf-8", "surrogatepass")
+
+
+def uncarried(data: bytes) -> str:
+    """The path :func:`carried` gave ``data`` for."""
+    return data.decode("utf-8", "surrogatepass")
+
+
+def json_uncarried(value: object) -> str:
+    """``json.dumps``'s ``default`` for values holding :func:`carried` paths: each as its path, which JSON escapes."""
+    if isinstance(value, bytes):
+        return uncarried(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def utf8_text(path: str) -> str:
+    """``path`` as formats that hold only UTF-8 take it (CSV, Parquet, protobuf strings): unchanged, or, where it
+    holds a file name's undecodable bytes, with each written as JSON escapes it (``caf\\udce9.png``)."""
+    if path.isascii():
+        return path
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "backslashreplace").decode()
+    return path
 
 
 _CLASSIFIED_KEYS = frozenset({"path", "label", "probabilities", "model_name", "model_version"})

@@ -27,13 +27,15 @@ the launcher alone reads and removes them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import tempfile
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TextIO
@@ -43,7 +45,7 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from fmnist.batch import report, summary
-from fmnist.batch.errors import OutputInUse
+from fmnist.batch.errors import OutputInUse, OutputUnwritable
 from fmnist.batch.outcomes import Outcome, from_json, to_json
 from fmnist.common import errors
 
@@ -98,6 +100,30 @@ def check_output(output: str, overwrite: bool, result_patterns: Sequence[str]) -
     return results
 
 
+def check_writable(output: str) -> None:
+    """Refuse (:class:`~batch.errors.OutputUnwritable`) a local ``output`` the job could not write, before any work.
+
+    The deepest part of the path that exists must be a folder the job can
+    create a file in (a temporary file, made and gone at once): there the job
+    makes whatever folders are missing, then writes. Other file systems are
+    Beam's to judge, when the job writes.
+    """
+    if FileSystems.get_scheme(output) is not None:
+        return
+    existing = os.path.abspath(output)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if os.path.islink(existing) and not os.path.exists(existing):
+        raise OutputUnwritable(f"--output {output}: {existing} is a symbolic link to nothing")
+    if not os.path.isdir(existing):
+        raise OutputUnwritable(f"--output {output}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise OutputUnwritable(f"--output {output}: cannot write in {existing}: {error.strerror or error}") from error
+
+
 def check_job_output(output: str, overwrite: bool, resume: bool) -> tuple[list[str], bool]:
     """``fmnist batch``'s :func:`check_output`: (an earlier run's results to remove before this run, whether
     this run resumes an interrupted one).
@@ -111,7 +137,7 @@ def check_job_output(output: str, overwrite: bool, resume: bool) -> tuple[list[s
         if not resume:
             count = sum(is_checkpoint(FileSystems.split(path)[1]) for path in saved)
             raise OutputInUse(
-                f"--output {output} holds an interrupted run ({count:,} checkpoints in "
+                f"--output {output} holds an interrupted run ({summary.counted(count, 'checkpoint')} in "
                 f"{CHECKPOINTS}/); add --resume to finish it, or --overwrite to start again"
             )
         return [path for pattern in BATCH_RESULTS for path in listed(output, pattern)], True
@@ -129,21 +155,42 @@ def is_finished(output: str) -> bool:
 
 
 def clear_output(output: str, results: list[str]) -> None:
-    """Remove ``results`` (being overwritten) and the scratch an interrupted run left.
+    """Remove ``results`` (being overwritten) and the scratch an interrupted run left (:func:`remove_scratch`)."""
+    if results:
+        FileSystems.delete(results)
+    remove_scratch(output)
 
-    Scratch (Beam's ``beam-temp-*`` folders, the tallies, the gallery, failure
-    notes) always goes: it is no one's result, and a run that finished removed
-    its own. Files that are not the job's are never touched.
+
+def remove_scratch(output: str) -> None:
+    """Remove the scratch in ``output``: Beam's ``beam-temp-*`` folders, the tallies, the gallery, failure notes.
+
+    It is no one's result: a run that finishes removes its own, a run that
+    fails too (:func:`scratch_removed_on_failure`), and the next run removes
+    what an interrupted one left. Files that are not the job's are never touched.
     """
     # Beam's match lists files, so a temp folder goes with its files; locally, empty ones go too.
     patterns = ("beam-temp-**", COUNTS_FILE, GALLERY_FILE, f"{_FAILURE_PREFIX}*")
     scratch = [path for pattern in patterns for path in listed(output, pattern)]
-    if results or scratch:
-        FileSystems.delete(results + scratch)
+    if scratch:
+        FileSystems.delete(scratch)
     if os.path.isdir(output):
         for name in os.listdir(output):
             if name.startswith("beam-temp-"):
                 shutil.rmtree(os.path.join(output, name), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_removed_on_failure(output: str) -> Iterator[None]:
+    """Around a run: if it fails, remove its scratch (:func:`remove_scratch`) and, when the run made ``output``
+    and left nothing else in it, the folder too. Checkpoints stay, for ``--resume``."""
+    existed = os.path.isdir(output)
+    try:
+        yield
+    except BaseException:
+        remove_scratch(output)
+        if not existed and os.path.isdir(output) and not os.listdir(output):
+            os.rmdir(output)
+        raise
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -311,7 +358,7 @@ def plan_resumption(output: str, files: set[str], logs: set[str], stream: TextIO
     gone = sum(not is_input(path) for path in owner)
     if gone:
         print(
-            f"resuming: {gone:,} files the checkpoints hold are no longer among the inputs: left out",
+            f"resuming: {summary.counted(gone, 'file')} in the checkpoints, no longer among the inputs, left out",
             file=stream,
             flush=True,
         )

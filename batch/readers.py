@@ -32,8 +32,9 @@ import apache_beam as beam
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from fmnist.batch.errors import JobError
-from fmnist.batch.outcomes import Failed, Image, Reason
+from fmnist.batch.errors import JobError, NoInput
+from fmnist.batch.outcomes import Failed, Image, Reason, uncarried
+from fmnist.batch.summary import counted
 from fmnist.batch.threaded import ThreadedDoFn
 from fmnist.common import imagefile, names
 from fmnist.common.apis import prediction_log_pb2  # the protos alone (no TensorFlow runtime)
@@ -43,20 +44,84 @@ _WILDCARD = re.compile(r"[*?\[]")
 
 
 def input_patterns(spec: str) -> list[str]:
-    """The Beam file patterns for one ``--input``: folders recursively, globs with ``**/`` matching zero folders too.
+    """The file patterns for one ``--input``: folders recursively, globs with ``**/`` matching zero folders too.
 
     Beam's ``**`` matches any characters, ``/`` included, so ``imgs/**/*.png``
     alone would need at least one folder below ``imgs``; users (and shells with
     globstar) expect it to match ``imgs/a.png`` as well, so each ``**/`` also
     yields the pattern without it. A plain path is a folder when the local file
-    system says so, or when no file has exactly that name (object stores have
-    no folders, only prefixes).
+    system says so; elsewhere, when no file has exactly that name (object
+    stores have no folders, only prefixes).
     """
     if _WILDCARD.search(spec):
         return sorted(_zero_or_more_folders(spec))
-    if not os.path.isdir(spec) and any(m.path == spec for m in FileSystems.match([spec])[0].metadata_list):
+    if _is_local(spec):
+        return [os.path.join(spec.rstrip("/"), "**")] if os.path.isdir(spec) else [spec]
+    if any(m.path == spec for m in FileSystems.match([spec])[0].metadata_list):
         return [spec]
     return [FileSystems.join(spec.rstrip("/"), "**")]
+
+
+def _is_local(path: str) -> bool:
+    """Whether ``path`` is on this machine's file system (Beam's scheme-less paths), not behind a URL scheme."""
+    return FileSystems.get_scheme(path) is None
+
+
+def matched_files(pattern: str) -> Iterator[tuple[str, int]]:
+    """(path, size) of each file ``pattern`` matches, as the job names and reads them; the pattern's syntax is
+    Beam's (:meth:`FileSystem.translate_pattern`).
+
+    Locally, links are followed, to folders too, except into a folder the
+    link is in (a loop); a link to nothing is a file of size 0, whose reading
+    says what it is (:class:`ReadImages`), so it is accounted for like any
+    other file. Elsewhere, Beam's match. A folder that cannot be listed raises
+    ``OSError`` (or Beam's ``BeamIOError``).
+    """
+    if not _is_local(pattern):
+        yield from ((m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list)
+        return
+    wildcard = _WILDCARD.search(pattern)
+    if not wildcard:
+        if os.path.lexists(pattern) and not os.path.isdir(pattern):
+            yield pattern, _size(pattern)
+        return
+    regex = re.compile(FileSystem.translate_pattern(pattern))
+    for path, size in _files_below(os.path.dirname(pattern[: wildcard.start()])):
+        if regex.match(path):
+            yield path, size
+
+
+def _files_below(folder: str) -> Iterator[tuple[str, int]]:
+    """(path, size) of every regular file, and every link to nothing, below ``folder`` ("": the working folder,
+    its files named as relative paths), following links to folders but never into one it is already in."""
+    if not os.path.isdir(folder or "."):
+        return
+    stack = [(folder, frozenset({_identity(folder or ".")}))]
+    while stack:
+        current, ancestors = stack.pop()
+        with os.scandir(current or ".") as entries:
+            for entry in entries:
+                path = os.path.join(current, entry.name) if current else entry.name
+                if entry.is_dir():  # a link to a folder too
+                    identity = _identity(path)
+                    if identity not in ancestors:  # a link to a folder above it would loop
+                        stack.append((path, ancestors | {identity}))
+                elif entry.is_file() or not os.path.exists(path):  # a regular file, or a link to nothing
+                    yield path, _size(path)
+
+
+def _identity(folder: str) -> tuple[int, int]:
+    """What tells folders apart, whatever links lead to them: (device, inode)."""
+    status = os.stat(folder)
+    return status.st_dev, status.st_ino
+
+
+def _size(path: str) -> int:
+    """A file's size; 0 for a link to nothing."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _zero_or_more_folders(pattern: str) -> set[str]:
@@ -80,22 +145,43 @@ def patterns_of(inputs: Sequence[str]) -> list[str]:
 
 
 def match_inputs(inputs: Sequence[str]) -> tuple[set[str], set[str]]:
-    """(image files, request logs) the inputs match now, as the pipeline will name them; a clear error for none."""
+    """(image files, request logs) the inputs match now, as the pipeline will name them.
+
+    Each ``--input`` must match a file: one that matches none is a usage
+    error (:class:`~batch.errors.NoInput`) saying whether the path does not
+    exist, is a folder holding no files, or is a pattern matching none.
+    """
     files, logs = set(), set()
-    for pattern in patterns_of(inputs):
-        try:
-            found = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-        except BeamIOError as error:
-            raise JobError(f"cannot list {pattern}: {error}") from error
-        (logs if is_request_log(pattern) else files).update(found)
-    if not files and not logs:
-        raise JobError(f"no file matches {', '.join(inputs)}")
+    for spec in inputs:
+        found = set()
+        for pattern in input_patterns(spec):
+            try:
+                found.update(path for path, _ in matched_files(pattern))
+            except (BeamIOError, OSError) as error:
+                raise JobError(f"cannot list {pattern}: {_reason(error)}") from error
+        if not found:
+            raise NoInput(_nothing_in(spec))
+        (logs if is_request_log(spec) else files).update(found)
     return files, logs
+
+
+def _nothing_in(spec: str) -> str:
+    """Why an ``--input`` gives no file, as its one line."""
+    if _WILDCARD.search(spec) or not _is_local(spec):
+        return f"no file matches {spec}"
+    if not os.path.lexists(spec):
+        return f"no such folder or file: {spec}"
+    return f"no image files under {spec}"
+
+
+def _reason(error: Exception) -> str:
+    """An error's one-line reason: an OS error's own words (not the path again), else its message."""
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
 
 
 def describe(files: int, logs: int) -> str:
     """ "N files and M request logs", for the line the launcher writes once it has matched them."""
-    return f"{files:,} files" + (f" and {logs:,} request logs" if logs else "")
+    return counted(files, "file") + (f" and {counted(logs, 'request log')}" if logs else "")
 
 
 def describe_matches(inputs: Sequence[str]) -> tuple[str, int | None]:
@@ -153,7 +239,8 @@ class LoggedImages(beam.DoFn):
 
 
 class ReadImages(ThreadedDoFn):
-    """A batch of (path, matched size) → one list holding each file's :class:`Image` or :class:`Failed`.
+    """A batch of (path, matched size) → one list holding each file's :class:`Image` or :class:`Failed`; each path
+    as :func:`~batch.outcomes.carried` gives it.
 
     From here to the writers a batch, not a file, is the element: Beam's
     per-element work in the Python SDK (a few microseconds per step) was
@@ -171,8 +258,8 @@ class ReadImages(ThreadedDoFn):
         super().setup()
         self._file_systems: dict[str | None, FileSystem] = {}
 
-    def work(self, batch: list[tuple[str, int]]) -> list[list[Image | Failed]]:
-        return [[self._read(path, size) for path, size in batch]]
+    def work(self, batch: list[tuple[bytes, int]]) -> list[list[Image | Failed]]:
+        return [[self._read(uncarried(path), size) for path, size in batch]]
 
     def _file_system(self, path: str) -> FileSystem:
         """One file system per scheme: ``FileSystems`` makes a new one for every call (a tenth of the job's time)."""
@@ -189,6 +276,8 @@ class ReadImages(ThreadedDoFn):
                 # One byte past the limit is enough for the check to see a file over it.
                 data = read_at_most(file, self._limits.max_file_bytes + 1, matched_size)
         except OSError as error:
+            if isinstance(error, FileNotFoundError) and _is_local(path) and os.path.islink(path):
+                return Failed(path, Reason.UNREADABLE, f"a symbolic link to {os.readlink(path)}, which does not exist")
             return Failed(path, Reason.UNREADABLE, f"{type(error).__name__}: {error}")
         problem = imagefile.check(data, self._limits)
         # os.path.dirname, not the file system's split, which normalises the path again (8 % of the job).

@@ -34,7 +34,7 @@ from apache_beam.io import tfrecordio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from fmnist.batch.outcomes import Classified, Failed, json_line
+from fmnist.batch.outcomes import Classified, Failed, json_line, utf8_text
 from fmnist.common import imagefile, names
 from fmnist.common.apis import prediction_log_pb2, types_pb2  # the protos alone (no TensorFlow runtime)
 
@@ -92,7 +92,7 @@ def prediction_log(outcome: Classified, signature: str = names.PREDICT_IMAGES) -
     class_id = outcome.class_id
     outputs[names.OUTPUT_CLASS_IDS].int64_val.append(class_id)
     outputs[names.OUTPUT_CLASS_NAMES].string_val.append(names.CLASS_NAMES[class_id].encode())
-    log.log_metadata.request_origin = outcome.path
+    log.log_metadata.request_origin = utf8_text(outcome.path)
     return log.SerializeToString()
 
 
@@ -136,11 +136,21 @@ def error_record(outcome: Failed) -> dict:
 
 
 def _csv_line(record: dict, columns: list[str]) -> str:
-    """One CSV row; nested values (top_k) are JSON in their cell."""
+    """One CSV row; nested values (top_k) are JSON in their cell, and text as UTF-8 holds it."""
     buffer = io.StringIO()
-    cells = [v if isinstance(v, (str, int, float)) else json.dumps(v) for v in (record[c] for c in columns)]
+    cells = [
+        utf8_text(v) if isinstance(v, str) else v if isinstance(v, (int, float)) else json.dumps(v)
+        for v in (record[c] for c in columns)
+    ]
     csv.writer(buffer, lineterminator="").writerow(cells)
     return buffer.getvalue()
+
+
+def _utf8_path(record: dict) -> dict:
+    """``record`` with its path as UTF-8 holds it (:func:`~batch.outcomes.utf8_text`); itself when it holds it."""
+    path = record["path"]
+    text = utf8_text(path)
+    return record if text is path else {**record, "path": text}
 
 
 @dataclass(frozen=True)
@@ -155,7 +165,7 @@ class BlockFormat:
         if self.file_format == TFRECORD:
             return records
         if self.file_format == "parquet":
-            return pa.Table.from_pylist(records, schema=self.schema)
+            return pa.Table.from_pylist([_utf8_path(record) for record in records], schema=self.schema)
         if self.file_format == "csv":
             columns = self.schema.names
             return "\n".join(_csv_line(record, columns) for record in records)

@@ -23,7 +23,7 @@ import apache_beam as beam
 from PIL import Image as PILImage
 
 from fmnist.batch import summary as summary_lib
-from fmnist.batch.outcomes import Classified, Outcome
+from fmnist.batch.outcomes import Classified, Outcome, carried, utf8_text
 from fmnist.common import names
 
 REPORT_FILE = "report.html"
@@ -34,7 +34,7 @@ LEAST_SURE, SUREST_MISTAKES = "least_sure", "surest_mistakes"
 
 def _entry(outcome: Classified) -> dict:
     return {
-        "path": outcome.path,
+        "path": carried(outcome.path),  # a bare str must be UTF-8 for Beam, and a file name may not be
         "label": outcome.label,
         "confidence": max(outcome.probabilities),
         "top3": outcome.top_k(3),
@@ -95,7 +95,9 @@ def _thumbnail(data: bytes) -> str:
 
 def render(summary: summary_lib.Summary, gallery: dict[str, list[dict]], read: Callable[[str], bytes]) -> str:
     """The report page; ``read(path)`` returns a gallery file's bytes (through Beam's file systems)."""
-    models = ", ".join(f"{m['model_name']} v{m['model_version']} ({m['files']:,} files)" for m in summary.models)
+    models = ", ".join(
+        f"{m['model_name']} v{m['model_version']} ({summary_lib.counted(m['files'], 'file')})" for m in summary.models
+    )
     facts = [
         ("Files", f"{summary.inputs:,}"),
         ("Classified", f"{summary.classified:,}"),
@@ -106,9 +108,16 @@ def render(summary: summary_lib.Summary, gallery: dict[str, list[dict]], read: C
         ("Model versions", models),
     ]
     if summary.resumed:
-        facts.insert(4, ("Resumed", f"{summary.resumed:,} files done by an interrupted run (Files/s counts the rest)"))
-    if summary.evaluation:
-        facts.append(("Accuracy", f"{summary.evaluation.accuracy:.2%} on {summary.evaluation.files:,} labelled files"))
+        facts.insert(
+            4,
+            (
+                "Resumed",
+                f"{summary_lib.counted(summary.resumed, 'file')} done by an interrupted run (Files/s counts the rest)",
+            ),
+        )
+    if evaluation := summary.evaluation:
+        labelled = summary_lib.counted(evaluation.files, "labelled file")
+        facts.append(("Accuracy", f"{evaluation.accuracy:.2%} on {labelled}"))
     parts = ["<h2>Summary</h2>" + facts_table("summary", facts)]
     if summary.errors_by_reason:
         parts.append(errors_section(summary.errors_by_reason))
@@ -189,7 +198,8 @@ def _card(entry: dict, read: Callable[[str], bytes]) -> str:
 def card(path: str, caption: str, read: Callable[[str], bytes]) -> str:
     """One gallery card: the file's thumbnail (read now), ``caption`` (HTML) and its path."""
     try:
-        picture = f"<img alt='{html.escape(path)}' src='{_thumbnail(read(path))}'>"
+        picture = f"<img alt='{html.escape(utf8_text(path))}' src='{_thumbnail(read(path))}'>"
     except (OSError, ValueError) as error:  # changed or gone since the job read it; PIL's errors are OSErrors
         picture = f"<p>(cannot show it now: {html.escape(str(error))})</p>"
-    return f"<div class='card'>{picture}<div>{caption}</div><div class='path'>{html.escape(path)}</div></div>"
+    shown = html.escape(utf8_text(path))
+    return f"<div class='card'>{picture}<div>{caption}</div><div class='path'>{shown}</div></div>"

@@ -19,16 +19,14 @@ Usage::
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.io import fileio
-from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
 from fmnist.batch import readers, summary
-from fmnist.batch.outcomes import Failed, Image
+from fmnist.batch.outcomes import Failed, Image, carried, json_uncarried, uncarried
 from fmnist.batch.output import COUNTS_FILE, GALLERY_FILE
 from fmnist.common.imagefile import Limits
 
@@ -47,7 +45,8 @@ class ReadInputs(beam.PTransform):
     """The pipeline's start → :class:`Inputs`: every input counted, and read in lists of ``batch_size``.
 
     Image files are matched (each distinct file once, even where ``--input``s
-    overlap), batched as (path, size), and read on the workers
+    overlap; locally, following links: :func:`~batch.readers.matched_files`),
+    batched as (path, size), and read on the workers
     (:class:`~batch.readers.ReadImages`); request logs (``--input`` ending in
     ``.tfrecord``) give one element per logged image, batched the same way.
     min = max: full batches, where BatchElements would otherwise start at 1
@@ -82,12 +81,9 @@ class ReadInputs(beam.PTransform):
         batching = dict(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
         counted, read = [], []
         if files:
-            matched = (
-                start
-                | "Inputs" >> beam.Create(files)
-                | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
-                | "PathAndSize" >> beam.Map(_path_and_size)
-            )
+            # Each --input matched a file in the launcher (readers.match_inputs), so a pattern may match none
+            # here: imgs/*.png, made for imgs/**/*.png's **/ matching no folder, where imgs/ holds only folders.
+            matched = start | "Inputs" >> beam.Create(files) | "Match" >> beam.FlatMap(_matched)
             if len(files) > 1:  # one glob matches a file once; overlapping ones must not classify it twice
                 matched = matched | "Deduplicate" >> beam.CombinePerKey(_first_copy)
             counted.append(matched)
@@ -115,8 +111,11 @@ class ReadInputs(beam.PTransform):
         return Inputs(tallies | "AllInputCounts" >> beam.Flatten(), tuple(read) | "AllRead" >> beam.Flatten())
 
 
-def _path_and_size(metadata: FileMetadata) -> tuple[str, int]:
-    return metadata.path, metadata.size_in_bytes
+def _matched(pattern: str) -> Iterator[tuple[bytes, int]]:
+    """(path, size) of each file ``pattern`` matches (:func:`batch.readers.matched_files`), the path
+    :func:`~batch.outcomes.carried`."""
+    for path, size in readers.matched_files(pattern):
+        yield carried(path), size
 
 
 def _first_copy(copies):
@@ -124,8 +123,8 @@ def _first_copy(copies):
     return next(iter(copies))
 
 
-def _file_not_done(path_and_size: tuple[str, int], done: frozenset[str]) -> bool:
-    return path_and_size[0] not in done
+def _file_not_done(path_and_size: tuple[bytes, int], done: frozenset[str]) -> bool:
+    return uncarried(path_and_size[0]) not in done
 
 
 def _image_not_done(item: Image | Failed, done: frozenset[str]) -> bool:
@@ -153,8 +152,8 @@ class WriteTallies(beam.PTransform):
 
 
 class WriteGallery(beam.PTransform):
-    """Lists of gallery candidates → the report's one gallery (``combine``'s output, JSON-ready), in the scratch
-    :func:`batch.output.read_gallery` reads."""
+    """Lists of gallery candidates → the report's one gallery (``combine``'s output, JSON-ready but for paths,
+    which travel :func:`~batch.outcomes.carried`), in the scratch :func:`batch.output.read_gallery` reads."""
 
     def __init__(self, output: str, combine: beam.CombineFn):
         super().__init__()
@@ -165,6 +164,6 @@ class WriteGallery(beam.PTransform):
         return (
             candidates
             | "Gallery" >> beam.CombineGlobally(self._combine)
-            | "GalleryAsJson" >> beam.Map(json.dumps)
+            | "GalleryAsJson" >> beam.Map(json.dumps, default=json_uncarried)
             | "WriteGallery" >> beam.io.WriteToText(self._path, shard_name_template="")
         )

@@ -129,14 +129,19 @@ def confusion_png(summary: Summary) -> bytes:
     return confusion_matrix_png(
         evaluation.confusion_matrix,
         ylabel="true (folder)",
-        title=f"{models}: accuracy {evaluation.accuracy:.2%} on {evaluation.files} files",
+        title=f"{models}: accuracy {evaluation.accuracy:.2%} on {counted(evaluation.files, 'file')}",
     )
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` of ``noun``, in the singular for one: "1 file", "1,234 files"."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def render(summary: Summary) -> str:
     """The summary as a few lines for a terminal."""
     lines = [
-        f"{summary.inputs} files: {summary.classified} classified, {summary.errors} errors "
+        f"{counted(summary.inputs, 'file')}: {summary.classified:,} classified, {counted(summary.errors, 'error')} "
         f"in {summary.elapsed_seconds:.1f}s ({summary.files_per_second:.1f} files/s) via {summary.source}"
         + (f"; {summary.resumed} of them resumed from an interrupted run" if summary.resumed else ""),
     ]
@@ -153,5 +158,5 @@ def render(summary: Summary) -> str:
     if summary.evaluation:
         e = summary.evaluation
         recall = ", ".join(f"{name} {r:.2f}" for name, r in e.per_class_recall.items() if r is not None)
-        lines.append(f"accuracy {e.accuracy:.2%} on {e.files} labelled files; recall: {recall}")
+        lines.append(f"accuracy {e.accuracy:.2%} on {counted(e.files, 'labelled file')}; recall: {recall}")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from fmnist.common.apis import (  # the official protos, without TensorFlow's st
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from fmnist.common.errors import DeadlineExceeded, Internal, ServingError, from_code, status_code
+from fmnist.common.errors import DeadlineExceeded, Internal, ServingError, Unavailable, from_code, status_code
 
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 _MAX_POLL_INTERVAL = 1.0  # seconds between GetModelStatus polls, at most
@@ -112,6 +113,7 @@ class PredictionClient:
         self.retry_codes = frozenset(retry_codes)
         self._sleep = sleep
         self._owns_channel = channel is None
+        self._tls = tls or root_certificates is not None
         if channel is None:
             channel = open_channel(
                 target, tls=tls, root_certificates=root_certificates, max_message_bytes=max_message_bytes
@@ -213,22 +215,25 @@ class PredictionClient:
         response = self._call(self._models.HandleReloadConfigRequest, request, timeout)
         if response.status.error_code:  # a failed reload's status may also come here, in an OK RPC
             code = status_code(response.status.error_code)
-            raise from_code(code, _one_line(response.status.error_message), target=self.target)
+            raise from_code(code, one_line(response.status.error_message), target=self.target)
 
-    def wait_until_available(self, timeout: float = 30.0, not_found_grace: float | None = None) -> int:
+    def wait_until_available(self, timeout: float = 30.0, grace: float | None = None) -> int:
         """Block until some version is AVAILABLE and return the newest such; raise ServingError after ``timeout`` s.
 
         A server still starting answers UNAVAILABLE, and one still loading its
         first version answers NOT_FOUND; both mean "poll again". Any other
         code means waiting cannot help, so it is raised at once. With
-        ``not_found_grace``, a server that has said NOT_FOUND for that many
-        seconds is taken at its word: it has no such model.
+        ``grace``, a server absent for that many seconds is taken at its
+        word and raised then, not after ``timeout``: one that says NOT_FOUND
+        has no such model, and one that cannot be reached at all
+        (:func:`unreachable`: its name does not resolve, it refuses the
+        connection, it does not speak HTTP/2) is not coming.
         """
         deadline = time.monotonic() + timeout
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._model_spec(None, None, None))
         interval = self.backoff
         last = "no version AVAILABLE yet"
-        first_not_found = None
+        absent_since = None
         while True:
             remaining = deadline - time.monotonic()
             try:
@@ -236,15 +241,20 @@ class PredictionClient:
             except grpc.RpcError as error:
                 if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
                     raise self._error(error) from None
-                last = f"{error.code().name}: {_one_line(error.details())}"
-                if error.code() == grpc.StatusCode.NOT_FOUND:
-                    first_not_found = first_not_found or time.monotonic()
-                    if not_found_grace is not None and time.monotonic() - first_not_found >= not_found_grace:
-                        raise self._error(error) from None
+                cause = self._unreachable_cause(error)
+                failure = self._failure(error, cause)
+                last = f"{failure.code.name}: {failure.details}"
+                if cause is not None or error.code() == grpc.StatusCode.NOT_FOUND:
+                    absent_since = absent_since or time.monotonic()
+                    if grace is not None and time.monotonic() - absent_since >= grace:
+                        raise failure from None
+                else:
+                    absent_since = None
             else:
                 available = [s.version for s in response.model_version_status if s.state == _AVAILABLE]
                 if available:
                     return max(available)
+                absent_since = None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded(
@@ -323,7 +333,17 @@ class PredictionClient:
             attempt += 1
 
     def _error(self, error: grpc.RpcError) -> ServingError:
-        return from_code(error.code(), _one_line(error.details()), target=self.target)
+        """``error`` as its ServingError type; an UNAVAILABLE one says why the server cannot be reached, where the
+        socket layer can tell (:func:`unreachable`)."""
+        return self._failure(error, self._unreachable_cause(error))
+
+    def _unreachable_cause(self, error: grpc.RpcError) -> str | None:
+        return unreachable(self.target, tls=self._tls) if error.code() == grpc.StatusCode.UNAVAILABLE else None
+
+    def _failure(self, error: grpc.RpcError, unreachable_cause: str | None) -> ServingError:
+        if unreachable_cause is not None:
+            return Unavailable(unreachable_cause, target=self.target)
+        return from_code(error.code(), one_line(error.details()), target=self.target)
 
 
 def open_channel(
@@ -384,6 +404,88 @@ def _ip_family(address: str) -> str | None:
         return None
 
 
-def _one_line(text: str | None) -> str:
-    """Server messages (TF op errors especially) span lines; logs and CLIs want one."""
+_PROBE_SECONDS = 2.0  # per address: a server on this network connects in milliseconds
+# What an HTTP/2 client sends first (RFC 9113, 3.4): the connection preface, then an empty SETTINGS frame.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04" + bytes(5)
+_SETTINGS = 0x04  # the frame type an HTTP/2 server's first frame has
+
+
+def unreachable(target: str, *, tls: bool = False, timeout: float = _PROBE_SECONDS) -> str | None:
+    """Why no gRPC server can answer at ``target``, told by the socket layer's own error types; None when some
+    address accepts a connection and answers HTTP/2 (or accepts one, over TLS), or ``target`` names no host and port.
+
+    gRPC gives all of these as UNAVAILABLE, the reason only in its message's
+    text (and an IPv6 address URL-quoted, ``ipv6:%5B::1%5D``), so the client
+    asks the network itself: whether the name resolves (``socket.gaierror``),
+    whether each address takes a connection (``ConnectionRefusedError``, a
+    timeout, or the OS's error number), and whether what answers speaks
+    HTTP/2, as gRPC does: a REST port does not. One line, e.g.
+    ``connection refused by [::1]:8500, 127.0.0.1:8500``.
+    """
+    causes: dict[str, list[str]] = {}  # a cause's wording, with {} for the addresses → those addresses
+    for host, port in _host_ports(target):
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            causes.setdefault(f"the name {host} does not resolve", [])
+            continue
+        for family, kind, protocol, _, address in found:
+            cause = _connection_cause(family, kind, protocol, address, tls=tls, timeout=timeout)
+            if cause is None:
+                return None  # a server is there: it may still be starting
+            causes.setdefault(cause, []).append(_shown(address))
+    return "; ".join(cause.format(", ".join(shown)) for cause, shown in causes.items()) or None
+
+
+def _host_ports(target: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs ``target`` names (``host:port``, a list of them, ``[v6]:port``, ``dns:`` and
+    ``ipv4:``/``ipv6:`` URIs); none for other forms (``unix:``)."""
+    if target.startswith("dns:"):
+        target = target.rsplit("/", 1)[-1]
+    elif target.startswith(("ipv4:", "ipv6:")):
+        target = target.split(":", 1)[1]
+    elif ":/" in target or target.startswith(("unix:", "unix-abstract:")):
+        return []
+    pairs = []
+    for address in target.split(","):
+        host, colon, port = address.strip().rpartition(":")
+        if colon and port.isdigit():
+            pairs.append((host.strip("[]"), int(port)))
+    return pairs
+
+
+def _connection_cause(family, kind, protocol, address, *, tls: bool, timeout: float) -> str | None:
+    """Why a gRPC connection to ``address`` cannot work, worded with ``{}`` where the address goes; None when
+    it may."""
+    with socket.socket(family, kind, protocol) as connection:
+        connection.settimeout(timeout)
+        try:
+            connection.connect(address)
+        except ConnectionRefusedError:
+            return "connection refused by {}"
+        except TimeoutError:
+            return f"no answer from {{}} within {timeout:g}s"
+        except OSError as error:
+            return f"{{}}: {os.strerror(error.errno).lower() if error.errno else type(error).__name__}"
+        if tls:
+            return None  # the handshake is gRPC's to judge
+        try:
+            connection.sendall(_HTTP2_PREFACE)
+            answer = connection.recv(9)
+        except OSError:
+            return None  # no verdict either way
+        if answer and not (len(answer) >= 4 and answer[3] == _SETTINGS):
+            return "{} does not speak gRPC (its answer is not HTTP/2; is it the REST port?)"
+        return None
+
+
+def _shown(address: tuple) -> str:
+    """A socket address as people write it: ``127.0.0.1:8500``, ``[::1]:8500``."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def one_line(text: str | None) -> str:
+    """A server's message as one line: TF's op errors span several, and may end in spaces; logs and CLIs want
+    one."""
     return " ".join((text or "").split())

@@ -13,7 +13,7 @@ import importlib
 import sys
 from types import ModuleType
 
-from fmnist.common import logs, quiet
+from fmnist.common import logs, quiet, usage
 
 # subcommand → (module whose main(argv, prog) runs it, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"fmnist: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        guess = usage.closest(command, COMMANDS)
+        return usage.refuse("fmnist", f"unknown command {command!r}" + (f" (did you mean {guess}?)" if guess else ""))
     logs.configure()  # before the command's libraries are imported: one of them may log as it loads
     try:
         module = _quiet_import(COMMANDS[command][0])

@@ -24,7 +24,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 
 from fmnist.batch import job
 from fmnist.batch import summary as batch_summary
-from fmnist.common import logs, names
+from fmnist.common import logs, names, usage
 from fmnist.common.client import PredictionClient
 from fmnist.pipeline import data, evaluator, exporter, images, trainer
 from fmnist.serving import server as serving_server
@@ -156,7 +156,7 @@ def run(config: DemoConfig) -> int:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     defaults = DemoConfig()
-    parser = argparse.ArgumentParser(
+    parser = usage.CommandParser(
         prog=prog,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train → push → serve → batch → push again, end to end, on this machine with the embedded server.",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist.common import logs, names
+from fmnist.common import logs, names, usage
 from fmnist.common.report import confusion_matrix_png
 from fmnist.pipeline import data, evaluator, export, model_card, plots, pusher, trainer
 from fmnist.pipeline.model import PROFILES, network_of
@@ -154,7 +154,7 @@ def run(
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     t, e, d = trainer.TrainConfig(), evaluator.EvalConfig(), ExporterConfig()
-    parser = argparse.ArgumentParser(
+    parser = usage.CommandParser(
         prog=prog,
         description="Train a Fashion-MNIST classifier, evaluate it on the held-out split, bless it "
         "against a threshold and the latest pushed version, and push it as a versioned SavedModel.",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from fmnist.common import names
+from fmnist.common import names, usage
 from fmnist.pipeline import data
 
 
@@ -36,7 +36,7 @@ def run(split: data.Split, count: int, out: str | Path, *, prefix: str = "img", 
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = usage.CommandParser(
         prog=prog,
         description="Write Fashion-MNIST images as PNG files, one sub-folder per class name.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

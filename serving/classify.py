@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import TextIO
 
-from fmnist.common import errors, imagefile, names
+from fmnist.common import errors, imagefile, names, usage
 from fmnist.common.client import Prediction, PredictionClient
 
 # A bad file fails its whole batch with one of these; resending singly finds it.
@@ -52,7 +52,7 @@ def _positive(value: str) -> float:
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = usage.CommandParser(
         prog=prog,
         description="Classify image files (PNG/JPEG/GIF/BMP, any size) through a running model server. "
         "Prints each file's class, confidence and the model version that answered.",

@@ -20,7 +20,6 @@ Usage: ``fmnist label --model_config_file models.config --model_name fashion_mni
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from fmnist.common import names
+from fmnist.common import names, usage
 from fmnist.common.apis import get_model_status_pb2, model_server_config_pb2
 from fmnist.common.client import PredictionClient
 from fmnist.common.errors import ServingError
@@ -116,7 +115,7 @@ def run(
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = usage.CommandParser(
         prog=prog,
         description="Point a version label at a version, in a model config "
         "file and, with --server, in the running server (TF Serving's rules).",

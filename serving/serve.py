@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fmnist.common import imagefile, logs, names, quiet
+from fmnist.common import imagefile, logs, names, quiet, usage
 from fmnist.serving.config import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MODEL_NAME,
@@ -104,7 +104,7 @@ def _bool_flag(text: str) -> bool:
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = usage.CommandParser(
         prog=prog,
         description="Serve SavedModels over TensorFlow Serving's gRPC (and REST) API. "
         f"Runs {TF_SERVING_BINARY} instead when it is on PATH (unless --use-embedded) or --use-tf-serving is given.",

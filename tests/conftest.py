@@ -44,6 +44,16 @@ def png_claiming(width: int, height: int, bit_depth: int = 8) -> bytes:
     )
 
 
+def corrupt_png(png: bytes) -> bytes:
+    """``png`` with its IDAT's compressed stream garbled and its CRC made right again: only a decoder (the
+    model's) can tell that it is no image."""
+    at = png.index(b"IDAT") - 4
+    length = int.from_bytes(png[at : at + 4], "big")
+    data = bytes(b ^ 0x5A for b in png[at + 8 : at + 8 + length])
+    chunk = png[at : at + 8] + data + zlib.crc32(b"IDAT" + data).to_bytes(4, "big")
+    return png[:at] + chunk + png[at + 12 + length :]
+
+
 def webp_claiming(width: int, height: int) -> bytes:
     """An extended (VP8X) WebP header whose canvas is ``width`` x ``height``: a decompression bomb."""
     vp8x = bytes(4) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")

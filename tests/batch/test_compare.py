@@ -9,6 +9,7 @@ through the real command in a subprocess; the report in headless Chromium.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from browser import (
     screenshot,
     table_rows,
 )
-from conftest import encode_png
+from conftest import corrupt_png, encode_png
 
 from fmnist.batch import compare, report
 from fmnist.batch.comparison import GALLERY_SIZE
@@ -38,7 +39,7 @@ from fmnist.serving.server import ServerConfig, start
 
 FILES_PER_CLASS = 5
 BATCH = 8  # small, so the corrupt file shares a request with good ones
-BAD = {"notes.txt": Reason.NOT_AN_IMAGE, "Coat/truncated.png": Reason.REJECTED}
+BAD = {"notes.txt": Reason.NOT_AN_IMAGE, "Coat/corrupt.png": Reason.REJECTED}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,8 @@ def server(model_config):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory, dataset) -> Path:
-    """FILES_PER_CLASS test images in each class folder, plus a text file and a truncated PNG."""
+    """FILES_PER_CLASS test images in each class folder, plus a text file and a PNG only the model can tell is
+    broken."""
     root = tmp_path_factory.mktemp("compare-images")
     counts = Counter()
     for pixels, label in zip(dataset.test.images, dataset.test.labels, strict=False):
@@ -84,7 +86,7 @@ def images(tmp_path_factory, dataset) -> Path:
             (folder / f"{sum(counts.values())}.png").write_bytes(encode_png(pixels))
             counts[int(label)] += 1
     (root / "notes.txt").write_text("not an image")
-    (root / "Coat/truncated.png").write_bytes(encode_png(dataset.test.images[0])[:60])
+    (root / "Coat/corrupt.png").write_bytes(corrupt_png(encode_png(dataset.test.images[0])))
     return root
 
 
@@ -213,6 +215,20 @@ def test_version_numbers_compare_the_same_as_their_labels(compared, images, serv
         assert getattr(by_number.comparison, field) == getattr(by_label.comparison, field), field
 
 
+def test_file_names_utf8_cannot_hold_are_compared_and_read_back_the_same(images, server, tmp_path):
+    """A Latin-1 é in a file name: Python holds it as a lone surrogate, which Beam's UTF-8 coder refuses."""
+    folder = tmp_path / "in" / "Bag"
+    folder.mkdir(parents=True)
+    for name in (b"caf\xe9.png", b"ok.png"):
+        shutil.copy(next((images / "Bag").glob("*.png")), os.fsdecode(bytes(folder) + b"/" + name))
+    Path(os.fsdecode(bytes(folder) + b"/notes\xe9.txt")).write_text("not an image")
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--server", server]
+    result = compare.run([*argv, "--baseline", "1", "--candidate", "2"])
+    assert (result.comparison.files, result.comparison.compared, result.comparison.errors) == (3, 2, 1)
+    [error] = [json.loads(line) for line in next((tmp_path / "out").glob("errors-*")).read_text().splitlines()]
+    assert error["path"] == os.fsdecode(bytes(folder) + b"/notes\xe9.txt") and Path(error["path"]).is_file()
+
+
 def _compare(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "fmnist.cli", "compare", *args], capture_output=True, text=True, timeout=180
@@ -320,7 +336,7 @@ class _LosesTheServer:
     def __init__(self, target, **settings):
         self.target = target
 
-    def wait_until_available(self, timeout, not_found_grace=None):
+    def wait_until_available(self, timeout, grace=None):
         return 1
 
     def predict_encoded(self, encoded, version=None, version_label=None):

@@ -10,8 +10,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fmnist.batch.errors import BatchFailed
-from fmnist.batch.inference import ImageBatches, Scores, classify
+from fmnist.batch.inference import ImageBatches, Scores, predict_splitting_rejected
 from fmnist.batch.outcomes import Classified, Failed, Reason
 from fmnist.batch.outcomes import Image as Encoded
 from fmnist.common import errors as serving_errors
@@ -41,7 +40,7 @@ def test_a_rejected_batch_is_bisected_so_its_good_images_are_still_classified():
     images = [Encoded(f"f{i}", bytes([i]) * 10, None) for i in range(16)]
     images[5] = Encoded("bad", b"!" * 10, None)
     calls: list[int] = []
-    outcomes = classify(images, _fake_model(calls), _rejected, max_request_bytes=1 << 20)
+    outcomes = predict_splitting_rejected(images, _fake_model(calls), _rejected, max_request_bytes=1 << 20)
     assert [o.path for o in outcomes] == [i.path for i in images]
     assert outcomes[5] == Failed("bad", Reason.REJECTED, "Invalid PNG data")
     assert all(
@@ -61,7 +60,7 @@ def test_a_rejected_batch_is_bisected_so_its_good_images_are_still_classified():
 def test_every_image_gets_exactly_one_outcome_in_order(sizes, bad, max_bytes):
     images = [Encoded(f"f{i}", (b"!" if i in bad else bytes([i])) * n, None) for i, n in enumerate(sizes)]
     calls: list[int] = []
-    outcomes = classify(images, _fake_model(calls), _rejected, max_request_bytes=max_bytes)
+    outcomes = predict_splitting_rejected(images, _fake_model(calls), _rejected, max_request_bytes=max_bytes)
     assert [o.path for o in outcomes] == [i.path for i in images]
     assert [isinstance(o, Failed) for o in outcomes] == [i in bad for i in range(len(images))]
 
@@ -69,14 +68,14 @@ def test_every_image_gets_exactly_one_outcome_in_order(sizes, bad, max_bytes):
 def test_requests_are_split_by_bytes_and_other_errors_fail_the_job():
     images = [Encoded(f"f{i}", bytes([i]) * 100, None) for i in range(5)]
     calls: list[int] = []
-    classify(images, _fake_model(calls), _rejected, max_request_bytes=250)
+    predict_splitting_rejected(images, _fake_model(calls), _rejected, max_request_bytes=250)
     assert calls == [2, 2, 1]
 
     def down(encoded):
         raise serving_errors.Unavailable("connection refused", target="host:1")
 
     with pytest.raises(ServingError, match="host:1"):
-        classify(images, down, _rejected, max_request_bytes=1 << 20)
+        predict_splitting_rejected(images, down, _rejected, max_request_bytes=1 << 20)
 
 
 class _RpcError(grpc.RpcError):
@@ -140,7 +139,7 @@ def test_image_batches_bisect_a_rejected_batch_and_keep_read_failures_in_order()
 
 def test_image_batches_tell_a_failed_batch_from_a_lost_server():
     handler = ImageBatches(_Images(), max_request_bytes=1 << 20)
-    with pytest.raises(BatchFailed, match="INTERNAL: internal here"):
-        handler.run_inference([[Encoded("a", b"boom", None)]], _Images)
+    [failed] = handler.run_inference([[Encoded("a", b"boom", None)]], _Images)
+    assert failed == [Failed("a", Reason.INFERENCE_FAILED, "INTERNAL: internal here")]
     with pytest.raises(serving_errors.Unavailable, match="host:1: UNAVAILABLE: unavailable here"):
         handler.run_inference([[Encoded("a", b"gone", None)]], _Images)

@@ -27,7 +27,8 @@ def _failing(error: Exception):
 )
 def test_a_job_error_is_its_message_on_one_line_and_its_types_exit_code(error, code, capsys):
     assert launcher.run_cli("fmnist batch", False, _failing(error), lambda result: 0) == code
-    assert capsys.readouterr().err == f"fmnist batch: error: {error}\n"
+    see = "see 'fmnist batch --help'\n" if code == 2 else ""  # a usage error says where the help is, as argparse's
+    assert capsys.readouterr().err == f"fmnist batch: error: {error}\n{see}"
 
 
 def test_an_untyped_failure_is_the_last_line_of_its_message_and_exit_1(capsys):

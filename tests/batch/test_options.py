@@ -29,7 +29,7 @@ def test_unknown_arguments_are_left_for_beam_and_bad_ones_are_refused(capsys):
             ["--baseline", "1", "--candidate", "2", "--max-disagreement", "2"],
             "--max-disagreement: must be between 0 and 1",
         ),
-        (["--baseline", "1", "--candidate", "2", "--top-k", "3"], "unrecognized arguments: --top-k 3"),
+        (["--baseline", "1", "--candidate", "2", "--top-k", "3"], "unknown option --top-k"),
     ],
 )
 def test_usage_errors_name_the_option(args, message, capsys):

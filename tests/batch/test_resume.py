@@ -238,7 +238,9 @@ def test_ctrl_c_then_resume_on_the_command_line_in_parquet(images, slow_server, 
     assert f"resuming: {done:,} of {INPUTS:,} files already classified" in resumed.stderr
     remaining = INPUTS - done
     assert f"{remaining}/{remaining} [" in resumed.stderr  # the progress counts what is left to do
-    assert f"{INPUTS} files: " in resumed.stdout and f"{done} of them resumed from an interrupted run" in resumed.stdout
+    assert (
+        f"{INPUTS:,} files: " in resumed.stdout and f"{done} of them resumed from an interrupted run" in resumed.stdout
+    )
     assert list(tmp_path.glob("predictions-*.parquet"))
     _assert_whole(tmp_path, reference, images, resumed=done)
 
@@ -499,7 +501,7 @@ def test_half_written_and_damaged_checkpoints_are_ignored_and_removed(tmp_path, 
     argv = ["--input", str(labelled_tree), "--output", str(output), "--server", server, "--batch-size", "4"]
     result, shown = _run_resumed(argv)
     assert f"ignoring a damaged checkpoint, {damaged}" in shown
-    assert "resuming: 1 files the checkpoints hold are no longer among the inputs: left out" in shown
+    assert "resuming: 1 file in the checkpoints, no longer among the inputs, left out" in shown
     assert "resuming: 6 of 42 files already classified" in shown
     records = _by_path(_read(output, "predictions"))
     assert len(records) == 40 and len(_read(output, "errors")) == 2

@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import encode_png
+from conftest import corrupt_png, encode_png
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2
 
 from fmnist.common import client as client_module
@@ -390,9 +390,7 @@ def test_classify_json_lines(target, image_files, capsys):
 
 def test_classify_reports_bad_files_and_still_prints_good_ones(target, image_files, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.png"
-    corrupt.write_bytes(
-        encode_png(np.zeros((28, 28)))[:60]
-    )  # a sound header, then a cut-off IDAT: the server refuses it
+    corrupt.write_bytes(corrupt_png(encode_png(np.zeros((28, 28)))))  # the server refuses it; the header check cannot
     missing = tmp_path / "missing.png"
     good = list(image_files)
     assert classify.main([good[0], str(corrupt), good[1], str(missing), good[2], "--server", target]) == 1
@@ -425,7 +423,23 @@ def test_classify_unreachable_server_is_one_line_without_traceback(image_files):
     )
     assert result.returncode == 1 and result.stdout == ""
     (line,) = result.stderr.splitlines()
-    assert line.startswith("fmnist classify: cannot reach the server at " + dead)
+    assert line == f"fmnist classify: cannot reach the server at {dead}: connection refused by {dead}"
+
+
+def test_an_ipv6_address_is_written_as_people_write_it(image_files):
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))  # a free port on the IPv6 loopback (and a check that there is one)
+        dead = f"[::1]:{probe.getsockname()[1]}"
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist.cli", "classify", next(iter(image_files)), "--server", dead],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stderr.splitlines() == [
+        f"fmnist classify: cannot reach the server at {dead}: connection refused by {dead}"
+    ]
 
 
 def test_classify_help_and_usage_errors(capsys):
