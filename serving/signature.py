@@ -65,7 +65,7 @@ def graph_error_message(message: str) -> str:
     lines = [line for line in message.splitlines() if not _NOISE.match(line)]
     text = re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", lines[0] if lines else message).strip()
     assertion = re.match(r"assertion failed: \[([^\]]*)\]", text)  # tf.debugging.assert_*: its message
-    return (assertion.group(1) if assertion else text) or message.strip()
+    return (assertion.group(1).strip() if assertion else text) or message.strip()  # TF pads its parts
 
 
 def dtype_text(dtype: int) -> str:

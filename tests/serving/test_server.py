@@ -280,6 +280,7 @@ def test_undecodable_and_bomb_images_leave_the_server_healthy(shared, images):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     # the graph's line, not "Graph execution error": what its header check says of an unknown format
     assert error.details().startswith("unsupported image format: PNG, JPEG, GIF or BMP only")
+    assert error.details() == error.details().rstrip()  # no padding left over from TF's assertion message
     error = rpc_error(shared.predict, request_for(image_bytes=[BOMB_PNG], signature=names.PREDICT_IMAGES))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "image too large" in error.details() and "100000x100000" in error.details()
