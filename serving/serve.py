@@ -269,15 +269,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     handed_off = HANDED_OFF in os.environ  # a tensorflow_model_server that this command ran runs it again
     if args.use_tf_serving:
         if not binary:
-            print(f"{name}: error: --use-tf-serving given but {TF_SERVING_BINARY} is not on PATH", file=sys.stderr)
-            return 2
+            return usage.refuse(name, f"--use-tf-serving given but {TF_SERVING_BINARY} is not on PATH")
         if handed_off:
-            print(
-                f"{name}: error: --use-tf-serving given, but the {TF_SERVING_BINARY} on PATH ({binary}) runs "
+            return usage.refuse(
+                name,
+                f"--use-tf-serving given, but the {TF_SERVING_BINARY} on PATH ({binary}) runs "
                 f"{name} itself ({HANDED_OFF} is set): it is a stand-in, not the real server",
-                file=sys.stderr,
             )
-            return 2
     if binary and not args.use_embedded and not handed_off:
         command = _tf_serving_argv(binary, args, parser)
         log.info("Running %s", " ".join(command))
@@ -287,8 +285,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         config = config_from(args)
     except ValueError as error:  # flags that contradict each other
-        print(f"{name}: error: {error}", file=sys.stderr)
-        return 2
+        return usage.refuse(name, str(error))
     for flag in _HINT_FLAGS:
         if getattr(args, flag) is not None:
             log.info("--%s is a tuning hint of %s; the embedded server ignores it", flag, TF_SERVING_BINARY)
