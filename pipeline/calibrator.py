@@ -138,7 +138,7 @@ def run(model: keras.Model, fitted: Split, held_back: Split, test: Split, config
     metrics = {
         "calibration": {
             "method": "temperature scaling",
-            "temperature": round(temperature, 4),
+            "temperature": temperature,
             "fitted_on": f"{len(held_back):,} training images held back from fitting",
             "bins": BINS,
             "test_ece_before": round(before.error, 4),

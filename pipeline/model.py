@@ -266,7 +266,9 @@ def network_of(model: keras.Model) -> keras.Model:
 
 def with_penultimate(network: keras.Model) -> keras.Model:
     """``network`` as a model of two outputs, its last hidden layer's activations and its logits, in one pass."""
-    return keras.Model(network.inputs, [network.layers[-2].output, network.layers[-1].output], name=f"{network.name}_features")
+    return keras.Model(
+        network.inputs, [network.layers[-2].output, network.layers[-1].output], name=f"{network.name}_features"
+    )
 
 
 def features_and_logits(model: keras.Model) -> keras.Model:

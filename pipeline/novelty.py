@@ -16,9 +16,12 @@ docs/trust.md, with ``bench/ood.py``):
 
 The logarithm of each distance is standardised by its mean and deviation on
 held-out Fashion-MNIST, and the score is the larger of the two: "this many
-deviations beyond typical, on the worse of the two". An image is
-``unfamiliar`` above the threshold, the held-out scores' ``1 - flag_rate``
-quantile. What the layer holds is fitted on the training split (the means,
+deviations beyond typical, on the worse of the two". The pixel half counts
+from one deviation further out (``pixel_margin``): what it catches lies far
+beyond that, while the garments' own spread in pixel space would otherwise
+lift their scores and hide the shapes and digits only the features catch.
+An image is ``unfamiliar`` above the threshold, the held-out scores'
+``1 - flag_rate`` quantile. What the layer holds is fitted on the training split (the means,
 the covariance, the sample) and on held-out images (the standardisation, the
 threshold), never on out-of-distribution images.
 
@@ -40,26 +43,32 @@ from fmnist.pipeline.model import preprocess
 
 METHOD = (
     "max of two standardised log distances: pixels to the nearest class mean (Mahalanobis, shared shrunk "
-    "covariance) and last hidden activations to the nearest training image's (cosine)"
+    "covariance; from one deviation out) and last hidden activations to the nearest training image's (cosine)"
 )
 _PIXELS = names.IMAGE_SIZE * names.IMAGE_SIZE
 _CHUNK = 1024  # images per distance computation while fitting: the sample's distance matrix stays small
-_FLOOR = 1e-12  # below any distance that is not an exact match, so the logarithm stays finite
+# Distances below this count as this: a duplicate of a training image (the split has some) is at 0 up to
+# float32 rounding, and its logarithm would otherwise skew the held-out mean and deviation.
+_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
 class NoveltyConfig:
     """Args:
-    flag_rate: the share of held-out Fashion-MNIST images the threshold flags.
+    flag_rate: the share of the held-back images the threshold flags. The test split's share comes out
+        1.1-1.2 times as high (measured, docs/trust.md): the held-back images come from the training split,
+        which has near-duplicates of the images the features are compared with. 4 % keeps it within 5 %.
     sample: training images whose features are kept to compare against (all, when fewer).
     shrinkage: the covariance's ridge, as a fraction of its mean eigenvalue: pixels that are dark in every
         training image still count, by a large but finite weight.
+    pixel_margin: deviations the pixel half's standardised distance is lowered by before the maximum.
     seed: which training images make the sample.
     """
 
-    flag_rate: float = 0.05
+    flag_rate: float = 0.04
     sample: int = 10_000
     shrinkage: float = 1e-4
+    pixel_margin: float = 1.0
     seed: int = 0
 
 
@@ -79,7 +88,7 @@ class NoveltyScore(keras.layers.Layer):
         self.whitening = constant("whitening", (_PIXELS, _PIXELS))  # x @ whitening: unit covariance
         self.centres = constant("centres", (classes, _PIXELS))  # class means, whitened
         self.sample = constant("sample", (sample, features))  # unit-length training activations
-        self.location = constant("location", (2,))  # held-out mean of each log distance
+        self.location = constant("location", (2,))  # held-out mean of each log distance (pixels: plus the margin)
         self.scale = constant("scale", (2,))  # and deviation
         self.threshold = constant("threshold", ())
 
@@ -134,8 +143,10 @@ def fit(
             for i in range(0, len(held_out), _CHUNK)
         ]
     )
-    layer.location.assign(distances.mean(axis=0).astype(np.float32))
-    layer.scale.assign(np.maximum(distances.std(axis=0), _FLOOR).astype(np.float32))
+    scale = np.maximum(distances.std(axis=0), _FLOOR)
+    margin = np.array([config.pixel_margin * scale[0], 0.0])
+    layer.location.assign((distances.mean(axis=0) + margin).astype(np.float32))
+    layer.scale.assign(scale.astype(np.float32))
     scores = scores_of(layer, held_out.images, held_out_features)
     layer.threshold.assign(np.float32(np.quantile(scores, 1.0 - config.flag_rate)))
     return layer
