@@ -85,7 +85,7 @@ def run(
     load_data: Callable[..., data.Dataset] = data.load,
     clock: Callable[[], float] = time.time,
 ) -> ExportResult:
-    """Run the four stages; ``clock`` gives the Unix time that becomes the pushed version number."""
+    """Run the six stages; ``clock`` gives the Unix time that becomes the pushed version number."""
     started = time.monotonic()
     config = dataclasses.replace(config, train=config.train.resolve())
     run_dir = Path(config.run_dir)
