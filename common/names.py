@@ -27,6 +27,10 @@ OUTPUT_PROBABILITIES = "probabilities"  # float32 [batch, 10]
 OUTPUT_CLASS_IDS = "class_ids"  # int64 [batch]
 OUTPUT_CLASS_NAMES = "class_names"  # string [batch]
 OUTPUTS = (OUTPUT_PROBABILITIES, OUTPUT_CLASS_IDS, OUTPUT_CLASS_NAMES)
+# Added by versions the exporter calibrated (older versions lack them): how unlike the training images
+# each input is, and whether that is beyond the version's threshold (in its metrics.json and model card).
+OUTPUT_OOD_SCORES = "ood_scores"  # float32 [batch], higher = less like the training images
+OUTPUT_UNFAMILIAR = "unfamiliar"  # bool [batch]
 
 # Label order of the Fashion-MNIST release.
 CLASS_NAMES = (

@@ -1,4 +1,5 @@
-"""The TFX-shaped exporter, ``fmnist train``: ExampleGen → Trainer → Evaluator → Pusher.
+"""The TFX-shaped exporter, ``fmnist train``: ExampleGen → Trainer → Evaluator → Calibrator → InfraValidator
+→ Pusher.
 
 One module per stage, each entry point depending only on its arguments:
 ``data`` (ExampleGen: the four IDX files, validated; ``data.load``),

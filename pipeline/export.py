@@ -12,6 +12,7 @@ Usage: ``write_saved_model(model, "/tmp/export/1"); write_warmup(dir, images)``
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -21,7 +22,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from fmnist.common import names
-from fmnist.pipeline.model import preprocess
+from fmnist.pipeline.model import features_and_logits, preprocess
+from fmnist.pipeline.novelty import NoveltyScore
 
 DEFAULT_MAX_PIXELS = names.MAX_IMAGE_PIXELS
 _SIZE = (names.IMAGE_SIZE, names.IMAGE_SIZE)
@@ -160,41 +162,41 @@ def decode_images(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) 
     return tf.cond(tf.reduce_all(tf.equal(prefix, _GREY_PNG_HEADER)), grey_png, general)
 
 
-def _outputs(logits: tf.Tensor) -> dict[str, tf.Tensor]:
-    class_ids = tf.argmax(logits, axis=-1, output_type=tf.int64)
-    return {
-        names.OUTPUT_PROBABILITIES: tf.nn.softmax(logits),
-        names.OUTPUT_CLASS_IDS: class_ids,
-        names.OUTPUT_CLASS_NAMES: tf.gather(tf.constant(names.CLASS_NAMES), class_ids),
-    }
+def serving_functions(
+    model: keras.Model,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    temperature: float = 1.0,
+    novelty: NoveltyScore | None = None,
+) -> dict[str, tuple[Callable[..., dict[str, tf.Tensor]], list[tf.TensorSpec]]]:
+    """signature key → (function, input signature): what :func:`write_saved_model` exports, to call in process too.
 
-
-def write_saved_model(model: keras.Model, path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Export ``model`` (raw pixels → logits) as a TF2 SavedModel with the three signatures.
-
-    ``serving_default`` takes raw pixels, ``predict_images`` encoded files, and
-    ``classify`` serialized tf.Examples holding an encoded image under
-    ``names.FEATURE_IMAGE`` (for PredictionService.Classify).
+    ``temperature`` divides the logits before the softmax (calibration; no answer
+    changes). With ``novelty``, the predict signatures also output
+    ``ood_scores`` and ``unfamiliar`` (score above the layer's threshold);
+    ``classify`` keeps the two outputs TF Serving's Classify API allows.
     """
+    network = features_and_logits(model) if novelty is not None else model
 
     def serving_default(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        return _outputs(model(preprocess(images), training=False))
+        if novelty is None:
+            features, logits = None, network(preprocess(images), training=False)
+        else:
+            features, logits = network(preprocess(images), training=False)
+        class_ids = tf.argmax(logits, axis=-1, output_type=tf.int64)
+        outputs = {
+            names.OUTPUT_PROBABILITIES: tf.nn.softmax(logits / temperature),
+            names.OUTPUT_CLASS_IDS: class_ids,
+            names.OUTPUT_CLASS_NAMES: tf.gather(tf.constant(names.CLASS_NAMES), class_ids),
+        }
+        if novelty is not None:
+            scores = novelty(images, features)
+            outputs[names.OUTPUT_OOD_SCORES] = scores
+            outputs[names.OUTPUT_UNFAMILIAR] = scores > novelty.threshold
+        return outputs
 
     def predict_images(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return serving_default(decode_images(image_bytes, max_pixels))
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        names.SERVING_DEFAULT,
-        serving_default,
-        input_signature=[tf.TensorSpec((None, *_SIZE), tf.float32, name=names.INPUT_IMAGES)],
-    )
-    archive.add_endpoint(
-        names.PREDICT_IMAGES,
-        predict_images,
-        input_signature=[tf.TensorSpec((None,), tf.string, name=names.INPUT_IMAGE_BYTES)],
-    )
 
     def classify(inputs: tf.Tensor) -> dict[str, tf.Tensor]:
         features = tf.io.parse_example(inputs, {names.FEATURE_IMAGE: tf.io.FixedLenFeature([], tf.string)})
@@ -202,11 +204,44 @@ def write_saved_model(model: keras.Model, path: str | os.PathLike, *, max_pixels
         classes = tf.tile(tf.constant([names.CLASS_NAMES]), [tf.shape(probabilities)[0], 1])
         return {tf.saved_model.CLASSIFY_OUTPUT_CLASSES: classes, tf.saved_model.CLASSIFY_OUTPUT_SCORES: probabilities}
 
-    archive.add_endpoint(
-        names.CLASSIFY,
-        classify,
-        input_signature=[tf.TensorSpec((None,), tf.string, name=tf.saved_model.CLASSIFY_INPUTS)],
-    )
+    return {
+        names.SERVING_DEFAULT: (
+            serving_default,
+            [tf.TensorSpec((None, *_SIZE), tf.float32, name=names.INPUT_IMAGES)],
+        ),
+        names.PREDICT_IMAGES: (
+            predict_images,
+            [tf.TensorSpec((None,), tf.string, name=names.INPUT_IMAGE_BYTES)],
+        ),
+        names.CLASSIFY: (
+            classify,
+            [tf.TensorSpec((None,), tf.string, name=tf.saved_model.CLASSIFY_INPUTS)],
+        ),
+    }
+
+
+def write_saved_model(
+    model: keras.Model,
+    path: str | os.PathLike,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    temperature: float = 1.0,
+    novelty: NoveltyScore | None = None,
+) -> None:
+    """Export ``model`` (raw pixels → logits) as a TF2 SavedModel with the three signatures.
+
+    ``serving_default`` takes raw pixels, ``predict_images`` encoded files, and
+    ``classify`` serialized tf.Examples holding an encoded image under
+    ``names.FEATURE_IMAGE`` (for PredictionService.Classify); see
+    :func:`serving_functions` for ``temperature`` and ``novelty``.
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    if novelty is not None:
+        archive.track(novelty)
+    functions = serving_functions(model, max_pixels=max_pixels, temperature=temperature, novelty=novelty)
+    for key, (function, signature) in functions.items():
+        archive.add_endpoint(key, function, input_signature=signature)
     archive.write_out(str(path), verbose=False)
     _mark_as_classification(Path(path) / "saved_model.pb", names.CLASSIFY)
 

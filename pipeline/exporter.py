@@ -1,9 +1,10 @@
-"""``fmnist train``: ExampleGen → Trainer → Evaluator → Pusher, TFX-style.
+"""``fmnist train``: ExampleGen → Trainer → Evaluator → Calibrator → InfraValidator → Pusher, TFX-style.
 
 Writes the run's figures and JSON into a run directory and, when the model is
-blessed, pushes it as ``<models-dir>/<model-name>/<version>/`` with the
-resolved config, metrics, figures and warmup records inside ``assets.extra/``,
-so a served version explains itself.
+blessed and a sandboxed model server answers with it as the exporter does,
+pushes it as ``<models-dir>/<model-name>/<version>/`` with the resolved
+config, metrics, figures and warmup records inside ``assets.extra/``, so a
+served version explains itself.
 
 Usage: ``fmnist train --profile mlp --epochs 10 --models-dir models``
 """
@@ -22,13 +23,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from fmnist.common import logs, names, usage
 from fmnist.common.report import confusion_matrix_png
-from fmnist.pipeline import data, evaluator, export, model_card, plots, pusher, trainer
+from fmnist.pipeline import (
+    calibrator,
+    data,
+    evaluator,
+    export,
+    infra_validator,
+    model_card,
+    novelty,
+    plots,
+    pusher,
+    trainer,
+)
 from fmnist.pipeline.model import PROFILES, network_of
 
-PLOTS = ("samples.png", "training_curves.png", "confusion_matrix.png")
+PLOTS = ("samples.png", "training_curves.png", "confusion_matrix.png", "reliability.png")
 DIAGRAM = "model.png"  # drawn only where Graphviz is installed
 _WARMUP_IMAGES = 8
 
@@ -42,6 +55,8 @@ class ExporterConfig:
     max_image_pixels: int = export.DEFAULT_MAX_PIXELS
     train: trainer.TrainConfig = field(default_factory=trainer.TrainConfig)
     eval: evaluator.EvalConfig = field(default_factory=evaluator.EvalConfig)
+    novelty: novelty.NoveltyConfig = field(default_factory=novelty.NoveltyConfig)
+    infra: infra_validator.InfraConfig = field(default_factory=infra_validator.InfraConfig)
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,7 @@ class ExportResult:
     evaluation: evaluator.Evaluation
     run_dir: Path
     version_dir: Path | None  # None when nothing was pushed
+    refusal: str | None = None  # why nothing was pushed, when something other than the Evaluator refused
 
 
 def _encode_png(image: np.ndarray) -> bytes:
@@ -60,7 +76,7 @@ def _encode_png(image: np.ndarray) -> bytes:
 
 
 def _stage(step: int, text: str) -> None:
-    print(f"[{step}/4] {text}", flush=True)
+    print(f"[{step}/6] {text}", flush=True)
 
 
 def run(
@@ -69,7 +85,7 @@ def run(
     load_data: Callable[..., data.Dataset] = data.load,
     clock: Callable[[], float] = time.time,
 ) -> ExportResult:
-    """Run the four stages; ``clock`` gives the Unix time that becomes the pushed version number."""
+    """Run the six stages; ``clock`` gives the Unix time that becomes the pushed version number."""
     started = time.monotonic()
     config = dataclasses.replace(config, train=config.train.resolve())
     run_dir = Path(config.run_dir)
@@ -102,6 +118,26 @@ def run(
             title=f"{config.train.profile}: held-out accuracy {evaluation.metrics['accuracy']:.4f}",
         )
     )
+    print(
+        f"      accuracy {evaluation.metrics['accuracy']:.4f}; "
+        f"{'blessed' if evaluation.blessed else 'NOT blessed'}: {evaluation.reason}"
+    )
+
+    _stage(4, f"Calibrator: temperature and novelty threshold on the {len(trained.held_back):,} held-back images")
+    fitted = data.Split(images=dataset.train.images[: trained.fitted], labels=dataset.train.labels[: trained.fitted])
+    calibration = calibrator.run(trained.model, fitted, trained.held_back, dataset.test, config.novelty)
+    plots.reliability_diagram(
+        calibration.before,
+        calibration.after,
+        calibration.temperature,
+        run_dir / "reliability.png",
+        title=f"{config.train.profile}: test split",
+    )
+    c, n = calibration.metrics["calibration"], calibration.metrics["novelty"]
+    print(
+        f"      temperature {c['temperature']:.3f}: test ECE {c['test_ece_before']:.4f} → {c['test_ece_after']:.4f}; "
+        f"novelty threshold {n['threshold']:.3f} flags {n['test_flagged']:.1%} of the test split"
+    )
     pushed = evaluation.blessed or config.eval.force
     metrics = {
         **evaluation.metrics,
@@ -111,36 +147,57 @@ def run(
             "forced": pushed and not evaluation.blessed,
             "baseline_version": baseline[0] if baseline else None,
         },
+        **calibration.metrics,
         "history": trained.history,
         "data_source": dataset.source,
-        "seconds": round(time.monotonic() - started, 1),
     }
     config_json = json.dumps(dataclasses.asdict(config), indent=2)
-    metrics_json = json.dumps(metrics, indent=2)
     (run_dir / names.CONFIG_FILE).write_text(config_json)
-    (run_dir / names.METRICS_FILE).write_text(metrics_json)
-    print(
-        f"      accuracy {evaluation.metrics['accuracy']:.4f}; "
-        f"{'blessed' if evaluation.blessed else 'NOT blessed'}: {evaluation.reason}"
-    )
+
+    def record(**more) -> str:
+        text = json.dumps({**metrics, **more, "seconds": round(time.monotonic() - started, 1)}, indent=2)
+        (run_dir / names.METRICS_FILE).write_text(text)
+        return text
+
     if not pushed:
+        record()
         return ExportResult(evaluation=evaluation, run_dir=run_dir, version_dir=None)
 
-    _stage(4, f"Pusher: exporting to {model_base}")
+    _stage(5, "InfraValidator: the candidate in a sandboxed model server")
     warm = dataset.test.images[:_WARMUP_IMAGES]
-    extras = {names.CONFIG_FILE: config_json, names.METRICS_FILE: metrics_json}
-    extras.update({p: run_dir / p for p in (*PLOTS, DIAGRAM) if (run_dir / p).is_file()})
-    version_dir = pusher.push(
+    graph = {"max_pixels": config.max_image_pixels, "temperature": calibration.temperature}
+    functions = export.serving_functions(trained.model, novelty=calibration.novelty, **graph)
+
+    def in_process(signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        function = functions[signature][0]
+        return {alias: t.numpy() for alias, t in function(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+
+    with pusher.staged(
         trained.model,
         model_base,
         warmup=export.warmup_requests(config.model_name, warm, [_encode_png(i) for i in warm]),
-        extras=extras,
-        max_pixels=config.max_image_pixels,
-        clock=clock,
-        card=lambda version_dir, version: model_card.render(
-            version_dir, version=version, config=json.loads(config_json), metrics=json.loads(metrics_json)
-        ),
-    )
+        novelty=calibration.novelty,
+        **graph,
+    ) as candidate:
+        infra = infra_validator.run(config.infra, candidate, config.model_name, in_process)
+        metrics_json = record(infra_validation=infra.as_dict())
+        print(f"      {'passed' if infra.passed else 'REFUSED'} in {infra.seconds:.1f} s: {infra.reason}")
+        if not infra.passed:
+            return ExportResult(
+                evaluation=evaluation, run_dir=run_dir, version_dir=None, refusal=f"InfraValidator: {infra.reason}"
+            )
+
+        _stage(6, f"Pusher: exporting to {model_base}")
+        extras = {names.CONFIG_FILE: config_json, names.METRICS_FILE: metrics_json}
+        extras.update({p: run_dir / p for p in (*PLOTS, DIAGRAM) if (run_dir / p).is_file()})
+        version_dir = pusher.publish(
+            candidate,
+            extras=extras,
+            clock=clock,
+            card=lambda version_dir, version: model_card.render(
+                version_dir, version=version, config=json.loads(config_json), metrics=json.loads(metrics_json)
+            ),
+        )
     print(f"      pushed version {version_dir.name} → {version_dir}")
     if not evaluation.blessed:
         print(
@@ -213,12 +270,19 @@ def config_from_args(args: argparse.Namespace) -> ExporterConfig:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    if not 0 < config.train.resolve().validation_split < 1:
+        parser.error("--validation-split must be between 0 and 1: the held-back images calibrate the model")
     logs.configure(logging.INFO)
     try:
-        result = run(config_from_args(args))
+        result = run(config)
     except data.DataError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    if result.refusal is not None:
+        print(f"error: not pushed: {result.refusal}", file=sys.stderr)
         return 1
     if result.version_dir is None:
         print(f"error: not pushed: {result.evaluation.reason} (use --force to push anyway)", file=sys.stderr)

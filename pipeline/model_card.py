@@ -27,6 +27,7 @@ MARKDOWN_FILE = "model_card.md"
 _FIGURES = (
     ("training_curves.png", "Training curves"),
     ("confusion_matrix.png", "Confusion matrix (held out)"),
+    ("reliability.png", "Reliability: accuracy against confidence (held out), before and after temperature scaling"),
     ("samples.png", "Training samples"),
     ("model.png", "Network"),
 )
@@ -34,7 +35,9 @@ _LIMITS = (
     "Input: 28 × 28 grey images of a single garment, light item on dark background, as in Fashion-MNIST; "
     "larger or coloured images are converted to that (grey, resized with antialiasing) inside the graph.",
     f"Output: one of the ten Fashion-MNIST classes ({', '.join(names.CLASS_NAMES)}), always, even for an image "
-    "that shows none of them: there is no 'other' class, and a confident answer is no proof the input fits.",
+    "that shows none of them: there is no 'other' class, and a confident answer is no proof the input fits. "
+    f"`{names.OUTPUT_UNFAMILIAR}` (with its score, `{names.OUTPUT_OOD_SCORES}`) says when an input is unlike the "
+    "training images: read the class of such an input as a guess.",
     "Photographs, several items per image, dark items on light backgrounds and clothing types outside the ten "
     "classes are out of scope; accuracy on them is unmeasured.",
     "Shirt, T-shirt/top, Pullover and Coat are the classes it confuses most (see the per-class table).",
@@ -123,6 +126,16 @@ def render(version_dir: str | os.PathLike, *, version: int, config: dict, metric
             + [("**all classes: accuracy**", f"{metrics['accuracy']:.4f}", "", f"{metrics['num_examples']:,}")],
             table_header=("class", "precision", "recall", "images"),
         ),
+        _calibration_section(metrics["calibration"]),
+        _novelty_section(metrics["novelty"]),
+        _Section(
+            "Infra validation",
+            [
+                ("Result", "passed" if metrics["infra_validation"]["passed"] else "REFUSED"),
+                ("What", metrics["infra_validation"]["reason"]),
+                ("Time", f"{metrics['infra_validation']['seconds']:.1f} s, server start and stop included"),
+            ],
+        ),
         _Section(
             "Signatures (from saved_model.pb)",
             [
@@ -135,6 +148,49 @@ def render(version_dir: str | os.PathLike, *, version: int, config: dict, metric
     ]
     figures = [(file, caption) for file, caption in _FIGURES if (version_dir / names.ASSETS_EXTRA / file).is_file()]
     return {HTML_FILE: _html(title, sections, figures), MARKDOWN_FILE: _markdown(title, sections, figures)}
+
+
+def _calibration_section(calibration: dict) -> _Section:
+    return _Section(
+        "Calibration",
+        [
+            (
+                "Method",
+                f"{calibration['method']}, inside the served graph: logits ÷ {calibration['temperature']:.4f} "
+                f"before the softmax, fitted on the {calibration['fitted_on']}; no answer changes",
+            ),
+            (
+                "Expected calibration error",
+                f"{calibration['test_ece_before']:.4f} as trained → **{calibration['test_ece_after']:.4f}** on the "
+                f"held-out test images ({calibration['bins']} equal-width confidence bins)",
+            ),
+            (
+                "Negative log-likelihood",
+                f"{calibration['test_nll_before']:.4f} → {calibration['test_nll_after']:.4f} on the test images",
+            ),
+        ],
+    )
+
+
+def _novelty_section(novelty: dict) -> _Section:
+    return _Section(
+        "Unlike the training images",
+        [
+            (
+                "Outputs",
+                f"`{names.OUTPUT_OOD_SCORES}` (float32 per image, higher = less like the training images) and "
+                f"`{names.OUTPUT_UNFAMILIAR}` (score above the threshold), in `{names.SERVING_DEFAULT}` and "
+                f"`{names.PREDICT_IMAGES}`",
+            ),
+            ("Score", novelty["method"]),
+            (
+                "Threshold",
+                f"{novelty['threshold']:.4f}: flags {novelty['held_back_flagged']:.1%} of the held-back images it was "
+                f"set on (aim {novelty['flag_rate']:.0%}) and **{novelty['test_flagged']:.1%}** of the test images",
+            ),
+            ("Fitted on", novelty["fitted_on"]),
+        ],
+    )
 
 
 def _markdown(title: str, sections: list[_Section], figures: list[tuple[str, str]]) -> str:

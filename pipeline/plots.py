@@ -3,7 +3,8 @@
 Every figure is a PNG (Agg backend, no display needed). The confusion matrix
 lives in :mod:`fmnist.report` because the batch job draws it too.
 
-Usage: ``sample_grid(images, labels, "samples.png"); training_curves(history, "curves.png")``
+Usage: ``sample_grid(images, labels, "samples.png"); training_curves(history, "curves.png")``;
+``reliability_diagram(calibration.before, calibration.after, calibration.temperature, "reliability.png")``
 """
 
 from __future__ import annotations
@@ -76,3 +77,28 @@ def model_diagram(model, path: str | os.PathLike) -> bool:
         model, to_file=str(path), show_shapes=True, show_layer_activations=True, rankdir="TB", dpi=_DIAGRAM_DPI
     )
     return os.path.exists(path)
+
+
+def reliability_diagram(before, after, temperature: float, path: str | os.PathLike, title: str = "") -> None:
+    """Accuracy against confidence per bin, before and after temperature scaling (``calibrator.Reliability``s).
+
+    A calibrated model's bars sit on the diagonal; the legend gives each side's
+    expected calibration error.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="calibrated")
+    for table, style, label in (
+        (before, "s--", f"logits as trained: ECE {before.error:.4f}"),
+        (after, "o-", f"temperature {temperature:.3f}: ECE {after.error:.4f}"),
+    ):
+        ax.plot(table.confidence, table.accuracy, style, label=label)
+    ax.set_xlabel("confidence (top probability), mean per bin")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Reliability{': ' + title if title else ''}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

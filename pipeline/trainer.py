@@ -45,6 +45,7 @@ class TrainResult:
     history: dict[str, list[float]]  # per-epoch loss/accuracy, val_ too when validating
     fitted: int  # images the model was fitted on
     validated: int  # images held back from fitting for per-epoch validation (Keras takes the last ones)
+    held_back: Split  # those images: never fitted, so the exporter calibrates on them
 
 
 def run(config: TrainConfig, train: Split) -> TrainResult:
@@ -75,5 +76,9 @@ def run(config: TrainConfig, train: Split) -> TrainResult:
     )
     history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
     return TrainResult(
-        model=model_lib.for_serving(model, config.profile), history=history, fitted=fitted, validated=validated
+        model=model_lib.for_serving(model, config.profile),
+        history=history,
+        fitted=fitted,
+        validated=validated,
+        held_back=Split(images=images[fitted:], labels=labels[fitted:]),
     )

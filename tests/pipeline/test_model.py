@@ -75,3 +75,17 @@ def test_mirror_pass_runs_for_unsure_images_only_and_each_answer_is_the_images_o
 def test_an_unknown_profile_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="unknown profile 'resnet'; choose one of mlp, cnn"):
         model_lib.build("resnet")
+
+
+@pytest.mark.parametrize("profile", ["mlp", "cnn"])
+def test_features_come_with_the_models_own_logits_from_one_pass(profile):
+    rng = np.random.default_rng(3)
+    served = model_lib.for_serving(_randomised(model_lib.build(profile), rng), profile)
+    images = rng.integers(0, 256, (16, names.IMAGE_SIZE, names.IMAGE_SIZE)).astype(np.float32)
+    inputs = model_lib.preprocess(images)
+    features, logits = model_lib.features_and_logits(served)(inputs)
+    np.testing.assert_allclose(logits, served(inputs), rtol=1e-4, atol=1e-5)  # mirror average included
+    network = model_lib.network_of(served)
+    hidden = keras.Model(network.inputs, network.layers[-2].output)(inputs)
+    np.testing.assert_allclose(features, hidden, rtol=1e-4, atol=1e-5)
+    assert features.shape == (16, network.layers[-2].units)

@@ -46,6 +46,17 @@ def test_push_writes_a_self_explaining_version(tmp_path, dataset, capsys):
     for key in (names.SERVING_DEFAULT, names.PREDICT_IMAGES, names.CLASSIFY):
         assert f"| {key} |" in card, key
     assert "| predict_images | tensorflow/serving/predict | image_bytes string [None] |" in card
+    # Every predict signature says how unlike the training images each input is; classify keeps Classify's two.
+    predict_outputs = (
+        f"{names.OUTPUT_CLASS_IDS} int64 [None]; {names.OUTPUT_CLASS_NAMES} string [None]; "
+        f"{names.OUTPUT_OOD_SCORES} float [None]; {names.OUTPUT_PROBABILITIES} float [None, 10]; "
+        f"{names.OUTPUT_UNFAMILIAR} bool [None] |"
+    )
+    assert card.count(predict_outputs) == 2
+    classify = "| classify | tensorflow/serving/classify | inputs string [None] | classes string [None, 10]; "
+    assert classify + "scores float [None, 10] |" in card
+    for section in ("## Calibration", "## Unlike the training images", "## Infra validation"):
+        assert section in card, section
     assert (extra / model_card.HTML_FILE).read_text().startswith("<!DOCTYPE html>")
     # --limit 3000 with the mlp's 10 % validation split: the counts that were really used.
     assert "2,700 images fitted, 300 held back for validation (--limit 3,000 of 60,000)" in capsys.readouterr().out
@@ -56,6 +67,11 @@ def test_push_writes_a_self_explaining_version(tmp_path, dataset, capsys):
     assert set(metrics["per_class"]) == set(names.CLASS_NAMES)
     assert json.loads((extra / names.CONFIG_FILE).read_text())["train"]["limit"] == 3000
     assert not [p for p in result.version_dir.parent.iterdir() if not p.name.isdigit()], "staging left behind"
+    # The InfraValidator served the candidate before it was pushed, and the card says so with the metrics' numbers.
+    infra = metrics["infra_validation"]
+    assert infra["passed"] and infra["requests"] == 4 and infra["seconds"] > 0
+    assert infra["reason"] in card and f"{metrics['calibration']['test_ece_after']:.4f}" in card
+    assert f"{metrics['novelty']['threshold']:.4f}" in card
 
 
 def test_signatures_agree_on_raw_and_encoded_images(models_dir, dataset):
@@ -213,9 +229,17 @@ def test_cnn_profile_trains_briefly_and_serves_what_was_evaluated(tmp_path, data
     # threshold was averaged (a sure first pass is answered as it is), so where an image's answer and its
     # mirror image's both are, they are the same.
     below = model_lib.PROFILES["cnn"].flip_averaging_below
-    probabilities, mirrored = served[names.OUTPUT_PROBABILITIES].numpy(), mirrored[names.OUTPUT_PROBABILITIES].numpy()
-    averaged = (probabilities.max(axis=1) < below) & (mirrored.max(axis=1) < below)
+    # The served probabilities are temperature-scaled; the averaging decided on the network's own, recovered here.
+    temperature = json.loads((result.version_dir / names.ASSETS_EXTRA / names.METRICS_FILE).read_text())["calibration"][
+        "temperature"
+    ]
+
+    def uncalibrated(outputs):
+        return tf.nn.softmax(np.log(outputs[names.OUTPUT_PROBABILITIES].numpy()) * temperature).numpy()
+
+    averaged = (uncalibrated(served).max(axis=1) < below) & (uncalibrated(mirrored).max(axis=1) < below)
     assert averaged.sum() > 100  # a cnn trained for a few steps is unsure of most images
+    probabilities, mirrored = served[names.OUTPUT_PROBABILITIES].numpy(), mirrored[names.OUTPUT_PROBABILITIES].numpy()
     np.testing.assert_allclose(probabilities[averaged], mirrored[averaged], atol=1e-5)
     assert all(v.dtype == tf.float32 for v in loaded.variables if v.dtype.is_floating)
 

@@ -1,0 +1,152 @@
+"""How well each candidate novelty score tells held-out Fashion-MNIST from images that are not like it.
+
+Trains a profile as ``fmnist train`` does (``--epochs`` to shorten it), runs
+the exporter's Calibrator (temperature, and the novelty score the served graph
+carries), then scores the 10,000 test images and every set of
+``bench/ood_sets.py`` with each candidate:
+
+- ``1-confidence``: one minus the top calibrated probability (the baseline of the issue);
+- ``energy``: minus the log-sum-exp of the logits (Liu et al. 2020);
+- ``feature Mahalanobis``: last hidden activations to the nearest class mean, shared covariance (Lee et al. 2018);
+- ``pixel PCA residual``: the part of the image 50 principal components of the training images miss;
+- ``pixel Mahalanobis`` and ``feature nearest neighbour``: the two halves of the served score, alone;
+- ``served``: their standardised maximum, as ``ood_scores`` computes it.
+
+Each cell is the AUROC of Fashion-MNIST test images against the set (1 = every
+image of the set scores above every test image); ``flagged`` is the share the
+served threshold flags. Accuracy and calibration come with it. Nothing is
+timed. Needs ``pip install scikit-learn scikit-image``.
+
+Usage: ``nice -n 15 python bench/ood.py --profile mlp``;
+``nice -n 15 python bench/ood.py --profile cnn --epochs 3 --json out.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ood_sets  # beside this script
+
+_PCA_COMPONENTS = 50
+
+
+def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
+    """P(an outside score > an inside score), ties counted half."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.r_[np.zeros(len(inside)), np.ones(len(outside))], np.r_[inside, outside]))
+
+
+def _candidates(trained, fitted, calibration, network):
+    """name → function(images uint8 [n, 28, 28]) → scores [n], higher = less like the training images."""
+    from fmnist.pipeline import calibrator, novelty
+    from fmnist.pipeline.model import preprocess
+
+    def outputs(images):
+        return network.predict(preprocess(images).numpy(), batch_size=1024, verbose=0)
+
+    train_features = outputs(fitted.images)[0].astype(np.float64)
+    labels = fitted.labels
+    means = np.stack([train_features[labels == c].mean(axis=0) for c in np.unique(labels)])
+    centred = train_features - means[np.searchsorted(np.unique(labels), labels)]
+    precision = np.linalg.pinv(centred.T @ centred / len(centred))
+    pixels = fitted.images.reshape(len(fitted), -1) / 255.0
+    mean_pixels = pixels.mean(axis=0)
+    components = np.linalg.svd(pixels - mean_pixels, full_matrices=False)[2][:_PCA_COMPONENTS]
+    layer = calibration.novelty
+
+    def feature_mahalanobis(features):
+        d = features[:, None, :] - means[None]
+        return np.einsum("ncd,de,nce->nc", d, precision, d).min(axis=1)
+
+    def pca_residual(images):
+        x = images.reshape(len(images), -1) / 255.0 - mean_pixels
+        return ((x - (x @ components.T) @ components) ** 2).sum(axis=1)
+
+    def halves(images, features):
+        return np.concatenate(
+            [layer.distances(images[i : i + 1024], features[i : i + 1024]).numpy() for i in range(0, len(images), 1024)]
+        )
+
+    def every(images):
+        features, logits = outputs(images)
+        both = halves(images, features)
+        return {
+            "1-confidence": 1 - calibrator.softmax(logits, calibration.temperature).max(axis=1),
+            "energy": -np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) - logits.max(1),
+            "feature Mahalanobis": feature_mahalanobis(features.astype(np.float64)),
+            "pixel PCA residual": pca_residual(images),
+            "pixel Mahalanobis": both[:, 0],
+            "feature nearest neighbour": both[:, 1],
+            "served": novelty.scores_of(layer, images, features),
+        }
+
+    return every
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="mlp")
+    parser.add_argument("--epochs", type=int, help="default: the profile's")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=1, help="TensorFlow's intra- and inter-op threads")
+    parser.add_argument("--json", help="also write the table here")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    from fmnist.pipeline import calibrator, data, evaluator, novelty, trainer
+    from fmnist.pipeline.model import features_and_logits
+
+    dataset = data.load()
+    trained = trainer.run(trainer.TrainConfig(profile=args.profile, epochs=args.epochs, seed=args.seed), dataset.train)
+    fitted = data.Split(dataset.train.images[: trained.fitted], dataset.train.labels[: trained.fitted])
+    accuracy = evaluator.run(trained.model, dataset.test, evaluator.EvalConfig()).metrics["accuracy"]
+    calibration = calibrator.run(trained.model, fitted, trained.held_back, dataset.test, novelty.NoveltyConfig())
+    score = _candidates(trained, fitted, calibration, features_and_logits(trained.model))
+
+    sets = ood_sets.build(np.random.default_rng(0), dataset.test.images)
+    inside = score(dataset.test.images)
+    threshold = float(calibration.novelty.threshold.numpy())
+    table = {}
+    for name, images in sets.items():
+        outside = score(images)
+        table[name] = {m: round(auroc(inside[m], outside[m]), 4) for m in inside}
+        table[name]["flagged"] = round(float(np.mean(outside["served"] > threshold)), 4)
+        table[name]["images"] = len(images)
+    summary = {
+        "profile": args.profile,
+        "epochs": trained.history and len(next(iter(trained.history.values()))),
+        "accuracy": accuracy,
+        "test_flagged": calibration.metrics["novelty"]["test_flagged"],
+        **calibration.metrics,
+        "auroc": table,
+    }
+    methods = list(inside)
+    print(f"{args.profile}, {summary['epochs']} epochs: accuracy {accuracy:.4f}, {json.dumps(calibration.metrics)}")
+    print("| set | images | " + " | ".join(methods) + " | flagged |")
+    print("|---" * (len(methods) + 3) + "|")
+    for name, row in table.items():
+        mark = " (clothing)" if name in ood_sets.CLOTHING else " (unseen)" if name in ood_sets.UNSEEN else ""
+        cells = " | ".join(f"{row[m]:.4f}" for m in methods)
+        print(f"| {name}{mark} | {row['images']} | {cells} | {row['flagged']:.1%} |")
+    print(
+        f"| Fashion-MNIST test | {len(dataset.test)} | "
+        + " | ".join("" for _ in methods)
+        + f" | {summary['test_flagged']:.1%} |"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
