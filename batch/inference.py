@@ -45,8 +45,8 @@ from fmnist.batch.outcomes import Classified, Failed, Image, Outcome, Reason
 from fmnist.batch.output import FailureNotes
 from fmnist.batch.tfserving import TRANSIENT_CODES, TFServingModelHandler, per_example
 from fmnist.common import errors, imagefile, names, quiet
-from fmnist.common.client import Prediction, PredictionClient, one_line
-from fmnist.common.errors import ServingError
+from fmnist.common.client import Prediction, PredictionClient
+from fmnist.common.errors import ServingError, one_line
 
 NAMESPACE = "fmnist.batch"  # Beam metrics namespace of everything the job counts
 # What the jobs retry: the handler's transient codes (the server restarting, too slow this once, shedding

@@ -136,3 +136,9 @@ def status_code(number: int) -> grpc.StatusCode:
     """The gRPC status code numbered ``number``: TensorFlow's (absl's) error codes share gRPC's numbering,
     so an ``OpError.error_code`` or a ``StatusProto.error_code`` maps by number (UNKNOWN for none)."""
     return _CODE_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+
+
+def one_line(text: str | None) -> str:
+    """A server's message as one line: TF's op errors span several, and may end in spaces; logs and CLIs want
+    one."""
+    return " ".join((text or "").split())

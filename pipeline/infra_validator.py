@@ -32,7 +32,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from fmnist.common import names, tensors
+from fmnist.common import errors, names, tensors
 from fmnist.common.apis import (
     get_model_status_pb2,
     model_pb2,
@@ -161,11 +161,13 @@ def _wait_until_loaded(
         try:
             response = stub.GetModelStatus(request, timeout=min(_remaining(deadline), 5.0))
         except grpc.RpcError as error:  # UNAVAILABLE while it starts, NOT_FOUND while it loads
-            last = f"{error.code().name}: {_one_line(error.details() or '')}"
+            last = f"{error.code().name}: {errors.one_line(error.details() or '')}"
         else:
             for status in response.model_version_status:
                 if status.status.error_code:
-                    raise _Refused(f"the model server could not load it: {_one_line(status.status.error_message)}")
+                    raise _Refused(
+                        f"the model server could not load it: {errors.one_line(status.status.error_message)}"
+                    )
                 if status.state == available:
                     return
             last = "loading"
@@ -178,7 +180,9 @@ def _check(stub, request: predict_pb2.PredictRequest, expected: Expected, deadli
     try:
         response = stub.Predict(request, timeout=_remaining(deadline))
     except grpc.RpcError as error:
-        raise _Refused(f"Predict {signature} failed: {error.code().name}: {_one_line(error.details() or '')}") from None
+        raise _Refused(
+            f"Predict {signature} failed: {error.code().name}: {errors.one_line(error.details() or '')}"
+        ) from None
     inputs = {alias: tensors.to_ndarray(proto) for alias, proto in request.inputs.items()}
     batch = len(next(iter(inputs.values()))) if inputs else 0
     want = {alias: np.asarray(value) for alias, value in expected(signature, inputs).items()}
@@ -207,8 +211,4 @@ def _stop(server: subprocess.Popen) -> None:
 
 def _last_line(log_path: Path) -> str:
     lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    return _one_line(lines[-1]) if lines else "(it printed nothing)"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return errors.one_line(lines[-1]) if lines else "(it printed nothing)"

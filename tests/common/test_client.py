@@ -224,11 +224,12 @@ def test_the_client_imports_neither_server_nor_pipeline_code():
     imported |= {(a.name, None) for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     third_party = {(m, name) for m, name in imported if m.split(".")[0] not in sys.stdlib_module_names}
     assert {m.split(".")[0] for m, _ in third_party} == {"grpc", "numpy", "fmnist"}
-    # the shared names, the protos and their numpy conversion, the error types, and nothing else
+    # the shared names, the protos and their numpy conversion, the error types, the network probe, nothing else
     assert {m for m, _ in third_party if m.startswith("fmnist")} == {
         "fmnist.common",
         "fmnist.common.apis",
         "fmnist.common.errors",
+        "fmnist.common.reachability",
     }
     assert {name for m, name in third_party if m == "fmnist.common"} == {"names", "tensors"}
 

@@ -39,7 +39,7 @@ def restored_log_levels():
 def _train(monkeypatch):
     def pushed(config):
         _plots_warning()
-        return SimpleNamespace(version_dir="models/fashion_mnist/1")
+        return SimpleNamespace(version_dir="models/fashion_mnist/1", refusal=None)
 
     monkeypatch.setattr(exporter, "run", pushed)
     assert exporter.main(["--limit", "10"], prog="fmnist train") == 0
