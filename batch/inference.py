@@ -13,9 +13,9 @@ batch that fails otherwise becomes error records (``inference_failed``, with
 the failure's status or type and its message, taken from the exception where
 it is caught), and the job goes on; a server lost after retries, or one that
 does not know the model, fails the job, naming it. Only the in-process path imports
-TensorFlow, when it gets there (:func:`fmnist.quiet.import_tensorflow`): the
-served path needs the client's protos alone, so its launcher and each
-worker take about 160 MiB instead of 680 (bench/README.md, "Start-up").
+TensorFlow, when it gets there (:func:`fmnist.common.quiet.import_tensorflow`):
+the served path needs the client's protos alone, so its launcher and each
+worker stay a fraction of a TensorFlow process's size (bench/startup.py measures it).
 
 Usage::
 

@@ -3,7 +3,7 @@
 The official ``tensorflow-serving-api`` modules import TensorFlow's own
 generated protos (``tensorflow.core.framework.tensor_pb2`` and a few more),
 and importing anything under ``tensorflow`` runs ``tensorflow/__init__.py``
-first: the whole runtime, about 5 s and 540 MiB, in a client that only builds
+first: the whole runtime, seconds and hundreds of MiB, in a client that only builds
 and reads messages. Here the generated modules are imported while
 ``sys.modules["tensorflow"]`` is a bare package whose ``__path__`` is the
 installed ``tensorflow`` directory, so Python finds the real ``*_pb2`` files

@@ -3,7 +3,7 @@
 The one conversion the project has, for the client (requests out, responses
 in) and the embedded server (requests in, responses out). A client that only
 builds requests and reads responses should not pay for ``import tensorflow``
-(5 s, 540 MiB) to get ``tf.make_tensor_proto`` and ``tf.make_ndarray``.
+(seconds and hundreds of MiB) to get ``tf.make_tensor_proto`` and ``tf.make_ndarray``.
 Requests go out as little-endian ``tensor_content`` (one copy, what
 ``tf.make_tensor_proto`` writes for arrays); responses as the typed ``*_val``
 fields (``typed=True``: TF Serving's AsProtoField, which clients written for

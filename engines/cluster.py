@@ -11,7 +11,7 @@ therefore run from class paths that Maven resolves into ``~/.m2``
 served; the Python SDK stays at the project's 2.77 (launcher and workers).
 Spark is pyspark's bundled Spark, for the cluster and the job server alike.
 
-Usage (a job server in the foreground, as README's "Running on a cluster" starts it)::
+Usage (a job server in the foreground, as docs/engines.md starts it)::
 
     mvn -q -f engines/spark/pom.xml dependency:build-classpath -Dmdep.outputFile=$PWD/engines/spark/classpath.txt
     python -m engines.cluster spark --job-port 8099 --spark-master-url spark://127.0.0.1:7077

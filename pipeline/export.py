@@ -133,11 +133,11 @@ def decode_images(image_bytes: tf.Tensor, max_pixels: int = DEFAULT_MAX_PIXELS) 
     """Encoded images [batch] → float32 [batch, 28, 28], exactly as :func:`decode_image` on each.
 
     The general per-image path (header dispatch, alpha, grey conversion,
-    resize) costs 48-62 µs per image in a ``tf.map_fn`` on 2 cores, mostly
-    the control flow around the decoder. When every image in the batch is
-    an 8-bit grey 28 x 28 PNG (one vectorised prefix comparison), those
-    steps are all identities, so the batch takes a loop of bare
-    ``decode_png`` instead: 21-29 µs per image (bench/README.md). The
+    resize) in a ``tf.map_fn`` is mostly the control flow around the
+    decoder. When every image in the batch is an 8-bit grey 28 x 28 PNG (one
+    vectorised prefix comparison), those steps are all identities, so the
+    batch takes a loop of bare ``decode_png`` instead, at less than half the
+    cost per image (bench/serving.py measures both). The
     header-claimed size is 28 x 28 on that path, within any ``max_pixels``
     of at least 784.
     """

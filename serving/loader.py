@@ -74,7 +74,7 @@ def load_saved_model(
     Each signature becomes a session callable run in the calling thread
     (``inter_op_thread_pool=-1``): no Python-level argument binding of a
     concrete function and no hand-off to TF's inter-op threads. For the mlp
-    that halves the model call (0.30 → 0.16 ms for one image); convolutions
+    that is a large share of a one-image call; convolutions
     still use the intra-op threads. The session closes when the last request
     holding this version lets go of it. The thread counts are TF Serving's
     ``--tensorflow_intra_op_parallelism`` and ``--tensorflow_inter_op_parallelism`` (0: TF picks).

@@ -106,7 +106,7 @@ class _Writer:
         """Write what is queued, a burst at a time.
 
         Waking up for every request made this thread take the GIL from the
-        request threads just as they answered (+18 % on a 1 ms request); a
+        request threads just as they answered, slowing short requests; a
         burst every ``_DRAIN_EVERY`` seconds costs the same work but few
         wake-ups.
         """
