@@ -43,7 +43,9 @@ from fmnist.common.apis import (
 )
 from fmnist.common.client import open_channel
 
-SERVE_COMMAND = (sys.executable, "-m", "fmnist.cli", "serve")
+# -P: the current folder stays off sys.path, so a source checkout's fmnist/ (the top layer alone) in the
+# folder the exporter runs from cannot shadow the installed package, as it would in the Docker image's /app.
+SERVE_COMMAND = (sys.executable, "-P", "-m", "fmnist.cli", "serve")
 _VERSION = "1"  # the candidate's version in its sandbox
 _POLL_S = 0.25
 _STOP_S = 10.0  # for the server to exit after SIGTERM, before it is killed
@@ -108,6 +110,7 @@ def run(config: InfraConfig, candidate: Path, model_name: str, expected: Expecte
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                cwd=sandbox,
             )
         deadline = started + config.timeout_s
         try:
