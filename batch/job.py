@@ -125,11 +125,10 @@ def run_config(
     )
     result_summary = summary.summarize(output.read_counts(config.output), clock() - started, source, resumed=done)
     output.write_bytes(FileSystems.join(config.output, summary.SUMMARY_FILE), summary.to_json(result_summary).encode())
-    if result_summary.evaluation:
-        output.write_bytes(
-            FileSystems.join(config.output, summary.CONFUSION_FILE), summary.confusion_png(result_summary)
-        )
-    page = report.render(result_summary, output.read_gallery(config.output), read=output.read_file)
+    matrix = summary.confusion_png(result_summary) if result_summary.evaluation else None
+    if matrix:
+        output.write_bytes(FileSystems.join(config.output, summary.CONFUSION_FILE), matrix)
+    page = report.render(result_summary, output.read_gallery(config.output), read=output.read_file, matrix_png=matrix)
     output.write_bytes(FileSystems.join(config.output, report.REPORT_FILE), page.encode())
     output.write_bytes(FileSystems.join(config.output, output.SUCCESS), b"")
     output.remove_checkpoints(config.output)  # the run is whole: nothing left to resume

@@ -1,8 +1,8 @@
 """``fmnist batch``'s pipeline: read batches → classified → checkpointed → records, errors and tallies → files.
 
 :class:`ClassifyFiles` is the whole job, built from the steps here and the
-shared ones (:mod:`batch.steps`): :class:`InferBatches` (``RunInference`` over the
-read batches),
+shared ones (:mod:`batch.steps`): :class:`InferBatches` (the model over the
+read batches, several at once),
 :class:`ResumeCheckpoints` (an interrupted run's outcomes, for ``--resume``),
 a checkpoint per classified batch, and the records of each batch.
 
@@ -14,6 +14,8 @@ Usage::
 
 from __future__ import annotations
 
+import copy
+import queue
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
@@ -21,7 +23,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, RunInference
+from apache_beam.ml.inference.base import ModelHandler
 
 from fmnist.batch import output, progress, records, report, summary
 from fmnist.batch.inference import NAMESPACE, ImageBatches, SignatureHandler
@@ -32,29 +34,69 @@ from fmnist.batch.threaded import ThreadedDoFn
 
 
 def images_handler(config: JobConfig) -> ModelHandler:
-    """The handler of encoded images the job's ``RunInference`` calls: the served model's, or the local SavedModel's."""
+    """The handler of encoded images the job calls: the served model's, or the local SavedModel's."""
     if config.in_process:
         return SignatureHandler(config.in_process, signature=config.signature)
     return config.server.handler()
 
 
 class InferBatches(beam.PTransform):
-    """Read batches (lists of Image or Failed) → their lists of outcomes, through ``RunInference``.
+    """Read batches (lists of Image or Failed) → their lists of outcomes, with up to ``in_flight`` batches
+    at the model at once per worker.
 
-    A batch goes to ``handler`` (a handler of encoded images) through
-    :class:`~batch.inference.ImageBatches`: requests of at most
+    A batch goes to ``handler`` (a Beam model handler of encoded images)
+    through :class:`~batch.inference.ImageBatches`: requests of at most
     ``max_request_bytes``, a rejected one bisected down to its bad files, and
     a batch the model fails on as a whole given as ``inference_failed``
     outcomes; a serving error a worker stops the job on is noted in
-    ``failures``, for the launcher.
+    ``failures``, for the launcher. ``RunInference`` would call the handler
+    for one batch at a time, leaving the worker idle while each answer
+    travels; here each worker calls it from ``in_flight`` threads
+    (:class:`~batch.threaded.ThreadedDoFn`), as a user's own client keeps
+    several requests in flight. The outcomes keep the batches' order.
     """
 
-    def __init__(self, handler: ModelHandler, *, max_request_bytes: int, failures: output.FailureNotes | None = None):
+    def __init__(
+        self,
+        handler: ModelHandler,
+        *,
+        max_request_bytes: int,
+        in_flight: int = 1,
+        failures: output.FailureNotes | None = None,
+    ):
         super().__init__()
         self._batches = ImageBatches(handler, max_request_bytes=max_request_bytes, failures=failures)
+        self._in_flight = in_flight
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        return batches | "RunInference" >> RunInference(self._batches)
+        return batches | "Infer" >> beam.ParDo(_Infer(self._batches, self._in_flight))
+
+
+class _Infer(ThreadedDoFn):
+    """A read batch → its list of outcomes (:meth:`ImageBatches.run_inference <batch.inference.ImageBatches>`),
+    ``in_flight`` batches at once. The model (a client's stub, or a loaded SavedModel) is loaded once per
+    instance and shared by its threads: a gRPC stub and a TF function may be called from several threads.
+    Each thread calls a copy of the handler of its own: a remote handler's client-side throttler expects
+    one call at a time, and would take calls still in flight for failures and hold the next ones back.
+    """
+
+    def __init__(self, batches: ImageBatches, in_flight: int):
+        self._batches = batches
+        self.in_flight = in_flight
+
+    def setup(self) -> None:
+        super().setup()
+        self._model = self._batches.load_model()
+        self._handlers: queue.SimpleQueue[ImageBatches] = queue.SimpleQueue()
+        for _ in range(self.in_flight):
+            self._handlers.put(copy.deepcopy(self._batches))
+
+    def work(self, items: list) -> list[list[Outcome]]:
+        handler = self._handlers.get()
+        try:
+            return handler.run_inference([items], self._model)
+        finally:
+            self._handlers.put(handler)
 
 
 class _SaveCheckpoint(ThreadedDoFn):
@@ -238,6 +280,7 @@ class ClassifyFiles(beam.PTransform):
         infer = InferBatches(
             self._handler or images_handler(config),
             max_request_bytes=config.max_request_bytes,
+            in_flight=config.in_flight,
             failures=output.FailureNotes(config.output),
         )
         folder = FileSystems.join(config.output, output.CHECKPOINTS)

@@ -43,6 +43,7 @@ class JobConfig:
     signature: str = names.PREDICT_IMAGES  # of the in-process model; the client always calls predict_images
     file_format: str = "jsonl"
     batch_size: int = 64
+    in_flight: int = 4  # batches each worker has at the model at once
     top_k: int = 3
     limits: Limits = field(default_factory=Limits)
     max_request_bytes: int = MAX_REQUEST_BYTES
@@ -136,6 +137,13 @@ def parse_job_args(argv: list[str] | None, prog: str | None = None) -> tuple[Job
         help="classes listed per record (default 3); a tfrecord response holds every probability",
     )
     parser.add_argument(
+        "--in-flight",
+        type=_positive,
+        default=JobConfig.in_flight,
+        metavar="N",
+        help="batches each worker has at the model at once (default %(default)s)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help=f"finish the interrupted run in --output: the files its checkpoints ({CHECKPOINTS}/) "
@@ -155,6 +163,7 @@ def parse_job_args(argv: list[str] | None, prog: str | None = None) -> tuple[Job
         signature=args.signature,
         file_format=args.file_format,
         batch_size=args.batch_size,
+        in_flight=args.in_flight,
         top_k=args.top_k,
         limits=Limits(max_file_bytes=args.max_image_bytes, max_pixels=args.max_image_pixels),
         progress_seconds=args.progress_seconds,

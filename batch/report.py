@@ -93,8 +93,15 @@ def _thumbnail(data: bytes) -> str:
     return _data_uri(buffer.getvalue())
 
 
-def render(summary: summary_lib.Summary, gallery: dict[str, list[dict]], read: Callable[[str], bytes]) -> str:
-    """The report page; ``read(path)`` returns a gallery file's bytes (through Beam's file systems)."""
+def render(
+    summary: summary_lib.Summary,
+    gallery: dict[str, list[dict]],
+    read: Callable[[str], bytes],
+    matrix_png: bytes | None = None,
+) -> str:
+    """The report page; ``read(path)`` returns a gallery file's bytes (through Beam's file systems);
+    ``matrix_png`` is the confusion matrix the job wrote (:func:`batch.summary.confusion_png`), shown when the
+    summary has an evaluation."""
     models = ", ".join(
         f"{m['model_name']} v{m['model_version']} ({summary_lib.counted(m['files'], 'file')})" for m in summary.models
     )
@@ -122,11 +129,9 @@ def render(summary: summary_lib.Summary, gallery: dict[str, list[dict]], read: C
     if summary.errors_by_reason:
         parts.append(errors_section(summary.errors_by_reason))
     parts.append(_per_class(summary))
-    if summary.evaluation:
+    if summary.evaluation and matrix_png:
         parts.append(
-            "<h2>Confusion matrix</h2><img class='matrix' alt='confusion matrix' src='"
-            + _data_uri(summary_lib.confusion_png(summary))
-            + "'>"
+            "<h2>Confusion matrix</h2><img class='matrix' alt='confusion matrix' src='" + _data_uri(matrix_png) + "'>"
         )
     titles = {LEAST_SURE: "Least sure", SUREST_MISTAKES: "Misclassified, surest first"}
     for key, title in titles.items():

@@ -37,23 +37,24 @@ RECORDS, ERRORS, TALLIES, GALLERY = "records", "errors", "tallies", "gallery"
 class Inputs(NamedTuple):
     """What :class:`ReadInputs` gives."""
 
-    tallies: beam.PCollection  # (summary.INPUT, n): the inputs as matched, n per source (image files, request logs)
+    tallies: beam.PCollection  # one (summary.INPUT, n): every input as matched (image files and logged images)
     batches: beam.PCollection  # lists of batch_size Image or Failed, spread over the workers
 
 
 class ReadInputs(beam.PTransform):
     """The pipeline's start → :class:`Inputs`: every input counted, and read in lists of ``batch_size``.
 
-    Image files are matched (each distinct file once, even where ``--input``s
-    overlap; locally, following links: :func:`~batch.readers.matched_files`),
-    batched as (path, size), and read on the workers
-    (:class:`~batch.readers.ReadImages`); request logs (``--input`` ending in
-    ``.tfrecord``) give one element per logged image, batched the same way.
-    min = max: full batches, where BatchElements would otherwise start at 1
-    and grow slowly. The batches, not the files, are spread over the workers:
-    one shuffle per batch. Inputs are counted as matched, by a combiner (a
-    partial count per bundle), not one element per file: those would go
-    through the tallies' Flatten, which Beam's local runner executes itself.
+    Image files are matched in one step, which lists them in batches of
+    (path, size) (each distinct file once, even where ``--input``s overlap;
+    locally, following links: :func:`~batch.readers.matched_files`): no file
+    is ever an element of its own, since Beam's Python SDK spends a few
+    microseconds per element and step. The batches are spread over the
+    workers (one shuffle per batch) and read there
+    (:class:`~batch.readers.ReadImages`). Request logs (``--input`` ending in
+    ``.tfrecord``) give one element per logged image, batched by
+    ``BatchElements`` (min = max: full batches, where it would otherwise
+    start at 1 and grow slowly). Inputs are counted as matched, per batch or
+    by a combiner.
 
     Args:
         skip: a side input of one set, the files a resumed run has outcomes
@@ -78,19 +79,19 @@ class ReadInputs(beam.PTransform):
     def expand(self, start: beam.pvalue.PBegin) -> Inputs:
         files = [p for p in self._patterns if not readers.is_request_log(p)]
         logs = [p for p in self._patterns if readers.is_request_log(p)]
-        batching = dict(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
-        counted, read = [], []
+        counts, read = [], []
         if files:
             # Each --input matched a file in the launcher (readers.match_inputs), so a pattern may match none
             # here: imgs/*.png, made for imgs/**/*.png's **/ matching no folder, where imgs/ holds only folders.
-            matched = start | "Inputs" >> beam.Create(files) | "Match" >> beam.FlatMap(_matched)
-            if len(files) > 1:  # one glob matches a file once; overlapping ones must not classify it twice
-                matched = matched | "Deduplicate" >> beam.CombinePerKey(_first_copy)
-            counted.append(matched)
+            batches = (
+                start
+                | "Inputs" >> beam.Create([tuple(files)])
+                | "Match" >> beam.FlatMap(_matched_batches, self._batch_size)
+            )
+            counts.append(batches | "InputCount" >> beam.Map(len))
             if self._skip is not None:
-                matched = matched | "NotDone" >> beam.Filter(_file_not_done, self._skip)
-            batches = matched | "Batch" >> beam.BatchElements(**batching) | "Spread" >> beam.Reshuffle()
-            read.append(batches | "Read" >> beam.ParDo(readers.ReadImages(self._limits)))
+                batches = batches | "NotDone" >> beam.FlatMap(_files_not_done, self._skip)
+            read.append(batches | "Spread" >> beam.Reshuffle() | "Read" >> beam.ParDo(readers.ReadImages(self._limits)))
         if logs:
             logged = (
                 start
@@ -98,33 +99,49 @@ class ReadInputs(beam.PTransform):
                 | "ReadLogs" >> beam.io.ReadAllFromTFRecord(with_filename=True)
                 | "LoggedImages" >> beam.ParDo(readers.LoggedImages(self._limits))
             )
-            counted.append(logged)
+            counts.append(logged | "LoggedCount" >> beam.combiners.Count.Globally())
             if self._skip is not None:
                 logged = logged | "LoggedNotDone" >> beam.Filter(_image_not_done, self._skip)
+            batching = dict(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
             read.append(logged | "BatchLogged" >> beam.BatchElements(**batching) | "SpreadLogged" >> beam.Reshuffle())
-        tallies = tuple(
-            found
-            | f"InputCounts{i}" >> beam.combiners.Count.Globally()
-            | f"AsInputCount{i}" >> beam.Map(lambda n: (summary.INPUT, n))
-            for i, found in enumerate(counted)
+        tallies = (
+            _merged(counts, "AllInputCounts")
+            | "InputTotal" >> beam.CombineGlobally(sum)
+            | "AsInputTally" >> beam.Map(lambda n: (summary.INPUT, n))
         )
-        return Inputs(tallies | "AllInputCounts" >> beam.Flatten(), tuple(read) | "AllRead" >> beam.Flatten())
+        return Inputs(tallies, _merged(read, "AllRead"))
 
 
-def _matched(pattern: str) -> Iterator[tuple[bytes, int]]:
-    """(path, size) of each file ``pattern`` matches (:func:`batch.readers.matched_files`), the path
-    :func:`~batch.outcomes.carried`."""
-    for path, size in readers.matched_files(pattern):
-        yield carried(path), size
+def _merged(pcollections: list[beam.PCollection], label: str) -> beam.PCollection:
+    """The one PCollection, or a Flatten of several: the local runner executes a Flatten itself, element by element."""
+    return pcollections[0] if len(pcollections) == 1 else tuple(pcollections) | label >> beam.Flatten()
 
 
-def _first_copy(copies):
-    """One of a file's matches; overlapping inputs must not classify a file twice."""
-    return next(iter(copies))
+def _matched_batches(patterns: Sequence[str], batch_size: int) -> Iterator[list[tuple[bytes, int]]]:
+    """Lists of ``batch_size`` (path, size), the last one shorter, of the files the patterns match
+    (:func:`batch.readers.matched_files`), each path :func:`~batch.outcomes.carried`. A file several patterns
+    match is listed once: overlapping inputs must not classify it twice."""
+    seen: set[str] = set()
+    batch: list[tuple[bytes, int]] = []
+    for pattern in patterns:
+        for path, size in readers.matched_files(pattern):
+            if len(patterns) > 1:
+                if path in seen:
+                    continue
+                seen.add(path)
+            batch.append((carried(path), size))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
-def _file_not_done(path_and_size: tuple[bytes, int], done: frozenset[str]) -> bool:
-    return uncarried(path_and_size[0]) not in done
+def _files_not_done(batch: list[tuple[bytes, int]], done: frozenset[str]) -> Iterator[list[tuple[bytes, int]]]:
+    """The batch less the files a resumed run has outcomes for; nothing when none is left."""
+    left = [item for item in batch if uncarried(item[0]) not in done]
+    if left:
+        yield left
 
 
 def _image_not_done(item: Image | Failed, done: frozenset[str]) -> bool:

@@ -1,4 +1,4 @@
-"""A DoFn whose work runs in a thread of its own, one element behind the stage: :class:`ThreadedDoFn`.
+"""A DoFn whose work runs in threads of its own, a few elements behind the stage: :class:`ThreadedDoFn`.
 
 The job's fused stage (read → RunInference → checkpoint → records → write)
 runs in one thread, and much of that thread's time is waiting: RunInference
@@ -9,8 +9,16 @@ records formatted) does its work in its own thread, which runs while the
 stage's thread waits with the GIL released. Beam's receivers are not
 thread-safe, so the outputs are emitted from the stage's thread, with the
 element's own timestamp and window, when the next element arrives or when
-the bundle ends: one element is held at most, and a failure in the work
+the bundle ends. The outputs leave in the elements' order; at most
+``in_flight`` elements are worked on at once (the model's step keeps several
+requests in flight, as a user's own client would), and a failure in the work
 fails its own bundle.
+
+Beam's ``Metrics`` (and its workers' logs) find their step through the
+calling thread's state tracker, which only the stage's thread has: a metric
+updated in the work would be dropped. Each piece of work is handed the
+stage's tracker, as Beam's own ``ParDo`` with a timeout hands it to the
+thread it runs ``process`` in; metric cells take updates from any thread.
 
 A thread that runs Python keeps the GIL for up to the interpreter's switch
 interval (5 ms by default) once another thread asks for it, so the stage's
@@ -27,6 +35,7 @@ Usage::
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import sys
 from collections.abc import Iterator, Sequence
@@ -34,13 +43,21 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.runners.worker import statesampler
 from apache_beam.utils.windowed_value import WindowedValue
 
 SWITCH_INTERVAL = 0.001  # seconds; the stage's thread waits for a model's answer about 100 times a second
 
 
 class ThreadedDoFn(beam.DoFn):
-    """``work(element)`` → its outputs (values, or ``TaggedOutput``s), run in a thread one element behind."""
+    """``work(element)`` → its outputs (values, or ``TaggedOutput``s), run in ``in_flight`` threads of its own.
+
+    An element's outputs leave as soon as its work and that of every element
+    before it are done, and at the latest when ``in_flight`` newer elements wait
+    behind it (or the bundle ends), so a bundle holds at most ``in_flight`` + 1.
+    """
+
+    in_flight = 1  # elements worked on at once; a subclass or an instance may set more
 
     def work(self, element: Any) -> Sequence[Any]:
         raise NotImplementedError
@@ -50,25 +67,29 @@ class ThreadedDoFn(beam.DoFn):
 
     def setup(self) -> None:
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=type(self).__name__)
+        self._threads = concurrent.futures.ThreadPoolExecutor(self.in_flight, thread_name_prefix=type(self).__name__)
 
     def start_bundle(self) -> None:
-        self._pending: tuple | None = None
+        self._pending: collections.deque[tuple] = collections.deque()
 
     def process(
         self, element: Any, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
     ) -> Iterator[WindowedValue | TaggedOutput]:
-        previous, self._pending = self._pending, (element, timestamp, window, self._thread.submit(self.work, element))
-        if previous is not None:
-            yield from self._outputs(*previous)
+        work = self._threads.submit(self._work_tracked, statesampler.get_current_tracker(), element)
+        self._pending.append((element, timestamp, window, work))
+        while self._pending and (len(self._pending) > self.in_flight or self._pending[0][3].done()):
+            yield from self._outputs(*self._pending.popleft())
 
     def finish_bundle(self) -> Iterator[WindowedValue | TaggedOutput]:
-        if self._pending is not None:
-            last, self._pending = self._pending, None
-            yield from self._outputs(*last)
+        while self._pending:
+            yield from self._outputs(*self._pending.popleft())
 
     def teardown(self) -> None:
-        self._thread.shutdown()
+        self._threads.shutdown()
+
+    def _work_tracked(self, tracker, element: Any) -> Sequence[Any]:
+        statesampler.set_current_tracker(tracker)
+        return self.work(element)
 
     def _outputs(
         self, element: Any, timestamp, window, done: concurrent.futures.Future

@@ -105,7 +105,12 @@ def run_job(
     argv = [sys.executable, "-m", "fmnist.batch.job", "--input", str(input_dir), "--output", str(output), *source]
     if batch_size:
         argv += ["--batch-size", str(batch_size)]
-    env = None if tree == _common.ROOT else {**os.environ, "PYTHONPATH": str(tree)}
+    env = None
+    if tree != _common.ROOT:  # that tree's fmnist.*, laid out as its package-dir maps it (once per tree)
+        importable = tree.parent / f"{tree.name}-importable"
+        if not importable.exists():
+            _common.importable(tree, importable)
+        env = {**os.environ, "PYTHONPATH": str(importable)}
     code, wall, rss, cpu = _common.run_child(argv, work / f"{slug}.log", cwd=tree, env=env)
     if code != 0:
         raise RuntimeError(f"{label} job failed ({code}); see {work / f'{slug}.log'}")
