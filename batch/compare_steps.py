@@ -112,6 +112,8 @@ def _tally(baseline: Classified, candidate: Classified) -> Iterator[tuple]:
         yield ("model", side, outcome.model_name, outcome.model_version)
         if outcome.label is not None:
             yield ("correct", side, outcome.label == outcome.class_id)
+        if outcome.unfamiliar is not None:  # a version with the trust outputs (docs/trust.md)
+            yield ("unfamiliar", side, outcome.unfamiliar)
 
 
 class _PairsToRecords(beam.DoFn):

@@ -1,8 +1,8 @@
 """``fmnist compare``'s verdict: the comparison's numbers, the gate, and how they read (JSON, a terminal, HTML).
 
 The pipeline reduces every compared file to a few tallies (which class each
-side gave, who answered, whether each was right for labelled folders; errors
-by reason); :func:`summarize` makes them a :class:`Comparison`, :func:`judge`
+side gave, who answered, whether each was right for labelled folders, whether
+each flagged it unfamiliar; errors by reason); :func:`summarize` makes them a :class:`Comparison`, :func:`judge`
 applies ``--max-disagreement`` and ``--min-accuracy-delta`` to it, and the
 rest write it for people and programs.
 
@@ -42,6 +42,8 @@ class Comparison:
     accuracy: dict | None  # labelled folders only: {"files", "baseline", "candidate", "delta"}
     source: str
     elapsed_seconds: float
+    # side → compared files it flagged unfamiliar (docs/trust.md); None: its version serves no such flag
+    unfamiliar: dict[str, int | None]
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,14 @@ def summarize(counts: Mapping[tuple, int], elapsed: float, config: CompareConfig
         accuracy=_accuracy(by_kind.get("correct", {})),
         source=f"server {config.server.target}",
         elapsed_seconds=round(elapsed, 3),
+        unfamiliar=_unfamiliar(by_kind.get("unfamiliar", {})),
     )
+
+
+def _unfamiliar(flags: Mapping[tuple, int]) -> dict[str, int | None]:
+    """Per side, the compared files it flagged; None for a side whose answers carried no flag."""
+    scored = {side for side, _ in flags}
+    return {side: flags.get((side, True), 0) if side in scored else None for side in names.SIDES}
 
 
 def _accuracy(correct: Mapping[tuple, int]) -> dict | None:
@@ -145,6 +154,14 @@ def _answered(comparison: Comparison, side: str) -> str:
     return f"{comparison.requested[side]} → {answered or 'no file'}"
 
 
+def _unfamiliar_counts(comparison: Comparison) -> str:
+    """The compared files each side flagged unfamiliar, e.g. "baseline (its version serves no flag), candidate 3"."""
+    return ", ".join(
+        f"{side} {'(its version serves no flag)' if n is None else f'{n:,}'}"
+        for side, n in comparison.unfamiliar.items()
+    )
+
+
 def _agreement(comparison: Comparison) -> str:
     if comparison.agreement is None:
         return "none compared"
@@ -162,6 +179,7 @@ def render_html(comparison: Comparison, gate: Gate, gallery: list[dict], read: C
         ("Agreement", _agreement(comparison)),
         ("Baseline", _answered(comparison, names.BASELINE)),
         ("Candidate", _answered(comparison, names.CANDIDATE)),
+        ("Unfamiliar", _unfamiliar_counts(comparison)),
     ]
     if comparison.accuracy:
         accuracy = comparison.accuracy
@@ -217,6 +235,7 @@ def render(comparison: Comparison, gate: Gate) -> str:
         f"in {comparison.elapsed_seconds:.1f}s via {comparison.source}",
         f"agreement {_agreement(comparison)}",
         *(f"{side}: {_answered(comparison, side)}" for side in names.SIDES),
+        f"unfamiliar: {_unfamiliar_counts(comparison)}",
     ]
     if comparison.flips:
         lines.append(

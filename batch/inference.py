@@ -59,15 +59,24 @@ _TF_NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces
 
 @dataclass(frozen=True)
 class Scores:
-    """A model's answer to one request: probabilities [n, classes] and who answered."""
+    """A model's answer to one request: probabilities [n, classes], who answered, and, where the version serves
+    them, its ``ood_scores`` [n] and ``unfamiliar`` [n] (docs/trust.md)."""
 
     probabilities: np.ndarray
     model_name: str
     model_version: int
+    ood_scores: np.ndarray | None = None
+    unfamiliar: np.ndarray | None = None
 
     @classmethod
     def of(cls, prediction: Prediction) -> Scores:
-        return cls(prediction.probabilities, prediction.model_name, prediction.version)
+        return cls(
+            prediction.probabilities,
+            prediction.model_name,
+            prediction.version,
+            prediction.ood_scores,
+            prediction.unfamiliar,
+        )
 
 
 Predict = Callable[[list[bytes]], Scores]
@@ -121,10 +130,13 @@ def _answered(images: Sequence[Image], scores: Scores, seconds: float) -> list[O
     """The images' outcomes from one request's answer, counted in the job's metrics."""
     Metrics.distribution(NAMESPACE, "batch_latency_ms").update(int(seconds * 1000))
     Metrics.counter(NAMESPACE, "requests").inc()
+    rows = len(images)  # a version without the trust outputs: None for each file
+    ood = [None] * rows if scores.ood_scores is None else scores.ood_scores.tolist()
+    unfamiliar = [None] * rows if scores.unfamiliar is None else scores.unfamiliar.tolist()
     return [
-        Classified(image.path, image.label, tuple(row), scores.model_name, scores.model_version, image.data)
+        Classified(image.path, image.label, tuple(row), scores.model_name, scores.model_version, image.data, *trust)
         # tolist: Python floats for the whole answer at once; strict: a short answer must not lose files
-        for image, row in zip(images, scores.probabilities.tolist(), strict=True)
+        for image, row, *trust in zip(images, scores.probabilities.tolist(), ood, unfamiliar, strict=True)
     ]
 
 
@@ -177,13 +189,15 @@ def _detail(error: Exception) -> str:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Where the served model is and how patiently to call it."""
+    """Where the served model is and how patiently to call it, and which outputs of ``predict_images`` to ask for
+    (the launcher adds the trust outputs where the signature has them: :func:`batch.launcher.served_outputs`)."""
 
     target: str
     model_name: str = names.MODEL_NAME
     timeout: float = 30.0  # deadline of each attempt, seconds
     retries: int = 3
     backoff: float = 0.5  # seconds before the client's first retry, doubling after (the handler: Beam's backoff)
+    outputs: tuple[str, ...] = (names.OUTPUT_PROBABILITIES,)
 
     def handler(self, handler_class: type[TFServingModelHandler] = TFServingModelHandler) -> TFServingModelHandler:
         """The ``RunInference`` handler of ``predict_images`` on this server (retrying :data:`RETRY_CODES`);
@@ -193,7 +207,7 @@ class ServerSettings:
             model_name=self.model_name,
             signature_name=names.PREDICT_IMAGES,
             input_alias=names.INPUT_IMAGE_BYTES,
-            output_aliases=(names.OUTPUT_PROBABILITIES,),
+            output_aliases=self.outputs,
             timeout=self.timeout,
             num_retries=self.retries,
             retry_codes=RETRY_CODES,
@@ -282,7 +296,11 @@ class ImageBatches(ModelHandler[list[Image | Failed], list[Outcome], Any]):
         results = list(self._images.run_inference(encoded, model))
         name, _, version = results[0].model_id.rpartition(":")
         probabilities = np.stack([result.inference[names.OUTPUT_PROBABILITIES] for result in results])
-        return Scores(probabilities, name, int(version))
+        trust = [  # where the version serves them
+            np.stack([result.inference[alias] for result in results]) if alias in results[0].inference else None
+            for alias in names.TRUST_OUTPUTS
+        ]
+        return Scores(probabilities, name, int(version), *trust)
 
     def get_num_bytes(self, batch: Sequence[list[Image | Failed]]) -> int:
         return sum(len(item.data) for items in batch for item in items if isinstance(item, Image))

@@ -31,7 +31,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TextIO
 
 import apache_beam as beam
@@ -41,7 +41,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from fmnist.batch import output, readers, report, summary
 from fmnist.batch.job_steps import ClassifyFiles
-from fmnist.batch.launcher import execute, make_pipeline, print_outputs, run_cli, wait_for_server
+from fmnist.batch.launcher import execute, make_pipeline, print_outputs, run_cli, served_outputs, wait_for_server
 from fmnist.batch.options import JobConfig, parse_job_args
 from fmnist.batch.summary import counted
 from fmnist.common.client import PredictionClient
@@ -97,7 +97,7 @@ def run_config(
     results, resuming = output.check_job_output(config.output, config.overwrite, config.resume)
     output.check_writable(config.output)
     matched = readers.match_inputs(config.inputs)  # each --input gives a file: usage errors before any work
-    source = _check_source(config, client_factory)
+    source, config = _check_source(config, client_factory)
     files, logs, resumption = _plan(config, matched, resuming, stream)
     del matched  # 100,000 paths are about 15 MiB, not to be held while the pipeline runs
     if config.overwrite:
@@ -135,12 +135,14 @@ def run_config(
     return JobResult(result_summary, result, output.result_files(config.output, output.BATCH_RESULTS))
 
 
-def _check_source(config: JobConfig, client_factory: Callable[..., PredictionClient]) -> str:
-    """Fail before launching when the model cannot answer; returns how the summary names the source."""
-    if config.in_process:
-        return f"in-process {config.in_process.path}"
+def _check_source(config: JobConfig, client_factory: Callable[..., PredictionClient]) -> tuple[str, JobConfig]:
+    """Fail before launching when the model cannot answer; returns how the summary names the source, and
+    ``config`` asking the server for the outputs its signature has (:func:`~batch.launcher.served_outputs`)."""
+    if config.in_process:  # the signature in the worker gives every output it has
+        return f"in-process {config.in_process.path}", config
     wait_for_server(config.server, client_factory)
-    return f"server {config.server.target}"
+    server = replace(config.server, outputs=served_outputs(config.server, client_factory))
+    return f"server {config.server.target}", replace(config, server=server)
 
 
 def _plan(

@@ -42,7 +42,8 @@ from fmnist.batch import progress
 from fmnist.batch.errors import FAILED, INTERRUPTED, USAGE, JobError, stopped_by
 from fmnist.batch.inference import ServerSettings
 from fmnist.batch.output import FailureNotes, scratch_removed_on_failure
-from fmnist.common import logs, quiet, usage
+from fmnist.common import logs, names, quiet, usage
+from fmnist.common.apis import get_model_metadata_pb2
 from fmnist.common.client import PredictionClient
 from fmnist.common.errors import ServingError
 
@@ -77,6 +78,29 @@ def wait_for_server(server: ServerSettings, client_factory: Callable[..., Predic
         raise JobError(f"the server at {server.target} did not answer: {error}") from error
     finally:
         client.close()
+
+
+def served_outputs(server: ServerSettings, client_factory: Callable[..., PredictionClient]) -> tuple[str, ...]:
+    """The outputs of ``predict_images`` the job asks the server for: the probabilities, and the trust outputs
+    (``ood_scores``, ``unfamiliar``: docs/trust.md) where the signature it serves has them, as its metadata says.
+
+    Asking for an output the signature lacks is INVALID_ARGUMENT, so a version
+    exported without them (an older one, another model) is asked for the
+    probabilities alone, and its records carry null for both.
+    """
+    client = server.connect(client_factory)
+    try:
+        response = client.metadata()
+    except ServingError as error:
+        raise JobError(f"the server at {server.target} did not answer for its metadata: {error}") from error
+    finally:
+        client.close()
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    if names.PREDICT_IMAGES not in signatures.signature_def:
+        return server.outputs  # its requests will say what is wrong, as they would have
+    served = signatures.signature_def[names.PREDICT_IMAGES].outputs
+    return (names.OUTPUT_PROBABILITIES, *(alias for alias in names.TRUST_OUTPUTS if alias in served))
 
 
 def local_runner(options: PipelineOptions) -> beam.runners.PipelineRunner:

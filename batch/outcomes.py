@@ -54,7 +54,9 @@ class Classified:
     ``data`` is the encoded image the model was given, where the classifier
     kept it: ``--format tfrecord`` needs it for the replayable Predict request
     of each PredictionLog. It is the same bytes object the file was read into
-    (no copy), and it is left out of equality and ``repr``.
+    (no copy), and it is left out of equality and ``repr``. ``ood_score`` and
+    ``unfamiliar`` are the model's ``ood_scores`` and ``unfamiliar`` outputs
+    for the file (docs/trust.md); None where the version has no such outputs.
     """
 
     path: str
@@ -63,6 +65,8 @@ class Classified:
     model_name: str
     model_version: int
     data: bytes | None = field(default=None, repr=False, compare=False)
+    ood_score: float | None = None
+    unfamiliar: bool | None = None
 
     @functools.cached_property
     def class_id(self) -> int:
@@ -149,6 +153,8 @@ def to_json(outcome: Outcome, with_data: bool = False) -> str:
             "model_name": outcome.model_name,
             "model_version": outcome.model_version,
         }
+        if outcome.unfamiliar is not None:  # a version without the outputs: lines as before
+            fields["ood_score"], fields["unfamiliar"] = outcome.ood_score, outcome.unfamiliar
         if with_data and outcome.data is not None:
             fields["data"] = base64.b64encode(outcome.data).decode()
         return json_line(fields)
@@ -181,6 +187,10 @@ def from_json(line: str) -> Outcome:
     data = fields.pop("data", None)
     if data is not None and not isinstance(data, str):
         raise ValueError(f"not an outcome: {line[:80]!r}")
+    ood_score, unfamiliar = fields.pop("ood_score", None), fields.pop("unfamiliar", None)
+    scored = isinstance(ood_score, (int, float)) and not isinstance(ood_score, bool) and isinstance(unfamiliar, bool)
+    if not scored and (ood_score, unfamiliar) != (None, None):
+        raise ValueError(f"not an outcome: {line[:80]!r}")
     if (
         keys == _CLASSIFIED_KEYS
         and isinstance(fields["path"], str)
@@ -198,6 +208,8 @@ def from_json(line: str) -> Outcome:
             fields["model_name"],
             fields["model_version"],
             None if data is None else base64.b64decode(data, validate=True),
+            None if ood_score is None else float(ood_score),
+            unfamiliar,
         )
     raise ValueError(f"not an outcome: {line[:80]!r}")
 

@@ -50,6 +50,8 @@ PREDICTION_SCHEMA = pa.schema(
         ("top_k", pa.list_(_TOP_K)),
         ("model_name", pa.string()),
         ("model_version", pa.int64()),
+        ("ood_score", pa.float64()),  # null where the version serves no trust outputs (docs/trust.md)
+        ("unfamiliar", pa.bool_()),
     ]
 )
 ERROR_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
@@ -59,7 +61,13 @@ def prediction_record(outcome: Classified, top_k: int) -> dict:
     """One output row (:data:`PREDICTION_SCHEMA`), the record ``fmnist classify --json`` prints too."""
     ranked = [class_id for class_id, _ in outcome.top_k(top_k)]
     return imagefile.prediction_record(
-        outcome.path, outcome.probabilities, ranked, outcome.model_name, outcome.model_version
+        outcome.path,
+        outcome.probabilities,
+        ranked,
+        outcome.model_name,
+        outcome.model_version,
+        outcome.ood_score,
+        outcome.unfamiliar,
     )
 
 
@@ -72,7 +80,8 @@ def prediction_log(outcome: Classified, signature: str = names.PREDICT_IMAGES) -
     ``predict_log.response`` is what TF Serving answers it: the model spec of
     the version that answered, and the signature's outputs for one image
     (``probabilities`` float [1, 10], ``class_ids`` int64 [1], ``class_names``
-    string [1]) in the typed ``*_val`` fields, as TF Serving's AsProtoField
+    string [1]), and ``ood_scores`` float [1] and ``unfamiliar`` bool [1]
+    where the version gave them, in the typed ``*_val`` fields, as TF Serving's AsProtoField
     writes them. ``log_metadata`` holds that version's model spec and, in
     ``request_origin``, the file's path: where this request came from (a
     PredictRequest has no field for it, and an extra input would make the
@@ -85,20 +94,28 @@ def prediction_log(outcome: Classified, signature: str = names.PREDICT_IMAGES) -
     if outcome.data is None:
         raise ValueError(f"{outcome.path}: no image bytes kept with its outcome; a PredictionLog needs them")
     log = prediction_log_pb2.PredictionLog()
-    log.CopyFrom(_log_template(outcome.model_name, outcome.model_version, signature, len(outcome.probabilities)))
+    scored = outcome.unfamiliar is not None
+    classes = len(outcome.probabilities)
+    log.CopyFrom(_log_template(outcome.model_name, outcome.model_version, signature, classes, scored))
     log.predict_log.request.inputs[names.INPUT_IMAGE_BYTES].string_val.append(outcome.data)
     outputs = log.predict_log.response.outputs
     outputs[names.OUTPUT_PROBABILITIES].float_val.extend(outcome.probabilities)  # float32 values: exact
     class_id = outcome.class_id
     outputs[names.OUTPUT_CLASS_IDS].int64_val.append(class_id)
     outputs[names.OUTPUT_CLASS_NAMES].string_val.append(names.CLASS_NAMES[class_id].encode())
+    if scored:
+        outputs[names.OUTPUT_OOD_SCORES].float_val.append(outcome.ood_score)
+        outputs[names.OUTPUT_UNFAMILIAR].bool_val.append(outcome.unfamiliar)
     log.log_metadata.request_origin = utf8_text(outcome.path)
     return log.SerializeToString()
 
 
 @functools.lru_cache(maxsize=16)
-def _log_template(model_name: str, version: int, signature: str, classes: int) -> prediction_log_pb2.PredictionLog:
-    """A file's PredictionLog but for the file: the model specs, and each tensor's type and shape (never modified)."""
+def _log_template(
+    model_name: str, version: int, signature: str, classes: int, scored: bool
+) -> prediction_log_pb2.PredictionLog:
+    """A file's PredictionLog but for the file: the model specs, and each tensor's type and shape (never modified);
+    ``scored``: with the trust outputs."""
     log = prediction_log_pb2.PredictionLog()
     request, response = log.predict_log.request, log.predict_log.response
     request.model_spec.name, request.model_spec.signature_name = model_name, signature
@@ -111,6 +128,9 @@ def _log_template(model_name: str, version: int, signature: str, classes: int) -
         (response.outputs[names.OUTPUT_CLASS_IDS], types_pb2.DT_INT64, (1,)),
         (response.outputs[names.OUTPUT_CLASS_NAMES], types_pb2.DT_STRING, (1,)),
     ]
+    if scored:
+        tensors.append((response.outputs[names.OUTPUT_OOD_SCORES], types_pb2.DT_FLOAT, (1,)))
+        tensors.append((response.outputs[names.OUTPUT_UNFAMILIAR], types_pb2.DT_BOOL, (1,)))
     for tensor, dtype, shape in tensors:
         tensor.dtype = dtype
         for size in shape:
@@ -136,14 +156,21 @@ def error_record(outcome: Failed) -> dict:
 
 
 def _csv_line(record: dict, columns: list[str]) -> str:
-    """One CSV row; nested values (top_k) are JSON in their cell, and text as UTF-8 holds it."""
+    """One CSV row; nested values (top_k) and booleans are JSON in their cell (``true``), null is an empty cell,
+    and text as UTF-8 holds it."""
     buffer = io.StringIO()
-    cells = [
-        utf8_text(v) if isinstance(v, str) else v if isinstance(v, (int, float)) else json.dumps(v)
-        for v in (record[c] for c in columns)
-    ]
-    csv.writer(buffer, lineterminator="").writerow(cells)
+    csv.writer(buffer, lineterminator="").writerow([_cell(record[c]) for c in columns])
     return buffer.getvalue()
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, str):
+        return utf8_text(value)
+    if value is None:
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    return json.dumps(value)
 
 
 def _utf8_path(record: dict) -> dict:

@@ -1,8 +1,10 @@
 """The batch job's ``report.html``: the summary as a page a person reads, with the images worth a look.
 
 Counts, errors by reason, the per-class table, the confusion matrix for
-labelled folders, and two galleries: the files the model was least sure of,
-and the misclassified ones it was surest of, each with its top 3. The
+labelled folders, and three galleries: the files the model was least sure of,
+the misclassified ones it was surest of, and the ones it flagged unfamiliar
+(unlike its training images: docs/trust.md), highest ``ood_score`` first, each
+with its top 3. The
 pipeline keeps only the few candidates the galleries need (:class:`Gallery`,
 a combiner over one small list per batch, so no per-file element), and the
 launcher reads just those files back to draw them. Everything is inlined, so
@@ -29,7 +31,7 @@ from fmnist.common import names
 REPORT_FILE = "report.html"
 GALLERY_SIZE = 12
 _THUMBNAIL = 84  # pixels: 3x the model's 28, sharp enough to see what it saw
-LEAST_SURE, SUREST_MISTAKES = "least_sure", "surest_mistakes"
+LEAST_SURE, SUREST_MISTAKES, MOST_UNFAMILIAR = "least_sure", "surest_mistakes", "most_unfamiliar"
 
 
 def _entry(outcome: Classified) -> dict:
@@ -38,27 +40,31 @@ def _entry(outcome: Classified) -> dict:
         "label": outcome.label,
         "confidence": max(outcome.probabilities),
         "top3": outcome.top_k(3),
+        "ood_score": outcome.ood_score,
     }
 
 
 def candidates(outcomes: list[Outcome], size: int = GALLERY_SIZE) -> dict[str, list[dict]]:
-    """One batch's contenders for the two galleries, at most ``size`` each."""
+    """One batch's contenders for the three galleries, at most ``size`` each."""
     classified = [o for o in outcomes if isinstance(o, Classified)]
     mistakes = [o for o in classified if o.label is not None and o.label != o.class_id]
+    unfamiliar = [o for o in classified if o.unfamiliar]
     return {
         LEAST_SURE: [_entry(o) for o in sorted(classified, key=lambda o: max(o.probabilities))[:size]],
         SUREST_MISTAKES: [_entry(o) for o in sorted(mistakes, key=lambda o: -max(o.probabilities))[:size]],
+        MOST_UNFAMILIAR: [_entry(o) for o in sorted(unfamiliar, key=lambda o: -o.ood_score)[:size]],
     }
 
 
 class Gallery(beam.CombineFn):
-    """Per-batch candidates → the job's galleries: the ``size`` least sure files, the ``size`` surest mistakes."""
+    """Per-batch candidates → the job's galleries: the ``size`` least sure files, the ``size`` surest mistakes,
+    the ``size`` unfamiliar files of highest ``ood_score``."""
 
     def __init__(self, size: int = GALLERY_SIZE):
         self._size = size
 
     def create_accumulator(self) -> dict[str, list[dict]]:
-        return {LEAST_SURE: [], SUREST_MISTAKES: []}
+        return {LEAST_SURE: [], SUREST_MISTAKES: [], MOST_UNFAMILIAR: []}
 
     def add_input(self, accumulator: dict, batch: dict) -> dict:
         return self.merge_accumulators([accumulator, batch])
@@ -71,6 +77,9 @@ class Gallery(beam.CombineFn):
         # ties broken by path, so a gallery does not depend on how the runner split the work
         merged[LEAST_SURE] = sorted(merged[LEAST_SURE], key=lambda e: (e["confidence"], e["path"]))[: self._size]
         merged[SUREST_MISTAKES] = sorted(merged[SUREST_MISTAKES], key=lambda e: (-e["confidence"], e["path"]))[
+            : self._size
+        ]
+        merged[MOST_UNFAMILIAR] = sorted(merged[MOST_UNFAMILIAR], key=lambda e: (-e["ood_score"], e["path"]))[
             : self._size
         ]
         return merged
@@ -122,8 +131,14 @@ def render(
                 f"{summary_lib.counted(summary.resumed, 'file')} done by an interrupted run (Files/s counts the rest)",
             ),
         )
+    if summary.unfamiliar is not None:
+        apart = "their classes are guesses, not in the per-class counts or the accuracy"
+        facts.append(("Unfamiliar", f"{summary.unfamiliar:,}: {apart}"))
     if evaluation := summary.evaluation:
         labelled = summary_lib.counted(evaluation.files, "labelled file")
+        if evaluation.unfamiliar_files:
+            left_out = summary_lib.counted(evaluation.unfamiliar_files, "unfamiliar one")
+            labelled += f" ({left_out} left out: {evaluation.unfamiliar_accuracy:.2%} right)"
         facts.append(("Accuracy", f"{evaluation.accuracy:.2%} on {labelled}"))
     parts = ["<h2>Summary</h2>" + facts_table("summary", facts)]
     if summary.errors_by_reason:
@@ -133,7 +148,11 @@ def render(
         parts.append(
             "<h2>Confusion matrix</h2><img class='matrix' alt='confusion matrix' src='" + _data_uri(matrix_png) + "'>"
         )
-    titles = {LEAST_SURE: "Least sure", SUREST_MISTAKES: "Misclassified, surest first"}
+    titles = {
+        LEAST_SURE: "Least sure",
+        SUREST_MISTAKES: "Misclassified, surest first",
+        MOST_UNFAMILIAR: "Unfamiliar (unlike the training images: their classes are guesses), most unfamiliar first",
+    }
     for key, title in titles.items():
         if gallery.get(key):
             parts.append(
@@ -191,13 +210,15 @@ def _per_class(summary: summary_lib.Summary) -> str:
                 f"<td>{evaluation.labelled_per_class[name]:,}</td><td>{'' if recall is None else f'{recall:.2f}'}</td>"
             )
         rows.append(f"<tr>{cells}</tr>")
-    return "<h2>Per class</h2><table id='per-class'>" + header + "".join(rows) + "</table>"
+    apart = "" if summary.unfamiliar is None else "<p>Predicted classes of the files not flagged unfamiliar.</p>"
+    return "<h2>Per class</h2>" + apart + "<table id='per-class'>" + header + "".join(rows) + "</table>"
 
 
 def _card(entry: dict, read: Callable[[str], bytes]) -> str:
     top = "<br>".join(f"{html.escape(names.CLASS_NAMES[i])} {p:.1%}" for i, p in entry["top3"])
     label = "" if entry["label"] is None else f"<br>folder: {html.escape(names.CLASS_NAMES[entry['label']])}"
-    return card(entry["path"], top + label, read)
+    score = "" if entry["ood_score"] is None else f"<br>ood_score {entry['ood_score']:.2f}"
+    return card(entry["path"], top + label + score, read)
 
 
 def card(path: str, caption: str, read: Callable[[str], bytes]) -> str:

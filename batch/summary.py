@@ -7,6 +7,13 @@ launcher, which alone knows the elapsed time, turns them into a
 PNG. Tallies travel in the data, not in Beam metrics, because not every runner
 reports metrics exactly.
 
+Files the model flagged ``unfamiliar`` (unlike its training images, so their
+class is a guess: docs/trust.md) are counted apart: ``unfamiliar`` and the
+classes guessed for them (``unfamiliar_per_class``), kept out of
+``counts_per_class`` and of the evaluation, which says how many labelled files
+it left out and its accuracy on them. A version without the trust outputs
+flags nothing, and ``unfamiliar`` is then None.
+
 Usage: ``summary = summarize(counts, elapsed, source); write(summary, out); print(render(summary))``
 """
 
@@ -28,23 +35,28 @@ INPUT = ("input",)  # the tally of every matched file
 def tally(outcome: Outcome) -> Iterator[tuple]:
     """The keys one outcome adds 1 to."""
     if isinstance(outcome, Classified):
-        yield ("class", outcome.class_id)
+        apart = "unfamiliar_" if outcome.unfamiliar else ""  # its class a guess: counted apart
+        yield (apart + "class", outcome.class_id)
         yield ("model", outcome.model_name, outcome.model_version)
         if outcome.label is not None:
-            yield ("pair", outcome.label, outcome.class_id)
+            yield (apart + "pair", outcome.label, outcome.class_id)
+        if outcome.unfamiliar is not None:
+            yield ("scored",)
     else:
         yield ("error", outcome.reason)
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Accuracy over the classified files whose folder names their class (errors excluded)."""
+    """Accuracy over the classified files whose folder names their class (errors and unfamiliar files excluded)."""
 
     files: int
     accuracy: float
     labelled_per_class: dict[str, int]  # classified files whose folder names that class
     per_class_recall: dict[str, float | None]  # None: no file of that class
     confusion_matrix: list[list[int]]  # [true label][predicted class]
+    unfamiliar_files: int = 0  # labelled files flagged unfamiliar, left out of the above
+    unfamiliar_accuracy: float | None = None  # the model's guesses' accuracy on those; None: there were none
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,7 @@ class Summary:
     inputs: int
     classified: int
     errors: int
-    counts_per_class: dict[str, int]  # classified files per predicted class
+    counts_per_class: dict[str, int]  # classified files per predicted class, but for the unfamiliar ones
     errors_by_reason: dict[str, int]
     models: list[dict]  # {"model_name", "model_version", "files"}: which versions answered
     source: str  # "server HOST:PORT" or "in-process PATH"
@@ -60,6 +72,8 @@ class Summary:
     files_per_second: float  # of the files this run classified (or found bad), not those resumed
     evaluation: Evaluation | None  # None unless some input folder is labelled
     resumed: int = 0  # inputs whose outcome an interrupted run had saved (``--resume``); counted in the rest too
+    unfamiliar: int | None = None  # classified files flagged unfamiliar; None: no version that answered flags any
+    unfamiliar_per_class: dict[str, int] | None = None  # the classes guessed for those
 
 
 def summarize(counts: Mapping[tuple, int], elapsed: float, source: str, resumed: int = 0) -> Summary:
@@ -72,9 +86,12 @@ def summarize(counts: Mapping[tuple, int], elapsed: float, source: str, resumed:
     for key, count in counts.items():
         by_kind.setdefault(key[0], {})[key[1:]] = count
     inputs = counts.get(INPUT, 0)
-    per_class = {names.CLASS_NAMES[i]: by_kind.get("class", {}).get((i,), 0) for i in range(names.NUM_CLASSES)}
+    per_class, unfamiliar = (
+        {names.CLASS_NAMES[i]: by_kind.get(kind, {}).get((i,), 0) for i in range(names.NUM_CLASSES)}
+        for kind in ("class", "unfamiliar_class")
+    )
     errors = dict(sorted((reason, n) for (reason,), n in by_kind.get("error", {}).items()))
-    classified, failed = sum(per_class.values()), sum(errors.values())
+    classified, failed = sum(per_class.values()) + sum(unfamiliar.values()), sum(errors.values())
     if classified + failed != inputs:
         raise RuntimeError(f"lost files: {inputs} inputs but {classified} classified + {failed} errors")
     models = [
@@ -91,14 +108,19 @@ def summarize(counts: Mapping[tuple, int], elapsed: float, source: str, resumed:
         source=source,
         elapsed_seconds=round(elapsed, 3),
         files_per_second=round((inputs - resumed) / elapsed, 1) if elapsed > 0 else 0.0,
-        evaluation=_evaluate(by_kind.get("pair", {})),
+        evaluation=_evaluate(by_kind.get("pair", {}), by_kind.get("unfamiliar_pair", {})),
         resumed=resumed,
+        unfamiliar=sum(unfamiliar.values()) if counts.get(("scored",)) else None,
+        unfamiliar_per_class=unfamiliar if counts.get(("scored",)) else None,
     )
 
 
-def _evaluate(pairs: Mapping[tuple, int]) -> Evaluation | None:
+def _evaluate(pairs: Mapping[tuple, int], unfamiliar_pairs: Mapping[tuple, int]) -> Evaluation | None:
+    """The evaluation of the familiar labelled files' (true, predicted) counts; the unfamiliar ones' only counted."""
     if not pairs:
         return None
+    apart = sum(unfamiliar_pairs.values())
+    apart_correct = sum(n for (true, predicted), n in unfamiliar_pairs.items() if true == predicted)
     matrix = [
         [pairs.get((true, predicted), 0) for predicted in range(names.NUM_CLASSES)] for true in range(names.NUM_CLASSES)
     ]
@@ -114,6 +136,8 @@ def _evaluate(pairs: Mapping[tuple, int]) -> Evaluation | None:
         labelled_per_class=labelled,
         per_class_recall=recall,
         confusion_matrix=matrix,
+        unfamiliar_files=apart,
+        unfamiliar_accuracy=round(apart_correct / apart, 4) if apart else None,
     )
 
 
@@ -153,10 +177,22 @@ def render(summary: Summary) -> str:
         )
     else:
         lines.append("predicted per class: " + ", ".join(f"{name} {n}" for name, n in summary.counts_per_class.items()))
+    if summary.unfamiliar is not None:
+        guesses = ", ".join(f"{name} {n}" for name, n in summary.unfamiliar_per_class.items() if n)
+        lines.append(
+            f"unfamiliar: {summary.unfamiliar:,} (unlike the training images, so their classes are guesses"
+            + (f": {guesses}" if guesses else "")
+            + "; not in the per-class counts or the accuracy)"
+        )
     if summary.errors_by_reason:
         lines.append("errors: " + ", ".join(f"{reason} {n}" for reason, n in summary.errors_by_reason.items()))
     if summary.evaluation:
         e = summary.evaluation
         recall = ", ".join(f"{name} {r:.2f}" for name, r in e.per_class_recall.items() if r is not None)
-        lines.append(f"accuracy {e.accuracy:.2%} on {counted(e.files, 'labelled file')}; recall: {recall}")
+        apart = (
+            f"; {counted(e.unfamiliar_files, 'unfamiliar labelled file')} left out ({e.unfamiliar_accuracy:.2%} right)"
+            if e.unfamiliar_files
+            else ""
+        )
+        lines.append(f"accuracy {e.accuracy:.2%} on {counted(e.files, 'labelled file')}{apart}; recall: {recall}")
     return "\n".join(lines)

@@ -67,6 +67,10 @@ class Prediction:
     class_names: list[str]  # [n]
     model_name: str
     version: int  # the version that answered, which may differ between calls while versions roll
+    # How unlike the training images each input is, and whether beyond the version's threshold (its class then
+    # a guess: docs/trust.md); None where the version serves no such outputs (an older export, another model).
+    ood_scores: np.ndarray | None = None  # float32 [n]
+    unfamiliar: np.ndarray | None = None  # bool [n]
 
     def __len__(self) -> int:
         return len(self.class_ids)
@@ -314,9 +318,13 @@ class PredictionClient:
             probabilities = tensors.to_ndarray(response.outputs[names.OUTPUT_PROBABILITIES], np.float32)
             class_ids = tensors.to_ndarray(response.outputs[names.OUTPUT_CLASS_IDS], np.int64)
             class_names = [s.decode() for s in response.outputs[names.OUTPUT_CLASS_NAMES].string_val]
-            if not len(probabilities) == len(class_ids) == len(class_names):
-                rows = (len(probabilities), len(class_ids), len(class_names))
-                raise ValueError(f"outputs disagree on the number of rows: {rows}")
+            trust = [
+                tensors.to_ndarray(response.outputs[alias], dtype) if alias in response.outputs else None
+                for alias, dtype in zip(names.TRUST_OUTPUTS, (np.float32, np.bool_), strict=True)
+            ]
+            rows = [len(probabilities), len(class_ids), len(class_names), *(len(t) for t in trust if t is not None)]
+            if len(set(rows)) > 1:
+                raise ValueError(f"outputs disagree on the number of rows: {tuple(rows)}")
         except ValueError as error:
             raise Internal(f"malformed PredictResponse: {error}", target=self.target) from None
         return Prediction(
@@ -325,6 +333,8 @@ class PredictionClient:
             class_names=class_names,
             model_name=response.model_spec.name or self.model_name,
             version=response.model_spec.version.value,
+            ood_scores=trust[0],
+            unfamiliar=trust[1],
         )
 
     def _call(self, method, request, timeout: float | None):

@@ -228,12 +228,21 @@ def _too_many_pixels(claimed: str, max_pixels: int) -> tuple[str, str]:
 
 
 def prediction_record(
-    path: str, probabilities: Sequence[float], ranked: Sequence[int], model_name: str, model_version: int
+    path: str,
+    probabilities: Sequence[float],
+    ranked: Sequence[int],
+    model_name: str,
+    model_version: int,
+    ood_score: float | None = None,
+    unfamiliar: bool | None = None,
 ) -> dict:
     """One classified file: a line of ``fmnist classify --json``, a row of ``fmnist batch``'s predictions.
 
     ``ranked`` holds the top-k class ids, best first; the first is the
     file's class. ``probabilities`` are plain floats, so the record is JSON-ready.
+    ``ood_score`` and ``unfamiliar`` are the version's trust outputs for the
+    file (docs/trust.md: when ``unfamiliar``, the class is a guess); None (null)
+    where the version serves none.
     """
     class_id = ranked[0]
     return {
@@ -244,4 +253,6 @@ def prediction_record(
         "top_k": [{"class_id": i, "class_name": names.CLASS_NAMES[i], "probability": probabilities[i]} for i in ranked],
         "model_name": model_name,
         "model_version": model_version,
+        "ood_score": ood_score,
+        "unfamiliar": unfamiliar,
     }

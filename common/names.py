@@ -31,6 +31,7 @@ OUTPUTS = (OUTPUT_PROBABILITIES, OUTPUT_CLASS_IDS, OUTPUT_CLASS_NAMES)
 # each input is, and whether that is beyond the version's threshold (in its metrics.json and model card).
 OUTPUT_OOD_SCORES = "ood_scores"  # float32 [batch], higher = less like the training images
 OUTPUT_UNFAMILIAR = "unfamiliar"  # bool [batch]
+TRUST_OUTPUTS = (OUTPUT_OOD_SCORES, OUTPUT_UNFAMILIAR)
 
 # Label order of the Fashion-MNIST release.
 CLASS_NAMES = (

@@ -9,6 +9,8 @@ with the reason and detail ``fmnist batch`` records for it. One unreadable,
 refused or undecodable file does not cost the others their answers: they are
 printed, the bad ones are reported on stderr, and the exit status is 1.
 ``--json`` prints the records the batch job writes (:func:`fmnist.imagefile.prediction_record`).
+A file the version flags ``unfamiliar`` (unlike its training images: docs/trust.md)
+gets one warning line on stderr, naming its ``ood_score``: its class is a guess.
 
 Usage: ``fmnist classify shoe.png bag.jpg --server localhost:8500 --top-k 3 [--json]``
 """
@@ -128,6 +130,13 @@ def _run(client: PredictionClient, args: argparse.Namespace, prog: str) -> int:
                 print(f"{prog}: {path}: rejected by the server: {reason}", file=sys.stderr)
             else:
                 _print(path, outcome, args.top_k, args.json, sys.stdout)
+                if outcome.unfamiliar is not None and outcome.unfamiliar[0]:
+                    print(
+                        f"{prog}: warning: {path} is unlike the images the model was trained on "
+                        f"(ood_score {outcome.ood_scores[0]:.2f}, above its threshold): its class is a guess",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     return failures
 
 
@@ -176,13 +185,18 @@ def _row(prediction: Prediction, row: int) -> Prediction:
         probabilities=prediction.probabilities[rows],
         class_ids=prediction.class_ids[rows],
         class_names=prediction.class_names[rows],
+        ood_scores=None if prediction.ood_scores is None else prediction.ood_scores[rows],
+        unfamiliar=None if prediction.unfamiliar is None else prediction.unfamiliar[rows],
     )
 
 
 def _print(path: str, prediction: Prediction, k: int, as_json: bool, out: TextIO) -> None:
     if as_json:
         probabilities, ranked_ids = prediction.probabilities[0].tolist(), prediction.top_k_ids(k)[0].tolist()
-        record = imagefile.prediction_record(path, probabilities, ranked_ids, prediction.model_name, prediction.version)
+        trust = [None if t is None else t[0].item() for t in (prediction.ood_scores, prediction.unfamiliar)]
+        record = imagefile.prediction_record(
+            path, probabilities, ranked_ids, prediction.model_name, prediction.version, *trust
+        )
         print(json.dumps(record), file=out, flush=True)
         return
     model = f"{prediction.model_name} v{prediction.version}"

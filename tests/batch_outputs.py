@@ -12,6 +12,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+# ood scores of one image in batches of other shapes: the pixel half is a sum of squares of whitened pixels in
+# float32, which rounds at about 1e-4 of its size
+SCORE_TOLERANCE = {"rel": 1e-3, "abs": 1e-3}
+
 
 def read_rows(output: Path, name: str) -> list[dict]:
     """Rows of every ``name-*`` shard, whatever the format; CSV cells parsed back to their types."""
@@ -21,15 +25,17 @@ def read_rows(output: Path, name: str) -> list[dict]:
             rows += pq.read_table(shard).to_pylist()
         elif shard.suffix == ".csv":
             for row in csv.DictReader(shard.open(newline="")):
-                rows.append(
-                    {
-                        k: json.loads(v) if k in ("class_id", "confidence", "top_k", "model_version") else v
-                        for k, v in row.items()
-                    }
-                )
+                rows.append({k: _cell(k, v) for k, v in row.items()})
         else:
             rows += [json.loads(line) for line in shard.read_text().splitlines()]
     return rows
+
+
+def _cell(column: str, text: str) -> object:
+    """A CSV cell as the JSON record holds it: numbers, top_k and booleans are JSON there, null an empty cell."""
+    if column in ("ood_score", "unfamiliar"):
+        return json.loads(text) if text else None
+    return json.loads(text) if column in ("class_id", "confidence", "top_k", "model_version") else text
 
 
 def by_path(rows: list[dict]) -> dict[str, dict]:
@@ -39,7 +45,8 @@ def by_path(rows: list[dict]) -> dict[str, dict]:
 
 
 def assert_same_outputs(one: Path, other: Path) -> None:
-    """Same files, classes, versions and error reasons; probabilities equal up to float32 rounding.
+    """Same files, classes, versions, unfamiliar flags and error reasons; probabilities and ood scores equal up
+    to float32 rounding.
 
     Batches are composed differently by different runs, and the CPU kernels
     round differently by batch shape, so bit equality would be luck.
@@ -48,8 +55,12 @@ def assert_same_outputs(one: Path, other: Path) -> None:
     assert first.keys() == second.keys()
     for path, record in first.items():
         twin = second[path]
-        for key in ("class_id", "class_name", "model_name", "model_version"):
+        for key in ("class_id", "class_name", "model_name", "model_version", "unfamiliar"):
             assert twin[key] == record[key], (path, key)
+        if record["ood_score"] is None:  # a version without the trust outputs
+            assert twin["ood_score"] is None, path
+        else:
+            assert twin["ood_score"] == pytest.approx(record["ood_score"], **SCORE_TOLERANCE), path
         assert [t["class_id"] for t in twin["top_k"]] == [t["class_id"] for t in record["top_k"]]
         got, want = [t["probability"] for t in twin["top_k"]], [t["probability"] for t in record["top_k"]]
         assert got == pytest.approx(want, abs=1e-5)

@@ -69,15 +69,49 @@ def dataset():
 
 
 @pytest.fixture(scope="session")
-def _pushed_once(tmp_path_factory, dataset) -> Path:
-    """models/<name>/<version> with an MLP trained for one epoch on 3,000 images."""
-    from fmnist.pipeline import export, pusher, trainer
+def _trained(dataset):
+    """An MLP trained for one epoch on 3,000 images, the last 10 % held back (a ``trainer.TrainResult``)."""
+    from fmnist.pipeline import trainer
 
-    result = trainer.run(trainer.TrainConfig(epochs=1, limit=3000, verbose=0), dataset.train)
+    return trainer.run(trainer.TrainConfig(epochs=1, limit=3000, verbose=0), dataset.train)
+
+
+def _warmup(dataset) -> list:
+    from fmnist.pipeline import export
+
     images = dataset.test.images[:4]
-    warmup = export.warmup_requests(names.MODEL_NAME, images, [encode_png(i) for i in images])
+    return export.warmup_requests(names.MODEL_NAME, images, [encode_png(i) for i in images])
+
+
+@pytest.fixture(scope="session")
+def _pushed_once(tmp_path_factory, dataset, _trained) -> Path:
+    """models/<name>/1 with ``_trained``'s network as it was trained: no calibration, no trust outputs (what an
+    older export serves)."""
+    from fmnist.pipeline import pusher
+
     models_dir = tmp_path_factory.mktemp("models")
-    pusher.push(result.model, models_dir / names.MODEL_NAME, warmup=warmup, clock=lambda: 1)
+    pusher.push(_trained.model, models_dir / names.MODEL_NAME, warmup=_warmup(dataset), clock=lambda: 1)
+    return models_dir
+
+
+@pytest.fixture(scope="session")
+def _trusted_once(tmp_path_factory, dataset, _trained) -> Path:
+    """models/<name>/1 with ``_trained``'s network as the exporter pushes it: temperature and novelty score fitted
+    by the Calibrator on its held-back images, so its predict signatures answer ``ood_scores`` and ``unfamiliar``
+    too (docs/trust.md). The Evaluator, InfraValidator and model card are left out: they add nothing served."""
+    from fmnist.pipeline import calibrator, data, novelty, pusher
+
+    fitted = data.Split(images=dataset.train.images[: _trained.fitted], labels=dataset.train.labels[: _trained.fitted])
+    calibration = calibrator.run(_trained.model, fitted, _trained.held_back, dataset.test, novelty.NoveltyConfig())
+    models_dir = tmp_path_factory.mktemp("trusted-models")
+    pusher.push(
+        _trained.model,
+        models_dir / names.MODEL_NAME,
+        warmup=_warmup(dataset),
+        clock=lambda: 1,
+        temperature=calibration.temperature,
+        novelty=calibration.novelty,
+    )
     return models_dir
 
 

@@ -38,6 +38,7 @@ from fmnist.batch.outcomes import Image as Encoded
 from fmnist.batch.readers import input_patterns, read_at_most
 from fmnist.common import errors as serving_errors
 from fmnist.common import names
+from fmnist.common.apis import get_model_metadata_pb2
 from fmnist.serving.server import ServerConfig, start
 
 GOOD = 48  # labelled test images
@@ -335,6 +336,9 @@ class _AlwaysReady:
 
     def wait_until_available(self, timeout, grace=None):
         return 1
+
+    def metadata(self):  # no signature: the job asks for the probabilities alone
+        return get_model_metadata_pb2.GetModelMetadataResponse()
 
     def close(self):
         pass
