@@ -268,11 +268,17 @@ class ReadImages(ThreadedDoFn):
             self._file_systems[scheme] = FileSystems.get_filesystem(path)
         return self._file_systems[scheme]
 
+    def _open(self, path: str) -> BinaryIO:
+        """The file, opened for reading as stored: a local one straight from the OS (Beam's local file system
+        costs as much again per file as the reading, for the same ``open``), another through Beam's, with
+        UNCOMPRESSED, as Beam would otherwise gunzip a "x.gz" behind our back."""
+        if _is_local(path):
+            return open(path, "rb")
+        return self._file_system(path).open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
     def _read(self, path: str, matched_size: int) -> Image | Failed:
-        file_system = self._file_system(path)
         try:
-            # UNCOMPRESSED: Beam would otherwise gunzip a "x.gz" behind our back.
-            with file_system.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
+            with self._open(path) as file:
                 # One byte past the limit is enough for the check to see a file over it.
                 data = read_at_most(file, self._limits.max_file_bytes + 1, matched_size)
         except OSError as error:

@@ -27,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from fmnist.batch import readers, summary
 from fmnist.batch.outcomes import Failed, Image, carried, json_uncarried, uncarried
-from fmnist.batch.output import COUNTS_FILE, GALLERY_FILE
+from fmnist.batch.output import COUNTS_FILE, GALLERY_FILE, write_bytes
 from fmnist.common.imagefile import Limits
 
 # The tags of the outputs of the steps that turn outcomes into records; the main output is the records.
@@ -164,7 +164,8 @@ class WriteTallies(beam.PTransform):
             | "Tallies" >> beam.Flatten()
             | "Count" >> beam.CombinePerKey(sum)
             | "CountsAsJson" >> beam.MapTuple(lambda key, n: json.dumps([list(key), n]))
-            | "WriteCounts" >> beam.io.WriteToText(self._path, shard_name_template="")
+            | "AllCounts" >> beam.combiners.ToList()
+            | "WriteCounts" >> beam.Map(_write_lines, self._path)
         )
 
 
@@ -182,5 +183,12 @@ class WriteGallery(beam.PTransform):
             candidates
             | "Gallery" >> beam.CombineGlobally(self._combine)
             | "GalleryAsJson" >> beam.Map(json.dumps, default=json_uncarried)
-            | "WriteGallery" >> beam.io.WriteToText(self._path, shard_name_template="")
+            | "WriteGallery" >> beam.Map(lambda line, path: _write_lines([line], path), self._path)
         )
+
+
+def _write_lines(lines: list[str], path: str) -> str:
+    """``lines`` as the one file ``path`` (a few small lines of scratch: Beam's sharded text sink, with its
+    temporary folder and finalize steps, costs the job more than the file takes to write); gives ``path``."""
+    write_bytes(path, "".join(line + "\n" for line in lines).encode())
+    return path
