@@ -6,7 +6,7 @@ run, Ctrl-C, and failures as types, :mod:`batch.errors`, each with its exit
 code). Their pipelines (:mod:`batch.job_steps`, :mod:`batch.compare_steps`)
 are composite transforms over shared steps (:mod:`batch.steps`): files are
 read and header-checked on the workers (:mod:`batch.readers`), classified in
-batches through the served model or in-process with ``RunInference``
+batches through the served model or in-process, several batches at once
 (:mod:`batch.inference`), and written as sharded records
 (:mod:`batch.records`) into an output folder whose rules, scratch and
 ``--resume`` checkpoints are :mod:`batch.output`'s; the launcher writes the

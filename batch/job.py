@@ -3,8 +3,8 @@
 Files matched by ``--input`` (folders recursively, globs where ``**/`` also
 matches no folder, any Beam file system) are read and header-checked on
 workers, sent in fixed-size batches to the served model (``predict_images``:
-encoded bytes, decoded in the graph), or run in-process through
-``RunInference`` with ``--in-process MODEL_DIR`` (:mod:`batch.job_steps`).
+encoded bytes, decoded in the graph), several batches at once, or run
+in-process with ``--in-process MODEL_DIR`` (:mod:`batch.job_steps`).
 Records go to sharded ``predictions-*`` files (JSONL, CSV, Parquet, or
 TFRecords of TF Serving ``PredictionLog``s), failures to ``errors-*``, and
 the launcher writes ``summary.json``, ``report.html`` (:mod:`batch.report`),

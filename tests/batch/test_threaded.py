@@ -71,3 +71,34 @@ def test_a_failure_in_the_work_fails_the_pipeline_with_its_message():
     with pytest.raises(Exception, match="three is refused"):
         with _pipeline() as pipeline:
             _ = pipeline | beam.Create(range(6), reshuffle=False) | beam.ParDo(_FailsOnThree())
+
+
+class _Overlapping(ThreadedDoFn):
+    """n → n, after waiting until ``in_flight`` pieces of work run at once (or a second has passed)."""
+
+    in_flight = 3
+
+    def setup(self) -> None:
+        super().setup()
+        self._lock = threading.Lock()
+        self._running = 0
+        self._all_in = threading.Event()
+
+    def work(self, n: int) -> list:
+        with self._lock:
+            self._running += 1
+            if self._running == self.in_flight:
+                self._all_in.set()
+        met = self._all_in.wait(timeout=1.0)
+        with self._lock:
+            self._running -= 1
+        return [(n, met)]
+
+
+def test_in_flight_elements_are_worked_on_at_once_and_leave_in_order():
+    with _pipeline() as pipeline:
+        outputs = pipeline | beam.Create(range(12), reshuffle=False) | beam.ParDo(_Overlapping())
+        assert_that(
+            outputs | beam.combiners.ToList(),
+            equal_to([[(n, True) for n in range(12)]]),
+        )
