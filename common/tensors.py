@@ -98,7 +98,7 @@ def fill(proto: tensor_pb2.TensorProto, values: np.ndarray | Sequence[bytes], *,
     if values.dtype.kind in "OSU":
         proto.dtype = types_pb2.DT_STRING
         items = values.reshape(-1).tolist()  # S: bytes, U: str, O: whatever the array holds
-        if values.dtype.kind != "S" and not all(type(item) is bytes for item in items):
+        if values.dtype.kind != "S" and not {bytes}.issuperset(map(type, items)):
             items = [item.encode() if isinstance(item, str) else bytes(item) for item in items]
         proto.string_val.extend(items)  # one call over a list of bytes: the repeated field's fast path
         return
