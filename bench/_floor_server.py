@@ -32,19 +32,20 @@ from fmnist.serving import predict
 
 
 @functools.lru_cache(maxsize=16)
-def _response(model: str, rows: int) -> predict_pb2.PredictResponse:
+def _response(model: str, signature: str, rows: int) -> predict_pb2.PredictResponse:
     outputs = {
         names.OUTPUT_PROBABILITIES: np.full((rows, names.NUM_CLASSES), 1 / names.NUM_CLASSES, np.float32),
         names.OUTPUT_CLASS_IDS: np.zeros(rows, np.int64),
         names.OUTPUT_CLASS_NAMES: np.array([names.CLASS_NAMES[0].encode()] * rows, dtype=object),
     }
-    return predict.make_response(model, 1, names.SERVING_DEFAULT, outputs, names.OUTPUTS)
+    return predict.make_response(model, 1, signature or names.SERVING_DEFAULT, outputs, names.OUTPUTS)
 
 
 class _Predictions(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
-        shape = request.inputs[names.INPUT_IMAGES].tensor_shape.dim
-        return _response(request.model_spec.name, shape[0].size if shape else 1)
+        # Rows: the first dimension of the request's one input (images or image_bytes).
+        shape = next(iter(request.inputs.values())).tensor_shape.dim if request.inputs else ()
+        return _response(request.model_spec.name, request.model_spec.signature_name, shape[0].size if shape else 1)
 
 
 class _Models(model_service_pb2_grpc.ModelServiceServicer):

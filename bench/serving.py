@@ -17,7 +17,18 @@ measures its worst case) it measures, side by side in one run:
   Python-served number;
 - one image through REST ``:predict`` on kept-alive connections (the way
   HTTP clients call it): p50/p99 on one connection, images/s on 1 and 16
-  (batching off).
+  (batching off);
+- ``--encoded`` (64) PNG files, as ``fmnist images`` writes them, per
+  ``predict_images`` request from one client (what ``fmnist batch`` sends),
+  batching off: milliseconds per request served, to the floor server, and
+  direct (the signature called with a string tensor of the same bytes,
+  outputs converted to numpy), each measured in turn for ``--rounds``
+  rounds, medians; served ÷ direct;
+- for each profile in ``--trust`` (mlp), the same network exported twice
+  through the exporter's ``write_saved_model``: without and with the trust
+  outputs (a temperature other than 1, and a novelty score fitted on a
+  sample of training images as the Calibrator fits it), both in that
+  alternation: direct and served images/s, and trust ÷ plain for each.
 
 The server runs in a child process (``python -m fmnist.serving.serve``) so client
 and server do not share a GIL; both share the machine's cores, as on a
@@ -31,6 +42,7 @@ Usage::
     python bench/serving.py --quick      # about 1 minute
     python bench/serving.py --profiles mlp --seconds 3 --concurrency 1,32 --images 1,256
     python bench/serving.py --profiles cnn --cnn-model-dir models/fashion_mnist/1764115200
+    python bench/serving.py --quick --profiles mlp --concurrency 1 --images 1   # mostly the PNG and trust cases
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import statistics
 import tempfile
 import threading
 from collections.abc import Callable
@@ -55,6 +68,12 @@ batch_timeout_micros { value: 0 }
 max_enqueued_batches { value: 64 }
 num_batch_threads { value: 2 }
 """
+FLOOR = Path(__file__).with_name("_floor_server.py")
+TRUST_SUFFIX = "_trust"  # the model name of a profile exported with the trust outputs
+TRUST_TEMPERATURE = 1.5  # any temperature but 1 keeps the division in the graph, as a calibrated export has it
+# Training images the novelty score is fitted on: more than its default sample, so the served graph compares
+# against as many training images as the exporter's does; and images held out for its standardisation.
+TRUST_FITTED, TRUST_HELD_OUT = 12_000, 2_000
 
 
 def _models_config(base: Path, profiles: list[str]) -> str:
@@ -62,6 +81,118 @@ def _models_config(base: Path, profiles: list[str]) -> str:
         f'  config {{ name: "{p}" base_path: "{base / p}" model_platform: "tensorflow" }}\n' for p in profiles
     )
     return f"model_config_list {{\n{entries}}}\n"
+
+
+def export_with_and_without_trust(profile: str, models: Path, train) -> None:
+    """One network of ``profile`` with fresh weights, exported as ``models/<profile>/1`` and, with the trust
+    outputs, as ``models/<profile>_trust/1``: the exporter's ``write_saved_model``, with a temperature and the
+    novelty score fitted by :func:`fmnist.pipeline.novelty.fit` on a sample of ``train`` (a Split), as the
+    Calibrator fits it. Only what the graph computes matters here, not how well the score separates."""
+    from fmnist.pipeline import data, export, model, novelty
+
+    network = model.for_serving(model.build(profile), profile)
+    export.write_saved_model(network, models / profile / "1")
+    features = model.features_and_logits(network)
+
+    def features_of(images: np.ndarray) -> np.ndarray:
+        return features.predict(model.preprocess(images).numpy(), batch_size=1024, verbose=0)[0]
+
+    fitted = data.Split(train.images[:TRUST_FITTED], train.labels[:TRUST_FITTED])
+    end = TRUST_FITTED + TRUST_HELD_OUT
+    held_out = data.Split(train.images[TRUST_FITTED:end], train.labels[TRUST_FITTED:end])
+    layer = novelty.fit(novelty.NoveltyConfig(), fitted, features_of, held_out, features_of(held_out.images))
+    export.write_saved_model(
+        network, models / f"{profile}{TRUST_SUFFIX}" / "1", temperature=TRUST_TEMPERATURE, novelty=layer
+    )
+
+
+def encoded_pngs(images: np.ndarray, work: Path) -> list[bytes]:
+    """The bytes of ``images`` as PNG files, written as ``fmnist images`` writes them."""
+    from fmnist.pipeline import data
+    from fmnist.pipeline import images as writer
+
+    paths = writer.run(data.Split(images, np.zeros(len(images), np.uint8)), len(images), work / "pngs")
+    return [path.read_bytes() for path in paths]
+
+
+def alternated(calls: dict[str, Callable[[], int]], rounds: int, seconds: float) -> dict[str, float]:
+    """Images/s of each call from one client: the median of ``rounds`` rounds, each measuring every call in turn,
+    so that a change in the machine's load during the run touches every call alike."""
+    rates: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            rates[name].append(_common.throughput(call, 1, seconds))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def encoded_cells(
+    target: str, work: Path, models: list[str], loaded: dict, encoded: list[bytes], rounds: int, seconds: float
+) -> dict[str, float]:
+    """Images/s of ``predict_images`` requests of ``encoded`` from one client, :func:`alternated`: for each model
+    ``"<name> served"`` (the server at ``target``) and ``"<name> direct"`` (its SavedModel in ``loaded``), and
+    ``"floor"`` (a floor server started here)."""
+    import tensorflow as tf
+
+    from fmnist.common.client import PredictionClient
+
+    def direct(name: str) -> Callable[[], int]:
+        signature = loaded[name].signatures[names.PREDICT_IMAGES]
+
+        def call() -> int:
+            outputs = signature(**{names.INPUT_IMAGE_BYTES: tf.constant(encoded)})
+            return len({alias: tensor.numpy() for alias, tensor in outputs.items()}[names.OUTPUT_CLASS_IDS])
+
+        return call
+
+    def served(client: PredictionClient) -> Callable[[], int]:
+        return lambda: len(client.predict_encoded(encoded))
+
+    clients = {name: PredictionClient(target, model_name=name) for name in models}
+    floor = _common.ServerProcess([], models[0], work / "floor-encoded.log", program=[str(FLOOR)])
+    try:
+        with PredictionClient(floor.target, model_name=models[0]) as floor_client:
+            calls = {"floor": served(floor_client)}
+            for name, client in clients.items():
+                client.wait_until_available()
+                calls[f"{name} direct"], calls[f"{name} served"] = direct(name), served(client)
+            return alternated(calls, rounds, seconds)
+    finally:
+        floor.stop()
+        for client in clients.values():
+            client.close()
+
+
+def encoded_tables(
+    rates: dict[str, float], models: list[str], trust: list[str], count: int
+) -> tuple[list[dict], list[dict]]:
+    """Print and return the rows of the PNG case and of the trust case, from :func:`encoded_cells`' rates."""
+    encoded_rows = [
+        {
+            "model": name,
+            "direct_ms": count / rates[f"{name} direct"] * 1000,
+            "floor_ms": count / rates["floor"] * 1000,
+            "served_ms": count / rates[f"{name} served"] * 1000,
+            "served_ratio": rates[f"{name} direct"] / rates[f"{name} served"],  # served ms ÷ direct ms
+            "direct": rates[f"{name} direct"],
+            "served": rates[f"{name} served"],
+        }
+        for name in models
+    ]
+    print(f"\n{count}-PNG predict_images requests, one client, batching off: ms per request, images/s\n")
+    columns = ["model", "direct_ms", "floor_ms", "served_ms", "served_ratio", "direct", "served"]
+    print(_common.table(encoded_rows, columns))
+    trust_rows = []
+    for profile in trust:
+        row = {"profile": profile}
+        for path in ("direct", "served"):
+            plain, with_trust = rates[f"{profile} {path}"], rates[f"{profile}{TRUST_SUFFIX} {path}"]
+            row |= {path: plain, f"{path}_trust": with_trust, f"{path}_ratio": with_trust / plain}
+        trust_rows.append(row)
+    if trust_rows:
+        print(f"\nTrust outputs (temperature {TRUST_TEMPERATURE}, novelty score), images/s: trust ÷ plain\n")
+        columns = ["profile", "direct", "direct_trust", "direct_ratio", "served", "served_trust", "served_ratio"]
+        print(_common.table(trust_rows, columns))
+    return encoded_rows, trust_rows
 
 
 def rest_predict(port: int, model: str, body: bytes) -> Callable[[], int]:
@@ -94,10 +225,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="single-image requests for latency (default 2000)")
     parser.add_argument("--quick", action="store_true", help="0.4 s per cell, 300 latency requests")
     parser.add_argument("--cnn-model-dir", type=Path, help="serve this pushed cnn version instead of an untrained cnn")
+    parser.add_argument("--encoded", type=int, default=64, help="PNG files per predict_images request (default 64)")
+    parser.add_argument("--trust", help="profiles also exported with the trust outputs (default: the mlp, if profiled)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternated rounds of the PNG cases (default 5)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.requests = 0.4, 300
+        args.seconds, args.requests, args.rounds = 0.4, 300, 3
     profiles = args.profiles.split(",")
+    trust = [p for p in args.trust.split(",") if p] if args.trust is not None else [p for p in profiles if p == "mlp"]
+    if unknown := sorted(set(trust) - set(profiles)):
+        parser.error(f"--trust {','.join(unknown)}: not in --profiles")
+    if "cnn" in trust and args.cnn_model_dir:
+        parser.error("--trust cnn exports fresh weights; --cnn-model-dir serves a pushed cnn as it is")
+    if args.encoded < 1 or args.rounds < 1:
+        parser.error("--encoded and --rounds must be at least 1")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     sizes = [int(n) for n in args.images.split(",")]
     _common.warn_if_busy()
@@ -107,18 +248,23 @@ def main(argv: list[str] | None = None) -> int:
     from fmnist.common.client import PredictionClient
     from fmnist.pipeline import data
 
-    pixels = data.load().test.images[: max(sizes)].astype(np.float32)
+    dataset = data.load()
+    pixels = dataset.test.images[: max(sizes)].astype(np.float32)
     work = Path(tempfile.mkdtemp(prefix="fmnist-bench-serving-"))
-    direct = {}
+    encoded = encoded_pngs(dataset.test.images[: args.encoded], work)
     for profile in profiles:
         if profile == "cnn" and args.cnn_model_dir:
             if _common.pushed_profile(args.cnn_model_dir) != profile:
                 parser.error(f"--cnn-model-dir {args.cnn_model_dir} is not a cnn")
-            path = _common.copy_pushed(args.cnn_model_dir, work / "models" / profile)
+            _common.copy_pushed(args.cnn_model_dir, work / "models" / profile)
+        elif profile in trust:
+            export_with_and_without_trust(profile, work / "models", dataset.train)
         else:
-            path = _common.export_untrained(profile, work / "models" / profile)
-        direct[profile] = tf.saved_model.load(str(path)).signatures[names.SERVING_DEFAULT]
-    (work / "models.config").write_text(_models_config(work / "models", profiles))
+            _common.export_untrained(profile, work / "models" / profile)
+    models = profiles + [f"{profile}{TRUST_SUFFIX}" for profile in trust]
+    loaded = {name: tf.saved_model.load(str(work / "models" / name / "1")) for name in models}
+    direct = {profile: loaded[profile].signatures[names.SERVING_DEFAULT] for profile in profiles}
+    (work / "models.config").write_text(_models_config(work / "models", models))
     (work / "batching.config").write_text(BATCHING)
 
     latency_rows, rows = [], []
@@ -144,9 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"profile": profile, "images": n, "concurrency": c, "direct": rate})
                 print(f"  {profile} direct {n} img x {c}: {rate:,.0f} images/s", flush=True)
 
-    floor = _common.ServerProcess(
-        [], profiles[0], work / "floor.log", program=[str(Path(__file__).with_name("_floor_server.py"))]
-    )
+    floor = _common.ServerProcess([], profiles[0], work / "floor.log", program=[str(FLOOR)])
     try:
         with PredictionClient(floor.target, model_name=profiles[0]) as client:
             floor_ms = _common.latencies(lambda: client.predict(pixels[:1]), args.requests)
@@ -186,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             flags += ["--enable_batching", "--batching_parameters_file", str(work / "batching.config")]
         server = _common.ServerProcess(flags, profiles[0], work / f"server-{int(batching)}.log")
         try:
+            if not batching:
+                rates = encoded_cells(server.target, work, models, loaded, encoded, args.rounds, args.seconds)
             for profile in profiles:
                 with PredictionClient(server.target, model_name=profile) as client:
                     client.wait_until_available()
@@ -243,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_common.table(rest_rows, ["profile", "p50_ms", "p99_ms", "images_s_1_conn", "images_s_16_conn"]))
     print("\nfloor: the same calls to a server that runs no model (bench/_floor_server.py)")
     print(f"server peak RSS (MiB): {', '.join(f'{k} {v:.0f}' for k, v in server_rss.items())}")
+    encoded_rows, trust_rows = encoded_tables(rates, models, trust, args.encoded)
     path = _common.write_results(
         "serving",
         {
@@ -252,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
             "throughput": rows,
             "rest_keep_alive": rest_rows,
             "server_peak_rss_mib": server_rss,
+            "encoded": encoded_rows,
+            "trust": trust_rows,
         },
     )
     print(f"wrote {path}")

@@ -49,7 +49,7 @@ _NUMERIC = {
     np.dtype(np.complex128): (types_pb2.DT_COMPLEX128, "dcomplex_val"),
 }
 _BY_TF_TYPE = {tf_type: (dtype, field) for dtype, (tf_type, field) in _NUMERIC.items()}
-_SIXTEEN_BITS = ("float16", "bfloat16")  # their *_val holds each value's 16 bits as an integer
+_SIXTEEN_BITS = frozenset({types_pb2.DT_HALF, types_pb2.DT_BFLOAT16})  # their *_val holds each value's 16 bits
 _STRING_ITEM_BYTES = np.dtype(object).itemsize  # a decoded string tensor costs a pointer per item, at least
 
 
@@ -63,9 +63,10 @@ def _bfloat16() -> np.dtype:
 
 def _type_of(dtype: np.dtype) -> tuple[int, str] | None:
     """(DataType, *_val field) of a numpy dtype; None where TensorFlow has none."""
-    if dtype.name == "bfloat16":  # only ml_dtypes makes one, so it is imported already
+    found = _NUMERIC.get(dtype)
+    if found is None and dtype.name == "bfloat16":  # only ml_dtypes makes one, so it is imported already
         return types_pb2.DT_BFLOAT16, "half_val"
-    return _NUMERIC.get(dtype)
+    return found
 
 
 def _dtype_of(tf_type: int) -> tuple[np.dtype, str]:
@@ -96,9 +97,12 @@ def fill(proto: tensor_pb2.TensorProto, values: np.ndarray | Sequence[bytes], *,
         proto.tensor_shape.dim.add(size=size)
     if values.dtype.kind in "OSU":
         proto.dtype = types_pb2.DT_STRING
-        proto.string_val.extend(v.encode() if isinstance(v, str) else bytes(v) for v in values.reshape(-1))
+        items = values.reshape(-1).tolist()  # S: bytes, U: str, O: whatever the array holds
+        if values.dtype.kind != "S" and not {bytes}.issuperset(map(type, items)):
+            items = [item.encode() if isinstance(item, str) else bytes(item) for item in items]
+        proto.string_val.extend(items)  # one call over a list of bytes: the repeated field's fast path
         return
-    dtype = values.dtype.newbyteorder("=")
+    dtype = values.dtype if values.dtype.isnative else values.dtype.newbyteorder("=")
     tf_type = _type_of(dtype)
     if tf_type is None:
         raise TypeError(f"no TensorFlow type for numpy dtype {values.dtype}")
@@ -107,7 +111,7 @@ def fill(proto: tensor_pb2.TensorProto, values: np.ndarray | Sequence[bytes], *,
         proto.tensor_content = np.ascontiguousarray(values, dtype=dtype.newbyteorder("<")).tobytes()
         return
     flat = np.ascontiguousarray(values, dtype=dtype).reshape(-1)
-    if dtype.name in _SIXTEEN_BITS:
+    if tf_type[0] in _SIXTEEN_BITS:
         flat = flat.view(np.uint16)
     elif dtype.kind == "c":
         flat = flat.view(flat.real.dtype)
@@ -134,7 +138,7 @@ def to_ndarray(
     if proto.tensor_content:  # little-endian, as TensorFlow writes it; no copy where that is native
         return np.frombuffer(proto.tensor_content, dtype=held.newbyteorder("<")).astype(held, copy=False).reshape(shape)
     values = getattr(proto, field)
-    if held.name in _SIXTEEN_BITS:
+    if proto.dtype in _SIXTEEN_BITS:
         array = np.fromiter(values, dtype=np.uint16, count=len(values)).view(held)
     elif held.kind == "c":
         parts = np.dtype(np.float32 if held == np.complex64 else np.float64)

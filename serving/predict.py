@@ -63,19 +63,19 @@ def _check_images(alias: str, array: np.ndarray, limits: imagefile.Limits) -> No
     microseconds. Values that are not recognisable images are left for the
     graph to judge.
     """
-    for index, value in enumerate(array.ravel()):
+    max_file_bytes, max_pixels, header_size = limits.max_file_bytes, limits.max_pixels, imagefile.header_size
+    for index, value in enumerate(array.ravel().tolist()):  # a list iterates faster than an object array
         if not isinstance(value, bytes):
             continue
-        if len(value) > limits.max_file_bytes:
+        if len(value) > max_file_bytes:
             raise errors.InvalidArgument(
-                f"input '{alias}' element {index} is {len(value)} bytes, "
-                f"more than the limit of {limits.max_file_bytes} bytes"
+                f"input '{alias}' element {index} is {len(value)} bytes, more than the limit of {max_file_bytes} bytes"
             )
-        size = imagefile.header_size(value)
-        if size is not None and size[0] * size[1] > limits.max_pixels:
+        size = header_size(value)
+        if size is not None and size[0] * size[1] > max_pixels:
             raise errors.InvalidArgument(
                 f"input '{alias}' element {index}: image too large: its header claims "
-                f"{size[0]}x{size[1]} pixels, more than the limit of {limits.max_pixels}"
+                f"{size[0]}x{size[1]} pixels, more than the limit of {max_pixels}"
             )
 
 

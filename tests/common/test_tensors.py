@@ -85,6 +85,32 @@ def test_strings_go_as_string_val_and_come_back_as_bytes():
     assert matrix.shape == (2, 2) and matrix[1, 0] == b"c"
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([[b"ab", b""], [b"c\x00d", b"e"]], dtype="S3"),
+        np.array([["ab", ""], ["c\x00d", "e"]]),
+        np.array([[np.bytes_(b"ab"), bytearray(b"")], [b"c\x00d", "e"]], dtype=object),
+    ],
+    ids=["bytes array", "str array", "object array of mixed items"],
+)
+def test_string_arrays_of_any_kind_go_as_tensorflow_writes_them(values):
+    proto = _filled(values)
+    assert proto.dtype == types_pb2.DT_STRING
+    assert [d.size for d in proto.tensor_shape.dim] == [2, 2]
+    assert list(proto.string_val) == [b"ab", b"", b"c\x00d", b"e"] == list(tf.make_tensor_proto(values).string_val)
+
+
+@pytest.mark.parametrize("typed", [False, True], ids=["tensor_content", "typed fields"])
+def test_numbers_in_the_other_byte_order_keep_their_values(typed):
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    swapped = array.astype(array.dtype.newbyteorder("S"))
+    proto = _filled(swapped, typed)
+    assert proto.dtype == types_pb2.DT_FLOAT
+    np.testing.assert_array_equal(tensors.to_ndarray(proto, np.float32), array)
+    np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+
+
 def test_a_type_other_than_the_expected_one_is_an_error():
     with pytest.raises(ValueError, match="expected DT_FLOAT, got DT_INT64"):
         tensors.to_ndarray(_filled(np.arange(3)), np.float32)
