@@ -71,6 +71,7 @@ class ThreadedDoFn(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._pending: collections.deque[tuple] = collections.deque()
+        self._failed = False  # set by the first work that raises, in its own thread
 
     def process(
         self, element: Any, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
@@ -85,19 +86,36 @@ class ThreadedDoFn(beam.DoFn):
             yield from self._outputs(*self._pending.popleft())
 
     def teardown(self) -> None:
-        self._threads.shutdown()
+        self._threads.shutdown(cancel_futures=True)
 
     def _work_tracked(self, tracker, element: Any) -> Sequence[Any]:
+        if self._failed:
+            # An earlier element's work failed, so the bundle does: work queued behind it is not started
+            # (a failed request's neighbours would only try the same lost server again).
+            raise _GaveUp(type(self).__name__)
         statesampler.set_current_tracker(tracker)
-        return self.work(element)
+        try:
+            return self.work(element)
+        except BaseException:
+            self._failed = True
+            raise
 
     def _outputs(
         self, element: Any, timestamp, window, done: concurrent.futures.Future
     ) -> Iterator[WindowedValue | TaggedOutput]:
-        outputs = done.result()  # the work's exception, if any, is raised here, in the stage's thread
+        try:
+            outputs = done.result()  # the work's exception, if any, is raised here, in the stage's thread
+        except BaseException:
+            self._pending.clear()  # the bundle fails; work still queued gives up (_work_tracked)
+            raise
         for output in outputs:
             if isinstance(output, TaggedOutput):
                 yield TaggedOutput(output.tag, WindowedValue(output.value, timestamp, (window,)))
             else:
                 yield WindowedValue(output, timestamp, (window,))
         self.emitted(element, outputs)
+
+
+class _GaveUp(Exception):
+    """Work not started because an earlier element's work in the same bundle failed (never the bundle's error:
+    the earlier failure is raised first)."""

@@ -102,3 +102,21 @@ def test_in_flight_elements_are_worked_on_at_once_and_leave_in_order():
             outputs | beam.combiners.ToList(),
             equal_to([[(n, True) for n in range(12)]]),
         )
+
+
+class _RecordsStarts(ThreadedDoFn):
+    started: list[int] = []  # shared with the test, in this process
+
+    def work(self, n: int) -> list:
+        _RecordsStarts.started.append(n)
+        if n == 3:
+            raise ValueError("three is refused")
+        return [n]
+
+
+def test_work_queued_behind_a_failure_is_not_started():
+    _RecordsStarts.started.clear()
+    with pytest.raises(Exception, match="three is refused"):
+        with _pipeline() as pipeline:
+            _ = pipeline | beam.Create(range(8), reshuffle=False) | beam.ParDo(_RecordsStarts())
+    assert _RecordsStarts.started == [0, 1, 2, 3]

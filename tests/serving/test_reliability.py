@@ -357,6 +357,8 @@ def test_a_batch_job_whose_server_dies_fails_naming_it_and_a_resumed_run_account
         "2",
         "--timeout",
         "5",
+        "--in-flight",
+        "1",  # one request at a time, so the requests after the kill are one call's retries
     ]
     _KillsTheServer.victim, _KillsTheServer.after_kill = server, 0
     killer = _KillsTheServer(
