@@ -67,7 +67,16 @@ def warn_if_busy() -> None:
         )
 
 
-def export_untrained(profile: str, base_path: Path, version: int = 1) -> Path:
+# The trust outputs of an untrained export: any temperature but 1 keeps the division in the graph, as a
+# calibrated export has it; the novelty score is fitted on this many training images and standardised on the
+# next ones (what the graph computes matters here, not how well the score separates).
+TRUST_TEMPERATURE = 1.5
+TRUST_FITTED, TRUST_HELD_OUT = 12_000, 2_000
+
+
+def export_untrained(
+    profile: str, base_path: Path, version: int = 1, *, trust: bool = True, network=None, train=None
+) -> Path:
     """Build ``profile`` with fresh weights and export it as ``base_path/<version>``, as the Pusher would.
 
     The graph is what the Trainer hands over (folded normalisation, the cnn's
@@ -77,12 +86,33 @@ def export_untrained(profile: str, base_path: Path, version: int = 1) -> Path:
     images it is unsure of, which with fresh weights is every image, so an
     untrained cnn measures its worst case (``bench/batch.py --model-dir``
     serves a trained one).
-    """
-    from fmnist.pipeline import export, model
 
-    network = model.for_serving(model.build(profile), profile)
+    Args:
+        trust: with the outputs the exporter adds (a temperature, and the novelty score's ``ood_scores`` and
+            ``unfamiliar``), as every pushed version has them; the score is fitted by
+            :func:`fmnist.pipeline.novelty.fit` on :data:`TRUST_FITTED` images of ``train`` (a Split; the
+            dataset's training split when None).
+        network: export this serving network (``model.for_serving``) instead of a fresh one: the same
+            weights with and without the trust outputs.
+    """
+    from fmnist.pipeline import data, export, model, novelty
+
+    network = network or model.for_serving(model.build(profile), profile)
     path = base_path / str(version)
-    export.write_saved_model(network, path)
+    if not trust:
+        export.write_saved_model(network, path)
+        return path
+    train = train or data.load().train
+    features = model.features_and_logits(network)
+
+    def features_of(images):  # uint8 [n, 28, 28] → the last hidden activations [n, d]
+        return features.predict(model.preprocess(images).numpy(), batch_size=1024, verbose=0)[0]
+
+    end = TRUST_FITTED + TRUST_HELD_OUT
+    fitted = data.Split(train.images[:TRUST_FITTED], train.labels[:TRUST_FITTED])
+    held_out = data.Split(train.images[TRUST_FITTED:end], train.labels[TRUST_FITTED:end])
+    layer = novelty.fit(novelty.NoveltyConfig(), fitted, features_of, held_out, features_of(held_out.images))
+    export.write_saved_model(network, path, temperature=TRUST_TEMPERATURE, novelty=layer)
     return path
 
 

@@ -70,40 +70,11 @@ num_batch_threads { value: 2 }
 """
 FLOOR = Path(__file__).with_name("_floor_server.py")
 TRUST_SUFFIX = "_trust"  # the model name of a profile exported with the trust outputs
-TRUST_TEMPERATURE = 1.5  # any temperature but 1 keeps the division in the graph, as a calibrated export has it
-# Training images the novelty score is fitted on: more than its default sample, so the served graph compares
-# against as many training images as the exporter's does; and images held out for its standardisation.
-TRUST_FITTED, TRUST_HELD_OUT = 12_000, 2_000
-
-
 def _models_config(base: Path, profiles: list[str]) -> str:
     entries = "".join(
         f'  config {{ name: "{p}" base_path: "{base / p}" model_platform: "tensorflow" }}\n' for p in profiles
     )
     return f"model_config_list {{\n{entries}}}\n"
-
-
-def export_with_and_without_trust(profile: str, models: Path, train) -> None:
-    """One network of ``profile`` with fresh weights, exported as ``models/<profile>/1`` and, with the trust
-    outputs, as ``models/<profile>_trust/1``: the exporter's ``write_saved_model``, with a temperature and the
-    novelty score fitted by :func:`fmnist.pipeline.novelty.fit` on a sample of ``train`` (a Split), as the
-    Calibrator fits it. Only what the graph computes matters here, not how well the score separates."""
-    from fmnist.pipeline import data, export, model, novelty
-
-    network = model.for_serving(model.build(profile), profile)
-    export.write_saved_model(network, models / profile / "1")
-    features = model.features_and_logits(network)
-
-    def features_of(images: np.ndarray) -> np.ndarray:
-        return features.predict(model.preprocess(images).numpy(), batch_size=1024, verbose=0)[0]
-
-    fitted = data.Split(train.images[:TRUST_FITTED], train.labels[:TRUST_FITTED])
-    end = TRUST_FITTED + TRUST_HELD_OUT
-    held_out = data.Split(train.images[TRUST_FITTED:end], train.labels[TRUST_FITTED:end])
-    layer = novelty.fit(novelty.NoveltyConfig(), fitted, features_of, held_out, features_of(held_out.images))
-    export.write_saved_model(
-        network, models / f"{profile}{TRUST_SUFFIX}" / "1", temperature=TRUST_TEMPERATURE, novelty=layer
-    )
 
 
 def encoded_pngs(images: np.ndarray, work: Path) -> list[bytes]:
@@ -189,7 +160,7 @@ def encoded_tables(
             row |= {path: plain, f"{path}_trust": with_trust, f"{path}_ratio": with_trust / plain}
         trust_rows.append(row)
     if trust_rows:
-        print(f"\nTrust outputs (temperature {TRUST_TEMPERATURE}, novelty score), images/s: trust ÷ plain\n")
+        print(f"\nTrust outputs (temperature {_common.TRUST_TEMPERATURE}, novelty score), images/s: trust ÷ plain\n")
         columns = ["profile", "direct", "direct_trust", "direct_ratio", "served", "served_trust", "served_ratio"]
         print(_common.table(trust_rows, columns))
     return encoded_rows, trust_rows
@@ -246,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from fmnist.common.client import PredictionClient
-    from fmnist.pipeline import data
+    from fmnist.pipeline import data, model
 
     dataset = data.load()
     pixels = dataset.test.images[: max(sizes)].astype(np.float32)
@@ -257,10 +228,13 @@ def main(argv: list[str] | None = None) -> int:
             if _common.pushed_profile(args.cnn_model_dir) != profile:
                 parser.error(f"--cnn-model-dir {args.cnn_model_dir} is not a cnn")
             _common.copy_pushed(args.cnn_model_dir, work / "models" / profile)
-        elif profile in trust:
-            export_with_and_without_trust(profile, work / "models", dataset.train)
         else:
-            _common.export_untrained(profile, work / "models" / profile)
+            network = model.for_serving(model.build(profile), profile)
+            _common.export_untrained(profile, work / "models" / profile, trust=False, network=network)
+            if profile in trust:  # the same network with the trust outputs
+                _common.export_untrained(
+                    profile, work / "models" / f"{profile}{TRUST_SUFFIX}", network=network, train=dataset.train
+                )
     models = profiles + [f"{profile}{TRUST_SUFFIX}" for profile in trust]
     loaded = {name: tf.saved_model.load(str(work / "models" / name / "1")) for name in models}
     direct = {profile: loaded[profile].signatures[names.SERVING_DEFAULT] for profile in profiles}
