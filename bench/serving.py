@@ -70,6 +70,8 @@ num_batch_threads { value: 2 }
 """
 FLOOR = Path(__file__).with_name("_floor_server.py")
 TRUST_SUFFIX = "_trust"  # the model name of a profile exported with the trust outputs
+
+
 def _models_config(base: Path, profiles: list[str]) -> str:
     entries = "".join(
         f'  config {{ name: "{p}" base_path: "{base / p}" model_platform: "tensorflow" }}\n' for p in profiles
