@@ -9,8 +9,10 @@ carries), then scores the 10,000 test images and every set of
 - ``energy``: minus the log-sum-exp of the logits (Liu et al. 2020);
 - ``feature Mahalanobis``: last hidden activations to the nearest class mean, shared covariance (Lee et al. 2018);
 - ``pixel PCA residual``: the part of the image 50 principal components of the training images miss;
-- ``pixel Mahalanobis`` and ``feature nearest neighbour``: the two halves of the served score, alone;
-- ``served``: their standardised maximum, as ``ood_scores`` computes it.
+- ``pixel Mahalanobis``, ``feature nearest neighbour`` and ``texture Mahalanobis``: the three
+  distances of the served score, alone;
+- ``format gaps``: its weighted framing and contrast gaps, alone (zero for nearly every garment: ties);
+- ``served``: the standardised maximum of the three plus the gaps, as ``ood_scores`` computes it.
 
 Each cell is the AUROC of Fashion-MNIST test images against the set (1 = every
 image of the set scores above every test image); ``flagged`` is the share the
@@ -69,25 +71,41 @@ def _candidates(trained, fitted, calibration, network):
         x = images.reshape(len(images), -1) / 255.0 - mean_pixels
         return ((x - (x @ components.T) @ components) ** 2).sum(axis=1)
 
-    def halves(images, features):
-        return np.concatenate(
-            [layer.distances(images[i : i + 1024], features[i : i + 1024]).numpy() for i in range(0, len(images), 1024)]
+    def parts(images, features):
+        chunks = range(0, len(images), 1024)
+        distances = np.concatenate(
+            [layer.distances(images[i : i + 1024], features[i : i + 1024]).numpy() for i in chunks]
         )
+        gaps = np.concatenate([novelty.format_gaps(images[i : i + 1024]).numpy() for i in chunks])
+        return distances, gaps @ layer.format_weights.numpy()
 
     def every(images):
         features, logits = outputs(images)
-        both = halves(images, features)
+        distances, gaps = parts(images, features)
         return {
             "1-confidence": 1 - calibrator.softmax(logits, calibration.temperature).max(axis=1),
             "energy": -np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) - logits.max(1),
             "feature Mahalanobis": feature_mahalanobis(features.astype(np.float64)),
             "pixel PCA residual": pca_residual(images),
-            "pixel Mahalanobis": both[:, 0],
-            "feature nearest neighbour": both[:, 1],
+            "pixel Mahalanobis": distances[:, 0],
+            "feature nearest neighbour": distances[:, 1],
+            "texture Mahalanobis": distances[:, 2],
+            "format gaps": gaps,
             "served": novelty.scores_of(layer, images, features),
         }
 
     return every
+
+
+def _mark(name: str) -> str:
+    """What a set's row says besides its name: clothing, unseen, prepared like Fashion-MNIST."""
+    source = name.removesuffix("_prepared")
+    marks = [
+        *(["clothing"] if source in (*ood_sets.CLOTHING, "test") else []),
+        *(["unseen"] if source in ood_sets.UNSEEN else []),
+        *(["prepared"] if name != source else []),
+    ]
+    return f" ({', '.join(marks)})" if marks else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| set | images | " + " | ".join(methods) + " | flagged |")
     print("|---" * (len(methods) + 3) + "|")
     for name, row in table.items():
-        mark = " (clothing)" if name in ood_sets.CLOTHING else " (unseen)" if name in ood_sets.UNSEEN else ""
+        mark = _mark(name)
         cells = " | ".join(f"{row[m]:.4f}" for m in methods)
         print(f"| {name}{mark} | {row['images']} | {cells} | {row['flagged']:.1%} |")
     print(
@@ -143,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         + " | ".join("" for _ in methods)
         + f" | {summary['test_flagged']:.1%} |"
     )
+    as_made = (*ood_sets.DEVELOPMENT, *ood_sets.UNSEEN)
+    targets = {name: row["served"] for name, row in table.items() if name in as_made and name not in ood_sets.CLOTHING}
+    worst = min(targets, key=targets.get)
+    summary["worst_served"] = {"set": worst, "auroc": targets[worst]}
+    print(f"served: lowest AUROC on a set that is not clothing (as made, not prepared): {worst} {targets[worst]:.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0
