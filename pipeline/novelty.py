@@ -41,7 +41,8 @@ the training split (the means, deviations, covariance and prototypes) and on
 held-out images (the standardisation, the threshold), never on
 out-of-distribution images; the format weights and slacks are constants
 chosen on the development sets of ``bench/ood_sets.py``. Per image it costs
-a few small products (the prototypes' is the largest), no 784 x 784 one.
+one small product (with the prototypes) and elementwise work on the 784
+pixels, no 784 x 784 product.
 
 Usage: ``layer = fit(NoveltyConfig(), train_split, train_features, held_back_split, held_back_features)``;
 ``scores = layer(pixels, features)``; ``layer.threshold``.
