@@ -9,8 +9,12 @@ carries), then scores the 10,000 test images and every set of
 - ``energy``: minus the log-sum-exp of the logits (Liu et al. 2020);
 - ``feature Mahalanobis``: last hidden activations to the nearest class mean, shared covariance (Lee et al. 2018);
 - ``pixel PCA residual``: the part of the image 50 principal components of the training images miss;
-- ``pixel Mahalanobis`` and ``feature nearest neighbour``: the two halves of the served score, alone;
-- ``served``: their standardised maximum, as ``ood_scores`` computes it.
+- ``pixel Mahalanobis`` (full shared covariance) and ``feature nearest neighbour`` (cosine, 10,000
+  training images): the two halves of the score served before, each a large product per image;
+- ``pixel deviations``, ``feature prototypes`` and ``texture``: the three distances of the served
+  score (:mod:`fmnist.pipeline.novelty`), alone;
+- ``format gaps``: its weighted framing and contrast gaps, alone (zero for every garment: ties);
+- ``served``: the standardised maximum of the three plus the gaps, as ``ood_scores`` computes it.
 
 Each cell is the AUROC of Fashion-MNIST test images against the set (1 = every
 image of the set scores above every test image); ``flagged`` is the share the
@@ -34,6 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ood_sets  # beside this script
 
 _PCA_COMPONENTS = 50
+_PIXEL_SHRINKAGE = (
+    1e-4  # of the mean eigenvalue, for the full-covariance Mahalanobis distances (served until 28's second round)
+)
+_NEIGHBOURS = 10_000  # training images the nearest-neighbour candidate compares with
 
 
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
@@ -43,7 +51,7 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.zeros(len(inside)), np.ones(len(outside))], np.r_[inside, outside]))
 
 
-def _candidates(trained, fitted, calibration, network):
+def _candidates(fitted, calibration, network):
     """name → function(images uint8 [n, 28, 28]) → scores [n], higher = less like the training images."""
     from fmnist.pipeline import calibrator, novelty
     from fmnist.pipeline.model import preprocess
@@ -51,43 +59,81 @@ def _candidates(trained, fitted, calibration, network):
     def outputs(images):
         return network.predict(preprocess(images).numpy(), batch_size=1024, verbose=0)
 
+    def class_gaussian(x, shrinkage=None):
+        """Class means and the shared covariance's whitening: shrunk, or its pseudo-inverse's (``None``)."""
+        present = np.unique(fitted.labels)
+        means = np.stack([x[fitted.labels == c].mean(axis=0) for c in present])
+        centred = x - means[np.searchsorted(present, fitted.labels)]
+        eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / len(centred))
+        if shrinkage is None:
+            kept = eigenvalues > 1e-15 * eigenvalues.max()
+            return means, eigenvectors[:, kept] / np.sqrt(eigenvalues[kept])
+        return means, eigenvectors / np.sqrt(np.maximum(eigenvalues, 0) + shrinkage * eigenvalues.mean())
+
     train_features = outputs(fitted.images)[0].astype(np.float64)
-    labels = fitted.labels
-    means = np.stack([train_features[labels == c].mean(axis=0) for c in np.unique(labels)])
-    centred = train_features - means[np.searchsorted(np.unique(labels), labels)]
-    precision = np.linalg.pinv(centred.T @ centred / len(centred))
+    feature_means, feature_whitening = class_gaussian(train_features)
     pixels = fitted.images.reshape(len(fitted), -1) / 255.0
+    pixel_means, pixel_whitening = class_gaussian(pixels, _PIXEL_SHRINKAGE)
     mean_pixels = pixels.mean(axis=0)
     components = np.linalg.svd(pixels - mean_pixels, full_matrices=False)[2][:_PCA_COMPONENTS]
+    rng = np.random.default_rng(0)
+    sample = train_features[rng.choice(len(train_features), _NEIGHBOURS, replace=False)]
+    sample /= np.linalg.norm(sample, axis=1, keepdims=True)
     layer = calibration.novelty
 
-    def feature_mahalanobis(features):
-        d = features[:, None, :] - means[None]
-        return np.einsum("ncd,de,nce->nc", d, precision, d).min(axis=1)
+    def to_nearest_mean(x, means, whitening):
+        return np.concatenate(
+            [
+                (((x[i : i + 1024] @ whitening)[:, None, :] - (means @ whitening)[None]) ** 2).sum(-1).min(1)
+                for i in range(0, len(x), 1024)
+            ]
+        )
+
+    def to_nearest_neighbour(features):
+        unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        return np.concatenate([1 - (unit[i : i + 1024] @ sample.T).max(1) for i in range(0, len(unit), 1024)])
 
     def pca_residual(images):
         x = images.reshape(len(images), -1) / 255.0 - mean_pixels
         return ((x - (x @ components.T) @ components) ** 2).sum(axis=1)
 
-    def halves(images, features):
-        return np.concatenate(
-            [layer.distances(images[i : i + 1024], features[i : i + 1024]).numpy() for i in range(0, len(images), 1024)]
+    def parts(images, features):
+        chunks = range(0, len(images), 1024)
+        distances = np.concatenate(
+            [layer.distances(images[i : i + 1024], features[i : i + 1024]).numpy() for i in chunks]
         )
+        gaps = np.concatenate([novelty.format_gaps(images[i : i + 1024]).numpy() for i in chunks])
+        return distances, gaps @ layer.format_weights.numpy()
 
     def every(images):
         features, logits = outputs(images)
-        both = halves(images, features)
+        distances, gaps = parts(images, features)
         return {
             "1-confidence": 1 - calibrator.softmax(logits, calibration.temperature).max(axis=1),
             "energy": -np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) - logits.max(1),
-            "feature Mahalanobis": feature_mahalanobis(features.astype(np.float64)),
+            "feature Mahalanobis": to_nearest_mean(features.astype(np.float64), feature_means, feature_whitening),
             "pixel PCA residual": pca_residual(images),
-            "pixel Mahalanobis": both[:, 0],
-            "feature nearest neighbour": both[:, 1],
+            "pixel Mahalanobis": to_nearest_mean(images.reshape(len(images), -1) / 255.0, pixel_means, pixel_whitening),
+            "feature nearest neighbour": to_nearest_neighbour(features.astype(np.float64)),
+            "pixel deviations": distances[:, 0],
+            "feature prototypes": distances[:, 1],
+            "texture": distances[:, 2],
+            "format gaps": gaps,
             "served": novelty.scores_of(layer, images, features),
         }
 
     return every
+
+
+def _mark(name: str) -> str:
+    """What a set's row says besides its name: clothing, unseen, prepared like Fashion-MNIST."""
+    source = name.removesuffix("_prepared")
+    marks = [
+        *(["clothing"] if source in (*ood_sets.CLOTHING, "test") else []),
+        *(["unseen"] if source in ood_sets.UNSEEN else []),
+        *(["prepared"] if name != source else []),
+    ]
+    return f" ({', '.join(marks)})" if marks else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     fitted = data.Split(dataset.train.images[: trained.fitted], dataset.train.labels[: trained.fitted])
     accuracy = evaluator.run(trained.model, dataset.test, evaluator.EvalConfig()).metrics["accuracy"]
     calibration = calibrator.run(trained.model, fitted, trained.held_back, dataset.test, novelty.NoveltyConfig())
-    score = _candidates(trained, fitted, calibration, features_and_logits(trained.model))
+    score = _candidates(fitted, calibration, features_and_logits(trained.model))
 
     sets = ood_sets.build(np.random.default_rng(0), dataset.test.images)
     inside = score(dataset.test.images)
@@ -135,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| set | images | " + " | ".join(methods) + " | flagged |")
     print("|---" * (len(methods) + 3) + "|")
     for name, row in table.items():
-        mark = " (clothing)" if name in ood_sets.CLOTHING else " (unseen)" if name in ood_sets.UNSEEN else ""
+        mark = _mark(name)
         cells = " | ".join(f"{row[m]:.4f}" for m in methods)
         print(f"| {name}{mark} | {row['images']} | {cells} | {row['flagged']:.1%} |")
     print(
@@ -143,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         + " | ".join("" for _ in methods)
         + f" | {summary['test_flagged']:.1%} |"
     )
+    as_made = (*ood_sets.DEVELOPMENT, *ood_sets.UNSEEN)
+    targets = {name: row["served"] for name, row in table.items() if name in as_made and name not in ood_sets.CLOTHING}
+    worst = min(targets, key=targets.get)
+    summary["worst_served"] = {"set": worst, "auroc": targets[worst]}
+    print(f"served: lowest AUROC on a set that is not clothing (as made, not prepared): {worst} {targets[worst]:.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0

@@ -8,7 +8,10 @@ apart), scikit-learn's bundled 8 x 8 digits, scikit-image's bundled sample
 photos, its LFW subset (25 x 25 faces and non-face patches), its
 ``random_shapes`` and ``binary_blobs`` generators, and matplotlib's sample
 photo. Nothing is downloaded. ``DEVELOPMENT`` are the sets the method was
-chosen on; ``UNSEEN`` were first measured after it was fixed.
+chosen on; ``UNSEEN`` were first measured after it was fixed. ``PREPARED``
+are some of them again after Fashion-MNIST's own preparation (:func:`prepared`),
+with the test images themselves as the control: they show what the score sees
+when an image's format cannot give it away.
 
 Usage: ``python bench/ood_sets.py --write tests/data/ood`` writes the small committed set the fast tests use
 (needs ``pip install scikit-learn scikit-image``); ``build(rng, fashion_test_images)`` gives the full sets.
@@ -30,6 +33,8 @@ SET_SIZE = 2000
 CLOTHING = ("inverted", "shifted")  # Fashion-MNIST transformed: unlike the training images, but clothing
 DEVELOPMENT = ("noise", "blobs", "inverted", "shifted", "shapes", "digits", "photos", "photos_other", "lfw", "whole")
 UNSEEN = ("random_shapes", "binary_blobs")
+# Prepared like Fashion-MNIST (reported, not part of the target); "test_prepared" is clothing, the control.
+PREPARED = ("shapes", "digits", "photos", "lfw", "random_shapes", "test")
 # Sample photos whose licence allows committing crops of them (public domain or CC0, per their packages).
 _FREE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg", "coins.png")
 
@@ -88,6 +93,32 @@ def shapes(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.stack(out)
 
 
+def prepared(images: np.ndarray) -> np.ndarray:
+    """``images`` as Fashion-MNIST prepared its own: contrast stretched to 0-255, trimmed, long side 28, centred.
+
+    After Zalando's description (trim, resize the longest edge to 28, centre,
+    grey) and what its images show: every one spans 0 to 255 and fills the
+    frame on its long side. Its sharpening step is left out.
+    """
+    out = []
+    for image in images:
+        x = image.astype(np.float64) - image.min()
+        x *= 255 / max(x.max(), 1e-9)
+        rows, cols = np.flatnonzero(x.any(axis=1)), np.flatnonzero(x.any(axis=0))
+        if len(rows):
+            x = x[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        scale = SIZE / max(x.shape)
+        h, w = (max(1, round(side * scale)) for side in x.shape)
+        canvas = np.zeros((SIZE, SIZE))
+        top, left = (SIZE - h) // 2, (SIZE - w) // 2
+        canvas[top : top + h, left : left + w] = np.asarray(
+            Image.fromarray(x.astype(np.uint8)).resize((w, h), Image.LANCZOS)
+        )
+        canvas *= 255 / max(canvas.max(), 1e-9)
+        out.append(np.round(canvas).astype(np.uint8))
+    return np.stack(out)
+
+
 def digits() -> np.ndarray:
     """scikit-learn's 1,797 bundled 8 x 8 digits, upscaled to 20 x 20 and padded to 28 x 28 as MNIST is."""
     from sklearn.datasets import load_digits
@@ -100,7 +131,7 @@ def digits() -> np.ndarray:
 
 
 def build(rng: np.random.Generator, fashion_test: np.ndarray, size: int = SET_SIZE) -> dict[str, np.ndarray]:
-    """Every set, by name (``DEVELOPMENT`` then ``UNSEEN``)."""
+    """Every set, by name (``DEVELOPMENT``, ``UNSEEN``, then each of ``PREPARED`` as ``<name>_prepared``)."""
     import matplotlib
     import skimage.data
     import skimage.draw
@@ -148,6 +179,8 @@ def build(rng: np.random.Generator, fashion_test: np.ndarray, size: int = SET_SI
             for f, s in zip(rng.uniform(0.05, 0.3, size // 4), rng.integers(2**31, size=size // 4), strict=True)
         ]
     )
+    for name in PREPARED:
+        sets[f"{name}_prepared"] = prepared(picked if name == "test" else sets[name])
     return sets
 
 

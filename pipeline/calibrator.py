@@ -152,8 +152,9 @@ def run(model: keras.Model, fitted: Split, held_back: Split, test: Split, config
             "flag_rate": config.flag_rate,
             "held_back_flagged": round(held_flagged, 4),
             "test_flagged": round(test_flagged, 4),
-            "fitted_on": f"{len(fitted):,} training images (features of {len(layer.sample.numpy()):,} of them); "
-            f"standardised and thresholded on the {len(held_back):,} held back",
+            "fitted_on": f"{len(fitted):,} training images ({len(layer.prototypes.numpy()):,} feature prototypes from "
+            f"{min(config.sample, len(fitted)):,} of them); standardised and thresholded on the "
+            f"{len(held_back):,} held back",
         },
     }
     return Calibration(temperature=temperature, novelty=layer, before=before, after=after, metrics=metrics)

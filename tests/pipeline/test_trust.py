@@ -16,7 +16,7 @@ import tensorflow as tf
 from conftest import encode_png
 
 from fmnist.common import names
-from fmnist.pipeline import calibrator, evaluator, exporter, trainer
+from fmnist.pipeline import calibrator, evaluator, exporter, novelty, trainer
 
 OOD_DIR = Path(__file__).resolve().parents[1] / "data" / "ood"
 
@@ -72,6 +72,34 @@ def test_images_unlike_the_training_images_score_higher_and_most_are_flagged(exp
     # About the aimed share of held-out garments is flagged (300 held back set the threshold: a loose bound).
     assert inside[names.OUTPUT_UNFAMILIAR].mean() <= 0.12
     assert abs(metrics["novelty"]["test_flagged"] - metrics["novelty"]["flag_rate"]) <= 0.04
+
+
+def test_every_fashion_mnist_image_meets_the_format_the_score_checks(dataset):
+    # The format gaps add to the score without moving any garment's: zero on both splits, every image.
+    for images in (dataset.train.images, dataset.test.images):
+        for i in range(0, len(images), 10_000):
+            np.testing.assert_array_equal(novelty.format_gaps(images[i : i + 10_000]).numpy(), 0.0)
+
+
+def test_format_gaps_count_pixels_of_framing_and_levels_of_contrast_beyond_the_slack():
+    square = np.zeros((28, 28), np.uint8)
+    square[9:19, 9:19] = 255  # centred, its long side 10 pixels: 28 - 10 - 2 of slack short
+    bar = np.zeros((28, 28), np.uint8)
+    bar[:, :4] = 255  # spans the frame, but its centre (column 1.5) is 12 pixels off: 1 of slack
+    grey = np.full((28, 28), 40, np.uint8)  # fills the frame; 40 levels above black, 215 below white, 2 of slack each
+    black = np.zeros((28, 28), np.uint8)  # nothing lit: no box at all
+    gaps = novelty.format_gaps(np.stack([square, bar, grey, black])).numpy()
+    np.testing.assert_array_equal(gaps, [[16, 0], [11, 0], [0, 38 + 213], [26, 253]])
+
+
+def test_texture_statistics_of_a_flat_field_and_a_checkerboard():
+    flat = np.full((28, 28), 255, np.uint8)
+    checkerboard = (np.indices((28, 28)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    stats = novelty.texture(np.stack([flat, checkerboard])).numpy()
+    # Shares of lit and of bright pixels, second differences against steps, share of lit pixels that are flat.
+    np.testing.assert_allclose(stats[0], [1, 1, 0, 1])
+    # Every step is 255 and every second difference 510: per row (and column) 26 of them against 27 steps.
+    np.testing.assert_allclose(stats[1], [0.5, 0.5, 26 * 510 / (27 * 255), 0], rtol=1e-6)
 
 
 def test_served_probabilities_are_calibrated_and_answer_as_before(exported, dataset):
