@@ -116,6 +116,24 @@ def _trusted_once(tmp_path_factory, dataset, _trained) -> Path:
 
 
 @pytest.fixture(scope="module")
+def trusted_base(tmp_path_factory, _trusted_once) -> Path:
+    """A module's own copy of the base path of the model pushed with the trust outputs (``_trusted_once``)."""
+    target = tmp_path_factory.mktemp("trusted") / "models"
+    shutil.copytree(_trusted_once, target)
+    return target / names.MODEL_NAME
+
+
+@pytest.fixture(scope="module")
+def trusted_server(trusted_base) -> str:
+    """``127.0.0.1:PORT`` of an embedded server of ``trusted_base``, for the module."""
+    from fmnist.serving.server import ServerConfig, start
+
+    running = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(trusted_base)))
+    yield f"127.0.0.1:{running.port}"
+    running.stop()
+
+
+@pytest.fixture(scope="module")
 def model_base(tmp_path_factory, _pushed_once) -> Path:
     """A module's own copy of the pushed model's base path (``fashion_mnist/1``), for its server and in-process runs."""
     target = tmp_path_factory.mktemp("served") / "models"

@@ -40,20 +40,6 @@ BATCH = 8
 
 
 @pytest.fixture(scope="module")
-def trusted_base(tmp_path_factory, _trusted_once) -> Path:
-    target = tmp_path_factory.mktemp("trusted") / "models"
-    shutil.copytree(_trusted_once, target)
-    return target / names.MODEL_NAME
-
-
-@pytest.fixture(scope="module")
-def trusted_server(trusted_base) -> str:
-    running = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(trusted_base)))
-    yield f"127.0.0.1:{running.port}"
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def tree(tmp_path_factory, dataset) -> Path:
     """ood/: the 40 committed out-of-distribution PNGs; <class>/: GARMENTS test images; notes.txt: an error."""
     root = tmp_path_factory.mktemp("unfamiliar-tree")

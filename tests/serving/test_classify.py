@@ -22,23 +22,8 @@ from conftest import encode_png
 from fmnist.common import names
 from fmnist.common.client import PredictionClient
 from fmnist.serving import classify
-from fmnist.serving.server import ServerConfig, start
 
 OOD_DIR = Path(__file__).resolve().parents[1] / "data" / "ood"
-
-
-@pytest.fixture(scope="module")
-def trusted_base(tmp_path_factory, _trusted_once) -> Path:
-    target = tmp_path_factory.mktemp("trusted") / "models"
-    shutil.copytree(_trusted_once, target)
-    return target / names.MODEL_NAME
-
-
-@pytest.fixture(scope="module")
-def trusted_server(trusted_base) -> str:
-    running = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(trusted_base)))
-    yield f"127.0.0.1:{running.port}"
-    running.stop()
 
 
 @pytest.fixture(scope="module")
