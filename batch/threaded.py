@@ -16,9 +16,12 @@ fails its own bundle.
 
 Beam's ``Metrics`` (and its workers' logs) find their step through the
 calling thread's state tracker, which only the stage's thread has: a metric
-updated in the work would be dropped. Each piece of work is handed the
-stage's tracker, as Beam's own ``ParDo`` with a timeout hands it to the
-thread it runs ``process`` in; metric cells take updates from any thread.
+updated in the work would be dropped. Beam's own ``ParDo`` with a timeout
+hands the dispatching thread's tracker to the thread it runs ``process`` in,
+which waits; the stage's thread here moves on to other steps, so its tracker
+would name whichever step it is in by then. Each piece of work is handed a
+:class:`_StepTracker` instead, which answers with the state the step was in
+when its element arrived; metric cells take updates from any thread.
 
 A thread that runs Python keeps the GIL for up to the interpreter's switch
 interval (5 ms by default) once another thread asks for it, so the stage's
@@ -76,7 +79,9 @@ class ThreadedDoFn(beam.DoFn):
     def process(
         self, element: Any, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
     ) -> Iterator[WindowedValue | TaggedOutput]:
-        work = self._threads.submit(self._work_tracked, statesampler.get_current_tracker(), element)
+        tracker = statesampler.get_current_tracker()
+        step = _StepTracker(tracker) if tracker is not None else None
+        work = self._threads.submit(self._work_tracked, step, element)
         self._pending.append((element, timestamp, window, work))
         while self._pending and (len(self._pending) > self.in_flight or self._pending[0][3].done()):
             yield from self._outputs(*self._pending.popleft())
@@ -119,3 +124,20 @@ class ThreadedDoFn(beam.DoFn):
 class _GaveUp(Exception):
     """Work not started because an earlier element's work in the same bundle failed (never the bundle's error:
     the earlier failure is raised first)."""
+
+
+class _StepTracker:
+    """What Beam's metrics and worker logs ask of the calling thread's state tracker, for a work thread: the
+    current state (its step's name and metrics container) as it was when the element reached the step."""
+
+    def __init__(self, tracker):
+        self.stage_name = getattr(tracker, "stage_name", None)
+        self._state = tracker.current_state()
+
+    def current_state(self):
+        return self._state
+
+    def update_metric(self, typed_metric_name, value) -> None:
+        container = self._state.metrics_container
+        if container is not None:
+            container.get_metric_cell(typed_metric_name).update(value)
