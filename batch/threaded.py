@@ -1,12 +1,11 @@
 """A DoFn whose work runs in threads of its own, a few elements behind the stage: :class:`ThreadedDoFn`.
 
-The job's fused stage (read → RunInference → checkpoint → records → write)
-runs in one thread, and much of that thread's time is waiting: RunInference
-calls the model synchronously, and the model's answer to a batch takes as
-long as the Python work around it. A step whose outputs nobody needs at once
-(the next batch's files read ahead; the last batch's checkpoint saved and its
-records formatted) does its work in its own thread, which runs while the
-stage's thread waits with the GIL released. Beam's receivers are not
+The job's fused stage (read → model → checkpoint → records → write) runs in
+one thread, and a call of the model mostly waits for its answer. A step
+whose outputs nobody needs at once (the next batch's files read ahead; the
+model's answers to several batches; the last batch's checkpoint saved and
+its records formatted) does its work in threads of its own, which run while
+the stage's thread waits with the GIL released. Beam's receivers are not
 thread-safe, so the outputs are emitted from the stage's thread, with the
 element's own timestamp and window, when the next element arrives or when
 the bundle ends. The outputs leave in the elements' order; at most
