@@ -40,9 +40,14 @@ held-out scores' ``1 - flag_rate`` quantile. What the layer holds is fitted on
 the training split (the means, deviations, covariance and prototypes) and on
 held-out images (the standardisation, the threshold), never on
 out-of-distribution images; the format weights and slacks are constants
-chosen on the development sets of ``bench/ood_sets.py``. Per image it costs
-one small product (with the prototypes) and elementwise work on the 784
-pixels, no 784 x 784 product.
+chosen on the development sets of ``bench/ood_sets.py``.
+
+It runs in every served request, where TensorFlow executes each operation as
+a pass of its own over the batch, and a server runs them one after another.
+So it is written for few passes over whole images and no comparison op (a
+comparison and its cast cost more than a rectified sign): the pixel distance
+is two small products, and the texture and format statistics some thirty
+elementwise passes (``bench/serving.py --trust`` measures the cost).
 
 Usage: ``layer = fit(NoveltyConfig(), train_split, train_features, held_back_split, held_back_features)``;
 ``scores = layer(pixels, features)``; ``layer.threshold``.
@@ -58,7 +63,6 @@ import tensorflow as tf
 
 from fmnist.common import names
 from fmnist.pipeline.data import Split
-from fmnist.pipeline.model import preprocess
 
 METHOD = (
     "max of three standardised log distances to the nearest class: pixels (per-pixel deviations; from one "
@@ -72,7 +76,7 @@ _CHUNK = 1024  # images per computation while fitting
 # float32 rounding, and its logarithm would otherwise skew the held-out mean and deviation.
 _FLOOR = 1e-6
 _DARK = 0.5  # levels: a pixel at or below this is background (Fashion-MNIST's is exactly 0)
-_LEVELS = np.array([_DARK, 127.5], np.float32)  # texture: the shares of lit and of bright pixels
+_BRIGHT = 127.5  # levels: texture counts the shares of lit pixels and of pixels above this
 _FLAT_STEP = 2.0  # levels: a lit pixel whose steps right and down are both below this is flat
 _TEXTURE = 4
 # The texture statistics are few and all vary: their covariance's ridge only guards against a degenerate split.
@@ -109,23 +113,49 @@ class NoveltyConfig:
     seed: int = 0
 
 
+def _indicator(x: tf.Tensor) -> tf.Tensor:
+    """1.0 where ``x`` > 0, else 0.0, without a comparison op."""
+    return tf.sign(tf.nn.relu(x))
+
+
+def _column_mask(length: int, last: int) -> np.ndarray:
+    """[length, 1]: 1.0 for the positions of a flattened image whose column is at most ``last``, else 0.0."""
+    return (np.arange(length) % _SIZE <= last).astype(np.float32)[:, None]
+
+
+_INNER = _PIXELS - _SIZE  # the first 27 rows, whose pixels have a neighbour below
+_ACROSS, _BENDS_ACROSS = _column_mask(_PIXELS - 1, _SIZE - 2), _column_mask(_PIXELS - 2, _SIZE - 3)
+_LIT_COUNTS = np.concatenate(  # all pixels, and those with a neighbour right and down
+    [np.ones((_PIXELS, 1), np.float32), np.pad(_column_mask(_INNER, _SIZE - 2), ((0, _SIZE), (0, 0)))], axis=1
+)
+
+
 def texture(images) -> tf.Tensor:
-    """Raw 0-255 pixels [n, 28, 28] → texture statistics float32 [n, 4] (see the module's docstring)."""
-    x = tf.cast(images, tf.float32)
-    lit_and_bright = tf.reduce_mean(tf.cast(tf.reshape(x, (-1, 1, _PIXELS)) > _LEVELS[:, None], tf.float32), -1)
-    across, down = x[:, :, 1:] - x[:, :, :-1], x[:, 1:, :] - x[:, :-1, :]  # steps to the right and down
+    """Raw 0-255 pixels [n, 28, 28] → texture statistics float32 [n, 4] (see the module's docstring).
 
-    def total(differences):
-        return tf.reduce_sum(tf.abs(differences), axis=[1, 2])
+    On the flattened image, a shift by one pixel gives the steps to the right
+    and a shift by a row the steps down; the steps that wrap from one row's
+    end to the next row's start are left out of the sums by 0/1 weights, each
+    such sum one product.
+    """
+    x = tf.reshape(tf.cast(images, tf.float32), (-1, _PIXELS))
+    across, down = x[:, 1:] - x[:, :-1], x[:, _SIZE:] - x[:, :-_SIZE]  # the step right of, and below, each pixel
+    steps_across, steps_down = tf.abs(across), tf.abs(down)
+    steps = steps_across @ _ACROSS + tf.reduce_sum(steps_down, axis=-1, keepdims=True)
+    bends = tf.abs(across[:, 1:] - across[:, :-1]) @ _BENDS_ACROSS + tf.reduce_sum(
+        tf.abs(down[:, _SIZE:] - down[:, :-_SIZE]), axis=-1, keepdims=True
+    )  # second differences
+    lit = _indicator(x - _DARK)
+    lit_counts = lit @ _LIT_COUNTS  # [n, 2]
+    # A lit pixel whose steps right and down are both small (the last column's wrap: weighted out).
+    flat = lit[:, :_INNER] * _indicator(_FLAT_STEP - tf.maximum(steps_across[:, :_INNER], steps_down))
+    shares = tf.concat([lit_counts[:, :1], tf.reduce_sum(_indicator(x - _BRIGHT), axis=-1, keepdims=True)], 1) / _PIXELS
+    smoothness = bends / tf.maximum(steps, _FLOOR)
+    flatness = flat @ _ACROSS[:_INNER] / tf.maximum(lit_counts[:, 1:], 1.0)
+    return tf.concat([shares, smoothness, flatness], axis=-1)
 
-    bends = total(across[:, :, 1:] - across[:, :, :-1]) + total(down[:, 1:, :] - down[:, :-1, :])
-    smoothness = bends / tf.maximum(total(across) + total(down), _FLOOR)
-    # A lit pixel is flat where its steps to the right and down are both small (the last row and column have one).
-    steepest = tf.maximum(tf.abs(across[:, :-1, :]), tf.abs(down[:, :, :-1]))
-    lit = x[:, :-1, :-1] > _DARK
-    flat = tf.reduce_sum(tf.cast(lit & (steepest < _FLAT_STEP), tf.float32), axis=[1, 2])
-    flatness = flat / tf.maximum(tf.reduce_sum(tf.cast(lit, tf.float32), axis=[1, 2]), 1.0)
-    return tf.concat([lit_and_bright, tf.stack([smoothness, flatness], axis=-1)], axis=-1)
+
+_ENDS = np.stack([_SIZE - np.arange(_SIZE), np.arange(_SIZE) + 1]).astype(np.float32)  # [2, 28]
 
 
 def format_gaps(images) -> tf.Tensor:
@@ -137,11 +167,10 @@ def format_gaps(images) -> tf.Tensor:
     """
     x = tf.cast(images, tf.float32)
     lines = tf.stack([tf.reduce_max(x, axis=2), tf.reduce_max(x, axis=1)], axis=1)  # [n, rows | columns, 28]
-    lit = lines > _DARK
-    index = tf.range(_SIZE, dtype=tf.float32)
-    first = tf.reduce_min(tf.where(lit, index, float(_SIZE)), axis=2)
-    last = tf.reduce_max(tf.where(lit, index, -1.0), axis=2)
-    # A black image has no box: first 28 and last -1 give it extent 0 and offset 0.
+    # The first lit line is 28 less the largest (28 - index) of a lit one, the last the largest (index + 1)
+    # less 1: a black image has none, first 28 and last -1, which give it extent 0 and offset 0.
+    ends = tf.reduce_max(_indicator(lines - _DARK)[:, :, None, :] * _ENDS, axis=-1)  # [n, 2, first | last]
+    first, last = _SIZE - ends[..., 0], ends[..., 1] - 1
     short = tf.nn.relu(_SIZE - tf.reduce_max(tf.nn.relu(last - first + 1), axis=1) - _FRAME_SLACK)
     off = tf.reduce_sum(tf.nn.relu(tf.abs(first + last - (_SIZE - 1)) / 2 - _FRAME_SLACK / 2), axis=1)
     brightest, darkest = tf.reduce_max(lines, axis=[1, 2]), tf.reduce_min(x, axis=[1, 2])
@@ -162,8 +191,10 @@ class NoveltyScore(keras.layers.Layer):
         def constant(name: str, shape: tuple[int, ...]):
             return self.add_weight(shape=shape, initializer="zeros", trainable=False, name=name)
 
-        self.pixel_scale = constant("pixel_scale", (_PIXELS,))  # 1 / each pixel's deviation within the classes
-        self.centres = constant("centres", (classes, _PIXELS))  # class means, scaled alike
+        # The pixel distance to each class mean, expanded: x² @ pixel_norm + x @ pixel_products + pixel_offsets.
+        self.pixel_norm = constant("pixel_norm", (_PIXELS, 1))
+        self.pixel_products = constant("pixel_products", (_PIXELS, classes))
+        self.pixel_offsets = constant("pixel_offsets", (classes,))
         self.prototypes = constant("prototypes", (prototypes, features))  # unit-length k-means centres
         self.texture_whitening = constant("texture_whitening", (_TEXTURE, _TEXTURE))  # x @ it: unit covariance
         self.texture_centres = constant("texture_centres", (classes, _TEXTURE))  # class means, whitened
@@ -174,11 +205,14 @@ class NoveltyScore(keras.layers.Layer):
 
     def distances(self, images, features):
         """The three log distances, [n, 3]: pixels, features and texture, each to the nearest class or prototype."""
-        pixels = tf.reshape(preprocess(images), (-1, _PIXELS)) * self.pixel_scale
+        x = tf.reshape(tf.cast(images, tf.float32), (-1, _PIXELS))
+        # Expanded into squares and a product, as no other term is: its values lie far above their float32
+        # rounding (a class mean is no image), and one product replaces a pass over [n, classes, 784].
+        to_mean = tf.square(x) @ self.pixel_norm + (x @ self.pixel_products + self.pixel_offsets)
         unit = tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)
         to_prototype = 1.0 - tf.reduce_max(unit @ tf.transpose(self.prototypes), axis=-1)
         statistics = texture(images) @ self.texture_whitening
-        three = [_nearest(pixels, self.centres), to_prototype, _nearest(statistics, self.texture_centres)]
+        three = [tf.reduce_min(to_mean, axis=-1), to_prototype, _nearest(statistics, self.texture_centres)]
         return tf.math.log(tf.maximum(tf.stack(three, axis=-1), _FLOOR))
 
     def call(self, images, features):
@@ -189,9 +223,9 @@ class NoveltyScore(keras.layers.Layer):
 def _nearest(points, centres):
     """Squared distance of each row of ``points`` to the nearest row of ``centres``, [n].
 
-    The differences are taken before they are squared: expanded into squares and a product, the
-    whitened texture statistics' large norms would cancel to a distance that differs between two
-    processes' kernels (the InfraValidator compares served scores with these to 1e-4).
+    The differences are taken before they are squared: expanded into squares and a product (as the
+    pixel distance is), the whitened texture statistics' large norms would cancel to a distance that
+    differs between two processes' kernels (the InfraValidator compares served scores with these to 1e-4).
     """
     return tf.reduce_min(tf.reduce_sum(tf.square(points[:, None, :] - centres[None]), axis=-1), axis=-1)
 
@@ -256,10 +290,12 @@ def fit(
     sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), _FLOOR)
     prototypes = _prototypes(sample, train.labels[chosen], config.prototypes, rng)
 
+    # sum((x / 255 - mean) * scale)² over the pixels = x² · (scale / 255)² - 2 x · mean scale² / 255 + |mean scale|²
     layer = NoveltyScore(classes=len(pixel_means), features=sample.shape[1], prototypes=len(prototypes))
     for weight, value in (
-        (layer.pixel_scale, pixel_scale),
-        (layer.centres, pixel_means * pixel_scale),
+        (layer.pixel_norm, np.square(pixel_scale / 255.0)[:, None]),
+        (layer.pixel_products, -2 * (pixel_means * np.square(pixel_scale)).T / 255.0),
+        (layer.pixel_offsets, np.sum(np.square(pixel_means * pixel_scale), axis=1)),
         (layer.prototypes, prototypes),
         (layer.texture_whitening, texture_whitening),
         (layer.texture_centres, texture_means @ texture_whitening),

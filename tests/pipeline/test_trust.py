@@ -16,7 +16,7 @@ import tensorflow as tf
 from conftest import encode_png
 
 from fmnist.common import names
-from fmnist.pipeline import calibrator, evaluator, exporter, novelty, trainer
+from fmnist.pipeline import calibrator, data, evaluator, exporter, novelty, trainer
 
 OOD_DIR = Path(__file__).resolve().parents[1] / "data" / "ood"
 
@@ -100,6 +100,56 @@ def test_texture_statistics_of_a_flat_field_and_a_checkerboard():
     np.testing.assert_allclose(stats[0], [1, 1, 0, 1])
     # Every step is 255 and every second difference 510: per row (and column) 26 of them against 27 steps.
     np.testing.assert_allclose(stats[1], [0.5, 0.5, 26 * 510 / (27 * 255), 0], rtol=1e-6)
+
+
+def _texture_by_definition(image: np.ndarray) -> list[float]:
+    """The four statistics of one image, pixel by pixel as the module's docstring defines them."""
+    x = image.astype(np.float64)
+    across, down = np.diff(x, axis=1), np.diff(x, axis=0)
+    steps = np.abs(across).sum() + np.abs(down).sum()
+    bends = np.abs(np.diff(across, axis=1)).sum() + np.abs(np.diff(down, axis=0)).sum()
+    lit = x[:-1, :-1] > 0.5
+    flat = lit & (np.maximum(np.abs(across[:-1, :]), np.abs(down[:, :-1])) < 2)
+    return [np.mean(x > 0.5), np.mean(x > 127.5), bends / max(steps, 1e-6), flat.sum() / max(lit.sum(), 1)]
+
+
+def test_texture_statistics_match_their_definition_on_garments_and_on_anything(dataset):
+    rng = np.random.default_rng(7)
+    images = np.concatenate(
+        [
+            dataset.test.images[:40],
+            rng.integers(0, 256, (10, 28, 28), dtype=np.uint8),
+            rng.choice(np.array([0, 1, 2, 3, 200, 255], np.uint8), (10, 28, 28)),  # steps at the flatness limit
+        ]
+    )
+    expected = np.array([_texture_by_definition(image) for image in images])
+    np.testing.assert_allclose(novelty.texture(images).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_pixel_distance_is_the_scaled_distance_to_the_nearest_class_mean(dataset):
+    train = dataset.train
+    fitted = data.Split(train.images[:2000], train.labels[:2000])
+    held_out = data.Split(train.images[2000:2500], train.labels[2000:2500])
+    layer = novelty.fit(
+        novelty.NoveltyConfig(sample=500, prototypes=2),
+        fitted,
+        _pixel_features,
+        held_out,
+        _pixel_features(held_out.images),
+    )
+    pixels = fitted.images.reshape(len(fitted), -1) / 255.0
+    means = np.stack([pixels[fitted.labels == c].mean(axis=0) for c in range(10)])
+    variance = np.mean(np.square(pixels - means[fitted.labels]), axis=0)
+    scale = 1.0 / np.sqrt(variance + 1e-2 * variance.mean())
+    images = np.concatenate([dataset.test.images[:50], np.random.default_rng(3).integers(0, 256, (10, 28, 28))])
+    x = images.reshape(len(images), 1, -1) / 255.0
+    expected = np.min(np.sum(np.square((x - means) * scale), axis=-1), axis=-1)
+    distances = layer.distances(images, _pixel_features(images)).numpy()
+    np.testing.assert_allclose(distances[:, 0], np.log(expected), atol=1e-4)
+
+
+def _pixel_features(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1)[:, ::49].astype(np.float32)  # any 16 activations will do
 
 
 def test_served_probabilities_are_calibrated_and_answer_as_before(exported, dataset):
