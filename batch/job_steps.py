@@ -157,14 +157,13 @@ class _OutcomesToRecords(ThreadedDoFn):
         self._errors = Metrics.counter(NAMESPACE, "errors")
 
     def work(self, outcomes: list[Outcome]) -> list:
-        found, errors, tallies = [], [], Counter()
+        found, errors = [], []
         for outcome in outcomes:
-            tallies.update(summary.tally(outcome))
             if isinstance(outcome, Classified):
                 found.append(self._to_record(outcome))
             else:
                 errors.append(records.error_record(outcome))
-        outputs = [beam.pvalue.TaggedOutput(TALLIES, tally) for tally in tallies.items()]
+        outputs = [beam.pvalue.TaggedOutput(TALLIES, tally) for tally in summary.tallies(outcomes).items()]
         if found:
             outputs += [self.record_format(found), beam.pvalue.TaggedOutput(GALLERY, report.candidates(outcomes))]
         if errors:

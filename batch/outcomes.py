@@ -77,9 +77,10 @@ class Classified:
         return max(range(len(self.probabilities)), key=self.probabilities.__getitem__)
 
     def top_k(self, k: int) -> list[tuple[int, float]]:
-        """The ``k`` likeliest (class id, probability), best first; ties keep label order."""
-        order = sorted(range(len(self.probabilities)), key=lambda i: (-self.probabilities[i], i))
-        return [(i, self.probabilities[i]) for i in order[:k]]
+        """The ``k`` likeliest (class id, probability), best first; ties keep label order (a reversed sort is
+        stable too)."""
+        p = self.probabilities
+        return [(i, p[i]) for i in sorted(range(len(p)), key=p.__getitem__, reverse=True)[:k]]
 
     @property
     def class_name(self) -> str:

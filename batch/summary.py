@@ -20,7 +20,8 @@ Usage: ``summary = summarize(counts, elapsed, source); write(summary, out); prin
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 from fmnist.batch.outcomes import Classified, Outcome
@@ -32,18 +33,22 @@ CONFUSION_FILE = "confusion_matrix.png"
 INPUT = ("input",)  # the tally of every matched file
 
 
-def tally(outcome: Outcome) -> Iterator[tuple]:
-    """The keys one outcome adds 1 to."""
-    if isinstance(outcome, Classified):
-        apart = "unfamiliar_" if outcome.unfamiliar else ""  # its class a guess: counted apart
-        yield (apart + "class", outcome.class_id)
-        yield ("model", outcome.model_name, outcome.model_version)
-        if outcome.label is not None:
-            yield (apart + "pair", outcome.label, outcome.class_id)
-        if outcome.unfamiliar is not None:
-            yield ("scored",)
-    else:
-        yield ("error", outcome.reason)
+def tallies(outcomes: Iterable[Outcome]) -> Counter:
+    """The keys a batch of outcomes adds to, each with how much (one list, counted at once: the job tallies every
+    file)."""
+    keys = []
+    for outcome in outcomes:
+        if isinstance(outcome, Classified):
+            apart = "unfamiliar_" if outcome.unfamiliar else ""  # its class a guess: counted apart
+            keys.append((apart + "class", outcome.class_id))
+            keys.append(("model", outcome.model_name, outcome.model_version))
+            if outcome.label is not None:
+                keys.append((apart + "pair", outcome.label, outcome.class_id))
+            if outcome.unfamiliar is not None:
+                keys.append(("scored",))
+        else:
+            keys.append(("error", outcome.reason))
+    return Counter(keys)
 
 
 @dataclass(frozen=True)
