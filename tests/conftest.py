@@ -11,6 +11,7 @@ import os
 import shutil
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -115,40 +116,44 @@ def _trusted_once(tmp_path_factory, dataset, _trained) -> Path:
     return models_dir
 
 
-@pytest.fixture(scope="module")
-def trusted_base(tmp_path_factory, _trusted_once) -> Path:
-    """A module's own copy of the base path of the model pushed with the trust outputs (``_trusted_once``)."""
-    target = tmp_path_factory.mktemp("trusted") / "models"
-    shutil.copytree(_trusted_once, target)
+def _own_copy(tmp_path_factory, models_dir: Path, label: str) -> Path:
+    """A module's own copy of ``models_dir``'s base path (``fashion_mnist``), for its server and in-process runs."""
+    target = tmp_path_factory.mktemp(label) / "models"
+    shutil.copytree(models_dir, target)
     return target / names.MODEL_NAME
 
 
-@pytest.fixture(scope="module")
-def trusted_server(trusted_base) -> str:
-    """``127.0.0.1:PORT`` of an embedded server of ``trusted_base``, for the module."""
+def _embedded_server(base_path: Path) -> Iterator[str]:
+    """``127.0.0.1:PORT`` of an embedded server of ``base_path``, until the generator is closed."""
     from fmnist.serving.server import ServerConfig, start
 
-    running = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(trusted_base)))
+    running = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(base_path)))
     yield f"127.0.0.1:{running.port}"
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def trusted_base(tmp_path_factory, _trusted_once) -> Path:
+    """A module's own copy of the base path of the model pushed with the trust outputs (``_trusted_once``)."""
+    return _own_copy(tmp_path_factory, _trusted_once, "trusted")
+
+
+@pytest.fixture(scope="module")
+def trusted_server(trusted_base) -> Iterator[str]:
+    """``127.0.0.1:PORT`` of an embedded server of ``trusted_base``, for the module."""
+    yield from _embedded_server(trusted_base)
 
 
 @pytest.fixture(scope="module")
 def model_base(tmp_path_factory, _pushed_once) -> Path:
     """A module's own copy of the pushed model's base path (``fashion_mnist/1``), for its server and in-process runs."""
-    target = tmp_path_factory.mktemp("served") / "models"
-    shutil.copytree(_pushed_once, target)
-    return target / names.MODEL_NAME
+    return _own_copy(tmp_path_factory, _pushed_once, "served")
 
 
 @pytest.fixture(scope="module")
-def server(model_base) -> str:
+def server(model_base) -> Iterator[str]:
     """``127.0.0.1:PORT`` of an embedded server of ``model_base``, for the module."""
-    from fmnist.serving.server import ServerConfig, start
-
-    running = start(ServerConfig(port=0, model_name=names.MODEL_NAME, model_base_path=str(model_base)))
-    yield f"127.0.0.1:{running.port}"
-    running.stop()
+    yield from _embedded_server(model_base)
 
 
 @pytest.fixture
