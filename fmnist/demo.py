@@ -127,9 +127,12 @@ def run(config: DemoConfig) -> int:
 
             _stage(5, "where everything is")
             summary = json.loads((output / batch_summary.SUMMARY_FILE).read_text())
+            evaluation = summary["evaluation"]
             print(
                 f"    {summary['classified']} of {summary['inputs']} files classified, {summary['errors']} in errors "
-                f"({', '.join(summary['errors_by_reason'])}); accuracy {summary['evaluation']['accuracy']:.2%}"
+                f"({', '.join(summary['errors_by_reason'])}); accuracy {evaluation['accuracy']:.2%} on the "
+                f"{evaluation['files']} labelled files not flagged unfamiliar "
+                f"({evaluation['unfamiliar_files']} flagged)"
             )
             print(f"    records, errors, summary: {output}/")
             print(f"    plots: {first.run_dir}/*.png, {output}/{batch_summary.CONFUSION_FILE}")

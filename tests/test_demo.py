@@ -51,6 +51,9 @@ def test_demo_trains_serves_batches_and_swaps_versions(tmp_path, capsys):
     summary = json.loads((output / batch_summary.SUMMARY_FILE).read_text())
     assert summary["inputs"] == 61 and summary["classified"] == 60 and summary["errors"] == 1
     assert summary["evaluation"]["accuracy"] > 0.5
+    evaluation = summary["evaluation"]
+    assert f"on the {evaluation['files']} labelled files not flagged unfamiliar" in out
+    assert evaluation["files"] + evaluation["unfamiliar_files"] == 60
     assert (output / batch_summary.CONFUSION_FILE).is_file()
     assert (output / "_SUCCESS").is_file()
     records = [json.loads(line) for path in output.glob("predictions*") for line in path.read_text().splitlines()]
