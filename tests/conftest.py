@@ -45,6 +45,24 @@ def png_claiming(width: int, height: int, bit_depth: int = 8) -> bytes:
     )
 
 
+def two_versions_config(models: Path, version_labels: dict[str, int] | None = None) -> Path:
+    """``models/models.config``: the model under ``models`` served at versions 1 and 2, with ``version_labels``."""
+    labels = "".join(
+        f'    version_labels {{ key: "{key}" value: {value} }}\n' for key, value in (version_labels or {}).items()
+    )
+    config = models / "models.config"
+    config.write_text(f"""model_config_list {{
+  config {{
+    name: "{names.MODEL_NAME}"
+    base_path: "{models / names.MODEL_NAME}"
+    model_platform: "tensorflow"
+    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
+{labels}  }}
+}}
+""")
+    return config
+
+
 def corrupt_png(png: bytes) -> bytes:
     """``png`` with its IDAT's compressed stream garbled and its CRC made right again: only a decoder (the
     model's) can tell that it is no image."""

@@ -26,7 +26,7 @@ from browser import (
     screenshot,
     table_rows,
 )
-from conftest import corrupt_png, encode_png
+from conftest import corrupt_png, encode_png, two_versions_config
 
 from fmnist.batch import compare, report
 from fmnist.batch.comparison import GALLERY_SIZE
@@ -51,19 +51,7 @@ def model_config(tmp_path_factory, _pushed_once, dataset) -> Path:
     shutil.copytree(_pushed_once, models, dirs_exist_ok=True)
     other = trainer.run(trainer.TrainConfig(epochs=1, limit=600, seed=7, verbose=0), dataset.train)
     assert pusher.push(other.model, models / names.MODEL_NAME, clock=lambda: 2).name == "2"
-    config = models / "models.config"
-    config.write_text(f"""model_config_list {{
-  config {{
-    name: "{names.MODEL_NAME}"
-    base_path: "{models / names.MODEL_NAME}"
-    model_platform: "tensorflow"
-    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
-    version_labels {{ key: "stable" value: 1 }}
-    version_labels {{ key: "canary" value: 2 }}
-  }}
-}}
-""")
-    return config
+    return two_versions_config(models, {"stable": 1, "canary": 2})
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import pytest
 import tensorflow as tf
 from apache_beam.testing import test_pipeline as beam_testing
 from batch_outputs import SCORE_TOLERANCE, assert_same_outputs, by_path, read_rows
-from conftest import encode_png
+from conftest import encode_png, two_versions_config
 
 from fmnist.batch import compare, job, launcher, records, report, summary
 from fmnist.batch.inference import ServerSettings
@@ -218,16 +218,7 @@ def test_fmnist_compare_counts_the_files_each_side_flags(tree, _pushed_once, tru
     models = tmp_path / "models"
     shutil.copytree(_pushed_once, models)
     shutil.copytree(trusted_base / "1", models / names.MODEL_NAME / "2")
-    config = models / "models.config"
-    config.write_text(f"""model_config_list {{
-  config {{
-    name: "{names.MODEL_NAME}"
-    base_path: "{models / names.MODEL_NAME}"
-    model_platform: "tensorflow"
-    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
-  }}
-}}
-""")
+    config = two_versions_config(models)
     running = start(ServerConfig(port=0, model_config_file=str(config)))
     try:
         argv = ["--input", str(tree), "--output", str(tmp_path / "out"), "--server", f"127.0.0.1:{running.port}"]
