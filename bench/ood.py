@@ -11,8 +11,9 @@ carries), then scores the 10,000 test images and every set of
 - ``pixel PCA residual``: the part of the image 50 principal components of the training images miss;
 - ``pixel Mahalanobis`` (full shared covariance) and ``feature nearest neighbour`` (cosine, 10,000
   training images): the two halves of the score served before, each a large product per image;
-- ``pixel deviations``, ``feature prototypes`` and ``texture``: the three distances of the served
-  score (:mod:`fmnist.pipeline.novelty`), alone;
+- ``pixel deviations``, ``feature prototypes`` and ``texture``: the distances of the served
+  score (:mod:`fmnist.pipeline.novelty`), alone (``texture`` only where the score has it: not
+  with ``--no-texture-distance``);
 - ``format gaps``: its weighted framing and contrast gaps, alone (zero for every garment: ties);
 - ``served``: the standardised maximum of the three plus the gaps, as ``ood_scores`` computes it.
 
@@ -117,12 +118,18 @@ def _candidates(fitted, calibration, network):
             "feature nearest neighbour": to_nearest_neighbour(features.astype(np.float64)),
             "pixel deviations": distances[:, 0],
             "feature prototypes": distances[:, 1],
-            "texture": distances[:, 2],
+            # Not in the score (NoveltyConfig.texture off): no column of its own either.
+            "texture": distances[:, 2] if layer.texture else np.full(len(images), np.nan),
             "format gaps": gaps,
             "served": novelty.scores_of(layer, images, features),
         }
 
     return every
+
+
+def _auroc_or_none(inside: np.ndarray, outside: np.ndarray) -> float | None:
+    """The AUROC to 4 places, or None for a candidate the run does not compute (NaN scores)."""
+    return round(auroc(inside, outside), 4) if np.isfinite(inside).all() else None
 
 
 def _mark(name: str) -> str:
@@ -143,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1, help="TensorFlow's intra- and inter-op threads")
     parser.add_argument("--json", help="also write the table here")
+    parser.add_argument("--texture-distance", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -156,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     trained = trainer.run(trainer.TrainConfig(profile=args.profile, epochs=args.epochs, seed=args.seed), dataset.train)
     fitted = data.Split(dataset.train.images[: trained.fitted], dataset.train.labels[: trained.fitted])
     accuracy = evaluator.run(trained.model, dataset.test, evaluator.EvalConfig()).metrics["accuracy"]
-    calibration = calibrator.run(trained.model, fitted, trained.held_back, dataset.test, novelty.NoveltyConfig())
+    config = novelty.NoveltyConfig(texture=args.texture_distance)
+    calibration = calibrator.run(trained.model, fitted, trained.held_back, dataset.test, config)
     score = _candidates(fitted, calibration, features_and_logits(trained.model))
 
     sets = ood_sets.build(np.random.default_rng(0), dataset.test.images)
@@ -165,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     table = {}
     for name, images in sets.items():
         outside = score(images)
-        table[name] = {m: round(auroc(inside[m], outside[m]), 4) for m in inside}
+        table[name] = {m: _auroc_or_none(inside[m], outside[m]) for m in inside}
         table[name]["flagged"] = round(float(np.mean(outside["served"] > threshold)), 4)
         table[name]["images"] = len(images)
     summary = {
@@ -182,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---" * (len(methods) + 3) + "|")
     for name, row in table.items():
         mark = _mark(name)
-        cells = " | ".join(f"{row[m]:.4f}" for m in methods)
+        cells = " | ".join("—" if row[m] is None else f"{row[m]:.4f}" for m in methods)
         print(f"| {name}{mark} | {row['images']} | {cells} | {row['flagged']:.1%} |")
     print(
         f"| Fashion-MNIST test | {len(dataset.test)} | "

@@ -88,19 +88,20 @@ def encoded_pngs(images: np.ndarray, work: Path) -> list[bytes]:
     return [path.read_bytes() for path in paths]
 
 
-def alternated(calls: dict[str, Callable[[], int]], rounds: int, seconds: float) -> dict[str, float]:
-    """Images/s of each call from one client: the median of ``rounds`` rounds, each measuring every call in turn,
-    so that a change in the machine's load during the run touches every call alike."""
+def alternated(calls: dict[str, Callable[[], int]], rounds: int, seconds: float) -> dict[str, list[float]]:
+    """Images/s of each call from one client in each of ``rounds`` rounds. A round measures every call in turn,
+    every other round in reverse order, so that neither a change in the machine's load during the run nor
+    what ran just before a call favours one call over another."""
     rates: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            rates[name].append(_common.throughput(call, 1, seconds))
-    return {name: statistics.median(values) for name, values in rates.items()}
+    for round_ in range(rounds):
+        for name in list(calls)[:: -1 if round_ % 2 else 1]:
+            rates[name].append(_common.throughput(calls[name], 1, seconds))
+    return rates
 
 
 def encoded_cells(
     target: str, work: Path, models: list[str], loaded: dict, encoded: list[bytes], rounds: int, seconds: float
-) -> dict[str, float]:
+) -> dict[str, list[float]]:
     """Images/s of ``predict_images`` requests of ``encoded`` from one client, :func:`alternated`: for each model
     ``"<name> served"`` (the server at ``target``) and ``"<name> direct"`` (its SavedModel in ``loaded``), and
     ``"floor"`` (a floor server started here)."""
@@ -125,7 +126,8 @@ def encoded_cells(
     try:
         with PredictionClient(floor.target, model_name=models[0]) as floor_client:
             calls = {"floor": served(floor_client)}
-            for name, client in clients.items():
+            # A profile and its trust twin side by side, so that their paired ratios compare neighbours.
+            for name, client in sorted(clients.items(), key=lambda item: item[0].removesuffix(TRUST_SUFFIX)):
                 client.wait_until_available()
                 calls[f"{name} direct"], calls[f"{name} served"] = direct(name), served(client)
             return alternated(calls, rounds, seconds)
@@ -136,9 +138,11 @@ def encoded_cells(
 
 
 def encoded_tables(
-    rates: dict[str, float], models: list[str], trust: list[str], count: int
+    rounds: dict[str, list[float]], models: list[str], trust: list[str], count: int
 ) -> tuple[list[dict], list[dict]]:
-    """Print and return the rows of the PNG case and of the trust case, from :func:`encoded_cells`' rates."""
+    """Print and return the rows of the PNG case and of the trust case, from :func:`encoded_cells`' rates
+    (each call's median over the rounds)."""
+    rates = {name: statistics.median(values) for name, values in rounds.items()}
     encoded_rows = [
         {
             "model": name,

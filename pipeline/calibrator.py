@@ -147,12 +147,13 @@ def run(model: keras.Model, fitted: Split, held_back: Split, test: Split, config
             "test_nll_after": round(negative_log_likelihood(test_logits, test.labels, temperature), 4),
         },
         "novelty": {
-            "method": novelty.METHOD,
+            "method": novelty.method(config.texture),
+            "texture": config.texture,
             "threshold": round(threshold, 4),
             "flag_rate": config.flag_rate,
             "held_back_flagged": round(held_flagged, 4),
             "test_flagged": round(test_flagged, 4),
-            "fitted_on": f"{len(fitted):,} training images ({len(layer.prototypes.numpy()):,} feature prototypes from "
+            "fitted_on": f"{len(fitted):,} training images ({layer.prototypes.shape[1]:,} feature prototypes from "
             f"{min(config.sample, len(fitted)):,} of them); standardised and thresholded on the "
             f"{len(held_back):,} held back",
         },

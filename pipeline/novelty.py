@@ -14,11 +14,16 @@ others miss (measured in docs/trust.md, with ``bench/ood.py``):
   a spherical k-means of training images' activations (deep nearest
   neighbours, Sun et al. 2022, against centres instead of every image).
   Shapes and digits, dark background and all, have no garment's parts.
-- **texture**: the class-conditional Mahalanobis distance of four statistics
-  of the image (:func:`texture`): the shares of lit and of bright pixels, how
-  much the second differences between neighbours weigh against the steps, and
-  the share of lit pixels that are flat. Upscaled or blurred images (faces,
-  small digits) are smoother than any garment; drawn shapes are flatter.
+- **texture** (unless ``NoveltyConfig.texture`` is off): the class-conditional
+  Mahalanobis distance of four statistics of the image (:func:`texture`):
+  the shares of lit and of bright pixels, how much the second differences
+  between neighbours weigh against the steps, and the share of lit pixels
+  that are flat. Upscaled or blurred images (faces, small digits) are
+  smoother than any garment; drawn shapes are flatter. It is about half the
+  layer's serving cost (some thirty passes over the images): the other parts
+  already catch every set as it was made, and the texture is what catches
+  non-garments prepared exactly as Fashion-MNIST prepares its images
+  (docs/trust.md measures both).
 - **format** (:func:`format_gaps`): every Fashion-MNIST image was prepared
   alike, its intensities stretched from 0 to 255 and its object trimmed,
   scaled until its long side spans the 28 pixels and centred. Pixels by which
@@ -30,7 +35,7 @@ others miss (measured in docs/trust.md, with ``bench/ood.py``):
   distances see it.
 
 The logarithm of each distance is standardised by its mean and deviation on
-held-out Fashion-MNIST; the score is the largest of the three ("this many
+held-out Fashion-MNIST; the score is the largest of them ("this many
 deviations beyond typical, on the worst of them") plus the weighted format
 gaps. The pixel distance counts from one deviation further out
 (``pixel_margin``): what it catches lies far beyond that, while the garments'
@@ -43,11 +48,12 @@ out-of-distribution images; the format weights and slacks are constants
 chosen on the development sets of ``bench/ood_sets.py``.
 
 It runs in every served request, where TensorFlow executes each operation as
-a pass of its own over the batch, and a server runs them one after another.
+a pass of its own over the batch, and the embedded server runs them one after
+another (TF Serving's session may overlap independent branches).
 So it is written for few passes over whole images and no comparison op (a
 comparison and its cast cost more than a rectified sign): the pixel distance
-is two small products, and the texture and format statistics some thirty
-elementwise passes (``bench/serving.py --trust`` measures the cost).
+is two small products, the texture statistics some thirty elementwise passes
+and the format gaps a few (``bench/serving.py --trust`` measures the cost).
 
 Usage: ``layer = fit(NoveltyConfig(), train_split, train_features, held_back_split, held_back_features)``;
 ``scores = layer(pixels, features)``; ``layer.threshold``.
@@ -64,11 +70,6 @@ import tensorflow as tf
 from fmnist.common import names
 from fmnist.pipeline.data import Split
 
-METHOD = (
-    "max of three standardised log distances to the nearest class: pixels (per-pixel deviations; from one "
-    "deviation out), last hidden activations (cosine, to k-means prototypes), texture statistics (Mahalanobis); "
-    "plus weighted gaps from Fashion-MNIST's format (framing, contrast)"
-)
 _SIZE = names.IMAGE_SIZE
 _PIXELS = _SIZE * _SIZE
 _CHUNK = 1024  # images per computation while fitting
@@ -101,6 +102,7 @@ class NoveltyConfig:
     framing_weight: deviations added per pixel the lit box falls short of the frame's side or off its centre.
     contrast_weight: deviations added per intensity level the darkest pixel is above 0 or the brightest below 255.
     seed: which training images make the sample, and where k-means starts.
+    texture: whether the score includes the texture distance (the layer's largest serving cost).
     """
 
     flag_rate: float = 0.04
@@ -111,6 +113,17 @@ class NoveltyConfig:
     framing_weight: float = 0.5
     contrast_weight: float = 1 / 16
     seed: int = 0
+    texture: bool = True
+
+
+def method(texture: bool) -> str:
+    """What the score is, in a line, for ``metrics.json`` and the model card."""
+    parts = "pixels (per-pixel deviations; from one deviation out), last hidden activations (cosine, to k-means "
+    parts += "prototypes), texture statistics (Mahalanobis)" if texture else "prototypes)"
+    return (
+        f"max of {'three' if texture else 'two'} standardised log distances to the nearest class: {parts}; "
+        "plus weighted gaps from Fashion-MNIST's format (framing, contrast)"
+    )
 
 
 def _indicator(x: tf.Tensor) -> tf.Tensor:
@@ -155,7 +168,7 @@ def texture(images) -> tf.Tensor:
     return tf.concat([shares, smoothness, flatness], axis=-1)
 
 
-_ENDS = np.stack([_SIZE - np.arange(_SIZE), np.arange(_SIZE) + 1]).astype(np.float32)  # [2, 28]
+_FROM_END, _FROM_START = (_SIZE - np.arange(_SIZE)).astype(np.float32), (np.arange(_SIZE) + 1).astype(np.float32)
 
 
 def format_gaps(images) -> tf.Tensor:
@@ -168,9 +181,11 @@ def format_gaps(images) -> tf.Tensor:
     x = tf.cast(images, tf.float32)
     lines = tf.stack([tf.reduce_max(x, axis=2), tf.reduce_max(x, axis=1)], axis=1)  # [n, rows | columns, 28]
     # The first lit line is 28 less the largest (28 - index) of a lit one, the last the largest (index + 1)
-    # less 1: a black image has none, first 28 and last -1, which give it extent 0 and offset 0.
-    ends = tf.reduce_max(_indicator(lines - _DARK)[:, :, None, :] * _ENDS, axis=-1)  # [n, 2, first | last]
-    first, last = _SIZE - ends[..., 0], ends[..., 1] - 1
+    # less 1: a black image has none, first 28 and last -1, which give it extent 0 and offset 0. Each line
+    # set is weighted as rows of [2n, 28]: a product broadcast over more axes costs many times more.
+    lit = tf.reshape(_indicator(lines - _DARK), (-1, _SIZE))
+    first = tf.reshape(_SIZE - tf.reduce_max(lit * _FROM_END, axis=-1), (-1, 2))  # [n, rows | columns]
+    last = tf.reshape(tf.reduce_max(lit * _FROM_START, axis=-1) - 1, (-1, 2))
     short = tf.nn.relu(_SIZE - tf.reduce_max(tf.nn.relu(last - first + 1), axis=1) - _FRAME_SLACK)
     off = tf.reduce_sum(tf.nn.relu(tf.abs(first + last - (_SIZE - 1)) / 2 - _FRAME_SLACK / 2), axis=1)
     brightest, darkest = tf.reduce_max(lines, axis=[1, 2]), tf.reduce_min(x, axis=[1, 2])
@@ -183,10 +198,13 @@ class NoveltyScore(keras.layers.Layer):
 
     Its weights are constants fitted by :func:`fit`; they are weights so that
     the SavedModel keeps them once, in its variables, for every signature.
+    Without ``texture`` it has neither the texture weights nor their graph.
     """
 
-    def __init__(self, classes: int, features: int, prototypes: int, **kwargs):
+    def __init__(self, classes: int, features: int, prototypes: int, texture: bool = True, **kwargs):
         super().__init__(trainable=False, **kwargs)
+        self.texture = texture
+        distances = 3 if texture else 2
 
         def constant(name: str, shape: tuple[int, ...]):
             return self.add_weight(shape=shape, initializer="zeros", trainable=False, name=name)
@@ -195,25 +213,28 @@ class NoveltyScore(keras.layers.Layer):
         self.pixel_norm = constant("pixel_norm", (_PIXELS, 1))
         self.pixel_products = constant("pixel_products", (_PIXELS, classes))
         self.pixel_offsets = constant("pixel_offsets", (classes,))
-        self.prototypes = constant("prototypes", (prototypes, features))  # unit-length k-means centres
-        self.texture_whitening = constant("texture_whitening", (_TEXTURE, _TEXTURE))  # x @ it: unit covariance
-        self.texture_centres = constant("texture_centres", (classes, _TEXTURE))  # class means, whitened
-        self.location = constant("location", (3,))  # held-out mean of each log distance (pixels: plus the margin)
-        self.scale = constant("scale", (3,))  # and deviation
+        self.prototypes = constant("prototypes", (features, prototypes))  # unit-length k-means centres, as columns
+        if texture:
+            self.texture_whitening = constant("texture_whitening", (_TEXTURE, _TEXTURE))  # x @ it: unit covariance
+            self.texture_centres = constant("texture_centres", (classes, _TEXTURE))  # class means, whitened
+        self.location = constant("location", (distances,))  # held-out mean of each log distance (pixels: + margin)
+        self.scale = constant("scale", (distances,))  # and deviation
         self.format_weights = constant("format_weights", (2,))  # deviations per unit of each format gap
         self.threshold = constant("threshold", ())
 
     def distances(self, images, features):
-        """The three log distances, [n, 3]: pixels, features and texture, each to the nearest class or prototype."""
+        """The log distances, [n, 3] (or [n, 2] without texture): pixels, features and texture, each to the
+        nearest class or prototype."""
         x = tf.reshape(tf.cast(images, tf.float32), (-1, _PIXELS))
         # Expanded into squares and a product, as no other term is: its values lie far above their float32
         # rounding (a class mean is no image), and one product replaces a pass over [n, classes, 784].
         to_mean = tf.square(x) @ self.pixel_norm + (x @ self.pixel_products + self.pixel_offsets)
         unit = tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)
-        to_prototype = 1.0 - tf.reduce_max(unit @ tf.transpose(self.prototypes), axis=-1)
-        statistics = texture(images) @ self.texture_whitening
-        three = [tf.reduce_min(to_mean, axis=-1), to_prototype, _nearest(statistics, self.texture_centres)]
-        return tf.math.log(tf.maximum(tf.stack(three, axis=-1), _FLOOR))
+        to_prototype = 1.0 - tf.reduce_max(unit @ self.prototypes, axis=-1)  # stored transposed: a plain product
+        nearest = [tf.reduce_min(to_mean, axis=-1), to_prototype]
+        if self.texture:
+            nearest.append(_nearest(texture(images) @ self.texture_whitening, self.texture_centres))
+        return tf.math.log(tf.maximum(tf.stack(nearest, axis=-1), _FLOOR))
 
     def call(self, images, features):
         deviations = tf.reduce_max((self.distances(images, features) - self.location) / self.scale, axis=-1)
@@ -281,8 +302,6 @@ def fit(
     pixel_means, centred = _class_means(train.images.reshape(len(train), _PIXELS) / 255.0, train.labels)
     variance = np.mean(np.square(centred), axis=0)
     pixel_scale = 1.0 / np.sqrt(variance + config.shrinkage * variance.mean())
-    texture_means, centred = _class_means(_chunked(texture, train.images).astype(np.float64), train.labels)
-    texture_whitening = _whitening(centred, _TEXTURE_SHRINKAGE)
 
     rng = np.random.default_rng(config.seed)
     chosen = np.sort(rng.choice(len(train), min(config.sample, len(train)), replace=False))
@@ -291,22 +310,26 @@ def fit(
     prototypes = _prototypes(sample, train.labels[chosen], config.prototypes, rng)
 
     # sum((x / 255 - mean) * scale)² over the pixels = x² · (scale / 255)² - 2 x · mean scale² / 255 + |mean scale|²
-    layer = NoveltyScore(classes=len(pixel_means), features=sample.shape[1], prototypes=len(prototypes))
-    for weight, value in (
+    layer = NoveltyScore(len(pixel_means), sample.shape[1], len(prototypes), config.texture)
+    values = [
         (layer.pixel_norm, np.square(pixel_scale / 255.0)[:, None]),
         (layer.pixel_products, -2 * (pixel_means * np.square(pixel_scale)).T / 255.0),
         (layer.pixel_offsets, np.sum(np.square(pixel_means * pixel_scale), axis=1)),
-        (layer.prototypes, prototypes),
-        (layer.texture_whitening, texture_whitening),
-        (layer.texture_centres, texture_means @ texture_whitening),
+        (layer.prototypes, prototypes.T),
         (layer.format_weights, [config.framing_weight, config.contrast_weight]),
-        (layer.scale, np.ones(3)),
-    ):
+        (layer.scale, np.ones(layer.scale.shape)),
+    ]
+    if config.texture:
+        texture_means, centred = _class_means(_chunked(texture, train.images).astype(np.float64), train.labels)
+        whitening = _whitening(centred, _TEXTURE_SHRINKAGE)
+        values += [(layer.texture_whitening, whitening), (layer.texture_centres, texture_means @ whitening)]
+    for weight, value in values:
         weight.assign(np.asarray(value, np.float32))
     held_out_features = np.asarray(held_out_features, np.float32)
     distances = _chunked(layer.distances, held_out.images, held_out_features)
     scale = np.maximum(distances.std(axis=0), _FLOOR)
-    margin = np.array([config.pixel_margin * scale[0], 0.0, 0.0])
+    margin = np.zeros_like(scale)
+    margin[0] = config.pixel_margin * scale[0]
     layer.location.assign((distances.mean(axis=0) + margin).astype(np.float32))
     layer.scale.assign(scale.astype(np.float32))
     scores = scores_of(layer, held_out.images, held_out_features)

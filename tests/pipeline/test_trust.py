@@ -72,6 +72,7 @@ def test_images_unlike_the_training_images_score_higher_and_most_are_flagged(exp
     # About the aimed share of held-out garments is flagged (300 held back set the threshold: a loose bound).
     assert inside[names.OUTPUT_UNFAMILIAR].mean() <= 0.12
     assert abs(metrics["novelty"]["test_flagged"] - metrics["novelty"]["flag_rate"]) <= 0.04
+    assert metrics["novelty"]["texture"] is True and "three" in metrics["novelty"]["method"]
 
 
 def test_every_fashion_mnist_image_meets_the_format_the_score_checks(dataset):
@@ -146,6 +147,40 @@ def test_the_pixel_distance_is_the_scaled_distance_to_the_nearest_class_mean(dat
     expected = np.min(np.sum(np.square((x - means) * scale), axis=-1), axis=-1)
     distances = layer.distances(images, _pixel_features(images)).numpy()
     np.testing.assert_allclose(distances[:, 0], np.log(expected), atol=1e-4)
+
+
+def test_without_the_texture_distance_the_score_is_the_other_two_and_the_layer_holds_no_texture(dataset):
+    train = dataset.train
+    fitted = data.Split(train.images[:2000], train.labels[:2000])
+    held_out = data.Split(train.images[2000:2500], train.labels[2000:2500])
+    layers = {
+        texture: novelty.fit(
+            novelty.NoveltyConfig(sample=500, prototypes=2, texture=texture),
+            fitted,
+            _pixel_features,
+            held_out,
+            _pixel_features(held_out.images),
+        )
+        for texture in (True, False)
+    }
+    assert not hasattr(layers[False], "texture_whitening") and hasattr(layers[True], "texture_whitening")
+    images = np.concatenate([dataset.test.images[:50], np.random.default_rng(4).integers(0, 256, (10, 28, 28))])
+    features = _pixel_features(images)
+    with_texture, without = (layers[t].distances(images, features).numpy() for t in (True, False))
+    assert with_texture.shape == (60, 3) and without.shape == (60, 2)
+    np.testing.assert_allclose(without, with_texture[:, :2], rtol=1e-6)  # the same pixel and feature distances
+    # The score is the largest standardised distance (the pixel one less its margin) plus the format gaps.
+    layer = layers[False]
+    standardised = (without - layer.location.numpy()) / layer.scale.numpy()
+    gaps = novelty.format_gaps(images).numpy() @ layer.format_weights.numpy()
+    np.testing.assert_allclose(layer(images, features).numpy(), standardised.max(axis=1) + gaps, rtol=1e-5, atol=1e-5)
+    assert "two standardised" in novelty.method(False) and "texture" not in novelty.method(False)
+
+
+def test_the_texture_distance_is_in_the_score_unless_the_command_line_leaves_it_out():
+    parse = exporter.build_parser("fmnist train").parse_args
+    assert exporter.config_from_args(parse([])).novelty == novelty.NoveltyConfig(texture=True)
+    assert exporter.config_from_args(parse(["--no-texture-distance"])).novelty == novelty.NoveltyConfig(texture=False)
 
 
 def _pixel_features(images: np.ndarray) -> np.ndarray:
