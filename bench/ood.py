@@ -15,7 +15,7 @@ carries), then scores the 10,000 test images and every set of
   score (:mod:`fmnist.pipeline.novelty`), alone (``texture`` only where the score has it: not
   with ``--no-texture-distance``);
 - ``format gaps``: its weighted framing and contrast gaps, alone (zero for every garment: ties);
-- ``served``: the standardised maximum of the three plus the gaps, as ``ood_scores`` computes it.
+- ``served``: the standardised maximum of the distances plus the gaps, as ``ood_scores`` computes it.
 
 Each cell is the AUROC of Fashion-MNIST test images against the set (1 = every
 image of the set scores above every test image); ``flagged`` is the share the

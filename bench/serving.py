@@ -126,7 +126,7 @@ def encoded_cells(
     try:
         with PredictionClient(floor.target, model_name=models[0]) as floor_client:
             calls = {"floor": served(floor_client)}
-            # A profile and its trust twin side by side, so that their paired ratios compare neighbours.
+            # A profile and its trust twin side by side, so that their ratio compares cells measured next to each other.
             for name, client in sorted(clients.items(), key=lambda item: item[0].removesuffix(TRUST_SUFFIX)):
                 client.wait_until_available()
                 calls[f"{name} direct"], calls[f"{name} served"] = direct(name), served(client)
