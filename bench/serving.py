@@ -22,8 +22,8 @@ measures its worst case) it measures, side by side in one run:
   ``predict_images`` request from one client (what ``fmnist batch`` sends),
   batching off: milliseconds per request served, to the floor server, and
   direct (the signature called with a string tensor of the same bytes,
-  outputs converted to numpy), each measured in turn for ``--rounds``
-  rounds, medians; served ÷ direct;
+  outputs converted to numpy), taking turns request by request in each of
+  ``--rounds`` rounds, medians; served ÷ direct;
 - for each profile in ``--trust`` (mlp), the same network exported twice
   through the exporter's ``write_saved_model``: without and with the trust
   outputs (a temperature other than 1, and a novelty score fitted on a
@@ -53,6 +53,7 @@ import json
 import statistics
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,13 +90,21 @@ def encoded_pngs(images: np.ndarray, work: Path) -> list[bytes]:
 
 
 def alternated(calls: dict[str, Callable[[], int]], rounds: int, seconds: float) -> dict[str, list[float]]:
-    """Images/s of each call from one client in each of ``rounds`` rounds. A round measures every call in turn,
-    every other round in reverse order, so that neither a change in the machine's load during the run nor
-    what ran just before a call favours one call over another."""
+    """Images/s of each call from one client in each of ``rounds`` rounds of about ``seconds`` per call. Within a
+    round the calls take turns request by request (every other round in reverse order), so that a change in the
+    machine's load reaches every call alike, and each round's rate is a call's images over the time it took."""
     rates: dict[str, list[float]] = {name: [] for name in calls}
     for round_ in range(rounds):
-        for name in list(calls)[:: -1 if round_ % 2 else 1]:
-            rates[name].append(_common.throughput(calls[name], 1, seconds))
+        order = list(calls)[:: -1 if round_ % 2 else 1]
+        images, spent = dict.fromkeys(order, 0), dict.fromkeys(order, 0.0)
+        end = time.perf_counter() + seconds * len(order)
+        while time.perf_counter() < end:
+            for name in order:
+                start = time.perf_counter()
+                images[name] += calls[name]()
+                spent[name] += time.perf_counter() - start
+        for name in order:
+            rates[name].append(images[name] / spent[name])
     return rates
 
 

@@ -5,25 +5,25 @@ does not tell a garment from a photo (a folder of photos comes back "Bag" at
 97-100 %). Three distances and two format checks do, each catching what the
 others miss (measured in docs/trust.md, with ``bench/ood.py``):
 
-- **pixels**: the distance of the image (0-1 intensities) to the nearest class
-  mean, each pixel in units of its deviation within the classes (a diagonal
-  Mahalanobis distance; Lee et al. 2018's class-conditional Gaussian, on the
-  pixels). Photos, noise and light backgrounds are far from every class.
+- **pixels**: the distance of the image (0-1 intensities) to the mean training
+  image, each pixel in units of its deviation within the classes (a diagonal
+  Mahalanobis distance, Lee et al. 2018's shared within-class spread on the
+  pixels, to one centre: the ten class means measured alike and cost more).
+  Photos, noise and light backgrounds are far from every garment.
 - **features**: the cosine distance between the network's last hidden
   activations and the nearest of a few prototypes per class, the centres of
   a spherical k-means of training images' activations (deep nearest
   neighbours, Sun et al. 2022, against centres instead of every image).
   Shapes and digits, dark background and all, have no garment's parts.
-- **texture** (unless ``NoveltyConfig.texture`` is off): the class-conditional
-  Mahalanobis distance of four statistics of the image (:func:`texture`):
-  the shares of lit and of bright pixels, how much the second differences
-  between neighbours weigh against the steps, and the share of lit pixels
-  that are flat. Upscaled or blurred images (faces, small digits) are
-  smoother than any garment; drawn shapes are flatter. It is about half the
-  layer's serving cost (some thirty passes over the images): the other parts
-  already catch every set as it was made, and the texture is what catches
-  non-garments prepared exactly as Fashion-MNIST prepares its images
-  (docs/trust.md measures both).
+- **texture** (unless ``NoveltyConfig.texture`` is off): the distance of three
+  statistics of the image (:func:`texture`) from their means over the training
+  images, each in units of its deviation there: the share of lit pixels, how
+  much the second differences between neighbours along a row weigh against
+  the steps, and how flat the lit pixels are. Upscaled or blurred images
+  (faces, small digits) are smoother than any garment; drawn shapes are
+  flatter. The other parts already catch every set as it was made; the
+  texture is what catches non-garments prepared exactly as Fashion-MNIST
+  prepares its images (docs/trust.md measures both).
 - **format** (:func:`format_gaps`): every Fashion-MNIST image was prepared
   alike, its intensities stretched from 0 to 255 and its object trimmed,
   scaled until its long side spans the 28 pixels and centred. Pixels by which
@@ -42,18 +42,19 @@ gaps. The pixel distance counts from one deviation further out
 own spread in pixel space would otherwise lift their scores and hide the
 shapes the others catch. An image is ``unfamiliar`` above the threshold, the
 held-out scores' ``1 - flag_rate`` quantile. What the layer holds is fitted on
-the training split (the means, deviations, covariance and prototypes) and on
+the training split (the means, deviations and prototypes) and on
 held-out images (the standardisation, the threshold), never on
 out-of-distribution images; the format weights and slacks are constants
 chosen on the development sets of ``bench/ood_sets.py``.
 
 It runs in every served request, where TensorFlow executes each operation as
-a pass of its own over the batch, and the embedded server runs them one after
-another (TF Serving's session may overlap independent branches).
-So it is written for few passes over whole images and no comparison op (a
-comparison and its cast cost more than a rectified sign): the pixel distance
-is two small products, the texture statistics some thirty elementwise passes
-and the format gaps a few (``bench/serving.py --trust`` measures the cost).
+a pass of its own over the batch, with a fixed cost of its own besides, one
+after another in the embedded server (TF Serving's session may overlap
+independent branches). So it is written for few operations: no comparison op
+(a comparison and its cast cost more than a rectified sign), one centre for
+the pixel and the texture distances, and neighbours compared within runs of
+four pixels, so that a shift is not a copy of the batch (``bench/serving.py
+--trust`` measures the cost; docs/trust.md what each choice saved).
 
 Usage: ``layer = fit(NoveltyConfig(), train_split, train_features, held_back_split, held_back_features)``;
 ``scores = layer(pixels, features)``; ``layer.threshold``.
@@ -77,11 +78,9 @@ _CHUNK = 1024  # images per computation while fitting
 # float32 rounding, and its logarithm would otherwise skew the held-out mean and deviation.
 _FLOOR = 1e-6
 _DARK = 0.5  # levels: a pixel at or below this is background (Fashion-MNIST's is exactly 0)
-_BRIGHT = 127.5  # levels: texture counts the shares of lit pixels and of pixels above this
-_FLAT_STEP = 2.0  # levels: a lit pixel whose steps right and down are both below this is flat
-_TEXTURE = 4
-# The texture statistics are few and all vary: their covariance's ridge only guards against a degenerate split.
-_TEXTURE_SHRINKAGE = 1e-6
+_FLAT_STEP = 2.0  # levels: a lit pixel whose step right is this or more is not flat
+_RUN = 4  # pixels: texture compares the neighbours within runs of this many along each row
+_TEXTURE = 3
 # Slack before a format gap counts, for a resampled or re-encoded garment: pixels of the lit box, levels of contrast.
 _FRAME_SLACK = 2.0
 _CONTRAST_SLACK = 2.0
@@ -102,7 +101,7 @@ class NoveltyConfig:
     framing_weight: deviations added per pixel the lit box falls short of the frame's side or off its centre.
     contrast_weight: deviations added per intensity level the darkest pixel is above 0 or the brightest below 255.
     seed: which training images make the sample, and where k-means starts.
-    texture: whether the score includes the texture distance (the layer's largest serving cost).
+    texture: whether the score includes the texture distance (about a third of the layer's serving cost).
     """
 
     flag_rate: float = 0.04
@@ -118,10 +117,11 @@ class NoveltyConfig:
 
 def method(texture: bool) -> str:
     """What the score is, in a line, for ``metrics.json`` and the model card."""
-    parts = "pixels (per-pixel deviations; from one deviation out), last hidden activations (cosine, to k-means "
-    parts += "prototypes), texture statistics (Mahalanobis)" if texture else "prototypes)"
+    parts = "pixels to the mean training image (per-pixel deviations; from one deviation out), last hidden "
+    parts += "activations to the nearest k-means prototype (cosine)"
+    parts += ", texture statistics to their training means (per-statistic deviations)" if texture else ""
     return (
-        f"max of {'three' if texture else 'two'} standardised log distances to the nearest class: {parts}; "
+        f"max of {'three' if texture else 'two'} standardised log distances: {parts}; "
         "plus weighted gaps from Fashion-MNIST's format (framing, contrast)"
     )
 
@@ -131,41 +131,30 @@ def _indicator(x: tf.Tensor) -> tf.Tensor:
     return tf.sign(tf.nn.relu(x))
 
 
-def _column_mask(length: int, last: int) -> np.ndarray:
-    """[length, 1]: 1.0 for the positions of a flattened image whose column is at most ``last``, else 0.0."""
-    return (np.arange(length) % _SIZE <= last).astype(np.float32)[:, None]
-
-
-_INNER = _PIXELS - _SIZE  # the first 27 rows, whose pixels have a neighbour below
-_ACROSS, _BENDS_ACROSS = _column_mask(_PIXELS - 1, _SIZE - 2), _column_mask(_PIXELS - 2, _SIZE - 3)
-_LIT_COUNTS = np.concatenate(  # all pixels, and those with a neighbour right and down
-    [np.ones((_PIXELS, 1), np.float32), np.pad(_column_mask(_INNER, _SIZE - 2), ((0, _SIZE), (0, 0)))], axis=1
-)
-
-
 def texture(images) -> tf.Tensor:
-    """Raw 0-255 pixels [n, 28, 28] → texture statistics float32 [n, 4] (see the module's docstring).
+    """Raw 0-255 pixels [n, 28, 28] → texture statistics float32 [n, 3] (see the module's docstring).
 
-    On the flattened image, a shift by one pixel gives the steps to the right
-    and a shift by a row the steps down; the steps that wrap from one row's
-    end to the next row's start are left out of the sums by 0/1 weights, each
-    such sum one product.
+    Only neighbours within a run of four pixels along a row are compared (three quarters of the steps
+    right, half the second differences): a run's four positions come out of one unstack as four whole
+    arrays, where a shift of the whole image by one pixel would copy the batch for every shift.
     """
-    x = tf.reshape(tf.cast(images, tf.float32), (-1, _PIXELS))
-    across, down = x[:, 1:] - x[:, :-1], x[:, _SIZE:] - x[:, :-_SIZE]  # the step right of, and below, each pixel
-    steps_across, steps_down = tf.abs(across), tf.abs(down)
-    steps = steps_across @ _ACROSS + tf.reduce_sum(steps_down, axis=-1, keepdims=True)
-    bends = tf.abs(across[:, 1:] - across[:, :-1]) @ _BENDS_ACROSS + tf.reduce_sum(
-        tf.abs(down[:, _SIZE:] - down[:, :-_SIZE]), axis=-1, keepdims=True
-    )  # second differences
-    lit = _indicator(x - _DARK)
-    lit_counts = lit @ _LIT_COUNTS  # [n, 2]
-    # A lit pixel whose steps right and down are both small (the last column's wrap: weighted out).
-    flat = lit[:, :_INNER] * _indicator(_FLAT_STEP - tf.maximum(steps_across[:, :_INNER], steps_down))
-    shares = tf.concat([lit_counts[:, :1], tf.reduce_sum(_indicator(x - _BRIGHT), axis=-1, keepdims=True)], 1) / _PIXELS
-    smoothness = bends / tf.maximum(steps, _FLOOR)
-    flatness = flat @ _ACROSS[:_INNER] / tf.maximum(lit_counts[:, 1:], 1.0)
-    return tf.concat([shares, smoothness, flatness], axis=-1)
+    x = tf.reshape(tf.cast(images, tf.float32), (-1, _PIXELS // _RUN, _RUN))
+    positions = tf.unstack(x, axis=2)  # [n, 196] each: position k holds every row's columns 4j + k
+    lit = [tf.minimum(p, 1.0) for p in positions]  # 1 for a lit pixel of an 8-bit image; a fraction below one level
+    differences = [positions[k + 1] - positions[k] for k in range(_RUN - 1)]
+    steps = [tf.abs(d) for d in differences]
+    bends = [tf.abs(differences[k + 1] - differences[k]) for k in range(_RUN - 2)]
+    # Flatness weights a lit pixel by how far its step right falls below _FLAT_STEP: 1 for none, 0 from _FLAT_STEP.
+    flat = [lit[k] * tf.nn.relu(_FLAT_STEP - steps[k]) for k in range(_RUN - 1)]
+
+    def total(arrays: list[tf.Tensor]) -> tf.Tensor:
+        return tf.reduce_sum(tf.add_n(arrays), axis=-1)
+
+    stepped = total(lit[:-1])  # the lit pixels with a neighbour right in their run
+    lit_share = (stepped + tf.reduce_sum(lit[-1], axis=-1)) / _PIXELS
+    smoothness = total(bends) / tf.maximum(total(steps), _FLOOR)
+    flatness = total(flat) / (_FLAT_STEP * tf.maximum(stepped, 1.0))
+    return tf.stack([lit_share, smoothness, flatness], axis=-1)
 
 
 _FROM_END, _FROM_START = (_SIZE - np.arange(_SIZE)).astype(np.float32), (np.arange(_SIZE) + 1).astype(np.float32)
@@ -179,17 +168,18 @@ def format_gaps(images) -> tf.Tensor:
     brightest below 255. Both are zero for every image of the dataset.
     """
     x = tf.cast(images, tf.float32)
-    lines = tf.stack([tf.reduce_max(x, axis=2), tf.reduce_max(x, axis=1)], axis=1)  # [n, rows | columns, 28]
-    # The first lit line is 28 less the largest (28 - index) of a lit one, the last the largest (index + 1)
-    # less 1: a black image has none, first 28 and last -1, which give it extent 0 and offset 0. Each line
-    # set is weighted as rows of [2n, 28]: a product broadcast over more axes costs many times more.
-    lit = tf.reshape(_indicator(lines - _DARK), (-1, _SIZE))
-    first = tf.reshape(_SIZE - tf.reduce_max(lit * _FROM_END, axis=-1), (-1, 2))  # [n, rows | columns]
-    last = tf.reshape(tf.reduce_max(lit * _FROM_START, axis=-1) - 1, (-1, 2))
-    short = tf.nn.relu(_SIZE - tf.reduce_max(tf.nn.relu(last - first + 1), axis=1) - _FRAME_SLACK)
-    off = tf.reduce_sum(tf.nn.relu(tf.abs(first + last - (_SIZE - 1)) / 2 - _FRAME_SLACK / 2), axis=1)
-    brightest, darkest = tf.reduce_max(lines, axis=[1, 2]), tf.reduce_min(x, axis=[1, 2])
-    dull = tf.nn.relu(255 - brightest - _CONTRAST_SLACK) + tf.nn.relu(darkest - _CONTRAST_SLACK)
+    lines = tf.concat([tf.reduce_max(x, axis=2), tf.reduce_max(x, axis=1)], axis=0)  # [2n, 28]: rows, then columns
+    lit = _indicator(lines - _DARK)
+    # One past the last lit line, and 28 less the first: the largest (index + 1), and the largest (28 - index),
+    # of a lit line; both 0 where none is lit (a black image), which gives it extent 0 and offset 0.
+    after_last = tf.reduce_max(lit * _FROM_START, axis=-1)
+    before_first = tf.reduce_max(lit * _FROM_END, axis=-1)
+    extent = tf.reshape(tf.nn.relu(after_last + before_first - _SIZE), (2, -1))  # last - first + 1: [rows | columns, n]
+    offset = tf.reshape(tf.abs(after_last - before_first), (2, -1))  # |first + last - 27|: twice the centre's offset
+    short = tf.nn.relu(_SIZE - _FRAME_SLACK - tf.reduce_max(extent, axis=0))
+    off = tf.reduce_sum(tf.nn.relu(offset - _FRAME_SLACK), axis=0) / 2
+    brightest, darkest = tf.reduce_max(x, axis=[1, 2]), tf.reduce_min(x, axis=[1, 2])
+    dull = tf.nn.relu(255 - _CONTRAST_SLACK - brightest) + tf.nn.relu(darkest - _CONTRAST_SLACK)
     return tf.stack([short + off, dull], axis=-1)
 
 
@@ -201,7 +191,7 @@ class NoveltyScore(keras.layers.Layer):
     Without ``texture`` it has neither the texture weights nor their graph.
     """
 
-    def __init__(self, classes: int, features: int, prototypes: int, texture: bool = True, **kwargs):
+    def __init__(self, features: int, prototypes: int, texture: bool = True, **kwargs):
         super().__init__(trainable=False, **kwargs)
         self.texture = texture
         distances = 3 if texture else 2
@@ -209,46 +199,39 @@ class NoveltyScore(keras.layers.Layer):
         def constant(name: str, shape: tuple[int, ...]):
             return self.add_weight(shape=shape, initializer="zeros", trainable=False, name=name)
 
-        # The pixel distance to each class mean, expanded: x² @ pixel_norm + x @ pixel_products + pixel_offsets.
-        self.pixel_norm = constant("pixel_norm", (_PIXELS, 1))
-        self.pixel_products = constant("pixel_products", (_PIXELS, classes))
-        self.pixel_offsets = constant("pixel_offsets", (classes,))
+        # The pixel distance: (x - pixel_mean)² @ pixel_weights, the mean training image in levels and each
+        # pixel's 1 / variance in levels².
+        self.pixel_mean = constant("pixel_mean", (_PIXELS,))
+        self.pixel_weights = constant("pixel_weights", (_PIXELS, 1))
         self.prototypes = constant("prototypes", (features, prototypes))  # unit-length k-means centres, as columns
         if texture:
-            self.texture_whitening = constant("texture_whitening", (_TEXTURE, _TEXTURE))  # x @ it: unit covariance
-            self.texture_centres = constant("texture_centres", (classes, _TEXTURE))  # class means, whitened
+            self.texture_mean = constant("texture_mean", (_TEXTURE,))  # over the training images
+            self.texture_scale = constant("texture_scale", (_TEXTURE,))  # 1 / each statistic's deviation there
         self.location = constant("location", (distances,))  # held-out mean of each log distance (pixels: + margin)
         self.scale = constant("scale", (distances,))  # and deviation
         self.format_weights = constant("format_weights", (2,))  # deviations per unit of each format gap
         self.threshold = constant("threshold", ())
 
     def distances(self, images, features):
-        """The log distances, [n, 3] (or [n, 2] without texture): pixels, features and texture, each to the
-        nearest class or prototype."""
+        """The log distances, [n, 3] (or [n, 2] without texture): pixels to the mean training image, features
+        to the nearest prototype, texture statistics to their training means."""
         x = tf.reshape(tf.cast(images, tf.float32), (-1, _PIXELS))
-        # Expanded into squares and a product, as no other term is: its values lie far above their float32
-        # rounding (a class mean is no image), and one product replaces a pass over [n, classes, 784].
-        to_mean = tf.square(x) @ self.pixel_norm + (x @ self.pixel_products + self.pixel_offsets)
-        unit = tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)
-        to_prototype = 1.0 - tf.reduce_max(unit @ self.prototypes, axis=-1)  # stored transposed: a plain product
-        nearest = [tf.reduce_min(to_mean, axis=-1), to_prototype]
+        to_mean = tf.squeeze(tf.math.squared_difference(x, self.pixel_mean) @ self.pixel_weights, axis=-1)
+        # The cosine to the nearest prototype: the largest product, divided by the features' norm once per image
+        # rather than the features normalised (a product broadcast over [n, d]).
+        features = tf.cast(features, tf.float32)
+        norm = tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(features), axis=-1), _FLOOR**2))
+        to_prototype = 1.0 - tf.reduce_max(features @ self.prototypes, axis=-1) / norm  # stored transposed
+        nearest = [to_mean, to_prototype]
         if self.texture:
-            nearest.append(_nearest(texture(images) @ self.texture_whitening, self.texture_centres))
+            nearest.append(
+                tf.reduce_sum(tf.square((texture(images) - self.texture_mean) * self.texture_scale), axis=-1)
+            )
         return tf.math.log(tf.maximum(tf.stack(nearest, axis=-1), _FLOOR))
 
     def call(self, images, features):
         deviations = tf.reduce_max((self.distances(images, features) - self.location) / self.scale, axis=-1)
-        return deviations + tf.linalg.matvec(format_gaps(images), self.format_weights)
-
-
-def _nearest(points, centres):
-    """Squared distance of each row of ``points`` to the nearest row of ``centres``, [n].
-
-    The differences are taken before they are squared: expanded into squares and a product (as the
-    pixel distance is), the whitened texture statistics' large norms would cancel to a distance that
-    differs between two processes' kernels (the InfraValidator compares served scores with these to 1e-4).
-    """
-    return tf.reduce_min(tf.reduce_sum(tf.square(points[:, None, :] - centres[None]), axis=-1), axis=-1)
+        return deviations + tf.reduce_sum(format_gaps(images) * self.format_weights, axis=-1)
 
 
 def _class_means(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -256,12 +239,6 @@ def _class_means(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndar
     present = np.unique(labels)
     means = np.stack([x[labels == c].mean(axis=0) for c in present])
     return means, x - means[np.searchsorted(present, labels)]
-
-
-def _whitening(centred: np.ndarray, shrinkage: float) -> np.ndarray:
-    """W such that ``centred @ W`` has unit covariance, shrunk by ``shrinkage`` of its mean eigenvalue."""
-    eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / len(centred))
-    return eigenvectors / np.sqrt(np.maximum(eigenvalues, 0.0) + shrinkage * eigenvalues.mean())
 
 
 def _prototypes(unit: np.ndarray, labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -299,7 +276,8 @@ def fit(
             called on the sample only.
         held_out_features: the held-out images' activations, [len(held_out), d].
     """
-    pixel_means, centred = _class_means(train.images.reshape(len(train), _PIXELS) / 255.0, train.labels)
+    pixels = train.images.reshape(len(train), _PIXELS) / 255.0
+    centred = _class_means(pixels, train.labels)[1]
     variance = np.mean(np.square(centred), axis=0)
     pixel_scale = 1.0 / np.sqrt(variance + config.shrinkage * variance.mean())
 
@@ -309,20 +287,21 @@ def fit(
     sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), _FLOOR)
     prototypes = _prototypes(sample, train.labels[chosen], config.prototypes, rng)
 
-    # sum((x / 255 - mean) * scale)² over the pixels = x² · (scale / 255)² - 2 x · mean scale² / 255 + |mean scale|²
-    layer = NoveltyScore(len(pixel_means), sample.shape[1], len(prototypes), config.texture)
+    # sum((x / 255 - mean) * scale)² over the pixels = (x - 255 mean)² · (scale / 255)²
+    layer = NoveltyScore(sample.shape[1], len(prototypes), config.texture)
     values = [
-        (layer.pixel_norm, np.square(pixel_scale / 255.0)[:, None]),
-        (layer.pixel_products, -2 * (pixel_means * np.square(pixel_scale)).T / 255.0),
-        (layer.pixel_offsets, np.sum(np.square(pixel_means * pixel_scale), axis=1)),
+        (layer.pixel_mean, 255.0 * pixels.mean(axis=0)),
+        (layer.pixel_weights, np.square(pixel_scale / 255.0)[:, None]),
         (layer.prototypes, prototypes.T),
         (layer.format_weights, [config.framing_weight, config.contrast_weight]),
         (layer.scale, np.ones(layer.scale.shape)),
     ]
     if config.texture:
-        texture_means, centred = _class_means(_chunked(texture, train.images).astype(np.float64), train.labels)
-        whitening = _whitening(centred, _TEXTURE_SHRINKAGE)
-        values += [(layer.texture_whitening, whitening), (layer.texture_centres, texture_means @ whitening)]
+        statistics = _chunked(texture, train.images).astype(np.float64)
+        values += [
+            (layer.texture_mean, statistics.mean(axis=0)),
+            (layer.texture_scale, 1.0 / np.maximum(statistics.std(axis=0), _FLOOR)),
+        ]
     for weight, value in values:
         weight.assign(np.asarray(value, np.float32))
     held_out_features = np.asarray(held_out_features, np.float32)

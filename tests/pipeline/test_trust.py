@@ -97,21 +97,22 @@ def test_texture_statistics_of_a_flat_field_and_a_checkerboard():
     flat = np.full((28, 28), 255, np.uint8)
     checkerboard = (np.indices((28, 28)).sum(axis=0) % 2 * 255).astype(np.uint8)
     stats = novelty.texture(np.stack([flat, checkerboard])).numpy()
-    # Shares of lit and of bright pixels, second differences against steps, share of lit pixels that are flat.
-    np.testing.assert_allclose(stats[0], [1, 1, 0, 1])
-    # Every step is 255 and every second difference 510: per row (and column) 26 of them against 27 steps.
-    np.testing.assert_allclose(stats[1], [0.5, 0.5, 26 * 510 / (27 * 255), 0], rtol=1e-6)
+    # Share of lit pixels, second differences against steps, how flat the lit pixels are.
+    np.testing.assert_allclose(stats[0], [1, 0, 1])
+    # Every step is 255 and every second difference 510: per run of four, 2 of them against 3 steps.
+    np.testing.assert_allclose(stats[1], [0.5, 2 * 510 / (3 * 255), 0], rtol=1e-6)
 
 
 def _texture_by_definition(image: np.ndarray) -> list[float]:
-    """The four statistics of one image, pixel by pixel as the module's docstring defines them."""
+    """The three statistics of one image, pixel by pixel as the module's docstring defines them: within
+    each row's runs of four pixels, the steps right and their second differences; a pixel's lit weight is
+    its level up to 1, and its flatness falls from 1 with no step right to 0 with a step of two levels."""
     x = image.astype(np.float64)
-    across, down = np.diff(x, axis=1), np.diff(x, axis=0)
-    steps = np.abs(across).sum() + np.abs(down).sum()
-    bends = np.abs(np.diff(across, axis=1)).sum() + np.abs(np.diff(down, axis=0)).sum()
-    lit = x[:-1, :-1] > 0.5
-    flat = lit & (np.maximum(np.abs(across[:-1, :]), np.abs(down[:, :-1])) < 2)
-    return [np.mean(x > 0.5), np.mean(x > 127.5), bends / max(steps, 1e-6), flat.sum() / max(lit.sum(), 1)]
+    runs = x.reshape(28, 7, 4)
+    steps = np.diff(runs, axis=-1)
+    lit = np.minimum(runs[..., :-1], 1)
+    flat = (lit * np.maximum(2 - np.abs(steps), 0) / 2).sum() / max(lit.sum(), 1)
+    return [np.minimum(x, 1).mean(), np.abs(np.diff(steps, axis=-1)).sum() / max(np.abs(steps).sum(), 1e-6), flat]
 
 
 def test_texture_statistics_match_their_definition_on_garments_and_on_anything(dataset):
@@ -127,7 +128,7 @@ def test_texture_statistics_match_their_definition_on_garments_and_on_anything(d
     np.testing.assert_allclose(novelty.texture(images).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_the_pixel_distance_is_the_scaled_distance_to_the_nearest_class_mean(dataset):
+def test_the_pixel_and_texture_distances_are_scaled_distances_to_the_training_means(dataset):
     train = dataset.train
     fitted = data.Split(train.images[:2000], train.labels[:2000])
     held_out = data.Split(train.images[2000:2500], train.labels[2000:2500])
@@ -139,14 +140,18 @@ def test_the_pixel_distance_is_the_scaled_distance_to_the_nearest_class_mean(dat
         _pixel_features(held_out.images),
     )
     pixels = fitted.images.reshape(len(fitted), -1) / 255.0
-    means = np.stack([pixels[fitted.labels == c].mean(axis=0) for c in range(10)])
-    variance = np.mean(np.square(pixels - means[fitted.labels]), axis=0)
+    class_means = np.stack([pixels[fitted.labels == c].mean(axis=0) for c in range(10)])
+    variance = np.mean(np.square(pixels - class_means[fitted.labels]), axis=0)  # within the classes
     scale = 1.0 / np.sqrt(variance + 1e-2 * variance.mean())
     images = np.concatenate([dataset.test.images[:50], np.random.default_rng(3).integers(0, 256, (10, 28, 28))])
-    x = images.reshape(len(images), 1, -1) / 255.0
-    expected = np.min(np.sum(np.square((x - means) * scale), axis=-1), axis=-1)
+    x = images.reshape(len(images), -1) / 255.0
+    to_mean = np.sum(np.square((x - pixels.mean(axis=0)) * scale), axis=-1)
+    statistics = np.array([_texture_by_definition(image) for image in fitted.images])
+    texture = np.array([_texture_by_definition(image) for image in images])
+    to_texture = np.sum(np.square((texture - statistics.mean(axis=0)) / statistics.std(axis=0)), axis=-1)
     distances = layer.distances(images, _pixel_features(images)).numpy()
-    np.testing.assert_allclose(distances[:, 0], np.log(expected), atol=1e-4)
+    np.testing.assert_allclose(distances[:, 0], np.log(to_mean), atol=1e-4)
+    np.testing.assert_allclose(distances[:, 2], np.log(np.maximum(to_texture, 1e-6)), atol=1e-3)
 
 
 def test_without_the_texture_distance_the_score_is_the_other_two_and_the_layer_holds_no_texture(dataset):
@@ -163,7 +168,7 @@ def test_without_the_texture_distance_the_score_is_the_other_two_and_the_layer_h
         )
         for texture in (True, False)
     }
-    assert not hasattr(layers[False], "texture_whitening") and hasattr(layers[True], "texture_whitening")
+    assert not hasattr(layers[False], "texture_mean") and hasattr(layers[True], "texture_mean")
     images = np.concatenate([dataset.test.images[:50], np.random.default_rng(4).integers(0, 256, (10, 28, 28))])
     features = _pixel_features(images)
     with_texture, without = (layers[t].distances(images, features).numpy() for t in (True, False))
