@@ -222,12 +222,12 @@ class NoveltyScore(keras.layers.Layer):
         features = tf.cast(features, tf.float32)
         norm = tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(features), axis=-1), _FLOOR**2))
         to_prototype = 1.0 - tf.reduce_max(features @ self.prototypes, axis=-1) / norm  # stored transposed
-        nearest = [to_mean, to_prototype]
+        measured = [to_mean, to_prototype]
         if self.texture:
-            nearest.append(
+            measured.append(
                 tf.reduce_sum(tf.square((texture(images) - self.texture_mean) * self.texture_scale), axis=-1)
             )
-        return tf.math.log(tf.maximum(tf.stack(nearest, axis=-1), _FLOOR))
+        return tf.math.log(tf.maximum(tf.stack(measured, axis=-1), _FLOOR))
 
     def call(self, images, features):
         deviations = tf.reduce_max((self.distances(images, features) - self.location) / self.scale, axis=-1)
