@@ -89,7 +89,8 @@ def export_untrained(
 
     Args:
         trust: with the outputs the exporter adds (a temperature, and the novelty score's ``ood_scores`` and
-            ``unfamiliar``), as every pushed version has them; the score is fitted by
+            ``unfamiliar``), as every pushed version has them (the texture distance where the profile's
+            default has it); the score is fitted by
             :func:`fmnist.pipeline.novelty.fit` on :data:`TRUST_FITTED` images of ``train`` (a Split; the
             dataset's training split when None).
         network: export this serving network (``model.for_serving``) instead of a fresh one: the same
@@ -111,7 +112,8 @@ def export_untrained(
     end = TRUST_FITTED + TRUST_HELD_OUT
     fitted = data.Split(train.images[:TRUST_FITTED], train.labels[:TRUST_FITTED])
     held_out = data.Split(train.images[TRUST_FITTED:end], train.labels[TRUST_FITTED:end])
-    layer = novelty.fit(novelty.NoveltyConfig(), fitted, features_of, held_out, features_of(held_out.images))
+    config = novelty.NoveltyConfig(texture=model.PROFILES[profile].texture_distance)  # as the exporter's default
+    layer = novelty.fit(config, fitted, features_of, held_out, features_of(held_out.images))
     export.write_saved_model(network, path, temperature=TRUST_TEMPERATURE, novelty=layer)
     return path
 

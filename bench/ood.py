@@ -12,8 +12,8 @@ carries), then scores the 10,000 test images and every set of
 - ``pixel Mahalanobis`` (full shared covariance) and ``feature nearest neighbour`` (cosine, 10,000
   training images): the two halves of the score served before, each a large product per image;
 - ``pixel deviations``, ``feature prototypes`` and ``texture``: the distances of the served
-  score (:mod:`fmnist.pipeline.novelty`), alone (``texture`` only where the score has it: not
-  with ``--no-texture-distance``);
+  score (:mod:`fmnist.pipeline.novelty`), alone (``texture`` only where the score has it: the
+  profile's default, as ``fmnist train``'s, or ``--texture-distance``);
 - ``format gaps``: its weighted framing and contrast gaps, alone (zero for every garment: ties);
 - ``served``: the standardised maximum of the distances plus the gaps, as ``ood_scores`` computes it.
 
@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1, help="TensorFlow's intra- and inter-op threads")
     parser.add_argument("--json", help="also write the table here")
-    parser.add_argument("--texture-distance", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--texture-distance", action=argparse.BooleanOptionalAction, help="default: the profile's, as fmnist train's"
+    )
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -158,13 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     from fmnist.pipeline import calibrator, data, evaluator, novelty, trainer
-    from fmnist.pipeline.model import features_and_logits
+    from fmnist.pipeline.model import PROFILES, features_and_logits
 
     dataset = data.load()
     trained = trainer.run(trainer.TrainConfig(profile=args.profile, epochs=args.epochs, seed=args.seed), dataset.train)
     fitted = data.Split(dataset.train.images[: trained.fitted], dataset.train.labels[: trained.fitted])
     accuracy = evaluator.run(trained.model, dataset.test, evaluator.EvalConfig()).metrics["accuracy"]
-    config = novelty.NoveltyConfig(texture=args.texture_distance)
+    texture = PROFILES[args.profile].texture_distance if args.texture_distance is None else args.texture_distance
+    config = novelty.NoveltyConfig(texture=texture)
     calibration = calibrator.run(trained.model, fitted, trained.held_back, dataset.test, config)
     score = _candidates(fitted, calibration, features_and_logits(trained.model))
 

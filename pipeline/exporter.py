@@ -55,8 +55,14 @@ class ExporterConfig:
     max_image_pixels: int = export.DEFAULT_MAX_PIXELS
     train: trainer.TrainConfig = field(default_factory=trainer.TrainConfig)
     eval: evaluator.EvalConfig = field(default_factory=evaluator.EvalConfig)
-    novelty: novelty.NoveltyConfig = field(default_factory=novelty.NoveltyConfig)
+    novelty: novelty.NoveltyConfig | None = None  # None: the defaults, with the profile's texture_distance
     infra: infra_validator.InfraConfig = field(default_factory=infra_validator.InfraConfig)
+
+    def resolve(self) -> ExporterConfig:
+        """Every default the profile sets filled in, so the saved config says what actually ran."""
+        train = self.train.resolve()
+        texture = PROFILES[train.profile].texture_distance
+        return dataclasses.replace(self, train=train, novelty=self.novelty or novelty.NoveltyConfig(texture=texture))
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ def run(
 ) -> ExportResult:
     """Run the six stages; ``clock`` gives the Unix time that becomes the pushed version number."""
     started = time.monotonic()
-    config = dataclasses.replace(config, train=config.train.resolve())
+    config = config.resolve()
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -243,9 +249,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--texture-distance",
         action=argparse.BooleanOptionalAction,
-        default=d.novelty.texture,
-        help="include the texture distance in the novelty score; without it the score costs about a third less "
-        "to serve and misses more non-garments prepared as Fashion-MNIST's images are (docs/trust.md)",
+        help="include the texture distance in the novelty score (default: the profile's, "
+        + ", ".join(f"{name} {'on' if p.texture_distance else 'off'}" for name, p in PROFILES.items())
+        + "); it catches more non-garments prepared as Fashion-MNIST's images are, and costs about a third of "
+        "the score's serving time (docs/trust.md)",
     )
     parser.add_argument(
         "--max-image-pixels",
@@ -273,7 +280,7 @@ def config_from_args(args: argparse.Namespace) -> ExporterConfig:
             seed=args.seed,
         ),
         eval=evaluator.EvalConfig(min_accuracy=args.min_accuracy, max_regression=args.max_regression, force=args.force),
-        novelty=novelty.NoveltyConfig(texture=args.texture_distance),
+        novelty=None if args.texture_distance is None else novelty.NoveltyConfig(texture=args.texture_distance),
     )
 
 

@@ -101,7 +101,8 @@ class NoveltyConfig:
     framing_weight: deviations added per pixel the lit box falls short of the frame's side or off its centre.
     contrast_weight: deviations added per intensity level the darkest pixel is above 0 or the brightest below 255.
     seed: which training images make the sample, and where k-means starts.
-    texture: whether the score includes the texture distance (about a third of the layer's serving cost).
+    texture: whether the score includes the texture distance (about a third of the layer's serving cost);
+        ``fmnist train`` takes the profile's choice (``Profile.texture_distance``) unless told.
     """
 
     flag_rate: float = 0.04

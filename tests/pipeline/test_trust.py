@@ -72,7 +72,8 @@ def test_images_unlike_the_training_images_score_higher_and_most_are_flagged(exp
     # About the aimed share of held-out garments is flagged (300 held back set the threshold: a loose bound).
     assert inside[names.OUTPUT_UNFAMILIAR].mean() <= 0.12
     assert abs(metrics["novelty"]["test_flagged"] - metrics["novelty"]["flag_rate"]) <= 0.04
-    assert metrics["novelty"]["texture"] is True and "three" in metrics["novelty"]["method"]
+    # The mlp profile's score has no texture distance unless asked for (test_the_texture_distance_...).
+    assert metrics["novelty"]["texture"] is False and "two" in metrics["novelty"]["method"]
 
 
 def test_every_fashion_mnist_image_meets_the_format_the_score_checks(dataset):
@@ -182,10 +183,18 @@ def test_without_the_texture_distance_the_score_is_the_other_two_and_the_layer_h
     assert "two standardised" in novelty.method(False) and "texture" not in novelty.method(False)
 
 
-def test_the_texture_distance_is_in_the_score_unless_the_command_line_leaves_it_out():
+def test_the_texture_distance_is_the_profiles_choice_unless_the_command_line_makes_it():
     parse = exporter.build_parser("fmnist train").parse_args
-    assert exporter.config_from_args(parse([])).novelty == novelty.NoveltyConfig(texture=True)
-    assert exporter.config_from_args(parse(["--no-texture-distance"])).novelty == novelty.NoveltyConfig(texture=False)
+
+    def texture(argv: list[str]) -> bool:
+        return exporter.config_from_args(parse(argv)).resolve().novelty.texture
+
+    assert not texture([]) and not texture(["--profile", "mlp"])  # the mlp: no room in its serving budget
+    assert texture(["--profile", "cnn"])
+    assert texture(["--texture-distance"]) and not texture(["--profile", "cnn", "--no-texture-distance"])
+    # Given outright, the config is used as it is.
+    given = novelty.NoveltyConfig(texture=True, flag_rate=0.03)
+    assert exporter.ExporterConfig(novelty=given).resolve().novelty == given
 
 
 def _pixel_features(images: np.ndarray) -> np.ndarray:
