@@ -235,11 +235,11 @@ class NoveltyScore(keras.layers.Layer):
         return deviations + tf.reduce_sum(format_gaps(images) * self.format_weights, axis=-1)
 
 
-def _class_means(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(each class's mean [classes, d], each row less its class's mean [n, d])."""
+def _within_class(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each row less its class's mean, [n, d]."""
     present = np.unique(labels)
     means = np.stack([x[labels == c].mean(axis=0) for c in present])
-    return means, x - means[np.searchsorted(present, labels)]
+    return x - means[np.searchsorted(present, labels)]
 
 
 def _prototypes(unit: np.ndarray, labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -278,7 +278,7 @@ def fit(
         held_out_features: the held-out images' activations, [len(held_out), d].
     """
     pixels = train.images.reshape(len(train), _PIXELS) / 255.0
-    centred = _class_means(pixels, train.labels)[1]
+    centred = _within_class(pixels, train.labels)
     variance = np.mean(np.square(centred), axis=0)
     pixel_scale = 1.0 / np.sqrt(variance + config.shrinkage * variance.mean())
 
